@@ -1,0 +1,589 @@
+"""Client: the front door. Submit, get, list, cancel, retry, watch, DLQ, workers.
+
+The CLI and the TUI use only this. Every state change goes through
+``states.transition`` and is persisted with compare-and-set (via JobOps).
+
+Submit writes the record first (create-if-absent), then publishes the work
+message carrying the record's revision, so the worker's first write is a
+compare-and-set with no read. Bulk submit pipelines both steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any, AsyncIterator, Callable, Iterable, Sequence
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from . import codec
+from .clock import SYSTEM_CLOCK, Clock
+from .config import Settings, load_settings
+from .connection import Connection, connect, ensure_queue_consumers, ensure_topology
+from .errors import (
+    ChronosError,
+    ConflictError,
+    JobNotFoundError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnknownTaskError,
+    ValidationError,
+)
+from .events import EventPublisher, decode_events
+from .ids import key_digest, new_job_id
+from .jobs import JobOps, job_event, new_record
+from .models import (
+    Backoff,
+    CancelRequest,
+    DLQEntry,
+    Event,
+    JobPage,
+    JobRecord,
+    JobSpec,
+    TaskInfo,
+    WorkerHeartbeat,
+)
+from .states import PENDING, RETRIABLE_BY_HAND, TERMINAL, JobState
+from .subjects import PRIORITIES, is_valid_token
+
+log = logging.getLogger(__name__)
+
+_UNSET: Any = object()
+
+
+class Client:
+    def __init__(self, conn: Connection, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.conn = conn
+        self.settings: Settings = conn.settings
+        self.names = conn.names
+        self.clock = clock
+        self.ops = JobOps(conn, clock)
+        self.events = EventPublisher(conn.nc, conn.names)
+        self._known_tasks: set[str] = set()
+        self._known_queues: set[str] = set(conn.settings.worker.queues)
+
+    # --- lifecycle -------------------------------------------------------------
+    @classmethod
+    async def connect(
+        cls, settings: Settings | None = None, *, ensure: bool = True, clock: Clock = SYSTEM_CLOCK
+    ) -> "Client":
+        settings = settings or load_settings()
+        conn = await connect(settings, name="chronos-client")
+        try:
+            if ensure:
+                await ensure_topology(conn)
+        except BaseException:
+            await conn.close()
+            raise
+        return cls(conn, clock)
+
+    async def close(self) -> None:
+        await self.events.close()
+        await self.conn.close()
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- task catalog ------------------------------------------------------------
+    async def register_tasks(self, names: Iterable[str], worker: str = "") -> None:
+        kv = await self.conn.kv(self.names.tasks_bucket)
+        now = self.clock.now()
+        futs = [await self.conn.publisher.publish(f"$KV.{self.names.tasks_bucket}.{n}",
+                                                  codec.encode(TaskInfo(name=n, registered_at=now, worker=worker)))
+                for n in names if n not in self._known_tasks]
+        for f in futs:
+            await self.conn.publisher.wait(f)
+        self._known_tasks.update(names)
+        del kv
+
+    async def tasks(self) -> list[str]:
+        kv = await self.conn.kv(self.names.tasks_bucket)
+        try:
+            keys = await kv.keys()
+        except nats.js.errors.NoKeysError:
+            keys = []
+        self._known_tasks.update(keys)
+        return sorted(keys)
+
+    async def _check_task(self, task: str) -> None:
+        if not self.settings.jobs.check_task_names or task in self._known_tasks:
+            return
+        known = await self.tasks()
+        if task not in known:
+            hint = ""
+            import difflib
+
+            close = difflib.get_close_matches(task, known, n=1)
+            if close:
+                hint = f" (did you mean {close[0]!r}?)"
+            elif not known:
+                hint = " (no worker has registered any task yet)"
+            raise UnknownTaskError(f"unknown task {task!r}{hint}")
+
+    # --- submit ------------------------------------------------------------------
+    def build_spec(
+        self,
+        task: str,
+        args: Any = None,
+        *,
+        queue: str | None = None,
+        priority: str | None = None,
+        run_at: float | None = None,
+        delay: float | None = None,
+        max_attempts: int | None = None,
+        timeout: float | None = None,
+        backoff: Backoff | None = None,
+        unique_key: str | None = None,
+        tags: Sequence[str] = (),
+        annotations: dict[str, str] | None = None,
+    ) -> JobSpec:
+        """Validate submit arguments into a JobSpec; every problem names its field."""
+        js = self.settings.jobs
+        if not isinstance(task, str) or not task.strip():
+            raise ValidationError("task: must be a non-empty name")
+        if args is None:
+            args = []
+        if isinstance(args, tuple):
+            args = list(args)
+        if not isinstance(args, (list, dict)):
+            raise ValidationError("args: must be a list (positional) or an object (keyword arguments)")
+        codec.check_json_compatible(args, "args")
+        queue = js.default_queue if queue is None else queue
+        if not is_valid_token(queue):
+            raise ValidationError(
+                f"queue: {queue!r} is not a valid name (1-64 letters, digits, '_' or '-')"
+            )
+        priority = js.default_priority if priority is None else priority
+        if priority not in PRIORITIES:
+            raise ValidationError(f"priority: {priority!r} is not one of {', '.join(PRIORITIES)}")
+        max_attempts = js.default_max_attempts if max_attempts is None else max_attempts
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ValidationError("max_attempts: must be a whole number of at least 1")
+        if max_attempts >= self.settings.worker.max_deliver:
+            raise ValidationError(
+                f"max_attempts: must be below worker.max_deliver ({self.settings.worker.max_deliver})"
+            )
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise ValidationError("timeout: must be a positive number of seconds")
+        if delay is not None:
+            if run_at is not None:
+                raise ValidationError("delay: give either run_at or delay, not both")
+            if delay < 0:
+                raise ValidationError("delay: must not be negative")
+            run_at = self.clock.now() + delay
+        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
+            raise ValidationError("unique_key: must be a non-empty string")
+        for t in tags:
+            if not isinstance(t, str) or not t:
+                raise ValidationError("tags: every tag must be a non-empty string")
+        ann = dict(annotations or {})
+        for k, v in ann.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise ValidationError("annotations: keys and values must be strings")
+        if backoff is not None and (backoff.base < 0 or backoff.cap < 0):
+            raise ValidationError("backoff: base and cap must not be negative")
+        return JobSpec(
+            task=task,
+            args=args,
+            queue=queue,
+            priority=priority,
+            run_at=run_at,
+            max_attempts=max_attempts,
+            timeout=float(timeout) if timeout is not None else None,
+            backoff=backoff or Backoff(),
+            unique_key=unique_key,
+            tags=list(tags),
+            annotations=ann,
+        )
+
+    async def submit(self, task: str, args: Any = None, **options: Any) -> str:
+        """Submit one job; returns its id (or the first job's id for a duplicate unique key)."""
+        spec = self.build_spec(task, args, **options)
+        return (await self.submit_specs([spec]))[0]
+
+    async def submit_specs(
+        self, specs: Sequence[JobSpec], progress: Callable[[int], None] | None = None
+    ) -> list[str]:
+        """Submit many jobs, pipelined: record creates, then work publishes, never one round trip per job."""
+        now = self.clock.now()
+        for task in {s.task for s in specs}:
+            await self._check_task(task)
+        ids: list[str] = []
+        records: list[JobRecord] = []
+        limit = self.settings.jobs.max_payload_bytes
+        for spec in specs:
+            job_id = new_job_id(now)
+            scheduled = spec.run_at is not None and spec.run_at > now
+            rec = new_record(job_id, spec, now, JobState.SCHEDULED if scheduled else JobState.AVAILABLE,
+                             scheduled_at=spec.run_at if scheduled else now)
+            size = len(codec.encode(spec.args))
+            if size > limit:
+                raise PayloadTooLargeError(f"args: {size} bytes is over the {limit} byte limit")
+            ids.append(job_id)
+            records.append(rec)
+        if any(s.unique_key for s in specs):
+            out = []
+            for rec in records:
+                out.append(await self._submit_one_unique(rec) if rec.spec.unique_key else
+                           (await self._submit_pipelined([rec]))[0])
+            return out
+        return await self._submit_pipelined(records, progress)
+
+    async def _submit_pipelined(
+        self, records: list[JobRecord], progress: Callable[[int], None] | None = None
+    ) -> list[str]:
+        creates: deque[tuple[JobRecord, Any]] = deque()
+        publishes: list[asyncio.Future[Any]] = []
+        done = 0
+
+        async def publish_next() -> None:
+            rec, fut = creates.popleft()
+            rev = await fut
+            if rec.state is JobState.SCHEDULED:
+                await self._park_scheduled(rec, rev)
+            else:
+                publishes.append(await self.ops.publish_work_nowait(rec, rev))
+            self.events.emit(job_event(rec))
+
+        for rec in records:
+            creates.append((rec, await self.ops.create_nowait(rec)))
+            if len(creates) >= 1024:
+                await publish_next()
+        while creates:
+            await publish_next()
+        for fut in publishes:
+            await self.conn.publisher.wait(fut)
+            done += 1
+            if progress is not None and done % 500 == 0:
+                progress(done)
+        if progress is not None:
+            progress(len(records))
+        return [r.id for r in records]
+
+    async def _submit_one_unique(self, rec: JobRecord) -> str:
+        """Unique jobs: the work message carries Nats-Msg-Id; a duplicate returns the first job's id."""
+        control = await self.ops.control()
+        digest = key_digest(rec.spec.unique_key or "")
+        rev = await (await self.ops.create_nowait(rec))
+        if rec.state is JobState.SCHEDULED:
+            # Scheduled unique jobs dedupe on the control key alone.
+            try:
+                await control.create(self.names.unique_key(digest), rec.id.encode())
+            except ConflictError:
+                await (await self.ops.store()).delete(rec.id)
+                entry = await control.get(self.names.unique_key(digest))
+                return entry.value.decode() if entry and entry.value else rec.id
+            await self._park_scheduled(rec, rev)
+            self.events.emit(job_event(rec))
+            return rec.id
+        ack = await self.ops.publish_work(rec, rev)
+        if not ack.duplicate:
+            await control.put(self.names.unique_key(digest), rec.id.encode())
+            self.events.emit(job_event(rec))
+            return rec.id
+        # Someone submitted this key inside the duplicate window: drop our record, return theirs.
+        await (await self.ops.store()).delete(rec.id)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            entry = await control.get(self.names.unique_key(digest))
+            if entry is not None and entry.value:
+                return entry.value.decode()
+            await asyncio.sleep(0.01)  # the first submitter is between its publish and its index write
+        raise ChronosError(f"unique key {rec.spec.unique_key!r} is taken but its job id is not recorded yet")
+
+    async def _park_scheduled(self, rec: JobRecord, rev: int) -> None:
+        """A job for later waits in the delayed store until the scheduler promotes it."""
+        from .delayed import park
+
+        await park(self.conn, rec, rev)
+
+    # --- read ----------------------------------------------------------------------
+    async def get(self, job_id: str) -> JobRecord:
+        return await self.ops.read(job_id)
+
+    async def list(
+        self,
+        *,
+        state: str | JobState | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        tag: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> JobPage:
+        """Jobs in the KV, newest first, filtered and paged. (The archive holds older ones.)"""
+        if state is not None:
+            try:
+                state = JobState(state)
+            except ValueError:
+                raise ValidationError(
+                    f"state: {state!r} is not one of {', '.join(s.value for s in JobState)}"
+                ) from None
+        if offset < 0 or limit < 1:
+            raise ValidationError("offset must be >= 0 and limit >= 1")
+        entries = await (await self.ops.store()).entries()
+        jobs: list[JobRecord] = []
+        for e in entries:
+            try:
+                rec = codec.decode(e.value or b"", JobRecord)
+            except ChronosError:
+                continue
+            rec.revision = e.revision
+            if state is not None and rec.state != state:
+                continue
+            if queue is not None and rec.spec.queue != queue:
+                continue
+            if task is not None and rec.spec.task != task:
+                continue
+            if tag is not None and tag not in rec.spec.tags:
+                continue
+            jobs.append(rec)
+        jobs.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+        return JobPage(jobs=jobs[offset : offset + limit], total=len(jobs), offset=offset, limit=limit)
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """Wait until the job reaches a terminal state (or ``timeout`` seconds pass)."""
+
+        async def _wait() -> JobRecord:
+            store = await self.ops.store()
+            watcher = store.watch(job_id, include_existing=True)
+            rec = await self.ops.read(job_id)
+            if rec.state in TERMINAL:
+                return rec
+            async for entry in watcher:
+                if entry.key != job_id or entry.value is None:
+                    continue
+                rec = codec.decode(entry.value, JobRecord)
+                rec.revision = entry.revision
+                if rec.state in TERMINAL:
+                    return rec
+            raise JobNotFoundError(f"job {job_id} disappeared")
+
+        return await asyncio.wait_for(_wait(), timeout)
+
+    # --- cancel / retry ----------------------------------------------------------------
+    async def cancel(self, job_id: str, reason: str = "cancelled by operator") -> JobRecord:
+        """Pending jobs are cancelled at once; a running job gets a cancel signal (hard stop after a grace)."""
+        now = self.clock.now()
+
+        def decide(rec: JobRecord) -> Any:
+            if rec.state in TERMINAL:
+                raise ChronosError(f"job {job_id} is already {rec.state}; nothing to cancel")
+            if rec.state in PENDING:
+                return JobState.CANCELLED, {"cancel_reason": reason, "error": reason}
+            if rec.cancel_requested:
+                return None
+            return JobState.RUNNING, {"cancel_requested": True, "cancel_reason": reason}
+
+        rec = await self.ops.move_with_retry(job_id, decide)
+        if rec.state is JobState.RUNNING:
+            control = await self.ops.control()
+            await control.put(self.names.cancel_key(job_id), codec.encode(CancelRequest(job_id, now, reason)))
+        else:
+            self.events.emit(job_event(rec, message=reason))
+        return rec
+
+    async def retry(self, job_id: str) -> JobRecord:
+        """Run a retryable, cancelled or discarded job again now, with a fresh attempt budget."""
+
+        def decide(rec: JobRecord) -> Any:
+            if rec.state not in RETRIABLE_BY_HAND:
+                raise ChronosError(
+                    f"job {job_id} is {rec.state}; only retryable, cancelled or discarded jobs can be retried"
+                )
+            return JobState.AVAILABLE, {
+                "gen": rec.gen + 1,
+                "cancel_requested": False,
+                "cancel_reason": None,
+                "scheduled_at": self.clock.now(),
+            }
+
+        rec = await self.ops.move_with_retry(job_id, decide)
+        await self.ops.publish_work(rec, rec.revision)
+        self.events.emit(job_event(rec, message="retried by operator"))
+        return rec
+
+    async def run_now(self, job_id: str) -> JobRecord:
+        """Promote a scheduled job now; retry a finished one."""
+        rec = await self.ops.read(job_id)
+        if rec.state is JobState.SCHEDULED:
+            rec = await self.ops.move(rec, JobState.AVAILABLE, scheduled_at=self.clock.now(), gen=rec.gen + 1)
+            await self.ops.publish_work(rec, rec.revision)
+            self.events.emit(job_event(rec, message="run now by operator"))
+            return rec
+        return await self.retry(job_id)
+
+    # --- watch ----------------------------------------------------------------------------
+    async def watch(
+        self,
+        *,
+        kinds: Sequence[str] | None = None,
+        queue: str | None = None,
+        job_id: str | None = None,
+        history: float | None = None,
+    ) -> AsyncIterator[Event]:
+        """Live events, optionally starting ``history`` seconds back (from the events stream)."""
+        subject = self.names.events_filter("*" if not kinds or len(kinds) > 1 else kinds[0], queue or "*")
+        wanted = set(kinds) if kinds else None
+        if history:
+            start = time.gmtime(self.clock.now() - history)
+            sub = await self.conn.js.subscribe(
+                subject,
+                ordered_consumer=True,
+                config=api.ConsumerConfig(
+                    deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                    opt_start_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", start),
+                ),
+            )
+        else:
+            sub = await self.conn.nc.subscribe(subject)
+        try:
+            async for msg in sub.messages:
+                try:
+                    events = decode_events(msg.data)
+                except ChronosError:
+                    continue
+                if history:
+                    try:
+                        await msg.ack()
+                    except Exception:  # ordered consumers need no ack; older servers may refuse it
+                        pass
+                for ev in events:
+                    if wanted is not None and ev.kind not in wanted:
+                        continue
+                    if job_id is not None and ev.job_id != job_id:
+                        continue
+                    yield ev
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # connection gone; nothing to release
+                log.debug("unsubscribe failed: %s", exc)
+
+    # --- DLQ ---------------------------------------------------------------------------------
+    async def dlq_list(self, *, task: str | None = None, queue: str | None = None, limit: int = 1000) -> list[DLQEntry]:
+        out: list[DLQEntry] = []
+        subject = self.names.dlq_subject(queue) if queue else self.names.dlq_wildcard()
+        try:
+            info = await self.conn.js.stream_info(self.names.dlq_stream)
+        except nats.js.errors.NotFoundError:
+            return []
+        if info.state.messages == 0:
+            return []
+        sub = await self.conn.js.subscribe(subject, ordered_consumer=True)
+        try:
+            remaining = info.state.messages
+            while remaining > 0 and len(out) < limit:
+                try:
+                    msg = await sub.next_msg(timeout=1.0)
+                except nats.errors.TimeoutError:
+                    break
+                remaining = msg.metadata.num_pending
+                try:
+                    entry = codec.decode(msg.data, DLQEntry)
+                except ChronosError as exc:
+                    entry = DLQEntry(reason=f"unreadable DLQ entry: {exc}", at=0.0, raw=msg.data)
+                entry.seq = msg.metadata.sequence.stream
+                if task is None or (entry.spec is not None and entry.spec.task == task):
+                    out.append(entry)
+        finally:
+            await sub.unsubscribe()
+        return out
+
+    async def dlq_get(self, ref: str | int) -> DLQEntry:
+        """A DLQ entry by its sequence number or by job id."""
+        if isinstance(ref, int) or str(ref).isdigit():
+            try:
+                raw = await self.conn.js.get_msg(self.names.dlq_stream, int(ref), direct=True)
+            except nats.js.errors.NotFoundError:
+                raise NotFoundError(f"no DLQ entry with sequence {ref}") from None
+            entry = codec.decode(raw.data or b"", DLQEntry)
+            entry.seq = int(ref)
+            return entry
+        for entry in await self.dlq_list(limit=1_000_000):
+            if entry.job_id == ref:
+                return entry
+        raise NotFoundError(f"no DLQ entry for job {ref}")
+
+    async def dlq_replay(self, ref: str | int) -> JobRecord:
+        """Publish a DLQ entry's job again (as a fresh generation of the same job) and remove the entry."""
+        entry = await self.dlq_get(ref)
+        if entry.spec is None or entry.job_id is None:
+            raise ChronosError(
+                f"DLQ entry {entry.seq} is a malformed message ({entry.reason}); it cannot be replayed, only purged"
+            )
+        rec = await self.ops.read_or_none(entry.job_id)
+        if rec is None:
+            # The record was pruned: bring the job back under its id.
+            rec = new_record(entry.job_id, entry.spec, self.clock.now(), JobState.AVAILABLE, gen=2)
+            rev = await (await self.ops.create_nowait(rec))
+            await self.ops.publish_work(rec, rev)
+        elif rec.state is JobState.DISCARDED:
+            rec = await self.retry(entry.job_id)
+        elif rec.state not in TERMINAL:
+            raise ChronosError(f"job {entry.job_id} is {rec.state} already; not replaying")
+        else:
+            rec = await self.retry(entry.job_id)
+        await self._dlq_delete(entry.seq)
+        return rec
+
+    async def dlq_purge(self, *, task: str | None = None) -> int:
+        if task is None:
+            try:
+                resp = await self.conn.js.purge_stream(self.names.dlq_stream)
+            except nats.js.errors.NotFoundError:
+                return 0
+            return int(resp) if isinstance(resp, int) else 0
+        count = 0
+        for entry in await self.dlq_list(task=task, limit=1_000_000):
+            await self._dlq_delete(entry.seq)
+            count += 1
+        return count
+
+    async def dlq_count(self) -> int:
+        info = await self.conn.js.stream_info(self.names.dlq_stream)
+        return info.state.messages
+
+    async def _dlq_delete(self, seq: int) -> None:
+        try:
+            await self.conn.js.delete_msg(self.names.dlq_stream, seq)
+        except nats.js.errors.NotFoundError:
+            pass
+
+    # --- workers ----------------------------------------------------------------------------
+    async def workers(self) -> list[WorkerHeartbeat]:
+        kv = await self.conn.kv(self.names.workers_bucket)
+        from .store.kv import KVStore
+
+        out = []
+        for e in await KVStore(kv, self.conn.publisher, self.names.workers_bucket).entries():
+            try:
+                out.append(codec.decode(e.value or b"", WorkerHeartbeat))
+            except ChronosError:
+                continue
+        return sorted(out, key=lambda w: w.id)
+
+    async def queue_depths(self) -> dict[str, int]:
+        """Messages waiting per work subject (priority.queue)."""
+        info = await self.conn.js.stream_info(self.names.jobs_stream, subjects_filter=self.names.jobs_wildcard())
+        subjects = info.state.subjects or {}
+        prefix = self.names.jobs_root + "."
+        return {k[len(prefix):]: v for k, v in subjects.items()}
+
+    async def ensure_queue(self, queue: str) -> None:
+        if not is_valid_token(queue):
+            raise ValidationError(f"queue: {queue!r} is not a valid name")
+        await ensure_queue_consumers(self.conn, queue)
+        self._known_queues.add(queue)
+
+
+def record_to_dict(rec: JobRecord) -> dict[str, Any]:
+    return msgspec.to_builtins(rec)

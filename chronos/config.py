@@ -1,0 +1,193 @@
+"""Settings: one typed config, merged once from TOML, the environment and overrides.
+
+``load_settings()`` is the only reader of config files and of ``os.environ``.
+Precedence: defaults < TOML file < CHRONOS_* environment < explicit overrides.
+Environment names: ``CHRONOS_<FIELD>`` for top-level fields and
+``CHRONOS_<SECTION>__<FIELD>`` for sections (``CHRONOS_WORKER__CONCURRENCY=8``).
+An unknown key anywhere is rejected by name.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+import msgspec
+
+from .errors import ConfigError
+
+_STRUCT = dict(frozen=True, forbid_unknown_fields=True, kw_only=True)
+
+
+class NatsSettings(msgspec.Struct, **_STRUCT):
+    """How to reach the server and authenticate."""
+
+    url: str = "nats://127.0.0.1:4222"
+    connect_timeout: float = 2.0
+    user: str | None = None
+    password: str | None = None
+    token: str | None = None
+    nkey_seed_file: str | None = None
+    creds_file: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    replicas: int = 1
+
+
+class JobSettings(msgspec.Struct, **_STRUCT):
+    """Defaults and limits applied at submit."""
+
+    default_queue: str = "default"
+    default_priority: str = "default"
+    default_max_attempts: int = 5
+    default_timeout: float = 1800.0
+    max_payload_bytes: int = 1024 * 1024
+    max_result_bytes: int = 64 * 1024
+    duplicate_window: float = 600.0
+    check_task_names: bool = True
+
+
+class WorkerSettings(msgspec.Struct, **_STRUCT):
+    concurrency: int = 16
+    queues: list[str] = msgspec.field(default_factory=lambda: ["default"])
+    ack_wait: float = 5.0
+    max_deliver: int = 50
+    shutdown_grace: float = 10.0
+    heartbeat_interval: float = 2.0
+    low_priority_every: int = 8
+    poll_expires: float = 2.0
+    tasks: list[str] = msgspec.field(default_factory=list)
+    shell_allow: list[str] = msgspec.field(default_factory=list)
+    thread_pool_size: int = 8
+
+
+class StreamSettings(msgspec.Struct, **_STRUCT):
+    dlq_max_age: float = 30 * 86400.0
+    dlq_max_bytes: int = 1024**3
+    events_max_age: float = 86400.0
+    events_max_bytes: int = 512 * 1024**2
+    jobs_max_bytes: int = -1
+    heartbeat_ttl: float = 60.0
+
+
+class SchedulerSettings(msgspec.Struct, **_STRUCT):
+    lease_ttl: float = 5.0
+    rescue_after: float = 30.0
+    retention: float = 7 * 86400.0
+    archive_path: str = "chronos-archive.sqlite3"
+    horizon: float = 120.0
+    max_backfill: int = 1000
+
+
+class Settings(msgspec.Struct, **_STRUCT):
+    namespace: str = "chronos"
+    nats: NatsSettings = NatsSettings()
+    jobs: JobSettings = JobSettings()
+    worker: WorkerSettings = WorkerSettings()
+    streams: StreamSettings = StreamSettings()
+    scheduler: SchedulerSettings = SchedulerSettings()
+    log_level: str = "INFO"
+
+
+_SECTIONS = {name for name, typ in Settings.__annotations__.items() if typ.endswith("Settings")}
+# Shortcuts that operators expect to set without a section.
+_ENV_ALIASES = {"CHRONOS_SERVER": ("nats", "url"), "CHRONOS_URL": ("nats", "url")}
+
+
+def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith("CHRONOS_"):
+            continue
+        if name in _ENV_ALIASES:
+            section, key = _ENV_ALIASES[name]
+            layer.setdefault(section, {})[key] = raw
+            continue
+        rest = name[len("CHRONOS_") :].lower()
+        if "__" in rest:
+            section, key = rest.split("__", 1)
+            if section not in _SECTIONS:
+                raise ConfigError(f"environment variable {name}: unknown section {section!r}")
+            layer.setdefault(section, {})[key] = _parse_env_value(raw)
+        else:
+            layer[rest] = _parse_env_value(raw)
+    return layer
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Environment values are strings; lists are comma-separated. msgspec converts the rest."""
+    if "," in raw:
+        return [part.strip() for part in raw.split(",") if part.strip()]
+    return raw
+
+
+def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
+    try:
+        return msgspec.convert(data, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"invalid setting: {exc}") from None
+
+
+def load_settings(
+    path: str | Path | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    read_env: bool = True,
+) -> Settings:
+    """Merge defaults, the TOML file at ``path``, CHRONOS_* variables and ``overrides`` into Settings."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {p} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {p}: {exc}") from None
+    if read_env:
+        env = os.environ if environ is None else environ
+        data = _deep_merge(data, _env_layer(env))
+    if overrides:
+        data = _deep_merge(data, overrides)
+    settings = settings_from_mapping(data)
+    _validate(settings)
+    return settings
+
+
+def config_path_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    env = os.environ if environ is None else environ
+    return env.get("CHRONOS_CONFIG")
+
+
+def _validate(s: Settings) -> None:
+    from .subjects import PRIORITIES, is_valid_token
+
+    if not is_valid_token(s.namespace):
+        raise ConfigError(f"namespace: {s.namespace!r} must be letters, digits, '_' or '-'")
+    if s.worker.concurrency < 1:
+        raise ConfigError("worker.concurrency: must be at least 1")
+    for q in s.worker.queues:
+        if not is_valid_token(q):
+            raise ConfigError(f"worker.queues: {q!r} is not a valid queue name")
+    if s.jobs.default_priority not in PRIORITIES:
+        raise ConfigError(f"jobs.default_priority: must be one of {', '.join(PRIORITIES)}")
+    if s.worker.ack_wait < 1:
+        raise ConfigError("worker.ack_wait: must be at least 1 second")
+    if s.nats.replicas not in (1, 3, 5):
+        raise ConfigError("nats.replicas: must be 1, 3 or 5")
+    if s.scheduler.lease_ttl < 2:
+        raise ConfigError("scheduler.lease_ttl: must be at least 2 seconds (NATS TTLs are whole seconds)")

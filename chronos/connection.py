@@ -1,0 +1,232 @@
+"""Connect to NATS, create the topology idempotently, and hand out KV handles.
+
+``Connection`` bundles what every service and the Client share: the NATS client,
+its JetStream context, the pipelined Publisher and the namespace's Names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.js import api
+from nats.js.kv import KeyValue
+
+from .config import Settings
+from .errors import ConnectionFailedError
+from .publisher import Publisher
+from .subjects import Names
+
+log = logging.getLogger(__name__)
+
+# Room for the envelope around a job's payload (id, spec fields, headers).
+_ENVELOPE_SLACK = 16 * 1024
+
+
+class Connection:
+    def __init__(self, nc: NATS, settings: Settings) -> None:
+        self.nc = nc
+        self.settings = settings
+        self.names = Names(settings.namespace)
+        self.js = nc.jetstream(timeout=10.0)
+        self.publisher = Publisher(nc)
+        self._kv: dict[str, KeyValue] = {}
+
+    async def kv(self, bucket: str) -> KeyValue:
+        handle = self._kv.get(bucket)
+        if handle is None:
+            handle = await self.js.key_value(bucket)
+            self._kv[bucket] = handle
+        return handle
+
+    async def close(self) -> None:
+        await self.publisher.close()
+        if not self.nc.is_closed:
+            try:
+                await self.nc.drain()
+            except (nats.errors.ConnectionClosedError, asyncio.TimeoutError):
+                pass
+            if not self.nc.is_closed:
+                await self.nc.close()
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    n = settings.nats
+    if not (n.tls_ca or n.tls_cert):
+        return None
+    ctx = ssl.create_default_context(cafile=n.tls_ca) if n.tls_ca else ssl.create_default_context()
+    if n.tls_cert:
+        ctx.load_cert_chain(n.tls_cert, n.tls_key)
+    return ctx
+
+
+async def connect(settings: Settings, *, name: str = "chronos", reconnect: bool = True) -> Connection:
+    """Connect with the settings' credentials; a server that is down raises ConnectionFailedError naming the URL."""
+    n = settings.nats
+    opts: dict[str, Any] = {
+        "servers": [u.strip() for u in n.url.split(",")],
+        "name": name,
+        "connect_timeout": n.connect_timeout,
+        "allow_reconnect": reconnect,
+        "max_reconnect_attempts": -1 if reconnect else 0,
+        "reconnect_time_wait": 0.5,
+        "pending_size": 64 * 1024 * 1024,
+        "flusher_queue_size": 8192,
+    }
+    if n.user:
+        opts["user"], opts["password"] = n.user, n.password
+    if n.token:
+        opts["token"] = n.token
+    if n.nkey_seed_file:
+        opts["nkeys_seed"] = n.nkey_seed_file
+    if n.creds_file:
+        opts["user_credentials"] = n.creds_file
+    tls = _tls_context(settings)
+    if tls is not None:
+        opts["tls"] = tls
+
+    async def _quiet_error(exc: Exception) -> None:
+        log.debug("nats: %s", exc)
+
+    opts["error_cb"] = _quiet_error
+    # The first connect must fail fast and clearly; reconnects after that retry forever.
+    try:
+        nc = await nats.connect(**{**opts, "allow_reconnect": False}) if not reconnect else await _connect_once(opts)
+    except (OSError, nats.errors.NoServersError, asyncio.TimeoutError, nats.errors.Error) as exc:
+        raise ConnectionFailedError(f"cannot reach NATS at {n.url}: {exc or type(exc).__name__}") from None
+    conn = Connection(nc, settings)
+    await conn.publisher.start()
+    return conn
+
+
+async def _connect_once(opts: dict[str, Any]) -> NATS:
+    # nats-py retries the initial connect forever when allow_reconnect is set; cap it.
+    first = {**opts, "max_reconnect_attempts": 0, "allow_reconnect": True}
+    nc = await nats.connect(**first)
+    # Switch on unlimited reconnects for the rest of the session.
+    nc.options["max_reconnect_attempts"] = -1
+    return nc
+
+
+async def ensure_topology(conn: Connection) -> None:
+    """Create or update every stream and bucket the namespace uses. Safe to call any number of times."""
+    s = conn.settings
+    names = conn.names
+    js = conn.js
+    replicas = s.nats.replicas
+    streams = [
+        api.StreamConfig(
+            name=names.jobs_stream,
+            subjects=[names.jobs_wildcard()],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=api.StorageType.FILE,
+            duplicate_window=s.jobs.duplicate_window,
+            max_msg_size=s.jobs.max_payload_bytes + _ENVELOPE_SLACK,
+            max_bytes=s.streams.jobs_max_bytes,
+            num_replicas=replicas,
+            allow_direct=True,
+        ),
+        api.StreamConfig(
+            name=names.dlq_stream,
+            subjects=[names.dlq_wildcard()],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=s.streams.dlq_max_age,
+            max_bytes=s.streams.dlq_max_bytes,
+            num_replicas=replicas,
+            allow_direct=True,
+        ),
+        api.StreamConfig(
+            name=names.events_stream,
+            subjects=[names.events_wildcard()],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=s.streams.events_max_age,
+            max_bytes=s.streams.events_max_bytes,
+            discard=api.DiscardPolicy.OLD,
+            num_replicas=replicas,
+        ),
+        api.StreamConfig(
+            name=names.delayed_stream,
+            subjects=[names.delayed_wildcard()],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            duplicate_window=s.jobs.duplicate_window,
+            num_replicas=replicas,
+            allow_direct=True,
+        ),
+    ]
+    for cfg in streams:
+        await _add_or_update_stream(js, cfg)
+
+    buckets = [
+        api.KeyValueConfig(bucket=names.jobs_bucket, history=1, storage=api.StorageType.FILE,
+                           replicas=replicas, direct=True),
+        api.KeyValueConfig(bucket=names.workers_bucket, history=1, storage=api.StorageType.FILE,
+                           replicas=replicas, ttl=s.streams.heartbeat_ttl, direct=True),
+        api.KeyValueConfig(bucket=names.tasks_bucket, history=1, storage=api.StorageType.FILE,
+                           replicas=replicas, direct=True),
+        api.KeyValueConfig(bucket=names.control_bucket, history=1, storage=api.StorageType.FILE,
+                           replicas=replicas, ttl=86400.0, direct=True),
+    ]
+    for kv_cfg in buckets:
+        await _ensure_bucket(js, kv_cfg)
+
+    for queue in s.worker.queues:
+        await ensure_queue_consumers(conn, queue)
+
+
+async def ensure_queue_consumers(conn: Connection, queue: str) -> None:
+    """One durable per (priority, queue): work-queue streams refuse overlapping filters."""
+    from .subjects import PRIORITIES
+
+    for priority in PRIORITIES:
+        await _ensure_consumer(conn, priority, queue)
+
+
+async def _add_or_update_stream(js: Any, cfg: api.StreamConfig) -> None:
+    try:
+        await js.add_stream(cfg)
+    except nats.js.errors.BadRequestError as exc:
+        # 10058: exists with a different config; move it to ours.
+        if getattr(exc, "err_code", None) == 10058:
+            await js.update_stream(cfg)
+        else:
+            raise
+
+
+async def _ensure_bucket(js: Any, cfg: api.KeyValueConfig) -> None:
+    try:
+        await js.key_value(cfg.bucket)
+    except nats.js.errors.BucketNotFoundError:
+        await js.create_key_value(cfg)
+
+
+def consumer_config(conn: Connection, priority: str, queue: str) -> api.ConsumerConfig:
+    s = conn.settings.worker
+    return api.ConsumerConfig(
+        durable_name=conn.names.consumer_name(priority, queue),
+        filter_subject=conn.names.queue_filter(priority, queue),
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=s.ack_wait,
+        max_deliver=s.max_deliver,
+        max_ack_pending=-1,
+        max_waiting=4096,
+        deliver_policy=api.DeliverPolicy.ALL,
+    )
+
+
+async def _ensure_consumer(conn: Connection, priority: str, queue: str) -> None:
+    cfg = consumer_config(conn, priority, queue)
+    try:
+        await conn.js.add_consumer(conn.names.jobs_stream, cfg)
+    except nats.js.errors.BadRequestError as exc:
+        # An existing durable with other settings (ack_wait changed in config): move it to ours.
+        log.info("updating consumer %s: %s", cfg.durable_name, exc)
+        await conn.js.update_consumer(conn.names.jobs_stream, cfg) if hasattr(conn.js, "update_consumer") else None

@@ -1,0 +1,33 @@
+"""Job identifiers: time-ordered (so listings sort by age) and safe as KV keys."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
+
+
+def _b32(value: int, length: int) -> str:
+    out = []
+    for _ in range(length):
+        out.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+def new_job_id(now: float | None = None) -> str:
+    """26 characters: 48-bit milliseconds then 80 random bits, like a ULID."""
+    ms = int((time.time() if now is None else now) * 1000)
+    return _b32(ms, 10) + _b32(int.from_bytes(os.urandom(10), "big"), 16)
+
+
+def derived_job_id(*parts: str) -> str:
+    """A stable id for a job that must be the same wherever it is computed (cron fires)."""
+    digest = hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).digest()
+    return "d" + _b32(int.from_bytes(digest, "big"), 25)
+
+
+def key_digest(key: str) -> str:
+    return hashlib.blake2b(key.encode(), digest_size=12).hexdigest()

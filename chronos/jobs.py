@@ -1,0 +1,137 @@
+"""Job record operations shared by the Client, the worker and the scheduler.
+
+Reads and compare-and-set writes of JobRecords, publishing work messages,
+and moving a job to the DLQ. Every state change passes through
+``states.transition`` before it is written here with the record's revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable
+
+from . import codec
+from .clock import SYSTEM_CLOCK, Clock
+from .connection import Connection
+from .errors import ConflictError, JobNotFoundError
+from .models import DLQEntry, Event, JobMessage, JobRecord, JobSpec
+from .publisher import PubAck
+from .states import JobState, transition
+from .store.kv import KVStore
+
+log = logging.getLogger(__name__)
+
+
+def job_event(record: JobRecord, kind: str | None = None, **extra: Any) -> Event:
+    spec = record.spec
+    return Event(
+        kind=kind or str(record.state),
+        at=record.updated_at,
+        job_id=record.id,
+        task=spec.task,
+        queue=spec.queue,
+        priority=spec.priority,
+        attempt=record.attempt,
+        worker=record.worker,
+        **extra,
+    )
+
+
+class JobOps:
+    def __init__(self, conn: Connection, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.conn = conn
+        self.names = conn.names
+        self.clock = clock
+        self.publisher = conn.publisher
+        self._store: KVStore | None = None
+        self._control: KVStore | None = None
+
+    async def store(self) -> KVStore:
+        if self._store is None:
+            kv = await self.conn.kv(self.names.jobs_bucket)
+            self._store = KVStore(kv, self.publisher, self.names.jobs_bucket)
+        return self._store
+
+    async def control(self) -> KVStore:
+        if self._control is None:
+            kv = await self.conn.kv(self.names.control_bucket)
+            self._control = KVStore(kv, self.publisher, self.names.control_bucket)
+        return self._control
+
+    # --- records --------------------------------------------------------------
+    async def read(self, job_id: str) -> JobRecord:
+        entry = await (await self.store()).get(job_id)
+        if entry is None or entry.value is None:
+            raise JobNotFoundError(f"no job with id {job_id}")
+        record = codec.decode(entry.value, JobRecord)
+        record.revision = entry.revision
+        return record
+
+    async def read_or_none(self, job_id: str) -> JobRecord | None:
+        try:
+            return await self.read(job_id)
+        except JobNotFoundError:
+            return None
+
+    async def create_nowait(self, record: JobRecord) -> Awaitable[int]:
+        return await (await self.store()).create_nowait(record.id, codec.encode(record))
+
+    async def write_nowait(self, record: JobRecord, revision: int) -> Awaitable[int]:
+        """Compare-and-set ``record`` over ``revision``; the awaitable raises ConflictError if it moved."""
+        return await (await self.store()).update_nowait(record.id, codec.encode(record), revision)
+
+    async def write(self, record: JobRecord, revision: int) -> JobRecord:
+        rev = await (await self.write_nowait(record, revision))
+        record.revision = rev
+        return record
+
+    async def move(self, record: JobRecord, to: JobState, **changes: Any) -> JobRecord:
+        """transition() then compare-and-set at the revision ``record`` was read at."""
+        new = transition(record, to, self.clock.now(), **changes)
+        return await self.write(new, record.revision)
+
+    async def move_with_retry(self, job_id: str, decide: Any, attempts: int = 5) -> JobRecord:
+        """Read, let ``decide(record)`` return (state, changes) or None, write; re-read on conflict."""
+        for _ in range(attempts):
+            record = await self.read(job_id)
+            decision = decide(record)
+            if decision is None:
+                return record
+            to, changes = decision
+            try:
+                return await self.move(record, to, **changes)
+            except ConflictError:
+                continue
+        raise ConflictError(f"job {job_id} kept changing; try again")
+
+    # --- work messages ------------------------------------------------------------
+    def work_message(self, record: JobRecord, revision: int) -> tuple[str, bytes, dict[str, str] | None]:
+        spec = record.spec
+        msg = JobMessage(record=record, rev=revision)
+        headers = None
+        if spec.unique_key is not None:
+            headers = {"Nats-Msg-Id": f"u:{spec.unique_key}"}
+        elif record.schedule_id is not None:
+            headers = {"Nats-Msg-Id": f"j:{record.id}:{record.gen}"}
+        return self.names.job_subject(spec.priority, spec.queue), codec.encode(msg), headers
+
+    async def publish_work_nowait(self, record: JobRecord, revision: int) -> asyncio.Future[PubAck]:
+        subject, data, headers = self.work_message(record, revision)
+        return await self.publisher.publish(subject, data, headers)
+
+    async def publish_work(self, record: JobRecord, revision: int) -> PubAck:
+        return await self.publisher.wait(await self.publish_work_nowait(record, revision))
+
+    # --- DLQ ------------------------------------------------------------------------
+    async def publish_dlq(self, entry: DLQEntry, queue: str) -> PubAck:
+        headers = {}
+        if entry.job_id:
+            headers["Chronos-Job-Id"] = entry.job_id
+            # A worker that dies between the DLQ write and the ack retries it; dedupe the entry.
+            headers["Nats-Msg-Id"] = f"dlq:{entry.job_id}:{entry.attempts}"
+        return await self.publisher.request(self.names.dlq_subject(queue), codec.encode(entry), headers)
+
+
+def new_record(job_id: str, spec: JobSpec, now: float, state: JobState, **extra: Any) -> JobRecord:
+    return JobRecord(id=job_id, spec=spec, state=state, created_at=now, updated_at=now, **extra)

@@ -1,0 +1,186 @@
+"""Stored and wire types, as msgspec Structs. No I/O here.
+
+Times are float seconds since the epoch (UTC). ``v`` on a top-level wire type is
+its schema version; codec.py refuses versions newer than it knows.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Literal
+
+import msgspec
+
+from .states import JobState
+
+JSONValue = Any  # checked at submit by codec.check_json_compatible
+
+
+class Backoff(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """Delay before attempt n+1 after attempt n failed.
+
+    ``exponential`` with full jitter (the AWS rule): uniform(0, min(cap, base * 2**(n-1))).
+    ``fixed``: always ``base`` (jitter still spreads it when ``jitter`` is true).
+    """
+
+    kind: Literal["exponential", "fixed"] = "exponential"
+    base: float = 1.0
+    cap: float = 300.0
+    jitter: bool = True
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        if self.kind == "fixed":
+            ceiling = self.base
+        else:
+            ceiling = min(self.cap, self.base * math.pow(2.0, max(0, attempt - 1)))
+        if not self.jitter:
+            return ceiling
+        return (rng or random).uniform(0.0, ceiling)
+
+
+class JobSpec(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """What to run: everything a submitter says about a job."""
+
+    task: str
+    args: list[Any] | dict[str, Any] = msgspec.field(default_factory=list)
+    queue: str = "default"
+    priority: str = "default"
+    run_at: float | None = None
+    max_attempts: int = 5
+    timeout: float | None = None  # seconds; None means the worker's default
+    backoff: Backoff = Backoff()
+    unique_key: str | None = None
+    tags: list[str] = msgspec.field(default_factory=list)
+    annotations: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class Attempt(msgspec.Struct, omit_defaults=True):
+    number: int
+    started_at: float
+    worker: str = ""
+    ended_at: float | None = None
+    outcome: str | None = None  # completed | error | timeout | retry | cancelled | lost | shutdown
+    error: str | None = None
+    traceback: str | None = None
+
+
+class JobRecord(msgspec.Struct, omit_defaults=True):
+    """The authoritative state of one job, stored in the jobs KV bucket under its id."""
+
+    id: str
+    spec: JobSpec
+    state: JobState
+    created_at: float
+    updated_at: float
+    v: int = 1
+    attempt: int = 0  # attempts started so far
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+    gen: int = 1  # bumped each time a fresh work message is published; older ones are skipped
+    scheduled_at: float | None = None
+    finished_at: float | None = None
+    result: Any = None
+    result_truncated: bool = False
+    error: str | None = None
+    worker: str | None = None
+    cancel_requested: bool = False
+    cancel_reason: str | None = None
+    schedule_id: str | None = None
+    fire_time: float | None = None
+    revision: int = 0  # the KV revision it was read at; not part of the stored value's meaning
+
+
+class JobMessage(msgspec.Struct, omit_defaults=True):
+    """The message on a work-queue subject: the job's record as of revision ``rev``.
+
+    Carrying the record lets the worker's first write be a compare-and-set with no read.
+    """
+
+    record: JobRecord
+    rev: int = 0
+    v: int = 1
+
+
+class DLQEntry(msgspec.Struct, omit_defaults=True):
+    """What the DLQ stream holds: why a job landed there and everything needed to replay it."""
+
+    reason: str
+    at: float
+    v: int = 1
+    job_id: str | None = None
+    spec: JobSpec | None = None
+    traceback: str | None = None
+    attempts: int = 0
+    subject: str | None = None
+    raw: bytes | None = None  # the undecodable original payload, for malformed messages
+    seq: int = 0  # the DLQ stream sequence, filled on read
+
+
+class Event(msgspec.Struct, omit_defaults=True):
+    """One lifecycle fact. ``kind`` is a job state, or a service event (worker.*, leader.*)."""
+
+    kind: str
+    at: float
+    job_id: str | None = None
+    task: str | None = None
+    queue: str | None = None
+    priority: str | None = None
+    attempt: int = 0
+    worker: str | None = None
+    error: str | None = None
+    message: str | None = None
+    duration: float | None = None
+
+
+class EventBatch(msgspec.Struct, omit_defaults=True):
+    """Events are published in small batches so a busy worker sends one message per flush, not per job."""
+
+    events: list[Event]
+    v: int = 1
+
+
+class RunningJob(msgspec.Struct, omit_defaults=True):
+    id: str
+    task: str
+    started_at: float
+    progress_at: float
+
+
+class WorkerHeartbeat(msgspec.Struct, omit_defaults=True):
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    slots_total: int
+    slots_used: int
+    started_at: float
+    heartbeat_at: float
+    tasks: list[str] = msgspec.field(default_factory=list)
+    running: list[RunningJob] = msgspec.field(default_factory=list)
+    processed: int = 0
+    failed: int = 0
+    state: str = "running"  # running | draining
+    v: int = 1
+
+
+class TaskInfo(msgspec.Struct, omit_defaults=True):
+    """An entry in the task catalog: a name some worker has registered."""
+
+    name: str
+    registered_at: float
+    worker: str = ""
+    v: int = 1
+
+
+class CancelRequest(msgspec.Struct, omit_defaults=True):
+    job_id: str
+    at: float
+    reason: str = "cancelled"
+    v: int = 1
+
+
+class JobPage(msgspec.Struct):
+    jobs: list[JobRecord]
+    total: int
+    offset: int
+    limit: int

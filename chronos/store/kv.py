@@ -1,0 +1,136 @@
+"""JetStream KV implementation of Store: the authoritative job and schedule records.
+
+Compare-and-set is a publish to ``$KV.<bucket>.<key>`` with
+``Nats-Expected-Last-Subject-Sequence``; sending it through the pipelined
+Publisher lets many run at once (13k/s gathered vs 30k/s pipelined, NATS-FACTS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator, Awaitable
+
+import nats.js.errors
+from nats.js import api
+from nats.js.kv import KeyValue
+
+from ..errors import ConflictError
+from ..publisher import Publisher, is_wrong_last_sequence
+from .base import Entry
+
+_DELETE_OPS = ("DEL", "PURGE")
+log = logging.getLogger(__name__)
+
+
+class KVStore:
+    def __init__(self, kv: KeyValue, publisher: Publisher, bucket: str) -> None:
+        self._kv = kv
+        self._pub = publisher
+        self._bucket = bucket
+        self._prefix = f"$KV.{bucket}."
+
+    @property
+    def bucket(self) -> str:
+        return self._bucket
+
+    def subject(self, key: str) -> str:
+        return self._prefix + key
+
+    async def get(self, key: str) -> Entry | None:
+        try:
+            e = await self._kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        if e.value is None and e.operation in _DELETE_OPS:
+            return None
+        return Entry(key, e.value or b"", e.revision or 0)
+
+    async def put(self, key: str, value: bytes) -> int:
+        ack = await self._pub.request(self.subject(key), value)
+        return ack.seq
+
+    async def put_nowait(self, key: str, value: bytes) -> Awaitable[int]:
+        return self._rev_of(await self._pub.publish(self.subject(key), value), key)
+
+    async def create(self, key: str, value: bytes) -> int:
+        fut = await self.create_nowait(key, value)
+        return await fut
+
+    async def create_nowait(self, key: str, value: bytes) -> Awaitable[int]:
+        """Create-if-absent. (A key deleted earlier cannot be re-created this way; job ids never repeat.)"""
+        fut = await self._pub.publish(
+            self.subject(key), value, {"Nats-Expected-Last-Subject-Sequence": "0"}
+        )
+        return self._rev_of(fut, key)
+
+    async def update(self, key: str, value: bytes, revision: int) -> int:
+        return await (await self.update_nowait(key, value, revision))
+
+    async def update_nowait(self, key: str, value: bytes, revision: int) -> Awaitable[int]:
+        fut = await self._pub.publish(
+            self.subject(key), value, {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+        )
+        return self._rev_of(fut, key)
+
+    async def _await_rev(self, fut: asyncio.Future, key: str) -> int:
+        try:
+            ack = await self._pub.wait(fut)
+        except Exception as exc:
+            if is_wrong_last_sequence(exc):
+                raise ConflictError(f"record {key} changed since it was read") from None
+            raise
+        return ack.seq
+
+    def _rev_of(self, fut: asyncio.Future, key: str) -> Awaitable[int]:
+        return self._await_rev(fut, key)
+
+    async def delete(self, key: str, revision: int | None = None) -> None:
+        try:
+            await self._kv.purge(key) if revision is None else await self._kv.delete(key, last=revision)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            raise ConflictError(f"record {key} changed since it was read") from None
+        except nats.js.errors.APIError as exc:
+            if is_wrong_last_sequence(exc):
+                raise ConflictError(f"record {key} changed since it was read") from None
+            raise
+
+    async def entries(self, pattern: str = ">") -> list[Entry]:
+        """Every current entry matching ``pattern``, read through one ordered consumer (last value per key)."""
+        try:
+            watcher = await self._kv.watch(pattern, ignore_deletes=True, include_history=False)
+        except nats.js.errors.NotFoundError:
+            return []
+        out: list[Entry] = []
+        try:
+            async for e in watcher:
+                if e is None:
+                    break
+                if e.value is None or e.operation in _DELETE_OPS:
+                    continue
+                out.append(Entry(e.key, e.value, e.revision or 0))
+        finally:
+            await watcher.stop()
+        out.sort(key=lambda x: x.key)
+        return out
+
+    async def watch(self, pattern: str = ">", *, include_existing: bool = False) -> AsyncIterator[Entry]:
+        """Changes to keys matching ``pattern`` (a key, or NATS wildcards like ``cancel.>``)."""
+        policy = api.DeliverPolicy.LAST_PER_SUBJECT if include_existing else api.DeliverPolicy.NEW
+        sub = await self._kv._js.subscribe(
+            self._prefix + pattern, stream=f"KV_{self._bucket}", ordered_consumer=True,
+            deliver_policy=policy, inactive_threshold=300.0,
+        )
+        try:
+            async for msg in sub.messages:
+                op = (msg.headers or {}).get("KV-Operation")
+                if op is None and msg.headers and "Nats-Marker-Reason" in msg.headers:
+                    op = "PURGE"
+                deleted = op in _DELETE_OPS
+                yield Entry(msg.subject[len(self._prefix):], None if deleted else msg.data,
+                            msg.metadata.sequence.stream)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # connection already closed
+                log.debug("watch unsubscribe: %s", exc)

@@ -1,0 +1,114 @@
+"""Every stream, subject, consumer and bucket name, derived from the namespace.
+
+No other module spells a subject or bucket literal. A namespace isolates one
+chronos deployment (or one test) from another on the same NATS server.
+"""
+
+from __future__ import annotations
+
+import re
+
+PRIORITIES: tuple[str, ...] = ("critical", "high", "default", "low")
+PRIORITY_RANK: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def is_valid_token(value: str) -> bool:
+    """A queue or namespace must be one NATS subject token and a valid stream-name part."""
+    return bool(_TOKEN.match(value))
+
+
+class Names:
+    """All names for one namespace. Cheap to build; pass it around instead of strings."""
+
+    def __init__(self, namespace: str = "chronos") -> None:
+        if not is_valid_token(namespace):
+            raise ValueError(
+                f"namespace {namespace!r} must be 1-64 characters of letters, digits, '_' or '-'"
+            )
+        self.ns = namespace
+        up = namespace.upper().replace("-", "_")
+        # streams
+        self.jobs_stream = f"{up}_JOBS"
+        self.dlq_stream = f"{up}_DLQ"
+        self.events_stream = f"{up}_EVENTS"
+        self.delayed_stream = f"{up}_DELAYED"
+        # KV buckets
+        self.jobs_bucket = f"{namespace}_jobs"
+        self.workers_bucket = f"{namespace}_workers"
+        self.tasks_bucket = f"{namespace}_tasks"
+        self.control_bucket = f"{namespace}_control"
+        self.schedules_bucket = f"{namespace}_schedules"
+        self.lease_bucket = f"{namespace}_lease"
+        # subject roots
+        self.jobs_root = f"{namespace}.jobs"
+        self.events_root = f"{namespace}.events"
+        self.dlq_root = f"{namespace}.dlq"
+        self.delayed_root = f"{namespace}.delayed"
+        self.api_root = f"{namespace}.api"
+
+    # --- work-queue stream -------------------------------------------------
+    def job_subject(self, priority: str, queue: str) -> str:
+        return f"{self.jobs_root}.{priority}.{queue}"
+
+    def jobs_wildcard(self) -> str:
+        return f"{self.jobs_root}.>"
+
+    def priority_filter(self, priority: str) -> str:
+        return f"{self.jobs_root}.{priority}.*"
+
+    def queue_filter(self, priority: str, queue: str) -> str:
+        return self.job_subject(priority, queue)
+
+    def consumer_name(self, priority: str, queue: str | None = None) -> str:
+        """One durable per priority (and queue): work-queue streams refuse overlapping filters."""
+        base = f"{self.ns}_{priority}"
+        return f"{base}_{queue}" if queue else base
+
+    # --- events --------------------------------------------------------------
+    def event_subject(self, kind: str, queue: str) -> str:
+        return f"{self.events_root}.{kind}.{queue}"
+
+    def events_wildcard(self) -> str:
+        return f"{self.events_root}.>"
+
+    def events_filter(self, kind: str = "*", queue: str = "*") -> str:
+        return f"{self.events_root}.{kind}.{queue}"
+
+    # --- DLQ -----------------------------------------------------------------
+    def dlq_subject(self, queue: str) -> str:
+        return f"{self.dlq_root}.{queue}"
+
+    def dlq_wildcard(self) -> str:
+        return f"{self.dlq_root}.>"
+
+    # --- delayed jobs --------------------------------------------------------
+    def delayed_subject(self, minute: int) -> str:
+        return f"{self.delayed_root}.{minute}"
+
+    def delayed_wildcard(self) -> str:
+        return f"{self.delayed_root}.>"
+
+    # --- KV keys and raw KV subjects (for pipelined compare-and-set) ---------
+    def kv_subject(self, bucket: str, key: str) -> str:
+        return f"$KV.{bucket}.{key}"
+
+    def kv_stream(self, bucket: str) -> str:
+        return f"KV_{bucket}"
+
+    # --- control / API -------------------------------------------------------
+    def cancel_key(self, job_id: str) -> str:
+        return f"cancel.{job_id}"
+
+    def unique_key(self, digest: str) -> str:
+        return f"unique.{digest}"
+
+    def history_api(self) -> str:
+        return f"{self.api_root}.history"
+
+    def max_deliveries_advisory(self) -> str:
+        return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{self.jobs_stream}.*"
+
+    def consumer_next(self, consumer: str) -> str:
+        return f"$JS.API.CONSUMER.MSG.NEXT.{self.jobs_stream}.{consumer}"

