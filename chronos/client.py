@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
 import msgspec
@@ -238,32 +237,40 @@ class Client:
         return await self._submit_pipelined(records, progress)
 
     async def _submit_pipelined(
-        self, records: list[JobRecord], progress: Callable[[int], None] | None = None
+        self, records: list[JobRecord], progress: Callable[[int], None] | None = None, chunk: int = 1000
     ) -> list[str]:
-        creates: deque[tuple[JobRecord, Any]] = deque()
-        publishes: list[asyncio.Future[Any]] = []
+        """Chunked two-stage pipeline: chunk k's record creates are in flight while chunk k-1's
+        work messages go out, so writes leave in large buffers and nothing waits per job."""
+        ops, publisher = self.ops, self.conn.publisher
+        store = await ops.store()
+        work_acks: list[asyncio.Future[Any]] = []
         done = 0
 
-        async def publish_next() -> None:
-            rec, fut = creates.popleft()
-            rev = await fut
-            if rec.state is JobState.SCHEDULED:
-                await self._park_scheduled(rec, rev)
-            else:
-                publishes.append(await self.ops.publish_work_nowait(rec, rev))
-            self.events.emit(job_event(rec))
+        async def send_work(batch: list[tuple[JobRecord, Any]]) -> None:
+            for rec, fut in batch:
+                rev = await fut
+                if rec.state is JobState.SCHEDULED:
+                    await self._park_scheduled(rec, rev)
+                else:
+                    work_acks.append(await ops.publish_work_nowait(rec, rev))
+                self.events.emit(job_event(rec))
 
-        for rec in records:
-            creates.append((rec, await self.ops.create_nowait(rec)))
-            if len(creates) >= 1024:
-                await publish_next()
-        while creates:
-            await publish_next()
-        for fut in publishes:
-            await self.conn.publisher.wait(fut)
-            done += 1
-            if progress is not None and done % 500 == 0:
-                progress(done)
+        previous: list[tuple[JobRecord, Any]] = []
+        for start in range(0, len(records), chunk):
+            current = [(rec, await store.create_nowait(rec.id, codec.encode(rec)))
+                       for rec in records[start : start + chunk]]
+            if previous:
+                await send_work(previous)
+            previous = current
+            # Keep acks from piling up: settle the work messages of two chunks ago.
+            while len(work_acks) - done > 2 * chunk:
+                await publisher.wait(work_acks[done])
+                done += 1
+                if progress is not None and done % chunk == 0:
+                    progress(done)
+        await send_work(previous)
+        for fut in work_acks[done:]:
+            await publisher.wait(fut)
         if progress is not None:
             progress(len(records))
         return [r.id for r in records]

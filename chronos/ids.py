@@ -18,9 +18,9 @@ def _b32(value: int, length: int) -> str:
 
 
 def new_job_id(now: float | None = None) -> str:
-    """26 characters: 48-bit milliseconds then 80 random bits, like a ULID."""
+    """28 hex characters: 48-bit milliseconds then 64 random bits, so ids sort by creation."""
     ms = int((time.time() if now is None else now) * 1000)
-    return _b32(ms, 10) + _b32(int.from_bytes(os.urandom(10), "big"), 16)
+    return f"{ms:012x}{os.urandom(8).hex()}"
 
 
 def derived_job_id(*parts: str) -> str:

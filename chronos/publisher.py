@@ -6,11 +6,19 @@ This publisher sends every message with a reply subject under one wildcard
 inbox, names each by a counter, and bounds what is in flight with a window.
 PubAcks are parsed with msgspec. One round trip is ~0.25 ms here, so the
 throughput comes from never awaiting one per message.
+
+While connected it writes the PUB/HPUB frame itself into nats-py's outgoing
+buffer (``_send_command``), skipping the per-call header re-encoding and subject
+checks of ``Client.publish`` (our subjects come from subjects.py, built from
+validated tokens). Disconnected, it falls back to ``Client.publish`` so
+nats-py's reconnect buffering rules apply unchanged. This leans on a private
+nats-py method; tests/integration pins the behaviour against nats-py 2.16.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import msgspec
@@ -39,6 +47,7 @@ class _Reply(msgspec.Struct):
 
 
 _reply_decoder = msgspec.json.Decoder(_Reply)
+log = logging.getLogger(__name__)
 
 # JetStream error codes we act on.
 WRONG_LAST_SEQUENCE = 10071
@@ -60,17 +69,40 @@ class Publisher:
         self._prefix = ""
         self._counter = 0
         self._pending: dict[str, asyncio.Future[PubAck]] = {}
+        self._sent_at: dict[str, float] = {}
         self._space = asyncio.Event()
         self._space.set()
         self._sub = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self._sub is not None:
             return
         self._prefix = f"{self._nc.new_inbox()}."
-        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply)
+        self._prefix_b = self._prefix.encode()
+        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply, pending_msgs_limit=-1,
+                                             pending_bytes_limit=-1)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Fail futures whose PubAck never came (server gone); one timer for all, not one per message."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, self._timeout / 4))
+            cutoff = loop.time() - self._timeout
+            expired = [t for t, sent in self._sent_at.items() if sent < cutoff]
+            for token in expired:
+                self._sent_at.pop(token, None)
+                fut = self._pending.pop(token, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(nats.errors.TimeoutError())
+            if expired:
+                self._space.set()
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._sub is not None:
             try:
                 await self._sub.unsubscribe()
@@ -89,6 +121,7 @@ class Publisher:
     async def _on_reply(self, msg: Msg) -> None:
         token = msg.subject[len(self._prefix) :]
         fut = self._pending.pop(token, None)
+        self._sent_at.pop(token, None)
         if len(self._pending) < self._window:
             self._space.set()
         if fut is None or fut.done():
@@ -117,20 +150,43 @@ class Publisher:
             await self._space.wait()
         self._counter += 1
         token = str(self._counter)
-        fut: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[PubAck] = loop.create_future()
         self._pending[token] = fut
-        await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+        self._sent_at[token] = loop.time()
+        nc = self._nc
+        if nc.is_connected and not nc.is_draining_pubs:
+            if headers:
+                hdr = encode_headers(headers)
+                frame = b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
+                    subject.encode(), self._prefix_b, token.encode(), len(hdr), len(hdr) + len(payload), hdr, payload)
+            else:
+                frame = b"PUB %s %s%s %d\r\n%s\r\n" % (
+                    subject.encode(), self._prefix_b, token.encode(), len(payload), payload)
+            await nc._send_command(frame)
+            if nc._flush_queue is not None and nc._flush_queue.empty():
+                await nc._flush_pending()
+        else:
+            await nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
         return fut
+
+    async def send(self, subject: str, payload: bytes) -> None:
+        """Fire-and-forget publish (acks, naks, in-progress), through the same lean path."""
+        nc = self._nc
+        if nc.is_connected and not nc.is_draining_pubs:
+            await nc._send_command(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
+            if nc._flush_queue is not None and nc._flush_queue.empty():
+                await nc._flush_pending()
+        else:
+            await nc.publish(subject, payload)
 
     async def request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> PubAck:
         fut = await self.publish(subject, payload, headers)
         return await self.wait(fut)
 
     async def wait(self, fut: asyncio.Future[PubAck]) -> PubAck:
-        try:
-            return await asyncio.wait_for(fut, self._timeout)
-        except asyncio.TimeoutError:
-            raise nats.errors.TimeoutError from None
+        """The sweeper fails a future after ``timeout``, so a plain await is bounded."""
+        return await fut
 
     async def flush(self) -> None:
         await self._nc.flush()
@@ -144,8 +200,61 @@ def is_wrong_last_sequence(exc: BaseException) -> bool:
     return False
 
 
+def encode_headers(headers: dict[str, str]) -> bytes:
+    """The NATS/1.0 header block; header values here are ours (numbers, ids), never user newlines."""
+    return b"NATS/1.0\r\n" + b"".join(b"%s: %s\r\n" % (k.encode(), v.encode()) for k, v in headers.items()) + b"\r\n"
+
+
 def headers_for_cas(revision: int, extra: dict[str, Any] | None = None) -> dict[str, str]:
     hdr = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
     if extra:
         hdr.update({k: str(v) for k, v in extra.items()})
     return hdr
+
+
+class Acks:
+    """JetStream acknowledgements sent without a round trip.
+
+    Failures are logged, not raised: if an ack is lost the server redelivers,
+    and the redelivery finds the record terminal and is acked then.
+    """
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._pub = publisher
+
+    async def _send(self, msg: Msg, payload: bytes) -> None:
+        if not msg.reply:
+            return
+        try:
+            await self._pub.send(msg.reply, payload)
+        except Exception as exc:
+            log.debug("ack %r failed: %s", payload[:5], exc)
+
+    async def ack(self, msg: Msg) -> None:
+        await self._send(msg, b"+ACK")
+
+    async def nak(self, msg: Msg, delay: float = 0.0) -> None:
+        if delay > 0:
+            await self._send(msg, b'-NAK {"delay": %d}' % int(delay * 1e9))
+        else:
+            await self._send(msg, b"-NAK")
+
+    async def term(self, msg: Msg) -> None:
+        await self._send(msg, b"+TERM")
+
+    async def in_progress(self, msg: Msg) -> None:
+        await self._send(msg, b"+WPI")
+
+
+def delivery_count(msg: Msg) -> int:
+    """How many times JetStream has delivered this message, read from its ack subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``, or the
+    12+ token form with domain and account hash in front.
+    """
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[4])
+    if len(tokens) >= 12:
+        return int(tokens[6])
+    return msg.metadata.num_delivered

@@ -15,7 +15,7 @@ import functools
 import logging
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from nats.aio.msg import Msg
@@ -26,6 +26,7 @@ from ..errors import Cancel, ChronosError, ConflictError, JobNotFoundError, Malf
 from ..events import EventPublisher
 from ..jobs import JobOps, job_event
 from ..models import Attempt, DLQEntry, JobMessage, JobRecord
+from ..publisher import Acks, delivery_count
 from ..states import TERMINAL, JobState, transition
 from .context import JobContext, reset_current, set_current
 from .registry import Registry, TaskDef
@@ -49,10 +50,17 @@ class Running:
     started_at: float
     progress_mono: float
     ctx: JobContext | None = None
-    call: asyncio.Future[Any] | None = None
-    hard_cancel: bool = False
-    shutdown: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    call_task: asyncio.Task[Any] | None = None  # set only while the task function runs
+    deadline: float = float("inf")
+    interrupt: str | None = None  # timeout | cancel | shutdown: why the service interrupted it
+
+    def interrupt_with(self, why: str) -> bool:
+        """Interrupt the running call (no-op outside it). True if it was interrupted."""
+        if self.call_task is None or self.interrupt is not None:
+            return False
+        self.interrupt = why
+        self.call_task.cancel()
+        return True
 
 
 class _Outcome:
@@ -92,6 +100,7 @@ class Executor:
         self.cancel_grace = cancel_grace
         self.processed = 0
         self.failed = 0
+        self.acks = Acks(ops.publisher)
 
     # --- entry -------------------------------------------------------------------------
     async def execute(self, run: Running) -> None:
@@ -108,12 +117,12 @@ class Executor:
             raise
         except Exception:  # the loop must survive anything; leave the message for redelivery
             log.exception("internal error handling job message %s; it will be redelivered", msg.subject)
-            await _quiet(msg.nak(delay=1.0))
+            await self.acks.nak(msg, 1.0)
 
     # --- the job -------------------------------------------------------------------------
     async def _run_job(self, run: Running, job: JobMessage) -> None:
         msg = run.msg
-        delivered = msg.metadata.num_delivered
+        delivered = delivery_count(msg)
         run.job_id, run.task = job.record.id, job.record.spec.task
         started = await self._start(msg, job.record, job.rev)
         if started is None:
@@ -150,7 +159,7 @@ class Executor:
         for _ in range(5):
             if record.gen != msg_gen or record.state in TERMINAL or record.state is JobState.SCHEDULED:
                 # A newer message exists for this job, or it is finished: this delivery is stale.
-                await _quiet(msg.ack())
+                await self.acks.ack(msg)
                 return None
             if fresh and record.state is JobState.RUNNING and record.worker == self.worker_id \
                     and self.is_running_here(record.id):
@@ -170,7 +179,7 @@ class Executor:
                     record = await self.ops.read(record.id)
                 except JobNotFoundError:
                     log.info("job message for %s has no record (pruned or withdrawn); dropping it", record.id)
-                    await _quiet(msg.ack())
+                    await self.acks.ack(msg)
                     return None
                 rev, fresh = record.revision, True
         raise ConflictError(f"job {record.id}: record kept changing while starting")
@@ -191,37 +200,36 @@ class Executor:
         run.ctx = ctx
         timeout = spec.timeout or self.default_timeout
         args, kwargs = (spec.args, {}) if isinstance(spec.args, list) else ((), spec.args)
+        run.deadline = self.clock.monotonic() + timeout  # the service's sweeper interrupts past it
+        loop = asyncio.get_running_loop()
         token = set_current(ctx)
+        run.call_task = asyncio.current_task()
         try:
+            # Awaited in this task, not a task of its own: one task per job on the hot path.
             if taskdef.is_async:
-                run.call = asyncio.ensure_future(taskdef.fn(*args, **kwargs))
+                result = await taskdef.fn(*args, **kwargs)
             else:
                 call = functools.partial(contextvars.copy_context().run, taskdef.fn, *args, **kwargs)
-                run.call = asyncio.get_running_loop().run_in_executor(self.pool, call)
-        except Exception as exc:  # arguments that do not fit the function's signature, etc.
-            return _Outcome("error", error=_short(exc), tb=_tb(exc))
-        finally:
-            reset_current(token)
-        try:
-            result = await asyncio.wait_for(asyncio.shield(run.call), timeout)
-        except asyncio.TimeoutError:
-            run.call.cancel()
-            return _Outcome("timeout", error=f"timed out after {timeout:g}s")
+                result = await loop.run_in_executor(self.pool, call)
         except asyncio.CancelledError:
-            if run.shutdown:
-                run.call.cancel()
+            why = run.interrupt
+            if why is None:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            if why == "timeout":
+                return _Outcome("timeout", error=f"timed out after {timeout:g}s")
+            if why == "shutdown":
                 return _Outcome("shutdown", error="worker shut down before the job finished")
-            if run.hard_cancel or (run.call.done() and run.call.cancelled()):
-                return _Outcome("cancelled", error=ctx.cancel_reason or "cancelled by operator")
-            raise
+            return _Outcome("cancelled", error=ctx.cancel_reason or "cancelled by operator")
         except Retry as r:
             return _Outcome("retry", error=r.reason, delay=r.delay)
         except Cancel as c:
             return _Outcome("cancelled", error=c.reason)
         except Exception as exc:
             return _Outcome("error", error=_short(exc), tb=_tb(exc))
-        if ctx.cancelled and run.hard_cancel:
-            return _Outcome("cancelled", error=ctx.cancel_reason or "cancelled by operator")
+        finally:
+            run.call_task = None  # from here on the job cannot be interrupted
+            reset_current(token)
         return _Outcome("completed", result=result)
 
     async def _finish(self, run: Running, record: JobRecord, rev: int, outcome: _Outcome, delivered: int) -> None:
@@ -232,7 +240,7 @@ class Executor:
             if record.state is not JobState.RUNNING or record.worker != self.worker_id:
                 # Someone else moved it (retried by hand, taken over by another worker): not ours to write.
                 log.info("job %s moved to %s while it ran here; dropping this attempt's outcome", record.id, record.state)
-                await _quiet(msg.ack())
+                await self.acks.ack(msg)
                 return
             attempts = list(record.attempts)
             if attempts:
@@ -242,14 +250,14 @@ class Executor:
                 value, truncated = codec.cap_result(outcome.result, self.max_result_bytes)
                 new = transition(record, JobState.COMPLETED, now, attempts=attempts, result=value,
                                  result_truncated=truncated, error=None)
-                ack = msg.ack
+                ack = functools.partial(self.acks.ack, msg)
             elif outcome.kind == "cancelled" or (record.cancel_requested and outcome.kind != "completed"):
                 reason = outcome.error if outcome.kind == "cancelled" else (record.cancel_reason or "cancelled")
                 new = transition(record, JobState.CANCELLED, now, attempts=attempts, error=reason)
-                ack = msg.term
+                ack = functools.partial(self.acks.term, msg)
             elif outcome.kind == "shutdown":
                 new = transition(record, JobState.AVAILABLE, now, attempts=attempts, worker=None)
-                ack = msg.nak
+                ack = functools.partial(self.acks.nak, msg)
             elif delivered >= record.spec.max_attempts:
                 reason = f"attempts exhausted ({delivered}/{record.spec.max_attempts}): {outcome.error}"
                 await self._discard(msg, record, rev, reason, outcome.tb, attempts=attempts)
@@ -260,14 +268,14 @@ class Executor:
                 delay = outcome.delay if outcome.kind == "retry" else record.spec.backoff.delay(delivered)
                 new = transition(record, JobState.RETRYABLE, now, attempts=attempts, error=outcome.error,
                                  scheduled_at=now + delay)
-                ack = functools.partial(msg.nak, delay=delay) if delay > 0 else msg.nak
+                ack = functools.partial(self.acks.nak, msg, delay)
             try:
                 await (await self.ops.write_nowait(new, rev))
             except ConflictError:
                 record = await self.ops.read(record.id)
                 rev = record.revision
                 continue
-            await _quiet(ack())
+            await ack()
             if new.state is JobState.COMPLETED:
                 self.processed += 1
             elif new.state is not JobState.AVAILABLE:
@@ -295,7 +303,7 @@ class Executor:
             except ConflictError:
                 record = await self.ops.read(record.id)
                 rev = record.revision
-        await _quiet(msg.term())
+        await self.acks.term(msg)
         log.warning("job %s (%s) moved to the DLQ: %s", record.id, record.spec.task, reason)
 
     async def _malformed(self, msg: Msg, reason: str) -> None:
@@ -303,7 +311,7 @@ class Executor:
                          raw=msg.data)
         queue = msg.subject.rsplit(".", 1)[-1]
         await self.ops.publish_dlq(entry, queue)
-        await _quiet(msg.term())
+        await self.acks.term(msg)
         self.failed += 1
         log.warning("malformed message on %s moved to the DLQ: %s", msg.subject, reason)
 
@@ -320,11 +328,3 @@ def _short(exc: BaseException) -> str:
 
 def _tb(exc: BaseException) -> str:
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-MAX_TRACEBACK:]
-
-
-async def _quiet(coro: Any) -> None:
-    """Acks are fire-and-forget; a closed connection means the server redelivers, which is safe."""
-    try:
-        await coro
-    except Exception as exc:
-        log.debug("ack/nak failed: %s", exc)

@@ -36,10 +36,9 @@ from ..events import EventPublisher, log_event
 from ..ids import new_job_id
 from ..jobs import JobOps
 from ..models import CancelRequest, Event, RunningJob, TaskInfo, WorkerHeartbeat
-from ..store.kv import KVStore
 from ..subjects import PRIORITIES
 from .advisories import MaxDeliveriesHandler
-from .executor import Executor, Running, _quiet
+from .executor import Executor, Running
 from .puller import Puller
 from .registry import Registry, default_registry
 
@@ -224,7 +223,8 @@ class WorkerService:
         tg = self._tg
         if tg is None or self._stopping.is_set():
             # Arrived after we stopped fetching: hand it straight back.
-            asyncio.get_running_loop().create_task(_quiet(msg.nak()))
+            assert self.executor is not None
+            asyncio.get_running_loop().create_task(self.executor.acks.nak(msg))
             return
         now_mono = self.clock.monotonic()
         run = Running(msg=msg, job_id="", task="", weight=1, started_mono=now_mono,
@@ -257,23 +257,26 @@ class WorkerService:
         if leftover:
             log.warning("grace period over: returning %d jobs to the queue", len(leftover))
         for run in leftover:
-            run.shutdown = True
-            if run.call is not None and not run.call.done():
-                run.call.cancel()
+            run.interrupt_with("shutdown")
         while self.running:
             await self._wait_wake(0.1)
 
     # --- background loops --------------------------------------------------------------------------
     async def _progress_loop(self) -> None:
-        """Keep long jobs' messages ours: in_progress resets ack_wait (NATS-FACTS)."""
+        """One ticker for all running jobs: in_progress well inside ack_wait (it resets the
+        redelivery clock, NATS-FACTS), and job timeouts (no timer per job on the hot path)."""
         every = max(0.2, self.settings.worker.ack_wait / 3)
+        assert self.executor is not None
+        acks = self.executor.acks
         while True:
-            await asyncio.sleep(every / 2)
+            await asyncio.sleep(0.1)
             now = self.clock.monotonic()
             for run in list(self.running.values()):
+                if now >= run.deadline:
+                    run.interrupt_with("timeout")
                 if now - run.progress_mono >= every:
                     run.progress_mono = now
-                    await _quiet(run.msg.in_progress())
+                    await acks.in_progress(run.msg)
 
     def heartbeat(self) -> WorkerHeartbeat:
         now = self.clock.now()
@@ -342,9 +345,7 @@ class WorkerService:
     async def _hard_cancel_later(self, run: Running) -> None:
         assert self.executor is not None
         await asyncio.sleep(self.executor.cancel_grace)
-        if run.call is not None and not run.call.done():
-            run.hard_cancel = True
-            run.call.cancel()
+        run.interrupt_with("cancel")
 
 
 async def run_worker(settings: Settings, registry: Registry | None = None, **kwargs: Any) -> WorkerService:
