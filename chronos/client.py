@@ -391,10 +391,11 @@ class Client:
             return JobState.RUNNING, {"cancel_requested": True, "cancel_reason": reason}
 
         rec = await self.ops.move_with_retry(job_id, decide)
-        if rec.state is JobState.RUNNING:
-            control = await self.ops.control()
-            await control.put(self.names.cancel_key(job_id), codec.encode(CancelRequest(job_id, now, reason)))
-        else:
+        # Workers watch these: a running job gets the signal; a pending one is skipped if a
+        # worker already holds its message (a worker defers its running write, see executor.py).
+        control = await self.ops.control()
+        await control.put(self.names.cancel_key(job_id), codec.encode(CancelRequest(job_id, now, reason, rec.gen)))
+        if rec.state is not JobState.RUNNING:
             self.events.emit(job_event(rec, message=reason))
         return rec
 

@@ -59,6 +59,7 @@ class WorkerSettings(msgspec.Struct, **_STRUCT):
     heartbeat_interval: float = 2.0
     low_priority_every: int = 8
     poll_expires: float = 2.0
+    running_write_after: float = 0.05
     tasks: list[str] = msgspec.field(default_factory=list)
     shell_allow: list[str] = msgspec.field(default_factory=list)
     thread_pool_size: int = 8

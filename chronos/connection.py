@@ -176,6 +176,11 @@ async def ensure_topology(conn: Connection) -> None:
                            replicas=replicas, direct=True),
         api.KeyValueConfig(bucket=names.control_bucket, history=1, storage=api.StorageType.FILE,
                            replicas=replicas, ttl=86400.0, direct=True),
+        api.KeyValueConfig(bucket=names.schedules_bucket, history=1, storage=api.StorageType.FILE,
+                           replicas=replicas, direct=True),
+        # No bucket TTL: the lease expires by per-message TTL; reads go to the stream leader (no direct).
+        api.KeyValueConfig(bucket=names.lease_bucket, history=1, storage=api.StorageType.FILE,
+                           replicas=replicas),
     ]
     for kv_cfg in buckets:
         await _ensure_bucket(js, kv_cfg)

@@ -176,6 +176,7 @@ class CancelRequest(msgspec.Struct, omit_defaults=True):
     job_id: str
     at: float
     reason: str = "cancelled"
+    gen: int = 1  # the job generation it cancels; a later manual retry is not affected
     v: int = 1
 
 

@@ -142,7 +142,7 @@ class Publisher:
             fut.set_result(PubAck(reply.stream, reply.seq, reply.duplicate))
 
     async def publish(
-        self, subject: str, payload: bytes, headers: dict[str, str] | None = None
+        self, subject: str, payload: bytes, headers: dict[str, str] | None = None, *, hdr: bytes | None = None
     ) -> asyncio.Future[PubAck]:
         """Send now; return a future for the PubAck. Waits only when the window is full."""
         while len(self._pending) >= self._window:
@@ -155,9 +155,10 @@ class Publisher:
         self._pending[token] = fut
         self._sent_at[token] = loop.time()
         nc = self._nc
+        if headers and hdr is None:
+            hdr = encode_headers(headers)
         if nc.is_connected and not nc.is_draining_pubs:
-            if headers:
-                hdr = encode_headers(headers)
+            if hdr:
                 frame = b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
                     subject.encode(), self._prefix_b, token.encode(), len(hdr), len(hdr) + len(payload), hdr, payload)
             else:
@@ -167,7 +168,7 @@ class Publisher:
             if nc._flush_queue is not None and nc._flush_queue.empty():
                 await nc._flush_pending()
         else:
-            await nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            await nc.publish(subject, payload, reply=self._prefix + token, headers=headers or _parse_hdr(hdr))
         return fut
 
     async def send(self, subject: str, payload: bytes) -> None:
@@ -198,6 +199,17 @@ def is_wrong_last_sequence(exc: BaseException) -> bool:
     if isinstance(exc, nats.js.errors.APIError):
         return getattr(exc, "err_code", None) == WRONG_LAST_SEQUENCE
     return False
+
+
+def cas_header(revision: int) -> bytes:
+    return b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\n\r\n" % revision
+
+
+def _parse_hdr(hdr: bytes | None) -> dict[str, str] | None:
+    if not hdr:
+        return None
+    lines = hdr.decode().split("\r\n")[1:]
+    return dict(line.split(": ", 1) for line in lines if ": " in line)
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:
@@ -258,3 +270,13 @@ def delivery_count(msg: Msg) -> int:
     if len(tokens) >= 12:
         return int(tokens[6])
     return msg.metadata.num_delivered
+
+
+def delivery_timestamp(msg: Msg) -> float:
+    """When the message was stored in the stream (epoch seconds), from its ack subject."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9:
+        return int(tokens[7]) / 1e9
+    if len(tokens) >= 12:
+        return int(tokens[9]) / 1e9
+    return msg.metadata.timestamp

@@ -112,3 +112,8 @@ class Names:
 
     def consumer_next(self, consumer: str) -> str:
         return f"$JS.API.CONSUMER.MSG.NEXT.{self.jobs_stream}.{consumer}"
+
+    # --- leadership ----------------------------------------------------------
+    def leader_key(self, role: str = "scheduler") -> str:
+        """The lease key in ``lease_bucket``; one per role that elects a leader."""
+        return f"leader.{role}"

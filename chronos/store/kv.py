@@ -16,7 +16,7 @@ from nats.js import api
 from nats.js.kv import KeyValue
 
 from ..errors import ConflictError
-from ..publisher import Publisher, is_wrong_last_sequence
+from ..publisher import Publisher, cas_header, is_wrong_last_sequence
 from .base import Entry
 
 _DELETE_OPS = ("DEL", "PURGE")
@@ -59,18 +59,14 @@ class KVStore:
 
     async def create_nowait(self, key: str, value: bytes) -> Awaitable[int]:
         """Create-if-absent. (A key deleted earlier cannot be re-created this way; job ids never repeat.)"""
-        fut = await self._pub.publish(
-            self.subject(key), value, {"Nats-Expected-Last-Subject-Sequence": "0"}
-        )
+        fut = await self._pub.publish(self.subject(key), value, hdr=cas_header(0))
         return self._rev_of(fut, key)
 
     async def update(self, key: str, value: bytes, revision: int) -> int:
         return await (await self.update_nowait(key, value, revision))
 
     async def update_nowait(self, key: str, value: bytes, revision: int) -> Awaitable[int]:
-        fut = await self._pub.publish(
-            self.subject(key), value, {"Nats-Expected-Last-Subject-Sequence": str(revision)}
-        )
+        fut = await self._pub.publish(self.subject(key), value, hdr=cas_header(revision))
         return self._rev_of(fut, key)
 
     async def _await_rev(self, fut: asyncio.Future, key: str) -> int:

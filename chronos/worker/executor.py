@@ -26,7 +26,7 @@ from ..errors import Cancel, ChronosError, ConflictError, JobNotFoundError, Malf
 from ..events import EventPublisher
 from ..jobs import JobOps, job_event
 from ..models import Attempt, DLQEntry, JobMessage, JobRecord
-from ..publisher import Acks, delivery_count
+from ..publisher import Acks, delivery_count, delivery_timestamp
 from ..states import TERMINAL, JobState, transition
 from .context import JobContext, reset_current, set_current
 from .registry import Registry, TaskDef
@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 MAX_ERROR = 2000
 MAX_TRACEBACK = 16_000
+# The control bucket keeps cancel requests a day; a message older than half that is read
+# before it runs rather than trusted to have its cancel (if any) known to this worker.
+FAST_PATH_MAX_AGE = 43_200.0
 MAX_ATTEMPTS_KEPT = 20  # older attempts stay in the archive, not in the KV record
 
 
@@ -53,6 +56,9 @@ class Running:
     call_task: asyncio.Task[Any] | None = None  # set only while the task function runs
     deadline: float = float("inf")
     interrupt: str | None = None  # timeout | cancel | shutdown: why the service interrupted it
+    gen: int = 0
+    deferred: tuple[JobRecord, int] | None = None  # running record not yet written, and the revision under it
+    running_write: asyncio.Task[int | None] | None = None
 
     def interrupt_with(self, why: str) -> bool:
         """Interrupt the running call (no-op outside it). True if it was interrupted."""
@@ -124,10 +130,18 @@ class Executor:
         msg = run.msg
         delivered = delivery_count(msg)
         run.job_id, run.task = job.record.id, job.record.spec.task
-        started = await self._start(msg, job.record, job.rev)
-        if started is None:
-            return
-        record, rev = started
+        if (delivered == 1 and job.record.state is JobState.AVAILABLE
+                and self.clock.now() - delivery_timestamp(msg) < FAST_PATH_MAX_AGE):
+            # First delivery of a fresh message: the carried record is current unless someone
+            # cancelled it meanwhile (workers learn that from the control watch). Defer the
+            # running write: a short job gets one compare-and-set, available -> completed.
+            record, rev = self._running(job.record), job.rev
+            run.deferred = (record, rev)
+        else:
+            started = await self._start(msg, job.record, job.rev)
+            if started is None:
+                return
+            record, rev = started
         taskdef = self.registry.get(record.spec.task)
         if taskdef is None:
             await self._discard(msg, record, rev, f"unknown task {record.spec.task!r}: no worker registers it", None)
@@ -140,8 +154,10 @@ class Executor:
             )
             return
         self.adjust_weight(run, taskdef.weight)
-        self.events.emit(job_event(record))
-        reason = self.pending_cancel(record.id, None)
+        if run.deferred is None:  # a deferred running state is announced when it is written
+            self.events.emit(job_event(record))
+        run.gen = record.gen
+        reason = self.pending_cancel(record.id, record.gen)
         if reason is not None:  # cancelled between delivery and start: never call the task
             outcome = _Outcome("cancelled", error=reason)
         else:
@@ -164,14 +180,7 @@ class Executor:
             if fresh and record.state is JobState.RUNNING and record.worker == self.worker_id \
                     and self.is_running_here(record.id):
                 return None  # redelivered while it still runs here; the running attempt acks it
-            now = self.clock.now()
-            attempts = list(record.attempts)
-            if record.state is JobState.RUNNING and attempts and attempts[-1].ended_at is None:
-                attempts[-1] = _end_attempt(attempts[-1], now, "lost", "worker lost mid-job (redelivered)")
-            attempt_no = record.attempt + 1
-            attempts.append(Attempt(number=attempt_no, started_at=now, worker=self.worker_id))
-            new = transition(record, JobState.RUNNING, now, attempt=attempt_no, attempts=attempts[-MAX_ATTEMPTS_KEPT:],
-                             worker=self.worker_id)
+            new = self._running(record)
             try:
                 return new, await (await self.ops.write_nowait(new, rev))
             except ConflictError:
@@ -184,6 +193,33 @@ class Executor:
                 rev, fresh = record.revision, True
         raise ConflictError(f"job {record.id}: record kept changing while starting")
 
+    def _running(self, record: JobRecord) -> JobRecord:
+        now = self.clock.now()
+        attempts = list(record.attempts)
+        if record.state is JobState.RUNNING and attempts and attempts[-1].ended_at is None:
+            attempts[-1] = _end_attempt(attempts[-1], now, "lost", "worker lost mid-job (redelivered)")
+        attempt_no = record.attempt + 1
+        attempts.append(Attempt(number=attempt_no, started_at=now, worker=self.worker_id))
+        return transition(record, JobState.RUNNING, now, attempt=attempt_no,
+                          attempts=attempts[-MAX_ATTEMPTS_KEPT:], worker=self.worker_id)
+
+    async def persist_running(self, run: Running) -> int | None:
+        """The job outlived the deferral: write ``running`` now. None if the record moved
+        (cancelled before it started): then the call is interrupted."""
+        assert run.deferred is not None
+        record, rev = run.deferred
+        try:
+            new_rev = await (await self.ops.write_nowait(record, rev))
+        except ConflictError:
+            current = await self.ops.read_or_none(record.id)
+            if current is None or current.state in TERMINAL or current.gen != record.gen:
+                if run.ctx is not None:
+                    run.ctx.cancel_reason = (current.error if current else None) or "cancelled before it started"
+                run.interrupt_with("cancel")
+            return None
+        self.events.emit(job_event(record))
+        return new_rev
+
     # Hooks the service replaces; defaults keep the executor usable alone.
     def is_running_here(self, job_id: str) -> bool:
         return False
@@ -191,8 +227,8 @@ class Executor:
     def adjust_weight(self, run: Running, weight: int) -> None:
         run.weight = weight
 
-    def pending_cancel(self, job_id: str, default: str | None) -> str | None:
-        return default
+    def pending_cancel(self, job_id: str, gen: int) -> str | None:
+        return None
 
     async def _call(self, run: Running, record: JobRecord, taskdef: TaskDef) -> _Outcome:
         spec = record.spec
@@ -236,6 +272,14 @@ class Executor:
         msg = run.msg
         now = self.clock.now()
         duration = now - run.started_at
+        run.deferred = None  # no late running write from here on
+        if run.running_write is not None:
+            new_rev = await run.running_write
+            if new_rev is None:
+                record = await self.ops.read(record.id)
+                rev = record.revision
+            else:
+                rev = new_rev
         for _ in range(5):
             if record.state is not JobState.RUNNING or record.worker != self.worker_id:
                 # Someone else moved it (retried by hand, taken over by another worker): not ours to write.

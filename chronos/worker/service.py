@@ -76,7 +76,7 @@ class WorkerService:
         self.ready = asyncio.Event()
         self.pullers: list[Puller] = []
         self._log_events = log_events
-        self._pending_cancels: dict[str, str] = {}
+        self._pending_cancels: dict[str, tuple[int, str]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._seq = 0
         self.started_at = clock.now()
@@ -114,8 +114,9 @@ class WorkerService:
             )
             self.executor.is_running_here = self._is_running_here  # type: ignore[method-assign]
             self.executor.adjust_weight = self._adjust_weight  # type: ignore[attr-defined]
-            self.executor.pending_cancel = self._pending_cancels.pop  # type: ignore[attr-defined]
+            self.executor.pending_cancel = self._take_cancel  # type: ignore[method-assign]
             await self._register_tasks(conn)
+            await self._load_cancels(ops)  # before the first fetch: see executor's fast path
             advisories = await MaxDeliveriesHandler(ops, self.clock).subscribe()
             self.pullers = [
                 Puller(conn, p, q, self._on_message, self._wake.set) for p in PRIORITIES for q in self.queues
@@ -152,6 +153,13 @@ class WorkerService:
     # --- slots ---------------------------------------------------------------------------
     def free(self) -> int:
         return self.slots - self.used - sum(p.outstanding for p in self.pullers)
+
+    def _take_cancel(self, job_id: str, gen: int) -> str | None:
+        found = self._pending_cancels.get(job_id)
+        if found is None or found[0] != gen:
+            return None
+        del self._pending_cancels[job_id]
+        return found[1]
 
     def _adjust_weight(self, run: Running, weight: int) -> None:
         self.used += weight - run.weight
@@ -268,10 +276,15 @@ class WorkerService:
         every = max(0.2, self.settings.worker.ack_wait / 3)
         assert self.executor is not None
         acks = self.executor.acks
+        defer = self.settings.worker.running_write_after
+        tg = self._tg
+        assert tg is not None
         while True:
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
             now = self.clock.monotonic()
             for run in list(self.running.values()):
+                if run.deferred is not None and run.running_write is None and now - run.started_mono >= defer:
+                    run.running_write = tg.create_task(self.executor.persist_running(run))
                 if now >= run.deadline:
                     run.interrupt_with("timeout")
                 if now - run.progress_mono >= every:
@@ -318,10 +331,26 @@ class WorkerService:
         for f in futs:
             await conn.publisher.wait(f)
 
+    async def _load_cancels(self, ops: JobOps) -> None:
+        control = await ops.control()
+        for entry in await control.entries("cancel.>"):
+            try:
+                req = codec.decode(entry.value or b"", CancelRequest)
+            except ChronosError:
+                continue
+            self._remember_cancel(req)
+
+    def _remember_cancel(self, req: CancelRequest) -> None:
+        # Not running here (yet): remember it so a delivery of this job is skipped, boundedly.
+        self._pending_cancels[req.job_id] = (req.gen, req.reason)
+        while len(self._pending_cancels) > 100_000:
+            self._pending_cancels.pop(next(iter(self._pending_cancels)))
+
     async def _cancel_watch(self, ops: JobOps) -> None:
         """Operator cancels of running jobs: signal the task, hard-stop it after the grace."""
         control = await ops.control()
-        async for entry in control.watch("cancel.>"):
+        # include_existing: cancels written before this worker started must be known too.
+        async for entry in control.watch("cancel.>", include_existing=True):
             if entry.value is None:
                 continue
             try:
@@ -329,11 +358,11 @@ class WorkerService:
             except ChronosError:
                 continue
             for run in list(self.running.values()):
-                if run.job_id == req.job_id:
+                if run.job_id == req.job_id and run.gen == req.gen:
                     self._signal_cancel(run, req.reason)
                     break
             else:
-                self._pending_cancels[req.job_id] = req.reason
+                self._remember_cancel(req)
 
     def _signal_cancel(self, run: Running, reason: str) -> None:
         if run.ctx is not None:

@@ -1,0 +1,168 @@
+"""run_service(): signals, one TaskGroup, a grace period. Shared by `chronos serve` and `chronos dev`.
+
+A service is a coroutine function ``main(stop)`` that runs until it is done or
+until the ``stop`` event is set, then shuts itself down (the worker stops
+fetching, waits up to its ``shutdown_grace`` for running jobs, returns the rest
+to the queue and drains its connection). Shutdown, in two phases (STYLE 7)::
+
+    running ──SIGTERM/SIGINT──► stopping ──all services returned──► STOPPED
+                                   │
+                                   ├── `grace` seconds pass ──┐
+                                   └── a second signal ───────┴──► every service task cancelled: FORCED
+
+A third signal gets the default behaviour (the process dies at once).
+
+Every service runs in the one ``asyncio.TaskGroup`` here: when one fails, the
+others are cancelled and its exception is raised from ``run_service``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from enum import StrEnum
+from typing import Any, Awaitable, Callable, Sequence
+
+from .config import Settings
+from .worker.registry import Registry, load_tasks
+from .worker.service import WorkerService
+
+log = logging.getLogger(__name__)
+
+ServiceMain = Callable[[asyncio.Event], Awaitable[Any]]
+
+SIGNALS: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+
+
+class Outcome(StrEnum):
+    FINISHED = "finished"  # every service returned on its own (burst mode, a one-shot task)
+    STOPPED = "stopped"  # a stop was requested and every service shut down within the grace
+    FORCED = "forced"  # a second signal or the grace ran out: what was left was cancelled
+
+
+async def run_service(
+    *mains: ServiceMain,
+    grace: float,
+    stop: asyncio.Event | None = None,
+    signals: Sequence[signal.Signals] = SIGNALS,
+) -> Outcome:
+    """Run ``mains`` together until all return; a signal (or ``stop.set()``) asks them to stop.
+
+    ``grace`` is how long services get after the stop request before they are
+    cancelled; give it the worker's ``shutdown_grace`` plus time to drain.
+    Signal handlers are installed only in the main thread (elsewhere, use ``stop``).
+    """
+    if not mains:
+        raise ValueError("run_service needs at least one service")
+    stop = stop if stop is not None else asyncio.Event()
+    force = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = _install_handlers(loop, signals, stop, force)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(m(stop), name=f"service-{i}:{getattr(m, '__qualname__', m)}")
+                     for i, m in enumerate(mains)]
+            outcome = await _supervise(tg, tasks, stop, force, grace)
+        return outcome
+    except BaseExceptionGroup as eg:
+        # One failing service is the common case: raise its error as is, so callers see a plain exception.
+        if len(eg.exceptions) == 1:
+            raise eg.exceptions[0] from None
+        raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def _supervise(
+    tg: asyncio.TaskGroup, tasks: list[asyncio.Task[Any]], stop: asyncio.Event, force: asyncio.Event, grace: float
+) -> Outcome:
+    stop_wait = tg.create_task(stop.wait(), name="runtime-stop-wait")
+    try:
+        pending: set[asyncio.Task[Any]] = set(tasks)
+        while pending and not stop.is_set():
+            _, still = await asyncio.wait({*pending, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+            pending = still - {stop_wait}
+        if not pending:
+            return Outcome.STOPPED if stop.is_set() else Outcome.FINISHED
+        log.info("stopping: waiting up to %.1fs for services to shut down", grace)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        force_wait = tg.create_task(force.wait(), name="runtime-force-wait")
+        try:
+            while pending and not force.is_set() and (left := deadline - loop.time()) > 0:
+                await asyncio.wait({*pending, force_wait}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                pending = {t for t in tasks if not t.done()}
+        finally:
+            force_wait.cancel()
+        if not pending:
+            return Outcome.STOPPED
+        why = "second signal" if force.is_set() else f"still running after {grace:g}s"
+        log.warning("%s: cancelling %d service task(s)", why, len(pending))
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending)
+        return Outcome.FORCED
+    finally:
+        stop_wait.cancel()
+
+
+def _install_handlers(
+    loop: asyncio.AbstractEventLoop, signals: Sequence[signal.Signals], stop: asyncio.Event, force: asyncio.Event
+) -> list[signal.Signals]:
+    if threading.current_thread() is not threading.main_thread():
+        log.debug("not in the main thread: no signal handlers (use the stop event)")
+        return []
+    received = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal received
+        received += 1
+        if received == 1:
+            log.warning("%s: shutting down gracefully; send it again to force", sig.name)
+            stop.set()
+        elif received == 2:
+            log.warning("%s again: forcing shutdown (one more kills the process)", sig.name)
+            force.set()
+            for s in signals:  # a third signal gets the default action
+                loop.remove_signal_handler(s)
+
+    installed = []
+    for sig in signals:
+        loop.add_signal_handler(sig, on_signal, sig)
+        installed.append(sig)
+    return installed
+
+
+# --- services --------------------------------------------------------------------------------------------
+def worker_registry(settings: Settings, task_specs: Sequence[str] = (), *, builtins: bool = True) -> Registry:
+    """The tasks a worker runs: the built-in ``shell`` and ``http`` (unless ``builtins`` is false),
+    then ``module:attr`` specs (from ``task_specs``, else ``settings.worker.tasks``)."""
+    from .worker.builtin import builtin_registry
+
+    reg = builtin_registry(settings) if builtins else Registry()
+    load_tasks(list(task_specs) or list(settings.worker.tasks), reg)
+    return reg
+
+
+class WorkerMain:
+    """A WorkerService as a ``main(stop)`` for run_service; ``service.ready`` is set once it fetches."""
+
+    def __init__(self, settings: Settings, registry: Registry, **kwargs: Any) -> None:
+        self.service = WorkerService(settings, registry, **kwargs)
+
+    async def __call__(self, stop: asyncio.Event) -> None:
+        svc = self.service
+        async with asyncio.TaskGroup() as tg:
+            run = tg.create_task(svc.run(), name=f"worker-{svc.id}")
+            relay = tg.create_task(_call_when_set(stop, svc.stop), name="worker-stop-relay")
+            await asyncio.wait({run, relay}, return_when=asyncio.FIRST_COMPLETED)
+            if run.done():
+                relay.cancel()
+
+
+async def _call_when_set(event: asyncio.Event, fn: Callable[[], None]) -> None:
+    await event.wait()
+    fn()
