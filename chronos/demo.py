@@ -88,3 +88,7 @@ def demo_jobs() -> list[DemoJob]:
         DemoJob("demo.always_fails", [], {"max_attempts": 3, "backoff": FAST_RETRY, "tags": ["demo"]},
                 expect="discarded (DLQ)"),
     ]
+
+
+# For `chronos serve worker --tasks chronos.demo:registry`.
+registry = demo_registry()

@@ -1,0 +1,1 @@
+"""The `chronos` command line: one module per noun, composed in cli/main.py."""

@@ -1,0 +1,141 @@
+"""Human and JSON output: tables, local times with relative hints, stable JSON.
+
+JSON output is ``codec.to_builtins`` of the chronos types (JobRecord, DLQEntry,
+WorkerHeartbeat, Event, ...), whose field names are versioned with the wire
+format, so scripts can rely on them. Times in JSON are epoch seconds (UTC).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
+from typing import Any, Iterable
+
+import msgspec
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from chronos import codec
+
+
+# Width for output that is not a terminal (pipes, files): wide enough that rows stay on one line.
+PIPE_WIDTH = 200
+
+
+def console(stderr: bool = False) -> Console:
+    """A Console bound to the current stdout/stderr (looked up per call, so test runners can swap them)."""
+    file = sys.stderr if stderr else sys.stdout
+    tty = hasattr(file, "isatty") and file.isatty()
+    return Console(file=file, highlight=False, soft_wrap=False, width=None if tty else PIPE_WIDTH)
+
+
+def plain(obj: Any) -> Any:
+    """Builtins for JSON output, with every field present (records omit defaults on the wire)."""
+    if isinstance(obj, msgspec.Struct):
+        return {f: plain(getattr(obj, f)) for f in obj.__struct_fields__}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    return codec.to_builtins(obj)
+
+
+def print_json(obj: Any) -> None:
+    typer.echo(msgspec.json.format(codec.to_json(plain(obj)), indent=2).decode())
+
+
+def print_json_line(obj: Any) -> None:
+    typer.echo(codec.to_json(plain(obj)).decode())
+
+
+def table(*columns: str, title: str | None = None) -> Table:
+    t = Table(title=title, box=None, header_style="bold", pad_edge=False, show_edge=False)
+    for c in columns:
+        if c in ("ID", "JOB", "SEQ"):
+            t.add_column(c, no_wrap=True, overflow="ignore", min_width=4)
+        else:
+            t.add_column(c, overflow="fold")
+    return t
+
+
+def print_table(t: Table) -> None:
+    console().print(t)
+
+
+def cell(value: Any) -> str:
+    """Text safe to put in a rich table (no markup interpretation)."""
+    return "" if value is None else escape(str(value))
+
+
+def human_duration(seconds: float) -> str:
+    """3m, 1h30m, 5s, 250ms: the largest two units that matter."""
+    s = abs(seconds)
+    if s < 1:
+        return f"{s * 1000:.0f}ms"
+    if s < 60:
+        return f"{s:.0f}s" if s >= 10 else f"{s:.1f}s".replace(".0s", "s")
+    units = [("d", 86400), ("h", 3600), ("m", 60), ("s", 1)]
+    parts: list[str] = []
+    rest = int(s)
+    for name, size in units:
+        if rest >= size:
+            parts.append(f"{rest // size}{name}")
+            rest %= size
+        if len(parts) == 2:
+            break
+    return "".join(parts)
+
+
+def relative(ts: float, now: float | None = None) -> str:
+    """'5s ago', 'in 3m', 'now' (whole seconds at most: a hint, not a measurement)."""
+    now = time.time() if now is None else now
+    delta = round(ts - now)
+    if delta == 0:
+        return "now"
+    return f"in {human_duration(delta)}" if delta > 0 else f"{human_duration(delta)} ago"
+
+
+def local_time(ts: float, now: float | None = None, *, full: bool = False) -> str:
+    """Local time: HH:MM:SS today, otherwise the date too."""
+    now = time.time() if now is None else now
+    dt = datetime.fromtimestamp(ts).astimezone()
+    if full:
+        return dt.isoformat(timespec="seconds")
+    if dt.date() == datetime.fromtimestamp(now).date():
+        return dt.strftime("%H:%M:%S")
+    return dt.strftime("%Y-%m-%d %H:%M")
+
+
+def when(ts: float | None, now: float | None = None, *, full: bool = False) -> str:
+    """Local time with a relative hint: '14:03:22 (5s ago)'."""
+    if ts is None:
+        return ""
+    return f"{local_time(ts, now, full=full)} ({relative(ts, now)})"
+
+
+def short(text: str | None, width: int = 60) -> str:
+    if not text:
+        return ""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def compact_json(value: Any, width: int = 40) -> str:
+    try:
+        text = codec.to_json(value).decode()
+    except (TypeError, msgspec.EncodeError):
+        text = repr(value)
+    return short(text, width)
+
+
+def key_values(rows: Iterable[tuple[str, Any]]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    for k, v in rows:
+        if v not in (None, "", [], {}):
+            grid.add_row(k, cell(v))
+    return grid

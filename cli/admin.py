@@ -1,0 +1,112 @@
+"""`chronos admin init|status`: create the namespace's topology, and a health check for scripts."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import msgspec
+import typer
+
+from chronos.client import Client
+
+from . import _output as out
+from ._shared import JsonOpt, run_client, state, wants_json
+from .logs import live_workers
+
+app = typer.Typer(help="Set up and check a chronos namespace.", no_args_is_help=True)
+
+
+class InitReport(msgspec.Struct):
+    namespace: str
+    server: str
+    queues: list[str]
+
+
+class StatusReport(msgspec.Struct):
+    """JSON of `admin status`; ``healthy`` is false when any of ``problems`` is set."""
+
+    namespace: str
+    server: str
+    healthy: bool
+    problems: list[str]
+    workers_live: int
+    workers_total: int
+    queues: dict[str, int]  # waiting messages per "priority.queue"
+    dlq: int
+    leader: Optional[str]  # None until the scheduler's lease exists
+
+
+@app.command("init")
+def init(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Create (or update) the streams, buckets and consumers of the namespace. Safe to repeat."""
+    st = state(ctx)
+
+    async def go(client: Client) -> InitReport:
+        for q in st.settings.worker.queues:
+            await client.ensure_queue(q)
+        return InitReport(namespace=st.settings.namespace, server=st.settings.nats.url,
+                          queues=list(st.settings.worker.queues))
+
+    report = run_client(st, go)
+    if wants_json(ctx, json_):
+        out.print_json(report)
+    else:
+        typer.echo(f"namespace {report.namespace!r} is ready on {report.server} "
+                   f"(queues: {', '.join(report.queues)})")
+
+
+async def leader_status(client: Client) -> Optional[str]:
+    """The current scheduler leader's id.
+
+    TODO(scheduler): read the lease through the Client once leadership.py lands,
+    and report "no leader" as a problem in `status`. Until then: unknown (None).
+    """
+    return None
+
+
+@app.command("status")
+def status(
+    ctx: typer.Context,
+    require_leader: Annotated[
+        bool, typer.Option("--require-leader/--no-require-leader", help="Fail without a scheduler leader (once the scheduler exists).")
+    ] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Health check: exits 1 when no worker is alive (for systemd, cron and load balancers)."""
+    st = state(ctx)
+
+    async def go(client: Client) -> StatusReport:
+        beats = await client.workers()
+        live = live_workers(beats, st.settings.worker.heartbeat_interval, time.time())
+        depths = await client.queue_depths()
+        dlq = await client.dlq_count()
+        leader = await leader_status(client)
+        problems = []
+        if not live:
+            problems.append("no live worker")
+        if require_leader and leader is None:
+            problems.append("no scheduler leader")
+        return StatusReport(namespace=st.settings.namespace, server=st.settings.nats.url, healthy=not problems,
+                            problems=problems, workers_live=len(live), workers_total=len(beats), queues=depths,
+                            dlq=dlq, leader=leader)
+
+    report = run_client(st, go)
+    if wants_json(ctx, json_):
+        out.print_json(report)
+    else:
+        rows = [
+            ("namespace", report.namespace),
+            ("server", report.server),
+            ("workers", f"{report.workers_live} live" + (f" ({report.workers_total - report.workers_live} stale)"
+                                                          if report.workers_total > report.workers_live else "")),
+            ("waiting", ", ".join(f"{k}={v}" for k, v in sorted(report.queues.items()) if v) or "0"),
+            ("dlq", str(report.dlq)),
+            ("leader", report.leader or "unknown (scheduler not available yet)"),
+            ("health", "ok" if report.healthy else "UNHEALTHY: " + "; ".join(report.problems)),
+        ]
+        out.console().print(out.key_values(rows))
+    if not report.healthy:
+        if not wants_json(ctx, json_):
+            typer.echo(f"error: unhealthy: {'; '.join(report.problems)}", err=True)
+        raise typer.Exit(1)

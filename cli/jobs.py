@@ -1,0 +1,238 @@
+"""`chronos jobs list|get|cancel|retry|run-now`, and `submit`, `retry`, `cancel` at the top level."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Optional
+
+import typer
+
+from chronos.client import Client
+from chronos.models import JobRecord
+from chronos.states import JobState
+from chronos.subjects import PRIORITIES
+
+from . import _output as out
+from ._parse import BadOption, parse_duration, parse_json, parse_pairs, parse_time
+from ._shared import JsonOpt, run_client, state, wants_json
+
+app = typer.Typer(help="List, inspect, cancel and retry jobs.", no_args_is_help=True)
+
+JobId = Annotated[str, typer.Argument(help="Job id.", show_default=False)]
+
+
+def _complete_priority(incomplete: str) -> list[str]:
+    return [p for p in PRIORITIES if p.startswith(incomplete)]
+
+
+def _complete_state(incomplete: str) -> list[str]:
+    return [s.value for s in JobState if s.value.startswith(incomplete)]
+
+
+# --- submit ------------------------------------------------------------------------------------------
+def submit(
+    ctx: typer.Context,
+    task: Annotated[str, typer.Argument(help="Task name, as a worker registered it.", show_default=False)],
+    args: Annotated[Optional[str], typer.Option("--args", help="Arguments as JSON: a list or an object.")] = None,
+    arg: Annotated[Optional[list[str]], typer.Option("--arg", help="A keyword argument k=v (repeatable).")] = None,
+    queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Queue (default from config).")] = None,
+    priority: Annotated[
+        Optional[str],
+        typer.Option("--priority", "-p", help=f"One of {', '.join(PRIORITIES)}.", autocompletion=_complete_priority),
+    ] = None,
+    at: Annotated[Optional[str], typer.Option("--at", help="Run at an ISO 8601 time (local if no offset).")] = None,
+    in_: Annotated[Optional[str], typer.Option("--in", help="Run after a delay: 30s, 5m, 1h30m.")] = None,
+    unique: Annotated[Optional[str], typer.Option("--unique", help="Unique key: a duplicate returns the first job.")] = None,
+    timeout: Annotated[Optional[str], typer.Option("--timeout", help="Per-attempt timeout: 90, 30s, 5m.")] = None,
+    max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Attempts before the DLQ.")] = None,
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="A tag (repeatable).")] = None,
+    wait: Annotated[bool, typer.Option("--wait", "-w", help="Follow the job to its end; exit 1 unless completed.")] = False,
+    wait_timeout: Annotated[
+        Optional[str], typer.Option("--wait-timeout", help="Give up waiting after this long (exit 1).")
+    ] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Submit a job."""
+    st = state(ctx)
+    if args is not None and arg:
+        raise BadOption("--arg", "give either --args JSON or --arg k=v, not both")
+    payload: Any = parse_json(args, "--args") if args is not None else (parse_pairs(arg, "--arg") if arg else [])
+    if args is not None and not isinstance(payload, (list, dict)):
+        raise BadOption("--args", "must be a JSON list (positional) or object (keyword arguments)")
+    if at is not None and in_ is not None:
+        raise BadOption("--in", "give either --at or --in, not both")
+    if priority is not None and priority not in PRIORITIES:
+        raise BadOption("--priority", f"{priority!r} is not one of {', '.join(PRIORITIES)}")
+    run_at = parse_time(at, "--at") if at is not None else None
+    delay = parse_duration(in_, "--in") if in_ is not None else None
+    timeout_s = parse_duration(timeout, "--timeout") if timeout is not None else None
+    if timeout_s is not None and timeout_s <= 0:
+        raise BadOption("--timeout", "must be more than zero")
+    wait_s = parse_duration(wait_timeout, "--wait-timeout") if wait_timeout is not None else None
+    as_json = wants_json(ctx, json_)
+
+    async def go(client: Client) -> JobRecord:
+        job_id = await client.submit(
+            task, payload, queue=queue, priority=priority, run_at=run_at, delay=delay,
+            max_attempts=max_attempts, timeout=timeout_s, unique_key=unique, tags=tag or (),
+        )
+        if not wait:
+            return await client.get(job_id)
+        if not as_json:
+            typer.echo(f"submitted {job_id}; waiting for it to finish (Ctrl-C stops waiting, not the job)")
+        try:
+            return await client.wait(job_id, timeout=wait_s)
+        except TimeoutError:
+            rec = await client.get(job_id)
+            raise _WaitTimedOut(rec) from None
+
+    try:
+        rec = run_client(st, go)
+    except _WaitTimedOut as exc:
+        _print_submitted(exc.record, as_json, waited=True)
+        typer.echo(f"error: --wait-timeout: job {exc.record.id} is still {exc.record.state}", err=True)
+        raise typer.Exit(1) from None
+    _print_submitted(rec, as_json, waited=wait)
+    if wait and rec.state != JobState.COMPLETED:
+        raise typer.Exit(1)
+
+
+class _WaitTimedOut(Exception):
+    def __init__(self, record: JobRecord) -> None:
+        super().__init__(record.id)
+        self.record = record
+
+
+def _print_submitted(rec: JobRecord, as_json: bool, *, waited: bool) -> None:
+    if as_json:
+        out.print_json(rec)
+        return
+    if not waited:
+        extra = f", runs {out.when(rec.spec.run_at)}" if rec.state == JobState.SCHEDULED and rec.spec.run_at else ""
+        typer.echo(f"submitted {rec.id} ({rec.spec.task} on {rec.spec.queue}/{rec.spec.priority}: {rec.state}{extra})")
+        return
+    line = f"job {rec.id} {rec.state} after {rec.attempt} attempt(s)"
+    if rec.state == JobState.COMPLETED:
+        typer.echo(f"{line}; result: {out.compact_json(rec.result, 200)}")
+    else:
+        typer.echo(f"{line}: {rec.error or ''}".rstrip(": "))
+
+
+# --- list / get ---------------------------------------------------------------------------------------------
+@app.command("list")
+def list_jobs(
+    ctx: typer.Context,
+    state_: Annotated[
+        Optional[str], typer.Option("--state", help="Only jobs in this state.", autocompletion=_complete_state)
+    ] = None,
+    queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="Only this task.")] = None,
+    tag: Annotated[Optional[str], typer.Option("--tag", "-t", help="Only jobs with this tag.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-l", min=1, help="At most this many.")] = 50,
+    offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many (newest first).")] = 0,
+    json_: JsonOpt = False,
+) -> None:
+    """List jobs, newest first."""
+    st = state(ctx)
+    if state_ is not None and state_ not in {s.value for s in JobState}:
+        raise BadOption("--state", f"{state_!r} is not one of {', '.join(s.value for s in JobState)}")
+    page = run_client(st, lambda c: c.list(state=state_, queue=queue, task=task, tag=tag, offset=offset, limit=limit))
+    if wants_json(ctx, json_):
+        out.print_json(page)
+        return
+    if not page.jobs:
+        typer.echo("no jobs" if page.total == 0 else f"no jobs at offset {offset} ({page.total} in all)")
+        return
+    now = time.time()
+    t = out.table("ID", "TASK", "STATE", "QUEUE", "PRIORITY", "TRY", "CREATED", "NEXT/ENDED", "ERROR")
+    for rec in page.jobs:
+        nxt = rec.finished_at if rec.finished_at else (rec.scheduled_at if rec.state in (JobState.SCHEDULED, JobState.RETRYABLE) else None)
+        t.add_row(rec.id, out.cell(rec.spec.task), rec.state.value, out.cell(rec.spec.queue), rec.spec.priority,
+                  f"{rec.attempt}/{rec.spec.max_attempts}", out.when(rec.created_at, now), out.when(nxt, now),
+                  out.cell(out.short(rec.error, 40)))
+    out.print_table(t)
+    shown_to = offset + len(page.jobs)
+    typer.echo(f"{offset + 1}-{shown_to} of {page.total}" + (f"; next: --offset {shown_to}" if shown_to < page.total else ""))
+
+
+@app.command("get")
+def get(ctx: typer.Context, job_id: JobId, json_: JsonOpt = False) -> None:
+    """Show one job: spec, state, attempts, result or error."""
+    st = state(ctx)
+    rec = run_client(st, lambda c: c.get(job_id))
+    if wants_json(ctx, json_):
+        out.print_json(rec)
+        return
+    print_job(rec)
+
+
+def print_job(rec: JobRecord) -> None:
+    now = time.time()
+    spec = rec.spec
+    took = None
+    if rec.finished_at and rec.attempts and rec.attempts[-1].ended_at:
+        took = out.human_duration(rec.attempts[-1].ended_at - rec.attempts[-1].started_at)
+    rows = [
+        ("job", rec.id),
+        ("task", spec.task),
+        ("state", rec.state.value + (" (cancel requested)" if rec.cancel_requested else "")),
+        ("queue", f"{spec.queue} / {spec.priority}"),
+        ("args", out.compact_json(spec.args, 400)),
+        ("attempts", f"{rec.attempt} of {spec.max_attempts}"),
+        ("created", out.when(rec.created_at, now, full=True)),
+        ("run at", out.when(spec.run_at, now, full=True)),
+        ("next run" if rec.state in (JobState.SCHEDULED, JobState.RETRYABLE) else "scheduled",
+         out.when(rec.scheduled_at, now, full=True)),
+        ("finished", out.when(rec.finished_at, now, full=True) + (f", last attempt took {took}" if took else "")),
+        ("timeout", out.human_duration(spec.timeout) if spec.timeout else None),
+        ("worker", rec.worker),
+        ("unique key", spec.unique_key),
+        ("tags", ", ".join(spec.tags)),
+        ("schedule", rec.schedule_id),
+        ("result", (out.compact_json(rec.result, 2000) + (" (truncated)" if rec.result_truncated else ""))
+         if rec.state == JobState.COMPLETED else None),
+        ("error", rec.error),
+    ]
+    c = out.console()
+    c.print(out.key_values(rows))
+    if rec.attempts:
+        t = out.table("#", "STARTED", "ENDED", "OUTCOME", "WORKER", "ERROR", title=None)
+        for a in rec.attempts:
+            t.add_row(str(a.number), out.when(a.started_at, now), out.when(a.ended_at, now), a.outcome or "running",
+                      out.cell(a.worker), out.cell(out.short(a.error, 60)))
+        c.print()
+        c.print(t)
+
+
+# --- cancel / retry / run-now -------------------------------------------------------------------------------
+@app.command("cancel")
+def cancel(
+    ctx: typer.Context,
+    job_id: JobId,
+    reason: Annotated[str, typer.Option("--reason", help="Recorded on the job.")] = "cancelled by operator",
+    json_: JsonOpt = False,
+) -> None:
+    """Cancel a job: a waiting job at once, a running one by signalling its task."""
+    rec = run_client(state(ctx), lambda c: c.cancel(job_id, reason))
+    _print_changed(ctx, rec, json_, "cancel requested (the task is signalled)" if rec.state == JobState.RUNNING else "cancelled")
+
+
+@app.command("retry")
+def retry(ctx: typer.Context, job_id: JobId, json_: JsonOpt = False) -> None:
+    """Run a retryable, cancelled or discarded job again now, with a fresh attempt budget."""
+    rec = run_client(state(ctx), lambda c: c.retry(job_id))
+    _print_changed(ctx, rec, json_, "queued again")
+
+
+@app.command("run-now")
+def run_now(ctx: typer.Context, job_id: JobId, json_: JsonOpt = False) -> None:
+    """Run a scheduled job now (a finished one is retried)."""
+    rec = run_client(state(ctx), lambda c: c.run_now(job_id))
+    _print_changed(ctx, rec, json_, "queued to run now")
+
+
+def _print_changed(ctx: typer.Context, rec: JobRecord, json_: bool, what: str) -> None:
+    if wants_json(ctx, json_):
+        out.print_json(rec)
+    else:
+        typer.echo(f"job {rec.id}: {what} (state {rec.state})")

@@ -1,0 +1,132 @@
+"""`chronos logs`, `chronos history` and `chronos workers`: what is happening and who is doing it."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from chronos.client import Client
+from chronos.errors import ChronosError
+from chronos.models import Event, WorkerHeartbeat
+from chronos.states import JobState
+
+from . import _output as out
+from ._parse import BadOption, parse_duration
+from ._shared import JsonOpt, event_history, run_client, state, wants_json
+
+# `--state failed` is shorthand for the states a failing attempt leads to.
+STATE_ALIASES = {"failed": ("retryable", "discarded")}
+
+
+def _complete_state(incomplete: str) -> list[str]:
+    return [s for s in [*(s.value for s in JobState), *STATE_ALIASES] if s.startswith(incomplete)]
+
+
+def logs(
+    ctx: typer.Context,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing live events.")] = False,
+    job: Annotated[Optional[str], typer.Option("--job", help="Only this job's events.")] = None,
+    task: Annotated[Optional[str], typer.Option("--task", help="Only this task's events.")] = None,
+    state_: Annotated[
+        Optional[list[str]],
+        typer.Option("--state", help="Only events into this state (repeatable; 'failed' = retryable+discarded).",
+                     autocompletion=_complete_state),
+    ] = None,
+    queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,
+    since: Annotated[str, typer.Option("--since", help="How far back to start: 10m, 2h, 0 for live only.")] = "10m",
+    json_: JsonOpt = False,
+) -> None:
+    """Job lifecycle events: the recent past, then live with --follow."""
+    st = state(ctx)
+    kinds: list[str] = []
+    for s in state_ or []:
+        if s in STATE_ALIASES:
+            kinds.extend(STATE_ALIASES[s])
+        elif s in {x.value for x in JobState}:
+            kinds.append(s)
+        else:
+            raise BadOption("--state", f"{s!r} is not one of {', '.join([*(x.value for x in JobState), *STATE_ALIASES])}")
+    window = parse_duration(since, "--since")
+    if not follow and window <= 0:
+        raise BadOption("--since", "must be more than zero without --follow")
+    as_json = wants_json(ctx, json_)
+
+    def show(ev: Event) -> None:
+        if task is not None and ev.task != task:
+            return
+        if as_json:
+            out.print_json_line(ev)
+        else:
+            typer.echo(format_event(ev))
+
+    async def go(client: Client) -> None:
+        opts = dict(kinds=kinds or None, queue=queue, job_id=job)
+        if follow:
+            async for ev in client.watch(**opts, history=window or None):
+                show(ev)
+        else:
+            async for ev in event_history(client, since=window, **opts):
+                show(ev)
+
+    run_client(st, go)
+
+
+def format_event(ev: Event) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(ev.at)) + f".{int(ev.at * 1000) % 1000:03d}"
+    parts = [stamp, f"{ev.kind:<10}"]
+    if ev.job_id:
+        parts.append(ev.job_id)
+    if ev.task:
+        parts.append(ev.task)
+    if ev.attempt:
+        parts.append(f"try={ev.attempt}")
+    if ev.worker:
+        parts.append(f"worker={ev.worker}")
+    if ev.duration is not None:
+        parts.append(f"took={out.human_duration(ev.duration)}")
+    if ev.error:
+        parts.append(f"error={out.short(ev.error, 120)}")
+    if ev.message:
+        parts.append(ev.message)
+    return " ".join(parts)
+
+
+def history(ctx: typer.Context) -> None:
+    """Finished jobs from the archive (needs the scheduler's archive)."""
+    state(ctx)
+    raise ChronosError("history needs the scheduler archive (coming with the scheduler); "
+                       "meanwhile use 'chronos jobs list' or 'chronos logs --since 1d'")
+
+
+def workers(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Live workers: heartbeats, slots, current jobs."""
+    st = state(ctx)
+    beats = run_client(st, lambda c: c.workers())
+    if wants_json(ctx, json_):
+        out.print_json(beats)
+        return
+    if not beats:
+        typer.echo("no workers")
+        return
+    now = time.time()
+    stale_after = stale_threshold(st.settings.worker.heartbeat_interval)
+    t = out.table("ID", "HOST", "PID", "QUEUES", "SLOTS", "RUNNING", "DONE", "FAILED", "STATE", "HEARTBEAT")
+    for w in beats:
+        alive = now - w.heartbeat_at <= stale_after
+        t.add_row(w.id, out.cell(w.host), str(w.pid), out.cell(",".join(w.queues)), f"{w.slots_used}/{w.slots_total}",
+                  out.cell(", ".join(f"{r.id} ({r.task})" for r in w.running[:3]) + (" …" if len(w.running) > 3 else "")),
+                  str(w.processed), str(w.failed), w.state if alive else "stale", out.when(w.heartbeat_at, now))
+    out.print_table(t)
+
+
+def stale_threshold(heartbeat_interval: float) -> float:
+    """A worker whose last heartbeat is older than this is presumed gone."""
+    return max(3 * heartbeat_interval, 10.0)
+
+
+def live_workers(beats: list[WorkerHeartbeat], heartbeat_interval: float, now: float | None = None) -> list[WorkerHeartbeat]:
+    now = time.time() if now is None else now
+    limit = stale_threshold(heartbeat_interval)
+    return [w for w in beats if now - w.heartbeat_at <= limit]

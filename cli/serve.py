@@ -1,0 +1,73 @@
+"""`chronos serve worker` (and, with the scheduler, `serve scheduler`): long-running services for systemd.
+
+The only CLI module that starts services; it builds them and hands them to
+``chronos.runtime.run_service`` (signals, one task group, grace period, drain).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from chronos import runtime
+from chronos.errors import ChronosError
+from chronos.subjects import is_valid_token
+
+from ._parse import BadOption, parse_csv
+from ._shared import run_async, setup_logging, state
+
+app = typer.Typer(help="Run chronos services in the foreground (for systemd).", no_args_is_help=True)
+
+# How long the runtime waits, past the worker's own shutdown_grace, for it to hand back jobs and drain.
+DRAIN_MARGIN = 5.0
+
+
+@app.command("worker")
+def worker(
+    ctx: typer.Context,
+    concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", min=1, help="Slots (default from config).")] = None,
+    queues: Annotated[Optional[str], typer.Option("--queues", "-q", help="Comma-separated queues (default from config).")] = None,
+    tasks: Annotated[
+        Optional[list[str]], typer.Option("--tasks", "-t", help="Task module or module:attr (repeatable).")
+    ] = None,
+    builtins: Annotated[bool, typer.Option("--builtins/--no-builtins", help="Offer the shell and http tasks.")] = True,
+    burst: Annotated[bool, typer.Option("--burst", help="Exit once the queues are empty.")] = False,
+    worker_id: Annotated[Optional[str], typer.Option("--id", help="Worker id (default host-pid-random).")] = None,
+) -> None:
+    """Run a worker until SIGTERM/SIGINT (a second signal forces it)."""
+    st = state(ctx)
+    settings = st.settings
+    setup_logging("DEBUG" if st.debug else settings.log_level)
+    queue_list = parse_csv(queues) if queues is not None else None
+    if queue_list is not None:
+        if not queue_list:
+            raise BadOption("--queues", "give at least one queue")
+        for q in queue_list:
+            if not is_valid_token(q):
+                raise BadOption("--queues", f"{q!r} is not a valid queue name (letters, digits, '_' or '-')")
+    registry = runtime.worker_registry(settings, tasks or (), builtins=builtins)
+    if not len(registry):
+        raise ChronosError("no tasks to run: pass --tasks module:attr or set worker.tasks in the config")
+    main = runtime.WorkerMain(settings, registry, queues=queue_list, concurrency=concurrency, burst=burst,
+                              worker_id=worker_id)
+    grace = settings.worker.shutdown_grace + DRAIN_MARGIN
+
+    async def go() -> runtime.Outcome:
+        return await runtime.run_service(main, grace=grace)
+
+    # TODO(sd_notify): send READY=1 once the worker is ready when NOTIFY_SOCKET is set; the socket
+    # path has to come through chronos/config.py (the only reader of the environment).
+    outcome = run_async(st, go())
+    if outcome is runtime.Outcome.FORCED:
+        raise typer.Exit(130)
+
+
+@app.command("scheduler")
+def scheduler(ctx: typer.Context) -> None:
+    """Run the scheduler (leader lease, cron, delayed jobs): not available yet."""
+    state(ctx)
+    raise ChronosError("the scheduler is not available yet (it comes with chronos/scheduler); "
+                       "only 'chronos serve worker' runs for now")
+
+
