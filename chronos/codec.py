@@ -19,6 +19,7 @@ from .models import (
     TaskInfo,
     WorkerHeartbeat,
 )
+from .leadership import LeaseHolder  # leadership imports codec only at call time, so no cycle at import
 
 CURRENT_VERSION = 1
 
@@ -29,7 +30,7 @@ T = TypeVar("T")
 
 _decoders: dict[type, msgspec.msgpack.Decoder] = {
     t: msgspec.msgpack.Decoder(t)
-    for t in (JobMessage, JobRecord, DLQEntry, EventBatch, WorkerHeartbeat, TaskInfo, CancelRequest)
+    for t in (JobMessage, JobRecord, DLQEntry, EventBatch, WorkerHeartbeat, TaskInfo, CancelRequest, LeaseHolder)
 }
 
 

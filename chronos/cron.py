@@ -37,8 +37,9 @@ from __future__ import annotations
 import functools
 import math
 import re
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Protocol, runtime_checkable
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -176,7 +177,7 @@ def _fold_end(wall: datetime, zone: ZoneInfo) -> datetime:
     assert after is not None and before is not None
     # The transition: the first instant already on the later offset.
     t = _first_true(math.floor(lo), math.ceil(hi), lambda s: datetime.fromtimestamp(s, zone).utcoffset() == after)
-    return datetime.fromtimestamp(t, timezone.utc).replace(tzinfo=None) + before
+    return datetime.fromtimestamp(t, UTC).replace(tzinfo=None) + before
 
 
 # --- schedules ------------------------------------------------------------------
@@ -253,7 +254,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.IGNOR
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def _parse_every(every: float | int | str) -> float:
+def _parse_every(every: float | str) -> float:
     if isinstance(every, str):
         m = _DURATION.match(every)
         if m is None:
@@ -272,7 +273,7 @@ def _fmt_seconds(s: float) -> str:
 def parse_schedule(
     *,
     cron: str | None = None,
-    every: float | int | str | None = None,
+    every: float | str | None = None,
     tz: str = "UTC",
     anchor: float = 0.0,
 ) -> CronSchedule | IntervalSchedule:
@@ -335,7 +336,7 @@ def fire_id(schedule_id: str, fire_time: float) -> str:
 
 
 def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
 def to_crontab_line(schedule: Schedule, command: str, *, tz_line: bool = True) -> str:
@@ -372,7 +373,7 @@ def _interval_fields(s: IntervalSchedule) -> str | None:
     if secs % 60 or anchor % 60:
         return None
     minutes = int(secs // 60)
-    start = datetime.fromtimestamp(anchor, timezone.utc)
+    start = datetime.fromtimestamp(anchor, UTC)
 
     def stepped(first: int, last: int, step: int) -> str:
         if step == 1:

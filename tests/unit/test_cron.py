@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -24,7 +24,6 @@ from chronos.errors import ValidationError
 
 NY = ZoneInfo("America/New_York")
 BERLIN = ZoneInfo("Europe/Berlin")
-UTC = timezone.utc
 
 
 def ts(*args: int, tz: ZoneInfo | timezone = UTC, fold: int = 0) -> float:
