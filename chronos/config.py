@@ -96,6 +96,8 @@ class Settings(msgspec.Struct, **_STRUCT):
 _SECTIONS = {name for name, typ in Settings.__annotations__.items() if typ.endswith("Settings")}
 # Shortcuts that operators expect to set without a section.
 _ENV_ALIASES = {"CHRONOS_SERVER": ("nats", "url"), "CHRONOS_URL": ("nats", "url")}
+# Not settings: where the settings come from, or read by other layers.
+_ENV_IGNORED = {"CHRONOS_CONFIG"}
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,7 +113,7 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
 def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     layer: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith("CHRONOS_"):
+        if not name.startswith("CHRONOS_") or name in _ENV_IGNORED:
             continue
         if name in _ENV_ALIASES:
             section, key = _ENV_ALIASES[name]

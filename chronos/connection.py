@@ -98,22 +98,37 @@ async def connect(settings: Settings, *, name: str = "chronos", reconnect: bool 
 
     opts["error_cb"] = _quiet_error
     # The first connect must fail fast and clearly; reconnects after that retry forever.
+    # nats-py retries a refused first connect for ~2 minutes whatever its options say, so probe first.
+    await _probe(opts["servers"], n.url, n.connect_timeout)
     try:
-        nc = await nats.connect(**{**opts, "allow_reconnect": False}) if not reconnect else await _connect_once(opts)
+        nc = await asyncio.wait_for(nats.connect(**{**opts, "allow_reconnect": False}), n.connect_timeout + 3)
     except (OSError, nats.errors.NoServersError, asyncio.TimeoutError, nats.errors.Error) as exc:
         raise ConnectionFailedError(f"cannot reach NATS at {n.url}: {exc or type(exc).__name__}") from None
+    if reconnect:
+        # nats-py reads these when a connection drops, so switching them on now is enough.
+        nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = -1
     conn = Connection(nc, settings)
     await conn.publisher.start()
     return conn
 
 
-async def _connect_once(opts: dict[str, Any]) -> NATS:
-    # nats-py retries the initial connect forever when allow_reconnect is set; cap it.
-    first = {**opts, "max_reconnect_attempts": 0, "allow_reconnect": True}
-    nc = await nats.connect(**first)
-    # Switch on unlimited reconnects for the rest of the session.
-    nc.options["max_reconnect_attempts"] = -1
-    return nc
+async def _probe(servers: list[str], url: str, timeout: float) -> None:
+    from urllib.parse import urlsplit
+
+    errors = []
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        try:
+            _, writer = await asyncio.wait_for(
+                asyncio.open_connection(parts.hostname or "127.0.0.1", parts.port or 4222), timeout
+            )
+        except (OSError, asyncio.TimeoutError) as exc:
+            errors.append(str(exc) or type(exc).__name__)
+            continue
+        writer.close()
+        return
+    raise ConnectionFailedError(f"cannot reach NATS at {url}: {errors[-1] if errors else 'no server'}")
 
 
 async def ensure_topology(conn: Connection) -> None:

@@ -50,7 +50,7 @@ async def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings(overrides={"namespace": args.namespace, "nats": {"url": args.url},
-                                        "worker": {"concurrency": args.concurrency}}, read_env=False)
+                                        "worker": {"concurrency": args.concurrency}})
     svc = WorkerService(settings, build_registry(args.sleep), log_events=False)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
