@@ -36,6 +36,9 @@ def make_settings(url: str, namespace: str, **sections: dict[str, Any]) -> Setti
     overrides: dict[str, Any] = {"namespace": namespace, "nats": {"url": url}}
     base_worker = {"ack_wait": 2.0, "shutdown_grace": 2.0, "heartbeat_interval": 0.5, "poll_expires": 1.0}
     overrides["worker"] = {**base_worker, **sections.pop("worker", {})}
+    # Stream byte limits are reservations on the shared server: keep each test's small.
+    overrides["streams"] = {"dlq_max_bytes": 8 * 1024**2, "events_max_bytes": 8 * 1024**2,
+                            **sections.pop("streams", {})}
     for k, v in sections.items():
         overrides[k] = v
     return load_settings(overrides=overrides, read_env=False)
@@ -47,8 +50,25 @@ def namespace() -> str:
 
 
 @pytest.fixture
-def settings(nats_server: EmbeddedServer, namespace: str) -> Settings:
-    return make_settings(nats_server.url, namespace)
+async def settings(nats_server: EmbeddedServer, namespace: str) -> AsyncIterator[Settings]:
+    s = make_settings(nats_server.url, namespace)
+    yield s
+    await drop_namespace(s)
+
+
+async def drop_namespace(s: Settings) -> None:
+    """Delete every stream of the test's namespace so the shared server never fills up."""
+    import nats
+
+    nc = await nats.connect(s.nats.url)
+    try:
+        js = nc.jetstream()
+        prefixes = (s.namespace.upper().replace("-", "_") + "_", f"KV_{s.namespace}_")
+        for name in await js.streams_info():
+            if name.config.name.startswith(prefixes):
+                await js.delete_stream(name.config.name)
+    finally:
+        await nc.close()
 
 
 @pytest.fixture
