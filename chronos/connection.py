@@ -78,6 +78,7 @@ async def connect(settings: Settings, *, name: str = "chronos", reconnect: bool 
         "reconnect_time_wait": 0.5,
         "pending_size": 64 * 1024 * 1024,
         "flusher_queue_size": 8192,
+        "drain_timeout": 5,
         # Subjects are built in subjects.py from validated tokens; skip re-checking each publish.
         "skip_subject_validation": True,
     }

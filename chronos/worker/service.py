@@ -8,8 +8,9 @@ in turn within a priority), each for what is still free. So that ``low`` is
 never starved by a flood of higher work, every ``low_priority_every``-th round
 (default 8) runs the order backwards, lowest first.
 
-Idle: when a round finds nothing, one long poll (batch 1) per consumer waits
-for work, as slots allow; any delivery or finished job starts a new round.
+Idle: a consumer found empty keeps one long poll (batch 1) standing, as slots
+allow, instead of being asked again each round; any delivery or finished job
+starts a new round.
 
 Shutdown, in two phases (River's Stop/StopAndCancel, arq's wait-for-completion):
 stop fetching; wait up to ``shutdown_grace`` for running jobs; then cancel what
@@ -202,6 +203,10 @@ class WorkerService:
                     except asyncio.TimeoutError:
                         log.warning("no answer to a pull request on %s; is the server there?", p.consumer)
                     got += p.delivered
+                    if p.delivered == 0 and not self.burst and self.free() > len(self.pullers):
+                        # Empty: leave one long poll standing instead of asking again every round.
+                        # It costs nothing while idle and hands over the first new job at once.
+                        await p.request(1, no_wait=False, expires=expires)
                 if got or self._stopping.is_set():
                     continue
                 if self.burst:
