@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from .errors import Retry
+from .errors import Cancel, Retry
 from .models import Backoff
 from .worker.context import current_job
 from .worker.registry import Registry
@@ -21,13 +21,13 @@ async def add(a: float, b: float) -> float:
 
 
 async def sleep(seconds: float = 1.0) -> str:
-    """Sleeps, checking for a cancel request so `chronos cancel` stops it early."""
+    """Sleeps, checking for a cancel request so `chronos cancel` stops it early (as cancelled)."""
     ctx = current_job()
     loop = asyncio.get_running_loop()
     end = loop.time() + seconds
     while (left := end - loop.time()) > 0:
         if ctx is not None and ctx.cancelled:
-            return f"stopped early: {ctx.cancel_reason}"
+            raise Cancel(ctx.cancel_reason or "cancelled")
         await asyncio.sleep(min(0.2, left))
     return f"slept {seconds:g}s"
 

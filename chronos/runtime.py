@@ -10,7 +10,8 @@ to the queue and drains its connection). Shutdown, in two phases (STYLE 7)::
                                    ├── `grace` seconds pass ──┐
                                    └── a second signal ───────┴──► every service task cancelled: FORCED
 
-A third signal gets the default behaviour (the process dies at once).
+A third signal gets whatever handler was there before (by default SIGTERM kills the
+process and SIGINT raises KeyboardInterrupt).
 
 Every service runs in the one ``asyncio.TaskGroup`` here: when one fails, the
 others are cancelled and its exception is raised from ``run_service``.
@@ -59,7 +60,7 @@ async def run_service(
     stop = stop if stop is not None else asyncio.Event()
     force = asyncio.Event()
     loop = asyncio.get_running_loop()
-    installed = _install_handlers(loop, signals, stop, force)
+    restore_handlers = _install_handlers(loop, signals, stop, force)
     try:
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(m(stop), name=f"service-{i}:{getattr(m, '__qualname__', m)}")
@@ -72,8 +73,7 @@ async def run_service(
             raise eg.exceptions[0] from None
         raise
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        restore_handlers()
 
 
 async def _supervise(
@@ -111,11 +111,20 @@ async def _supervise(
 
 def _install_handlers(
     loop: asyncio.AbstractEventLoop, signals: Sequence[signal.Signals], stop: asyncio.Event, force: asyncio.Event
-) -> list[signal.Signals]:
+) -> Callable[[], None]:
+    """Route ``signals`` to stop/force; returns the function that puts the previous handlers back."""
     if threading.current_thread() is not threading.main_thread():
         log.debug("not in the main thread: no signal handlers (use the stop event)")
-        return []
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in signals}
     received = 0
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            if handler is not None:
+                signal.signal(sig, handler)
+        previous.clear()
 
     def on_signal(sig: signal.Signals) -> None:
         nonlocal received
@@ -124,16 +133,13 @@ def _install_handlers(
             log.warning("%s: shutting down gracefully; send it again to force", sig.name)
             stop.set()
         elif received == 2:
-            log.warning("%s again: forcing shutdown (one more kills the process)", sig.name)
+            log.warning("%s again: forcing shutdown (one more gets the default action)", sig.name)
             force.set()
-            for s in signals:  # a third signal gets the default action
-                loop.remove_signal_handler(s)
+            restore()
 
-    installed = []
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
-        installed.append(sig)
-    return installed
+    return restore
 
 
 # --- services --------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from chronos.errors import ChronosError, ValidationError
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class BadOption(ChronosError):
@@ -79,3 +80,8 @@ def parse_pairs(pairs: list[str], option: str) -> dict[str, Any]:
 
 def parse_csv(value: str | None) -> list[str]:
     return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def is_job_id(value: str) -> bool:
+    """Job ids are KV keys: letters, digits, '-' and '_' (checked before asking the server)."""
+    return bool(_JOB_ID.fullmatch(value))

@@ -21,8 +21,8 @@ from typer.core import TyperGroup
 
 from chronos.client import Client
 from chronos.config import Settings
-from chronos.errors import ChronosError
-from chronos.models import Event
+from chronos.errors import ChronosError, NotFoundError
+from chronos.models import DLQEntry, Event
 
 T = TypeVar("T")
 
@@ -123,6 +123,22 @@ async def event_history(
             yield ev
     finally:
         await it.aclose()
+
+
+async def dlq_get(client: Client, ref: str | int) -> DLQEntry:
+    """Client.dlq_get, with a missing sequence number reported as NotFoundError.
+
+    For a sequence past the end of an empty or purged DLQ the server answers a
+    direct get with 408/404, which Client.dlq_get lets through as a raw API error.
+    """
+    try:
+        return await client.dlq_get(ref)
+    except ChronosError:
+        raise
+    except Exception as exc:
+        if isinstance(ref, int) and getattr(exc, "code", None) in (404, 408):
+            raise NotFoundError(f"no DLQ entry with sequence {ref}") from None
+        raise
 
 
 # --- the root group: one-line errors and exit codes ------------------------------------------------

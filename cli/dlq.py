@@ -11,11 +11,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from chronos.client import Client
 from chronos.errors import ChronosError
-from chronos.models import DLQEntry
+from chronos.models import DLQEntry, JobRecord
 
 from . import _output as out
 from ._parse import BadOption
-from ._shared import JsonOpt, YesOpt, run_client, state, wants_json
+from ._shared import JsonOpt, YesOpt, dlq_get, run_client, state, wants_json
 
 app = typer.Typer(help="Inspect, replay and purge the dead-letter queue.", no_args_is_help=True)
 
@@ -72,7 +72,7 @@ def _queue_of(e: DLQEntry) -> str:
 @app.command("show")
 def show(ctx: typer.Context, ref: Ref, json_: JsonOpt = False) -> None:
     """Show one DLQ entry with its reason and traceback."""
-    entry = run_client(state(ctx), lambda c: c.dlq_get(_ref(ref)))
+    entry = run_client(state(ctx), lambda c: dlq_get(c, _ref(ref)))
     if wants_json(ctx, json_):
         out.print_json(entry)
         return
@@ -110,7 +110,11 @@ def replay(
         raise BadOption("replay", "give exactly one of: a SEQ or JOB_ID, --all, --task TASK")
     as_json = wants_json(ctx, json_)
     if ref is not None:
-        rec = run_client(st, lambda c: c.dlq_replay(_ref(ref)))
+        async def one(client: Client) -> JobRecord:
+            entry = await dlq_get(client, _ref(ref))  # a clear "not found" first
+            return await client.dlq_replay(entry.seq)
+
+        rec = run_client(st, one)
         if as_json:
             out.print_json(ReplayReport(replayed=[rec.id], failed=[]))
         else:
@@ -174,6 +178,10 @@ def purge(
     if not yes:
         typer.confirm(f"Delete {what}? This cannot be undone", abort=True, err=True)
     purged = run_client(st, lambda c: c.dlq_purge(task=task))
+    if task is None:
+        # Client.dlq_purge() without a task returns the server's success flag (True -> 1), not a
+        # count; the whole stream was purged, so report what was confirmed.
+        purged = n
     if as_json:
         out.print_json(PurgeReport(purged=purged))
     else:

@@ -8,17 +8,24 @@ from typing import Annotated, Any, Optional
 import typer
 
 from chronos.client import Client
+from chronos.errors import ChronosError
 from chronos.models import JobRecord
 from chronos.states import JobState
 from chronos.subjects import PRIORITIES
 
 from . import _output as out
-from ._parse import BadOption, parse_duration, parse_json, parse_pairs, parse_time
+from ._parse import BadOption, is_job_id, parse_duration, parse_json, parse_pairs, parse_time
 from ._shared import JsonOpt, run_client, state, wants_json
 
 app = typer.Typer(help="List, inspect, cancel and retry jobs.", no_args_is_help=True)
 
-JobId = Annotated[str, typer.Argument(help="Job id.", show_default=False)]
+def _check_job_id(value: str) -> str:
+    if not is_job_id(value):
+        raise typer.BadParameter(f"{value!r} is not a job id (letters, digits, '-' and '_')")
+    return value
+
+
+JobId = Annotated[str, typer.Argument(help="Job id.", show_default=False, callback=_check_job_id)]
 
 
 def _complete_priority(incomplete: str) -> list[str]:
@@ -97,7 +104,7 @@ def submit(
         raise typer.Exit(1)
 
 
-class _WaitTimedOut(Exception):
+class _WaitTimedOut(ChronosError):
     def __init__(self, record: JobRecord) -> None:
         super().__init__(record.id)
         self.record = record

@@ -1,0 +1,17 @@
+"""`chronos bench throughput` is a thin wrapper: a small run completes every job."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from cli.main import app
+
+
+def test_bench_throughput_json():
+    r = CliRunner().invoke(app, ["bench", "throughput", "--n", "300", "--concurrency", "32", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["n"] == 300 and result["completed"] == 300 and result["lost"] == 0
+    assert result["enqueue_jobs_per_s"] > 0

@@ -1,0 +1,102 @@
+"""`chronos logs`, `chronos workers`, `chronos admin init|status`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from .conftest import cli_json, one_error_line, submit, wait_state, wait_until
+
+
+def test_workers_empty_then_live(cli, worker):
+    assert cli("workers").stdout.strip() == "no workers"
+    assert cli_json(cli, "workers") == []
+    w = worker(concurrency=3)
+    beats = wait_until(lambda: cli_json(cli, "workers"), what="a heartbeat")
+    assert beats[0]["id"] == w.id
+    assert beats[0]["slots_total"] == 3
+    assert "t.add" in beats[0]["tasks"]
+    for key in ("host", "pid", "queues", "slots_used", "heartbeat_at", "running", "processed", "failed", "state"):
+        assert key in beats[0]
+    human = cli("workers")
+    assert w.id in human.stdout and "0/3" in human.stdout and "running" in human.stdout
+
+
+def test_admin_init_and_status(cli, worker):
+    r = cli("admin", "init")
+    assert r.exit_code == 0, r.output
+    assert "is ready on nats://" in r.stdout
+
+    r = cli("admin", "status")
+    assert r.exit_code == 1
+    assert "UNHEALTHY: no live worker" in r.stdout
+    assert one_error_line(r) == "error: unhealthy: no live worker"
+    r = cli("admin", "status", "--json")
+    assert r.exit_code == 1
+    report = json.loads(r.stdout)
+    assert report["healthy"] is False and report["problems"] == ["no live worker"]
+    assert report["leader"] is None
+
+    worker()
+    wait_until(lambda: cli("admin", "status").exit_code == 0, what="a healthy status")
+    report = cli_json(cli, "admin", "status")
+    assert report["healthy"] is True and report["workers_live"] == 1 and report["dlq"] == 0
+    assert set(report) == {"namespace", "server", "healthy", "problems", "workers_live", "workers_total", "queues",
+                           "dlq", "leader"}
+
+
+def test_logs_history_and_filters(cli, worker):
+    worker()
+    ok = submit(cli, "t.add", "--args", "[1, 2]")
+    bad = submit(cli, "t.boom", "--max-attempts", "1")
+    wait_state(cli, ok, "completed")
+    wait_state(cli, bad, "discarded")
+
+    def logged(*args: str) -> str:
+        r = cli("logs", *args)
+        assert r.exit_code == 0, r.output
+        return r.stdout
+
+    wait_until(lambda: " completed " in logged(), what="the completed event")
+    out = logged()
+    assert ok in out and bad in out and "available" in out
+    assert bad not in logged("--job", ok)
+    failed = logged("--state", "failed")
+    assert bad in failed and ok not in failed
+    assert ok not in logged("--task", "t.boom")
+    events = [json.loads(line) for line in logged("--job", ok, "--json").splitlines()]
+    assert {e["kind"] for e in events} >= {"available", "completed"}
+    assert all(e["job_id"] == ok for e in events)
+    assert logged("--since", "1s", "--job", "nope").strip() == ""
+
+
+def test_logs_follow_until_ctrl_c(cli, config_file, register_tasks):
+    register_tasks()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "--config", str(config_file),
+         "logs", "--follow", "--since", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
+        env={k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")},
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        # Submit until the follower, which may still be subscribing, has printed one of them.
+        ids: list[str] = []
+
+        def seen() -> bool:
+            ids.append(submit(cli, "t.add", "--args", "[1, 1]"))
+            return any(i in line for line in list(lines) for i in ids)
+
+        wait_until(seen, timeout=20, what="a live event")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130
+    assert "Traceback" not in err
