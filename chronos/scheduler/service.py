@@ -1,0 +1,139 @@
+"""SchedulerService: holds the lease, runs the leader-only loops while it leads.
+
+::
+
+    follower --lease gained--> leader: stager, enqueuer, rescuer in one TaskGroup
+       ^                          |
+       +-------lease lost---------+  (all loops cancelled together)
+
+A loop that fails ends the term's TaskGroup; the service logs it and starts the
+loops again while it still leads (after a short pause). ``stop()`` cancels the
+loops and resigns the lease so a follower takes over at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ..clock import SYSTEM_CLOCK, Clock
+from ..config import Settings
+from ..connection import Connection, connect, ensure_topology
+from ..events import EventPublisher, log_event
+from ..jobs import JobOps
+from ..leadership import LeaderLease
+from .enqueuer import Enqueuer
+from .rescuer import Rescuer
+from .stager import Stager
+
+log = logging.getLogger(__name__)
+
+
+class SchedulerService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        conn: Connection | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        node_id: str | None = None,
+        log_events: bool = True,
+        stager_tick: float = 2.0,
+        enqueuer_tick: float = 1.0,
+        rescuer_tick: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.node_id = node_id
+        self._conn = conn
+        self._own_conn = conn is None
+        self._log_events = log_events
+        self._stager_tick = stager_tick
+        self._enqueuer_tick = enqueuer_tick
+        self._rescuer_tick = rescuer_tick
+        self._stopping = asyncio.Event()
+        self.ready = asyncio.Event()  # connected, topology ensured, contending for the lease
+        self.leading = asyncio.Event()  # the leader-only loops are running
+        self.lease: LeaderLease | None = None
+        self.stager: Stager | None = None
+        self.enqueuer: Enqueuer | None = None
+        self.rescuer: Rescuer | None = None
+        self.terms = 0  # how many times the loops were started
+
+    def stop(self) -> None:
+        """Begin graceful shutdown (safe to call from a signal handler)."""
+        self._stopping.set()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.lease is not None and self.lease.is_leader
+
+    async def run(self) -> None:
+        if self._conn is None:
+            self._conn = await connect(self.settings, name="chronos-scheduler")
+        conn = self._conn
+        events = EventPublisher(conn.nc, conn.names)
+        if self._log_events:
+            events.bus.subscribe(log_event)
+        try:
+            await ensure_topology(conn)
+            self.lease = LeaderLease(conn, clock=self.clock, node_id=self.node_id, on_event=events.emit)
+            async with asyncio.TaskGroup() as tg:
+                lease_task = tg.create_task(self.lease.run(), name="scheduler-lease")
+                main = tg.create_task(self._supervise(conn), name="scheduler-supervise")
+                self.ready.set()
+                await self._stopping.wait()
+                main.cancel()
+                lease_task.cancel()  # resigns on the way out
+        finally:
+            await events.close()
+            if self._own_conn:
+                await conn.close()
+
+    async def _supervise(self, conn: Connection) -> None:
+        assert self.lease is not None
+        lease = self.lease
+        while True:
+            await lease.leading.wait()
+            if not lease.is_leader:
+                await asyncio.sleep(0.05)
+                continue
+            term = asyncio.create_task(self._lead(conn), name="scheduler-term")
+            lost = asyncio.create_task(lease.following.wait())
+            try:
+                await asyncio.wait({term, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (term, lost):
+                    t.cancel()
+                await asyncio.gather(term, lost, return_exceptions=True)
+                self.leading.clear()
+            if term.done() and not term.cancelled() and term.exception() is not None:
+                log.error("scheduler loops failed; restarting them", exc_info=term.exception())
+                await asyncio.sleep(0.5)
+
+    async def _lead(self, conn: Connection) -> None:
+        """The leader-only loops of one term, started and cancelled together."""
+        assert self.lease is not None
+        lease = self.lease
+        ops = JobOps(conn, self.clock)
+        s = self.settings.scheduler
+
+        def is_leader() -> bool:
+            return lease.is_leader
+
+        self.stager = Stager(ops, clock=self.clock, tick=self._stager_tick, is_leader=is_leader)
+        self.enqueuer = Enqueuer(ops, clock=self.clock, tick=self._enqueuer_tick, is_leader=is_leader)
+        self.rescuer = Rescuer(ops, clock=self.clock, tick=self._rescuer_tick or max(1.0, s.rescue_after / 4),
+                               is_leader=is_leader)
+        loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
+            ("stager", self.stager.run),
+            ("enqueuer", self.enqueuer.run),
+            ("rescuer", self.rescuer.run),
+        ]
+        self.terms += 1
+        async with asyncio.TaskGroup() as tg:
+            for name, fn in loops:
+                tg.create_task(fn(), name=f"scheduler-{name}")
+            self.leading.set()

@@ -1,0 +1,318 @@
+"""Stager: promotes parked (scheduled) jobs at their exact run_at. Leader only.
+
+Parked jobs wait as ``JobMessage`` on per-minute subjects ``<ns>.delayed.<minute>``
+(see ``delayed.py``). The stager keeps only the near horizon in memory:
+
+* at start it loads every minute subject up to ``now + horizon`` (past minutes
+  included: jobs the previous leader never promoted run at once);
+* every ``tick`` seconds it loads the minutes that have entered the horizon;
+* a core subscription on ``<ns>.delayed.>`` adds jobs parked while it runs, so
+  a job due in half a second does not wait for a tick.
+
+Firing comes from an in-memory timer heap (sleep until the earliest due time,
+woken early when an earlier item arrives), never from a poll tick.
+
+Promotion of (id, gen) is a compare-and-set from ``scheduled`` to ``available``
+on the revision the parked message carries (one re-read on conflict), then the
+work publish. Two leaders promoting the same job: one CAS wins, so one run. A
+job cancelled or run early (``Client.run_now``) is no longer ``scheduled`` at
+this gen and is skipped. Afterwards the parked message is deleted by its
+stream sequence; jobs that came in through the core subscription (whose
+sequence is unknown) are deleted by the next scan of their minute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from .. import codec
+from ..clock import SYSTEM_CLOCK, Clock
+from ..delayed import minute_of
+from ..errors import ChronosError, ConflictError, IllegalTransitionError
+from ..jobs import JobOps
+from ..models import JobMessage, JobRecord
+from ..states import JobState, transition
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, int]  # (job id, gen)
+
+
+@dataclass
+class _Parked:
+    due: float
+    record: JobRecord
+    rev: int
+    minute: int
+    seq: int | None = None  # DELAYED stream sequence, when known
+    fired: bool = False
+
+
+@dataclass
+class StagerStats:
+    promoted: int = 0
+    skipped: int = 0
+    lateness: list[float] = field(default_factory=list)  # seconds past due at promotion (CAS done)
+
+
+class Stager:
+    def __init__(
+        self,
+        ops: JobOps,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        horizon: float | None = None,
+        tick: float = 2.0,
+        rescan_every: float = 15.0,
+        is_leader: Callable[[], bool] = lambda: True,
+        concurrency: int = 256,
+        keep_lateness: int = 10_000,
+    ) -> None:
+        self.ops = ops
+        self.conn = ops.conn
+        self.names = ops.names
+        self.clock = clock
+        self.horizon = ops.conn.settings.scheduler.horizon if horizon is None else horizon
+        self.tick = tick
+        self.rescan_every = rescan_every
+        self.is_leader = is_leader
+        self.stats = StagerStats()
+        self._keep_lateness = keep_lateness
+        self._entries: dict[Key, _Parked] = {}
+        self._heap: list[tuple[float, int, Key]] = []
+        self._counter = itertools.count()
+        self._done: dict[Key, int] = {}  # handled, parked message not yet deleted -> minute
+        self._watermark = -1  # every minute <= this has been loaded
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(concurrency)
+        self.ready = asyncio.Event()
+        self.promoted = asyncio.Event()  # pulsed after each promotion, for tests and benches
+
+    # --- public ------------------------------------------------------------------------
+    def pending(self) -> int:
+        return sum(1 for e in self._entries.values() if not e.fired)
+
+    async def run(self) -> None:
+        sub = await self.conn.nc.subscribe(self.names.delayed_wildcard(), cb=self._on_live)
+        try:
+            await self._initial_load()
+            self.ready.set()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._load_loop(tg), name="stager-load")
+                await self._fire_loop(tg)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.debug("stager unsubscribe: %s", exc)
+
+    # --- loading -----------------------------------------------------------------------
+    def _horizon_minute(self) -> int:
+        return minute_of(self.clock.now() + self.horizon)
+
+    async def _minutes_present(self) -> list[int]:
+        info = await self.conn.js.stream_info(self.names.delayed_stream, subjects_filter=self.names.delayed_wildcard())
+        prefix = self.names.delayed_root + "."
+        out = []
+        for subject in (info.state.subjects or {}):
+            try:
+                out.append(int(subject[len(prefix):]))
+            except ValueError:
+                continue
+        return sorted(out)
+
+    async def _initial_load(self) -> None:
+        wm = self._horizon_minute()
+        for minute in await self._minutes_present():
+            if minute <= wm:
+                await self._scan(minute)
+        self._watermark = wm
+
+    async def _load_loop(self, tg: asyncio.TaskGroup) -> None:
+        last_rescan = self.clock.monotonic()
+        while True:
+            await asyncio.sleep(self.tick)
+            try:
+                last_rescan = await self._load_step(last_rescan)
+            except (nats.errors.Error, nats.js.errors.Error, ChronosError) as exc:
+                log.warning("stager: loading parked jobs failed, trying again in %.1fs: %r", self.tick, exc)
+
+    async def _load_step(self, last_rescan: float) -> float:
+        wm = self._horizon_minute()
+        for minute in range(self._watermark + 1, wm + 1):
+            await self._scan(minute)
+        self._watermark = max(self._watermark, wm)
+        if self._done:
+            # Handled jobs whose parked message's sequence was unknown (came in live): delete them now.
+            for minute in sorted(set(self._done.values())):
+                await self._scan(minute)
+        if self.clock.monotonic() - last_rescan >= self.rescan_every:
+            # Safety net for anything the live subscription missed (reconnects): re-read past minutes.
+            last_rescan = self.clock.monotonic()
+            now_minute = minute_of(self.clock.now())
+            for minute in await self._minutes_present():
+                if minute <= now_minute:
+                    await self._scan(minute)
+        return last_rescan
+
+    async def _scan(self, minute: int) -> None:
+        """Read one minute subject in full; add unknown jobs, learn sequences, delete handled ones."""
+        subject = self.names.delayed_subject(minute)
+        cfg = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE,
+            deliver_policy=api.DeliverPolicy.ALL,
+            inactive_threshold=10.0,
+            mem_storage=True,
+        )
+        psub = await self.conn.js.pull_subscribe(subject, stream=self.names.delayed_stream, config=cfg)
+        try:
+            while True:
+                try:
+                    msgs = await psub.fetch(512, timeout=0.5)
+                except nats.errors.TimeoutError:
+                    break
+                for msg in msgs:
+                    await self._on_stored(msg, minute)
+                if not msgs or msgs[-1].metadata.num_pending == 0:
+                    break
+        finally:
+            try:
+                await psub.unsubscribe()
+            except nats.errors.Error as exc:
+                log.debug("stager scan unsubscribe: %s", exc)
+
+    async def _on_stored(self, msg: Msg, minute: int) -> None:
+        seq = msg.metadata.sequence.stream
+        try:
+            parked = codec.decode(msg.data, JobMessage)
+        except ChronosError as exc:
+            log.warning("dropping unreadable parked message %d: %s", seq, exc)
+            await self._delete(seq)
+            return
+        key = (parked.record.id, parked.record.gen)
+        if key in self._done:
+            del self._done[key]
+            await self._delete(seq)
+            return
+        entry = self._entries.get(key)
+        if entry is not None:
+            entry.seq = seq
+            return
+        self._add(parked, minute, seq)
+
+    async def _on_live(self, msg: Msg) -> None:
+        try:
+            minute = int(msg.subject.rsplit(".", 1)[1])
+            parked = codec.decode(msg.data, JobMessage)
+        except (ValueError, IndexError, ChronosError):
+            return
+        if minute > self._horizon_minute():
+            return  # loaded by a scan when its minute enters the horizon
+        key = (parked.record.id, parked.record.gen)
+        if key in self._entries or key in self._done:
+            return
+        self._add(parked, minute, None)
+
+    def _add(self, parked: JobMessage, minute: int, seq: int | None) -> None:
+        rec = parked.record
+        due = rec.spec.run_at if rec.spec.run_at is not None else (rec.scheduled_at or 0.0)
+        key = (rec.id, rec.gen)
+        self._entries[key] = _Parked(due=due, record=rec, rev=parked.rev, minute=minute, seq=seq)
+        if not self._heap or due < self._heap[0][0]:
+            self._wake.set()
+        heapq.heappush(self._heap, (due, next(self._counter), key))
+
+    # --- firing --------------------------------------------------------------------------
+    async def _fire_loop(self, tg: asyncio.TaskGroup) -> None:
+        while True:
+            if not self._heap:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            due = self._heap[0][0]
+            delay = due - self.clock.now()
+            if delay > 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                except TimeoutError:
+                    pass
+                continue
+            while self._heap and self._heap[0][0] <= self.clock.now():
+                _, _, key = heapq.heappop(self._heap)
+                entry = self._entries.get(key)
+                if entry is None or entry.fired:
+                    continue
+                entry.fired = True
+                await self._slots.acquire()
+                tg.create_task(self._promote(key, entry))
+            await asyncio.sleep(0)  # let the promotions go out
+
+    async def _promote(self, key: Key, entry: _Parked) -> None:
+        try:
+            if not self.is_leader():
+                # Not trusted any more: leave it parked for whoever leads next.
+                entry.fired = False
+                self._entries.pop(key, None)
+                return
+            promoted = await self._cas_promote(entry)
+            if promoted is not None:
+                late = self.clock.now() - entry.due
+                await self.ops.publish_work(promoted, promoted.revision)
+                self.stats.promoted += 1
+                if len(self.stats.lateness) < self._keep_lateness:
+                    self.stats.lateness.append(late)
+                self.promoted.set()
+                self.promoted.clear()
+            else:
+                self.stats.skipped += 1
+            self._entries.pop(key, None)
+            if entry.seq is not None:
+                await self._delete(entry.seq)
+            else:
+                self._done[key] = entry.minute
+        except Exception:
+            # Leave it for the next leader or the next rescan; never kill the loop for one job.
+            log.exception("stager: promoting job %s failed", key[0])
+            self._entries.pop(key, None)
+        finally:
+            self._slots.release()
+
+    async def _cas_promote(self, entry: _Parked) -> JobRecord | None:
+        """scheduled -> available with compare-and-set; None when it is no longer ours to promote."""
+        rec, rev = entry.record, entry.rev
+        for _ in range(3):
+            if rec.state is not JobState.SCHEDULED or rec.gen != entry.record.gen:
+                return None
+            try:
+                new = transition(rec, JobState.AVAILABLE, self.clock.now())
+            except IllegalTransitionError:
+                return None
+            try:
+                new.revision = await (await self.ops.write_nowait(new, rev))
+                return new
+            except ConflictError:
+                fresh = await self.ops.read_or_none(rec.id)
+                if fresh is None:
+                    return None
+                rec, rev = fresh, fresh.revision
+        return None
+
+    async def _delete(self, seq: int) -> None:
+        try:
+            await self.conn.js.delete_msg(self.names.delayed_stream, seq)
+        except nats.js.errors.NotFoundError:
+            pass  # another leader got there first
+        except nats.js.errors.APIError as exc:
+            if getattr(exc, "err_code", None) not in (10057, 10037):  # message not found
+                raise

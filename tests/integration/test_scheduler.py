@@ -1,0 +1,189 @@
+"""The scheduler against a real nats-server: stager promotion, leadership, schedules."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+from collections import Counter
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from chronos import Registry
+from chronos.jobs import JobOps
+from chronos.scheduler import SchedulerService, Stager
+from chronos.states import JobState
+
+from ..conftest import wait_for_state
+
+
+class SchedHandle:
+    def __init__(self, service: SchedulerService, task: asyncio.Task[None]) -> None:
+        self.service = service
+        self.task = task
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        self.service.stop()
+        await asyncio.wait_for(self.task, timeout)
+
+
+@pytest.fixture
+async def start_scheduler(settings) -> AsyncIterator[Callable[..., Awaitable[SchedHandle]]]:
+    handles: list[SchedHandle] = []
+
+    async def start(*, lead: bool = True, **kwargs: Any) -> SchedHandle:
+        svc = SchedulerService(settings, log_events=False, **kwargs)
+        task = asyncio.get_running_loop().create_task(svc.run())
+        waiter = asyncio.ensure_future((svc.leading if lead else svc.ready).wait())
+        done, _ = await asyncio.wait({waiter, task}, timeout=20, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            waiter.cancel()
+            task.result()
+        assert waiter in done, "scheduler did not start"
+        if lead:
+            assert svc.stager is not None
+            await asyncio.wait_for(svc.stager.ready.wait(), 10)
+        h = SchedHandle(svc, task)
+        handles.append(h)
+        return h
+
+    yield start
+    for h in handles:
+        if not h.task.done():
+            await h.stop()
+
+
+def recording_registry() -> tuple[Registry, dict[str, Any]]:
+    reg = Registry()
+    seen: dict[str, Any] = {"at": {}, "calls": Counter(), "event": asyncio.Event()}
+
+    async def stamp(tag: str = "") -> str:
+        from chronos import current_job
+
+        job = current_job()
+        seen["at"].setdefault(job.job_id, time.time())
+        seen["calls"][job.job_id] += 1
+        seen["event"].set()
+        return tag
+
+    reg.register(stamp, name="stamp")
+    return reg, seen
+
+
+async def test_delayed_job_runs_after_its_time_not_before(client, start_worker, start_scheduler):
+    reg, seen = recording_registry()
+    await start_worker(reg)
+    sched = await start_scheduler()
+    job = await client.submit("stamp", ["later"], delay=0.5)
+    rec = await client.get(job)
+    assert rec.state == JobState.SCHEDULED
+    done = await client.wait(job, timeout=15)
+    assert done.state == JobState.COMPLETED
+    assert seen["at"][job] >= rec.spec.run_at
+    stats = sched.service.stager.stats
+    assert stats.promoted == 1
+    assert stats.lateness[0] >= 0
+
+
+async def test_run_at_in_the_past_runs_at_once(client, start_worker, start_scheduler):
+    reg, seen = recording_registry()
+    await start_worker(reg)
+    await start_scheduler()
+    # run_at in the past at submit: available at once, no stager round.
+    job2 = await client.submit("stamp", run_at=time.time() - 30)
+    assert (await client.wait(job2, timeout=15)).state == JobState.COMPLETED
+
+
+async def test_jobs_parked_before_the_scheduler_started_are_promoted(client, start_worker, start_scheduler):
+    reg, seen = recording_registry()
+    await start_worker(reg)
+    jobs = [await client.submit("stamp", delay=0.2) for _ in range(5)]
+    await asyncio.sleep(0)  # nothing to wait for: the jobs are parked durably
+    for j in jobs:
+        assert (await client.get(j)).state == JobState.SCHEDULED
+    await start_scheduler()
+    for j in jobs:
+        assert (await client.wait(j, timeout=15)).state == JobState.COMPLETED
+        assert seen["calls"][j] == 1
+
+
+async def test_cancelled_scheduled_job_never_runs(client, start_worker, start_scheduler):
+    reg, seen = recording_registry()
+    await start_worker(reg)
+    sched = await start_scheduler()
+    cancelled = await client.submit("stamp", delay=0.4)
+    marker = await client.submit("stamp", delay=0.6)
+    await client.cancel(cancelled)
+    assert (await client.wait(marker, timeout=15)).state == JobState.COMPLETED
+    # The marker was due later and has run, so the cancelled one has been considered and skipped.
+    stager = sched.service.stager
+    await _until(lambda: stager.stats.skipped >= 1, 10)
+    assert cancelled not in seen["calls"]
+    assert (await client.get(cancelled)).state == JobState.CANCELLED
+
+
+async def test_run_now_on_a_scheduled_job(client, start_worker, start_scheduler):
+    reg, seen = recording_registry()
+    await start_worker(reg)
+    sched = await start_scheduler()
+    job = await client.submit("stamp", delay=3600)
+    await client.run_now(job)
+    assert (await client.wait(job, timeout=15)).state == JobState.COMPLETED
+    assert seen["calls"][job] == 1
+    assert sched.service.stager.stats.promoted == 0
+
+
+async def test_two_stagers_promote_each_job_once(client, start_worker, settings):
+    """Two stagers that both believe they lead: the compare-and-set gives one run per job."""
+    reg, seen = recording_registry()
+    await start_worker(reg)
+    stagers = [Stager(JobOps(client.conn), tick=0.5) for _ in range(2)]
+    tasks = [asyncio.create_task(s.run()) for s in stagers]
+    try:
+        for s in stagers:
+            await asyncio.wait_for(s.ready.wait(), 10)
+        jobs = [await client.submit("stamp", [str(i)], delay=0.3 + i * 0.01) for i in range(20)]
+        for j in jobs:
+            assert (await client.wait(j, timeout=15)).state == JobState.COMPLETED
+        assert all(seen["calls"][j] == 1 for j in jobs)
+        assert sum(s.stats.promoted for s in stagers) == 20
+        lateness = [x for s in stagers for x in s.stats.lateness]
+        assert min(lateness) >= 0
+        print(f"\nlateness ms p50={statistics.median(lateness) * 1000:.2f} max={max(lateness) * 1000:.2f}")
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_two_scheduler_services_run_a_delayed_job_once(client, start_worker, start_scheduler):
+    reg, seen = recording_registry()
+    await start_worker(reg)
+    a = await start_scheduler()
+    b = await start_scheduler(lead=False)
+    assert a.service.is_leader and not b.service.is_leader
+    jobs = [await client.submit("stamp", delay=0.3) for _ in range(5)]
+    for j in jobs:
+        assert (await client.wait(j, timeout=15)).state == JobState.COMPLETED
+        assert seen["calls"][j] == 1
+
+
+async def test_follower_takes_over_parked_jobs(client, start_worker, start_scheduler):
+    reg, seen = recording_registry()
+    await start_worker(reg)
+    a = await start_scheduler()
+    b = await start_scheduler(lead=False)
+    job = await client.submit("stamp", delay=1.0)
+    await a.stop()  # resigns: the follower wins at once
+    await asyncio.wait_for(b.service.leading.wait(), 10)
+    assert (await client.wait(job, timeout=15)).state == JobState.COMPLETED
+    assert seen["calls"][job] == 1
+
+
+async def _until(pred: Callable[[], bool], timeout: float) -> None:
+    async def loop() -> None:
+        while not pred():
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(loop(), timeout)
