@@ -63,6 +63,15 @@ class StagerStats:
     promoted: int = 0
     skipped: int = 0
     lateness: list[float] = field(default_factory=list)  # seconds past due at promotion (CAS done)
+    fire_lateness: list[float] = field(default_factory=list)  # seconds past due when the timer fired
+
+
+def _raise_if_cancelling() -> None:
+    """Python 3.11's wait_for (inside nats-py) can swallow a cancel that lands as a reply arrives;
+    a loop that was asked to stop must stop anyway."""
+    me = asyncio.current_task()
+    if me is not None and me.cancelling():
+        raise asyncio.CancelledError
 
 
 class Stager:
@@ -77,7 +86,9 @@ class Stager:
         is_leader: Callable[[], bool] = lambda: True,
         concurrency: int = 256,
         keep_lateness: int = 10_000,
+        spin: float = 0.002,
     ) -> None:
+        self.spin = spin
         self.ops = ops
         self.conn = ops.conn
         self.names = ops.names
@@ -141,6 +152,7 @@ class Stager:
     async def _load_loop(self, tg: asyncio.TaskGroup) -> None:
         last_rescan = self.clock.monotonic()
         while True:
+            _raise_if_cancelling()
             await asyncio.sleep(self.tick)
             try:
                 last_rescan = await self._load_step(last_rescan)
@@ -151,6 +163,7 @@ class Stager:
         wm = self._horizon_minute()
         for minute in range(self._watermark + 1, wm + 1):
             await self._scan(minute)
+            _raise_if_cancelling()
         self._watermark = max(self._watermark, wm)
         if self._done:
             # Handled jobs whose parked message's sequence was unknown (came in live): delete them now.
@@ -181,6 +194,7 @@ class Stager:
                     msgs = await psub.fetch(512, timeout=0.5)
                 except nats.errors.TimeoutError:
                     break
+                _raise_if_cancelling()
                 for msg in msgs:
                     await self._on_stored(msg, minute)
                 if not msgs or msgs[-1].metadata.num_pending == 0:
@@ -234,6 +248,7 @@ class Stager:
 
     # --- firing --------------------------------------------------------------------------
     async def _fire_loop(self, tg: asyncio.TaskGroup) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if not self._heap:
                 self._wake.clear()
@@ -241,12 +256,18 @@ class Stager:
                 continue
             due = self._heap[0][0]
             delay = due - self.clock.now()
-            if delay > 0:
+            if delay > self.spin:
+                # Sleep until just before the earliest due time; an earlier arrival wakes us sooner.
                 self._wake.clear()
+                timer = loop.call_later(delay - self.spin, self._wake.set)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), delay)
-                except TimeoutError:
-                    pass
+                    await self._wake.wait()
+                finally:
+                    timer.cancel()
+                continue
+            if delay > 0:
+                # The last stretch: epoll sleeps in whole milliseconds (rounded up), so yield instead.
+                await asyncio.sleep(0)
                 continue
             while self._heap and self._heap[0][0] <= self.clock.now():
                 _, _, key = heapq.heappop(self._heap)
@@ -265,6 +286,7 @@ class Stager:
                 entry.fired = False
                 self._entries.pop(key, None)
                 return
+            fired_late = self.clock.now() - entry.due
             promoted = await self._cas_promote(entry)
             if promoted is not None:
                 late = self.clock.now() - entry.due
@@ -272,6 +294,7 @@ class Stager:
                 self.stats.promoted += 1
                 if len(self.stats.lateness) < self._keep_lateness:
                     self.stats.lateness.append(late)
+                    self.stats.fire_lateness.append(fired_late)
                 self.promoted.set()
                 self.promoted.clear()
             else:
