@@ -592,6 +592,84 @@ class Client:
         await ensure_queue_consumers(self.conn, queue)
         self._known_queues.add(queue)
 
+    # --- schedules ---------------------------------------------------------------------------
+    # CRUD over the schedules KV bucket; the scheduler's enqueuer fires them (chronos/scheduler/).
+    def _schedules(self) -> Any:
+        from .schedules import ScheduleStore
+
+        store = getattr(self, "_schedule_store", None)
+        if store is None:
+            store = self._schedule_store = ScheduleStore(self.conn)
+        return store
+
+    async def add_schedule(
+        self,
+        name: str,
+        task: str,
+        args: Any = None,
+        *,
+        cron: str | None = None,
+        every: float | str | None = None,
+        tz: str = "UTC",
+        queue: str | None = None,
+        priority: str | None = None,
+        timeout: float | None = None,
+        max_attempts: int | None = None,
+        annotations: dict[str, str] | None = None,
+        overlap: str = "allow",
+        misfire: str = "skip",
+        catch_up_max: int = 10,
+        paused: bool = False,
+    ) -> Any:
+        """Store a new schedule. Every problem raises ValidationError naming the field; nothing is stored then."""
+        from .cron import IntervalSchedule
+        from .models import Schedule
+        from .schedules import validate
+
+        spec = self.build_spec(task, args, queue=queue, priority=priority, timeout=timeout,
+                               max_attempts=max_attempts, annotations=annotations)
+        now = self.clock.now()
+        sched = Schedule(
+            name=name, task=spec.task, created_at=now, updated_at=now, args=spec.args, cron=cron,
+            every=None, tz=tz, anchor=float(int(now)), queue=spec.queue, priority=spec.priority, timeout=spec.timeout,
+            max_attempts=spec.max_attempts, annotations=spec.annotations, paused=paused,
+            overlap=overlap, misfire=misfire, catch_up_max=catch_up_max,  # type: ignore[arg-type]
+            last_fire_time=now,
+        )
+        if every is not None:
+            from .cron import parse_schedule
+
+            timing = parse_schedule(every=every, tz=tz, anchor=float(int(now)))
+            assert isinstance(timing, IntervalSchedule)
+            sched = msgspec.structs.replace(sched, every=timing.seconds)
+        validate(sched)
+        await self._check_task(spec.task)
+        return await self._schedules().create(sched)
+
+    async def get_schedule(self, name: str) -> Any:
+        return await self._schedules().get(name)
+
+    async def list_schedules(self) -> list[Any]:
+        return sorted(await self._schedules().list(), key=lambda s: s.name)
+
+    async def remove_schedule(self, name: str) -> None:
+        await self._schedules().delete(name)
+
+    async def pause_schedule(self, name: str, until: float | None = None) -> Any:
+        """Pause until ``until`` (epoch seconds), or until resumed when it is None."""
+        now = self.clock.now()
+        if until is not None and until <= now:
+            raise ValidationError("until: must be in the future")
+        return await self._schedules().modify(
+            name, lambda s: {"paused": True, "paused_until": until, "updated_at": now})
+
+    async def resume_schedule(self, name: str) -> Any:
+        """Resume; fires missed while paused are not made up (the enqueuer starts from now)."""
+        now = self.clock.now()
+        return await self._schedules().modify(
+            name, lambda s: {"paused": False, "paused_until": None, "updated_at": now,
+                             "last_fire_time": max(now, s.last_fire_time or now)})
+
 
 def record_to_dict(rec: JobRecord) -> dict[str, Any]:
     return msgspec.to_builtins(rec)

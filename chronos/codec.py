@@ -105,3 +105,9 @@ def cap_result(value: Any, limit: int) -> tuple[Any, bool]:
     if size <= limit:
         return value, False
     return f"<result of {size} bytes dropped: over the {limit} byte limit>", True
+
+
+# --- schedules -------------------------------------------------------------------
+from .models import Schedule  # noqa: E402
+
+_decoders[Schedule] = msgspec.msgpack.Decoder(Schedule)

@@ -185,3 +185,41 @@ class JobPage(msgspec.Struct):
     total: int
     offset: int
     limit: int
+
+
+class Schedule(msgspec.Struct, omit_defaults=True):
+    """A stored schedule (schedules KV bucket, key = name): when to fire and what job to make.
+
+    Exactly one of ``cron`` (in ``tz``) and ``every`` (seconds from ``anchor``) is set.
+    ``last_fire_time`` is written by the leader's enqueuer with compare-and-set after
+    each fire, so a new leader resumes where the last one stopped.
+    """
+
+    name: str
+    task: str
+    created_at: float
+    updated_at: float
+    args: list[Any] | dict[str, Any] = msgspec.field(default_factory=list)
+    cron: str | None = None
+    every: float | None = None
+    tz: str = "UTC"
+    anchor: float = 0.0
+    queue: str = "default"
+    priority: str = "default"
+    timeout: float | None = None
+    max_attempts: int = 5
+    annotations: dict[str, str] = msgspec.field(default_factory=dict)
+    paused: bool = False
+    paused_until: float | None = None  # paused until then; None with ``paused`` means until resumed
+    overlap: Literal["allow", "skip", "replace"] = "allow"
+    misfire: Literal["skip", "run-once", "catch-up"] = "skip"
+    catch_up_max: int = 10
+    last_fire_time: float | None = None
+    last_job_id: str | None = None
+    v: int = 1
+    revision: int = 0  # the KV revision it was read at
+
+    def is_paused(self, now: float) -> bool:
+        if not self.paused:
+            return False
+        return self.paused_until is None or now < self.paused_until

@@ -1,21 +1,189 @@
-"""Enqueuer: leader-only loop (placeholder until implemented)."""
+"""Enqueuer: turns due schedules into jobs. Leader only.
+
+For schedule S and fire time T the job id is ``derived_job_id(S, int(T))`` and
+the record is created if absent, then published with ``Nats-Msg-Id``
+``j:<id>:<gen>`` (JobOps.publish_work, since ``schedule_id`` is set). So two
+enqueuers that both believe they lead still make one job per fire (STYLE
+principle 4). After a fire, ``last_fire_time`` is persisted with
+compare-and-set; a new leader resumes from it, re-firing at most the fire that
+was in flight (a no-op by the rules above).
+
+Misfires: fires older than ``misfire_grace`` (default twice the lease TTL plus
+one second, so a leader failover is not a misfire) are missed fires.
+``skip`` drops them, ``run-once`` makes one job for the latest, ``catch-up``
+makes up to ``catch_up_max`` of the latest. Overlap: ``skip`` fires nothing
+while the previous fire's job is unfinished (the fire time still advances);
+``replace`` cancels that job and fires anew; ``allow`` fires regardless.
+Pause: a paused schedule fires nothing; when ``paused_until`` passes it resumes
+from that moment (fires inside the pause are not made up).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 
+from .. import codec
 from ..clock import SYSTEM_CLOCK, Clock
-from ..jobs import JobOps
+from ..cron import fire_times_between
+from ..errors import ChronosError, ConflictError, ValidationError
+from ..ids import derived_job_id
+from ..jobs import JobOps, new_record
+from ..models import CancelRequest, JobSpec, Schedule
+from ..schedules import ScheduleStore, timing_of
+from ..states import PENDING, TERMINAL, JobState
+
+log = logging.getLogger(__name__)
 
 
 class Enqueuer:
-    def __init__(self, ops: JobOps, *, clock: Clock = SYSTEM_CLOCK, tick: float = 1.0,
-                 is_leader: Callable[[], bool] = lambda: True) -> None:
+    def __init__(
+        self,
+        ops: JobOps,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        tick: float = 1.0,
+        is_leader: Callable[[], bool] = lambda: True,
+        misfire_grace: float | None = None,
+    ) -> None:
         self.ops = ops
         self.clock = clock
         self.tick = tick
         self.is_leader = is_leader
+        s = ops.conn.settings.scheduler
+        self.misfire_grace = 2 * s.lease_ttl + 1 if misfire_grace is None else misfire_grace
+        self.max_fires = s.max_backfill
+        self.schedules = ScheduleStore(ops.conn)
+        self.fired: list[tuple[str, float, str]] = []  # (schedule, fire time, job id), newest last
+        self.fired_event = asyncio.Event()  # pulsed after each fire
+        self._wake = asyncio.Event()
 
     async def run(self) -> None:
-        await asyncio.Event().wait()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._watch(), name="enqueuer-watch")
+            await self._loop()
+
+    async def _watch(self) -> None:
+        # Any edit (add, pause, resume, remove) is looked at at once, not at the next tick.
+        async for _ in (await self.schedules.store()).watch():
+            self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                nxt = await self.step()
+            except (ChronosError, OSError) as exc:
+                log.warning("enqueuer: step failed: %r", exc)
+                nxt = None
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():  # nats-py may have swallowed a cancel
+                raise asyncio.CancelledError
+            delay = self.tick if nxt is None else min(self.tick, max(0.0, nxt - self.clock.now()))
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except TimeoutError:
+                pass
+
+    async def step(self) -> float | None:
+        """Fire everything due now; return the earliest next fire time (or None)."""
+        now = self.clock.now()
+        earliest: float | None = None
+        for s in await self.schedules.list():
+            try:
+                nxt = await self._handle(s, now)
+            except ConflictError:
+                self._wake.set()  # edited meanwhile (or another leader): look again at once
+                continue
+            except ChronosError as exc:
+                log.warning("enqueuer: schedule %s: %s", s.name, exc)
+                continue
+            if nxt is not None and (earliest is None or nxt < earliest):
+                earliest = nxt
+        return earliest
+
+    async def _handle(self, s: Schedule, now: float) -> float | None:
+        if s.is_paused(now):
+            return s.paused_until
+        timing = timing_of(s)
+        base = s.last_fire_time if s.last_fire_time is not None else s.created_at
+        if s.paused and s.paused_until is not None:
+            base = max(base, s.paused_until)  # the pause is over: resume from its end
+        overflow = False
+        try:
+            fires = fire_times_between(timing, base, now, self.max_fires)
+        except ValidationError:
+            overflow = True
+            fires = fire_times_between(timing, now - self.misfire_grace, now, self.max_fires)
+        if not fires:
+            return timing.next_after(base)
+        missed = overflow or any(now - t > self.misfire_grace for t in fires)
+        if not missed:
+            to_fire = fires
+        elif s.misfire == "skip":
+            to_fire = [t for t in fires if now - t <= self.misfire_grace]
+        elif s.misfire == "run-once":
+            to_fire = fires[-1:]
+        else:
+            to_fire = fires[-s.catch_up_max:]
+        if missed:
+            log.info("schedule %s: %d fire(s) missed; misfire policy %s fires %d",
+                     s.name, len(fires), s.misfire, len(to_fire))
+        for t in to_fire:
+            if not self.is_leader():
+                return None
+            job_id = await self._fire_with_overlap(s, t, now)
+            changes: dict[str, object] = {"last_fire_time": t}
+            if job_id is not None:
+                changes["last_job_id"] = job_id
+            s = await self.schedules.update(s, **changes)
+        if fires[-1] > (s.last_fire_time or 0.0):
+            s = await self.schedules.update(s, last_fire_time=fires[-1])
+        return timing.next_after(fires[-1])
+
+    async def _fire_with_overlap(self, s: Schedule, t: float, now: float) -> str | None:
+        if s.overlap != "allow" and s.last_job_id and s.last_job_id != derived_job_id(s.name, str(int(t))):
+            prev = await self.ops.read_or_none(s.last_job_id)
+            if prev is not None and prev.state not in TERMINAL:
+                if s.overlap == "skip":
+                    log.info("schedule %s: fire at %.0f skipped, job %s is still %s", s.name, t, prev.id, prev.state)
+                    return None
+                await self._cancel(prev.id, f"replaced by schedule {s.name} fire at {int(t)}")
+        return await self.fire(s, t, now)
+
+    async def fire(self, s: Schedule, t: float, now: float | None = None) -> str:
+        """Make the job for fire ``t`` of ``s``; idempotent (same id, same message id)."""
+        now = self.clock.now() if now is None else now
+        job_id = derived_job_id(s.name, str(int(t)))
+        spec = JobSpec(task=s.task, args=s.args, queue=s.queue, priority=s.priority,
+                       max_attempts=s.max_attempts, timeout=s.timeout, annotations=dict(s.annotations))
+        rec = new_record(job_id, spec, now, JobState.AVAILABLE, schedule_id=s.name, fire_time=t, scheduled_at=t)
+        try:
+            rev = await (await self.ops.create_nowait(rec))
+        except ConflictError:
+            # Made already (another leader, or our fire before a lost CAS): publish again only if
+            # it may not have gone out; the message id makes a repeat a no-op.
+            existing = await self.ops.read_or_none(job_id)
+            if existing is None or existing.state is not JobState.AVAILABLE or existing.gen != 1:
+                return job_id
+            rec, rev = existing, existing.revision
+        await self.ops.publish_work(rec, rev)
+        self.fired.append((s.name, t, job_id))
+        self.fired_event.set()
+        self.fired_event.clear()
+        return job_id
+
+    async def _cancel(self, job_id: str, reason: str) -> None:
+        def decide(rec):  # type: ignore[no-untyped-def]
+            if rec.state in TERMINAL or rec.cancel_requested:
+                return None
+            if rec.state in PENDING:
+                return JobState.CANCELLED, {"cancel_reason": reason, "error": reason}
+            return JobState.RUNNING, {"cancel_requested": True, "cancel_reason": reason}
+
+        rec = await self.ops.move_with_retry(job_id, decide)
+        control = await self.ops.control()
+        req = CancelRequest(job_id, self.clock.now(), reason, rec.gen)
+        await control.put(self.ops.names.cancel_key(job_id), codec.encode(req))
+

@@ -189,3 +189,117 @@ async def _until(pred: Callable[[], bool], timeout: float) -> None:
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(loop(), timeout)
+
+
+# --- schedules -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"cron": "61 * * * *"}, "cron"),
+        ({"cron": "* * * * *", "tz": "Mars/Olympus"}, "tz"),
+        ({"every": 0}, "every"),
+        ({"every": "soon"}, "every"),
+        ({"every": 5, "queue": "no spaces"}, "queue"),
+        ({"every": 5, "overlap": "sometimes"}, "overlap"),
+        ({"every": 5, "misfire": "never"}, "misfire"),
+    ],
+)
+async def test_bad_schedules_are_refused_and_nothing_is_stored(client, start_worker, kwargs, field):
+    from chronos.errors import ValidationError
+
+    reg, _ = recording_registry()
+    await start_worker(reg)
+    with pytest.raises(ValidationError) as err:
+        await client.add_schedule("bad", "stamp", **kwargs)
+    assert field in str(err.value) or "tz" in str(err.value)
+    assert await client.list_schedules() == []
+
+
+async def test_schedule_crud(client, start_worker):
+    from chronos.errors import ScheduleNotFoundError, ValidationError
+
+    reg, _ = recording_registry()
+    await start_worker(reg)
+    s = await client.add_schedule("nightly", "stamp", ["x"], cron="0 3 * * *", tz="Europe/Berlin")
+    assert s.revision > 0 and s.cron == "0 3 * * *"
+    with pytest.raises(ValidationError):
+        await client.add_schedule("nightly", "stamp", every=5)
+    assert [x.name for x in await client.list_schedules()] == ["nightly"]
+    paused = await client.pause_schedule("nightly", until=time.time() + 60)
+    assert paused.paused and paused.paused_until is not None
+    resumed = await client.resume_schedule("nightly")
+    assert not resumed.paused
+    await client.remove_schedule("nightly")
+    with pytest.raises(ScheduleNotFoundError):
+        await client.get_schedule("nightly")
+    # The name can be used again after removal.
+    assert (await client.add_schedule("nightly", "stamp", every=60)).every == 60
+
+
+async def test_every_second_schedule_fires(client, start_worker, start_scheduler):
+    reg, seen = recording_registry()
+    await start_worker(reg)
+    sched = await start_scheduler()
+    await client.add_schedule("tick", "stamp", every=1)
+    enq = sched.service.enqueuer
+
+    async def two_fires() -> None:
+        while len(enq.fired) < 2:
+            await enq.fired_event.wait()
+
+    await asyncio.wait_for(two_fires(), 10)
+    (_, t1, j1), (_, t2, j2) = enq.fired[:2]
+    assert t2 - t1 == 1 and j1 != j2
+    rec = await client.wait(j1, timeout=15)
+    assert rec.state == JobState.COMPLETED and rec.schedule_id == "tick" and rec.fire_time == t1
+    assert seen["at"][j1] >= t1
+    stored = await client.get_schedule("tick")
+    assert stored.last_fire_time is not None and stored.last_fire_time >= t1
+
+
+async def test_two_enqueuers_make_one_job_per_fire(client, start_worker):
+    """Two enqueuers that both believe they lead: derived ids and message ids give one job per fire."""
+    from chronos.scheduler.enqueuer import Enqueuer
+
+    reg, seen = recording_registry()
+    await start_worker(reg)
+    await client.add_schedule("dup", "stamp", every=1)
+    enqs = [Enqueuer(JobOps(client.conn), tick=0.2) for _ in range(2)]
+    tasks = [asyncio.create_task(e.run()) for e in enqs]
+    try:
+        async def fires(n: int) -> None:
+            while len({t for e in enqs for _, t, _ in e.fired}) < n:
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(fires(3), 10)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    by_time: dict[float, set[str]] = {}
+    for e in enqs:
+        for _, t, j in e.fired:
+            by_time.setdefault(t, set()).add(j)
+    assert all(len(ids) == 1 for ids in by_time.values())
+    for ids in by_time.values():
+        (j,) = ids
+        assert (await client.wait(j, timeout=15)).state == JobState.COMPLETED
+        assert seen["calls"][j] == 1
+
+
+async def test_paused_schedule_does_not_fire(client, start_worker, start_scheduler):
+    reg, seen = recording_registry()
+    await start_worker(reg)
+    await client.add_schedule("quiet", "stamp", every=1, paused=True)
+    await client.add_schedule("marker", "stamp", every=1)
+    sched = await start_scheduler()
+    enq = sched.service.enqueuer
+
+    async def marker_fired_twice() -> None:
+        while sum(1 for name, _, _ in enq.fired if name == "marker") < 2:
+            await enq.fired_event.wait()
+
+    await asyncio.wait_for(marker_fired_twice(), 10)
+    assert not any(name == "quiet" for name, _, _ in enq.fired)
