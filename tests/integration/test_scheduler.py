@@ -303,3 +303,51 @@ async def test_paused_schedule_does_not_fire(client, start_worker, start_schedul
 
     await asyncio.wait_for(marker_fired_twice(), 10)
     assert not any(name == "quiet" for name, _, _ in enq.fired)
+
+
+# --- rescuer ---------------------------------------------------------------------------
+
+
+async def test_rescuer_returns_lost_jobs_and_discards_spent_ones(client, start_worker):
+    from chronos.jobs import new_record
+    from chronos.models import Attempt
+    from chronos.scheduler.rescuer import Rescuer
+
+    reg, seen = recording_registry()
+    worker = await start_worker(reg)
+    ops = JobOps(client.conn)
+    now = time.time()
+
+    async def running(job_id: str, worker_id: str, max_attempts: int) -> None:
+        spec = client.build_spec("stamp", max_attempts=max_attempts)
+        rec = new_record(job_id, spec, now - 100, JobState.RUNNING, worker=worker_id, attempt=1,
+                         attempts=[Attempt(number=1, started_at=now - 100, worker=worker_id)])
+        await (await ops.create_nowait(rec))
+
+    await running("lost1", "ghost", 3)
+    await running("spent1", "ghost", 1)
+    await running("alive1", worker.service.id, 3)  # its worker heartbeats: not lost
+    # The live worker's heartbeat must be in the bucket before the rescuer looks.
+    await _until_async(lambda: _has_heartbeat(client, worker.service.id), 10)
+    rescuer = Rescuer(ops, rescue_after=5)
+    assert await rescuer.step() == 2
+    assert dict(rescuer.rescued) == {"lost1": "retryable", "spent1": "discarded"}
+    done = await client.wait("lost1", timeout=15)
+    assert done.state == JobState.COMPLETED and done.gen == 2 and seen["calls"]["lost1"] == 1
+    assert done.attempts[0].outcome == "lost"
+    spent = await client.get("spent1")
+    assert spent.state == JobState.DISCARDED
+    assert any(e.job_id == "spent1" for e in await client.dlq_list())
+    assert (await client.get("alive1")).state == JobState.RUNNING
+
+
+async def _has_heartbeat(client, worker_id: str) -> bool:
+    return any(w.id == worker_id for w in await client.workers())
+
+
+async def _until_async(pred: Callable[[], Awaitable[bool]], timeout: float) -> None:
+    async def loop() -> None:
+        while not await pred():
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(loop(), timeout)
