@@ -48,6 +48,7 @@ from .models import (
     WorkerHeartbeat,
 )
 from .states import PENDING, RETRIABLE_BY_HAND, TERMINAL, JobState
+from .store.kv import KVStore
 from .subjects import PRIORITIES, is_valid_token
 
 log = logging.getLogger(__name__)
@@ -105,10 +106,7 @@ class Client:
 
     async def tasks(self) -> list[str]:
         kv = await self.conn.kv(self.names.tasks_bucket)
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            keys = []
+        keys = [e.key for e in await KVStore(kv, self.conn.publisher, self.names.tasks_bucket).entries()]
         self._known_tasks.update(keys)
         return sorted(keys)
 
@@ -569,7 +567,6 @@ class Client:
     # --- workers ----------------------------------------------------------------------------
     async def workers(self) -> list[WorkerHeartbeat]:
         kv = await self.conn.kv(self.names.workers_bucket)
-        from .store.kv import KVStore
 
         out = []
         for e in await KVStore(kv, self.conn.publisher, self.names.workers_bucket).entries():

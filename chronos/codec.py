@@ -108,6 +108,6 @@ def cap_result(value: Any, limit: int) -> tuple[Any, bool]:
 
 
 # --- schedules -------------------------------------------------------------------
-from .models import Schedule  # noqa: E402
+from .models import Schedule
 
 _decoders[Schedule] = msgspec.msgpack.Decoder(Schedule)

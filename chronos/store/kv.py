@@ -92,23 +92,44 @@ class KVStore:
             raise
 
     async def entries(self, pattern: str = ">") -> list[Entry]:
-        """Every current entry matching ``pattern``, read through one ordered consumer (last value per key)."""
+        """Every current entry matching ``pattern``: one ordered consumer, last value per key.
+
+        Not ``kv.keys()``/``kv.watch()``: nats-py decides "no more entries" from
+        consumer info (num_pending 0, nothing *processed* yet), which races with a
+        message already delivered but still in the callback queue, and returns an
+        empty list for a non-empty bucket. Here "empty" needs the consumer to have
+        delivered nothing at all, and otherwise we read until a message reports
+        num_pending 0.
+        """
+        sub = await self._kv._js.subscribe(
+            self._prefix + pattern, stream=f"KV_{self._bucket}", ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=60.0,
+        )
+        out: dict[str, Entry] = {}
         try:
-            watcher = await self._kv.watch(pattern, ignore_deletes=True, include_history=False)
+            info = await sub.consumer_info()
+            if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+                return []
+            async for msg in sub.messages:
+                meta = msg.metadata
+                key = msg.subject[len(self._prefix):]
+                op = (msg.headers or {}).get("KV-Operation")
+                if op is None and msg.headers and "Nats-Marker-Reason" in msg.headers:
+                    op = "PURGE"
+                if op in _DELETE_OPS:
+                    out.pop(key, None)
+                else:
+                    out[key] = Entry(key, msg.data, meta.sequence.stream)
+                if meta.num_pending == 0:
+                    break
         except nats.js.errors.NotFoundError:
             return []
-        out: list[Entry] = []
-        try:
-            async for e in watcher:
-                if e is None:
-                    break
-                if e.value is None or e.operation in _DELETE_OPS:
-                    continue
-                out.append(Entry(e.key, e.value, e.revision or 0))
         finally:
-            await watcher.stop()
-        out.sort(key=lambda x: x.key)
-        return out
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # connection already closed
+                log.debug("entries unsubscribe: %s", exc)
+        return [out[k] for k in sorted(out)]
 
     async def watch(self, pattern: str = ">", *, include_existing: bool = False) -> AsyncIterator[Entry]:
         """Changes to keys matching ``pattern`` (a key, or NATS wildcards like ``cancel.>``)."""

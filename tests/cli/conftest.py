@@ -37,6 +37,18 @@ def _no_chronos_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The root callback configures logging for the process; put it back for the next test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    nats_level = logging.getLogger("nats").level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("nats").setLevel(nats_level)
+
+
 Invoke = Callable[..., Result]
 
 

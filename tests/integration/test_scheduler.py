@@ -6,7 +6,8 @@ import asyncio
 import statistics
 import time
 from collections import Counter
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -14,8 +15,6 @@ from chronos import Registry
 from chronos.jobs import JobOps
 from chronos.scheduler import SchedulerService, Stager
 from chronos.states import JobState
-
-from ..conftest import wait_for_state
 
 
 class SchedHandle:
@@ -87,7 +86,7 @@ async def test_delayed_job_runs_after_its_time_not_before(client, start_worker, 
 
 
 async def test_run_at_in_the_past_runs_at_once(client, start_worker, start_scheduler):
-    reg, seen = recording_registry()
+    reg, _seen = recording_registry()
     await start_worker(reg)
     await start_scheduler()
     # run_at in the past at submit: available at once, no stager round.
@@ -211,6 +210,7 @@ async def test_bad_schedules_are_refused_and_nothing_is_stored(client, start_wor
 
     reg, _ = recording_registry()
     await start_worker(reg)
+    await client.register_tasks(["stamp"])  # known to this client without a catalog read
     with pytest.raises(ValidationError) as err:
         await client.add_schedule("bad", "stamp", **kwargs)
     assert field in str(err.value) or "tz" in str(err.value)
@@ -222,6 +222,7 @@ async def test_schedule_crud(client, start_worker):
 
     reg, _ = recording_registry()
     await start_worker(reg)
+    await client.register_tasks(["stamp"])  # known to this client without a catalog read
     s = await client.add_schedule("nightly", "stamp", ["x"], cron="0 3 * * *", tz="Europe/Berlin")
     assert s.revision > 0 and s.cron == "0 3 * * *"
     with pytest.raises(ValidationError):
@@ -241,6 +242,7 @@ async def test_schedule_crud(client, start_worker):
 async def test_every_second_schedule_fires(client, start_worker, start_scheduler):
     reg, seen = recording_registry()
     await start_worker(reg)
+    await client.register_tasks(["stamp"])  # known to this client without a catalog read
     sched = await start_scheduler()
     await client.add_schedule("tick", "stamp", every=1)
     enq = sched.service.enqueuer
@@ -265,6 +267,7 @@ async def test_two_enqueuers_make_one_job_per_fire(client, start_worker):
 
     reg, seen = recording_registry()
     await start_worker(reg)
+    await client.register_tasks(["stamp"])  # known to this client without a catalog read
     await client.add_schedule("dup", "stamp", every=1)
     enqs = [Enqueuer(JobOps(client.conn), tick=0.2) for _ in range(2)]
     tasks = [asyncio.create_task(e.run()) for e in enqs]
@@ -290,8 +293,9 @@ async def test_two_enqueuers_make_one_job_per_fire(client, start_worker):
 
 
 async def test_paused_schedule_does_not_fire(client, start_worker, start_scheduler):
-    reg, seen = recording_registry()
+    reg, _seen = recording_registry()
     await start_worker(reg)
+    await client.register_tasks(["stamp"])  # known to this client without a catalog read
     await client.add_schedule("quiet", "stamp", every=1, paused=True)
     await client.add_schedule("marker", "stamp", every=1)
     sched = await start_scheduler()

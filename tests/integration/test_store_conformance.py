@@ -91,3 +91,21 @@ async def test_watch_sees_new_writes(store):
         pytest.fail("watch saw nothing")
     task.cancel()
     assert entry.key == "cancel.w"
+
+
+async def test_entries_right_after_a_write_sees_it(store):
+    # Regression: nats-py's kv.keys()/watch() report "no entries" when the first
+    # message is delivered but not yet processed; entries() must never miss a write.
+    for i in range(40):
+        await store.put(f"fresh.{i}", b"v")
+        keys = [e.key for e in await store.entries("fresh.>")]
+        assert f"fresh.{i}" in keys and len(keys) == i + 1
+
+
+async def test_entries_skips_deleted_and_filters(store):
+    await store.put("x.1", b"1")
+    rev = await store.put("x.2", b"2")
+    await store.put("y.1", b"3")
+    await store.delete("x.2", rev)
+    assert [e.key for e in await store.entries("x.>")] == ["x.1"]
+    assert await store.entries("z.>") == []
