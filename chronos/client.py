@@ -589,6 +589,25 @@ class Client:
         await ensure_queue_consumers(self.conn, queue)
         self._known_queues.add(queue)
 
+    # --- history ------------------------------------------------------------------------------
+    async def history(
+        self,
+        *,
+        task: str | None = None,
+        state: str | None = None,
+        queue: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        text: str | None = None,
+        limit: int = 100,
+        timeout: float = 5.0,
+    ) -> list[JobRecord]:
+        """Finished jobs from the schedulers' archive, asked over NATS (works from any machine)."""
+        from .archive import query_history
+
+        return await query_history(self.conn, task=task, state=state, queue=queue, since=since, until=until,
+                                   text=text, limit=limit, timeout=timeout)
+
     # --- schedules ---------------------------------------------------------------------------
     # CRUD over the schedules KV bucket; the scheduler's enqueuer fires them (chronos/scheduler/).
     def _schedules(self) -> Any:

@@ -10,7 +10,7 @@ import typer
 
 from chronos.config import config_path_from_env, load_settings
 
-from . import admin, bench, dev, dlq, jobs, logs, serve
+from . import admin, bench, dev, dlq, jobs, logs, schedules, serve, tui
 from ._shared import AppState, ChronosGroup, setup_logging
 
 app = typer.Typer(
@@ -52,12 +52,14 @@ app.command("retry")(jobs.retry)
 app.command("cancel")(jobs.cancel)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(schedules.app, name="schedules")
 app.command("logs")(logs.logs)
 app.command("history")(logs.history)
 app.command("workers")(logs.workers)
 app.add_typer(admin.app, name="admin")
 app.add_typer(serve.app, name="serve")
 app.command("dev")(dev.dev)
+app.command("tui")(tui.tui)
 app.add_typer(bench.app, name="bench")
 
 
