@@ -87,6 +87,26 @@ def demo_jobs() -> list[DemoJob]:
         DemoJob("demo.flaky", {"fail_times": 2}, {"max_attempts": 5}, expect="completed after a retry"),
         DemoJob("demo.always_fails", [], {"max_attempts": 3, "backoff": FAST_RETRY, "tags": ["demo"]},
                 expect="discarded (DLQ)"),
+        DemoJob("demo.add", [20, 22], {"delay": 30.0, "tags": ["demo", "delayed"]},
+                expect="completed 30 s after start (delayed)"),
+    ]
+
+
+class DemoSchedule(msgspec.Struct, frozen=True):
+    """One seeded schedule: Client.add_schedule(name, task, args, **options)."""
+
+    name: str
+    task: str
+    args: list[Any] | dict[str, Any]
+    options: dict[str, Any] = {}
+
+
+def demo_schedules() -> list[DemoSchedule]:
+    return [
+        DemoSchedule("demo-tick", "demo.add", [1, 1], {"every": 15}),
+        DemoSchedule("demo-hourly-report", "demo.report", {"rows": 100}, {"cron": "0 * * * *", "tz": "UTC"}),
+        DemoSchedule("demo-nightly", "demo.sleep", {"seconds": 2},
+                     {"cron": "30 2 * * *", "tz": "Europe/Berlin", "overlap": "skip", "queue": "default"}),
     ]
 
 

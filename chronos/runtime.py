@@ -169,6 +169,24 @@ class WorkerMain:
                 relay.cancel()
 
 
+class SchedulerMain:
+    """A SchedulerService as a ``main(stop)`` for run_service; ``service.ready`` is set once it contends."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        from .scheduler import SchedulerService
+
+        self.service = SchedulerService(settings, **kwargs)
+
+    async def __call__(self, stop: asyncio.Event) -> None:
+        svc = self.service
+        async with asyncio.TaskGroup() as tg:
+            run = tg.create_task(svc.run(), name="scheduler")
+            relay = tg.create_task(_call_when_set(stop, svc.stop), name="scheduler-stop-relay")
+            await asyncio.wait({run, relay}, return_when=asyncio.FIRST_COMPLETED)
+            if run.done():
+                relay.cancel()
+
+
 async def _call_when_set(event: asyncio.Event, fn: Callable[[], None]) -> None:
     await event.wait()
     fn()

@@ -13,7 +13,7 @@ import typer
 from chronos import runtime
 from chronos.client import Client
 from chronos.config import Settings
-from chronos.demo import demo_jobs, demo_registry
+from chronos.demo import demo_jobs, demo_registry, demo_schedules
 from chronos.embedded import EmbeddedServer
 
 from ._shared import run_async, setup_logging, state
@@ -40,16 +40,16 @@ def dev(
         registry = runtime.worker_registry(settings, builtins=True)
         registry.merge(demo_registry())
         worker = runtime.WorkerMain(settings, registry, concurrency=concurrency)
+        scheduler = runtime.SchedulerMain(settings)
 
         async def seeder(stop: asyncio.Event) -> None:
             await worker.service.ready.wait()
-            n = await _seed(settings) if seed else 0
-            _banner(settings, server, data_dir, worker.service.id, registry.names(), n)
+            await scheduler.service.ready.wait()
+            n, n_sched = await _seed(settings) if seed else (0, 0)
+            _banner(settings, server, data_dir, worker.service.id, registry.names(), n, n_sched)
 
-        # TODO(scheduler): add the SchedulerService main here once chronos.scheduler lands,
-        # so `--at`/`--in` jobs are promoted and demo cron schedules fire.
         grace = settings.worker.shutdown_grace + 5.0
-        outcome = run_async(st, runtime.run_service(worker, seeder, grace=grace))
+        outcome = run_async(st, runtime.run_service(worker, scheduler, seeder, grace=grace))
     finally:
         server.stop()
     typer.echo(f"chronos dev stopped ({outcome}); data kept in {data_dir}")
@@ -70,15 +70,22 @@ def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-async def _seed(settings: Settings) -> int:
+async def _seed(settings: Settings) -> tuple[int, int]:
+    """Demo jobs every start; demo schedules only when absent (a restart keeps the data directory)."""
     async with await Client.connect(settings) as client:
         for job in demo_jobs():
             await client.submit(job.task, job.args, **job.options)
-    return len(demo_jobs())
+        have = {s.name for s in await client.list_schedules()}
+        added = 0
+        for sched in demo_schedules():
+            if sched.name not in have:
+                await client.add_schedule(sched.name, sched.task, sched.args, **sched.options)
+                added += 1
+    return len(demo_jobs()), added
 
 
 def _banner(settings: Settings, server: EmbeddedServer, data_dir: Path, worker_id: str, tasks: list[str],
-            seeded: int) -> None:
+            seeded: int, schedules: int = 0) -> None:
     default_target = settings.nats.url == f"nats://127.0.0.1:{DEFAULT_PORT}" and settings.namespace == "chronos"
     prefix = "chronos" if default_target else f"chronos --server {server.url} --namespace {settings.namespace}"
     lines = [
@@ -88,7 +95,11 @@ def _banner(settings: Settings, server: EmbeddedServer, data_dir: Path, worker_i
         f"  worker     {worker_id}: {', '.join(tasks)}",
     ]
     if seeded:
-        lines.append(f"  seeded     {seeded} demo jobs: most complete, two retry first, one lands in the DLQ")
+        lines.append(f"  seeded     {seeded} demo jobs: most complete, two retry first, one lands in the DLQ,"
+                     " one waits 30 s")
+    if schedules:
+        lines.append(f"  schedules  {schedules} demo schedules (one fires every 15 s)")
+    lines.append("  scheduler  running (leader lease, delayed jobs, cron schedules)")
     lines += [
         "",
         "  open the console in another terminal:",

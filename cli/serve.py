@@ -1,4 +1,4 @@
-"""`chronos serve worker` (and, with the scheduler, `serve scheduler`): long-running services for systemd.
+"""`chronos serve worker` and `chronos serve scheduler`: long-running services for systemd.
 
 The only CLI module that starts services; it builds them and hands them to
 ``chronos.runtime.run_service`` (signals, one task group, grace period, drain).
@@ -64,10 +64,20 @@ def worker(
 
 
 @app.command("scheduler")
-def scheduler(ctx: typer.Context) -> None:
-    """Run the scheduler (leader lease, cron, delayed jobs): not available yet."""
-    state(ctx)
-    raise ChronosError("the scheduler is not available yet (it comes with chronos/scheduler); "
-                       "only 'chronos serve worker' runs for now")
+def scheduler(
+    ctx: typer.Context,
+    node_id: Annotated[Optional[str], typer.Option("--id", help="Node id in the lease (default host-pid).")] = None,
+) -> None:
+    """Run a scheduler node until SIGTERM/SIGINT: contends for the lease; the leader fires schedules,
+    promotes delayed jobs and rescues lost ones. Run two or more for failover."""
+    st = state(ctx)
+    settings = st.settings
+    setup_logging("DEBUG" if st.debug else settings.log_level)
+    main = runtime.SchedulerMain(settings, node_id=node_id)
 
+    async def go() -> runtime.Outcome:
+        return await runtime.run_service(main, grace=DRAIN_MARGIN)
 
+    outcome = run_async(st, go())
+    if outcome is runtime.Outcome.FORCED:
+        raise typer.Exit(130)

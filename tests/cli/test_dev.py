@@ -51,6 +51,9 @@ def test_dev_runs_the_demo_and_stops_on_ctrl_c(tmp_path: Path):
 
         wait_until(lambda: len(run("jobs", "list", "--json").split('"id"')) - 1 == len(demo_jobs()), timeout=5,
                    what="the seeded jobs")  # see conftest.listed for why a listing is waited for
+        # The delayed demo job waits for the scheduler (30 s): scheduled, not run yet.
+        assert run("jobs", "list", "--state", "scheduled", "--json").count('"state": "scheduled"') == 1
+        assert "schedules  3 demo schedules" in banner and "scheduler  running" in banner
         # The always-failing demo job lands in the DLQ; the flaky ones complete after retries.
         wait_until(lambda: "demo.always_fails" in run("dlq", "list"), timeout=30, what="the DLQ entry")
         wait_until(lambda: run("jobs", "list", "--task", "demo.flaky", "--state", "completed", "--json")

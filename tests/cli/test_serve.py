@@ -99,3 +99,30 @@ def test_builtin_shell_task_end_to_end(cli, settings, tmp_path: Path):
     rec = cli_json(cli, "jobs", "get", refused)
     assert rec["state"] == "cancelled" and rec["attempt"] == 1
     assert "'rm' is not in this worker's worker.shell_allow" in rec["error"]
+
+
+def test_serve_scheduler_promotes_delayed_jobs_and_resigns_on_sigterm(cli, config_file, register_tasks):
+    register_tasks()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "--config", str(config_file), "serve", "scheduler", "--id", "sched-a"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")},
+    )
+    err_lines: list[str] = []
+    reader = threading.Thread(target=lambda: err_lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: "gained by sched-a" in "".join(err_lines) or proc.poll() is not None,
+                   what="the lease")
+        assert proc.poll() is None, "".join(err_lines)
+        job_id = submit(cli, "t.add", "--args", "[1, 2]", "--in", "1s")
+        assert cli_json(cli, "jobs", "get", job_id)["state"] == "scheduled"
+        # No worker runs here: the scheduler alone moves it to available when due.
+        wait_until(lambda: cli_json(cli, "jobs", "get", job_id)["state"] == "available", what="the promotion")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        reader.join(5)
+    err = "".join(err_lines)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
