@@ -194,3 +194,27 @@ def _validate(s: Settings) -> None:
         raise ConfigError("nats.replicas: must be 1, 3 or 5")
     if s.scheduler.lease_ttl < 2:
         raise ConfigError("scheduler.lease_ttl: must be at least 2 seconds (NATS TTLs are whole seconds)")
+
+
+class SystemdEnv(msgspec.Struct, frozen=True, kw_only=True):
+    """What systemd tells a service through its environment (sd_notify(3), sd_watchdog_enabled(3))."""
+
+    notify_socket: str | None = None
+    watchdog_usec: int | None = None
+
+
+def systemd_env(environ: Mapping[str, str] | None = None, *, pid: int | None = None) -> SystemdEnv:
+    """NOTIFY_SOCKET and WATCHDOG_USEC; the watchdog counts only if WATCHDOG_PID is unset or ours."""
+    env = os.environ if environ is None else environ
+    socket_path = env.get("NOTIFY_SOCKET") or None
+    usec: int | None = None
+    raw = env.get("WATCHDOG_USEC")
+    if raw:
+        try:
+            usec = int(raw)
+        except ValueError:
+            usec = None
+        watchdog_pid = env.get("WATCHDOG_PID")
+        if watchdog_pid and watchdog_pid != str(os.getpid() if pid is None else pid):
+            usec = None
+    return SystemdEnv(notify_socket=socket_path, watchdog_usec=usec if usec and usec > 0 else None)

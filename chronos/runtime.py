@@ -27,6 +27,7 @@ from enum import StrEnum
 from typing import Any, Awaitable, Callable, Sequence
 
 from .config import Settings
+from .sdnotify import Notifier
 from .worker.registry import Registry, load_tasks
 from .worker.service import WorkerService
 
@@ -48,12 +49,16 @@ async def run_service(
     grace: float,
     stop: asyncio.Event | None = None,
     signals: Sequence[signal.Signals] = SIGNALS,
+    notifier: Notifier | None = None,
 ) -> Outcome:
     """Run ``mains`` together until all return; a signal (or ``stop.set()``) asks them to stop.
 
     ``grace`` is how long services get after the stop request before they are
     cancelled; give it the worker's ``shutdown_grace`` plus time to drain.
     Signal handlers are installed only in the main thread (elsewhere, use ``stop``).
+    With a ``notifier`` (systemd's NOTIFY_SOCKET), READY=1 goes out once every main that
+    has a ``ready`` event has set it, WATCHDOG=1 at half the watchdog timeout, and
+    STOPPING=1 when the stop begins.
     """
     if not mains:
         raise ValueError("run_service needs at least one service")
@@ -65,7 +70,14 @@ async def run_service(
         async with asyncio.TaskGroup() as tg:
             tasks = [tg.create_task(m(stop), name=f"service-{i}:{getattr(m, '__qualname__', m)}")
                      for i, m in enumerate(mains)]
-            outcome = await _supervise(tg, tasks, stop, force, grace)
+            systemd = None
+            if notifier is not None and notifier.enabled:
+                systemd = tg.create_task(_systemd(notifier, mains, stop), name="runtime-sd-notify")
+            try:
+                outcome = await _supervise(tg, tasks, stop, force, grace)
+            finally:
+                if systemd is not None:
+                    systemd.cancel()
         return outcome
     except BaseExceptionGroup as eg:
         # One failing service is the common case: raise its error as is, so callers see a plain exception.
@@ -74,6 +86,28 @@ async def run_service(
         raise
     finally:
         restore_handlers()
+        if notifier is not None and notifier.enabled and not stop.is_set():
+            notifier.stopping("finished")  # the services returned on their own (burst mode)
+
+
+async def _systemd(notifier: Notifier, mains: Sequence[ServiceMain], stop: asyncio.Event) -> None:
+    """READY=1 once every service is ready, WATCHDOG=1 pings meanwhile, STOPPING=1 on stop."""
+    readies = [e for e in (getattr(m, "ready", None) for m in mains) if isinstance(e, asyncio.Event)]
+    pinger = asyncio.ensure_future(notifier.watchdog_loop())
+    all_ready = asyncio.ensure_future(asyncio.gather(*(e.wait() for e in readies)))
+    stop_wait = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({all_ready, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if all_ready.done() and not stop.is_set():
+            notifier.ready(f"running {len(mains)} service(s)")
+            log.debug("sd_notify: READY=1")
+        await stop_wait
+        notifier.stopping("shutting down")
+        await pinger  # keep the watchdog fed through the grace period; cancelled when services return
+    finally:
+        for t in (pinger, all_ready, stop_wait):
+            t.cancel()
+        await asyncio.gather(pinger, all_ready, stop_wait, return_exceptions=True)
 
 
 async def _supervise(
@@ -159,6 +193,10 @@ class WorkerMain:
     def __init__(self, settings: Settings, registry: Registry, **kwargs: Any) -> None:
         self.service = WorkerService(settings, registry, **kwargs)
 
+    @property
+    def ready(self) -> asyncio.Event:
+        return self.service.ready
+
     async def __call__(self, stop: asyncio.Event) -> None:
         svc = self.service
         async with asyncio.TaskGroup() as tg:
@@ -176,6 +214,10 @@ class SchedulerMain:
         from .scheduler import SchedulerService
 
         self.service = SchedulerService(settings, **kwargs)
+
+    @property
+    def ready(self) -> asyncio.Event:
+        return self.service.ready
 
     async def __call__(self, stop: asyncio.Event) -> None:
         svc = self.service

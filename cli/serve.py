@@ -11,7 +11,9 @@ from typing import Annotated, Optional
 import typer
 
 from chronos import runtime
+from chronos.config import systemd_env
 from chronos.errors import ChronosError
+from chronos.sdnotify import Notifier
 from chronos.subjects import is_valid_token
 
 from ._parse import BadOption, parse_csv
@@ -53,11 +55,11 @@ def worker(
                               worker_id=worker_id)
     grace = settings.worker.shutdown_grace + DRAIN_MARGIN
 
-    async def go() -> runtime.Outcome:
-        return await runtime.run_service(main, grace=grace)
+    notifier = Notifier.from_env(systemd_env())
 
-    # TODO(sd_notify): send READY=1 once the worker is ready when NOTIFY_SOCKET is set; the socket
-    # path has to come through chronos/config.py (the only reader of the environment).
+    async def go() -> runtime.Outcome:
+        return await runtime.run_service(main, grace=grace, notifier=notifier)
+
     outcome = run_async(st, go())
     if outcome is runtime.Outcome.FORCED:
         raise typer.Exit(130)
@@ -75,8 +77,10 @@ def scheduler(
     setup_logging("DEBUG" if st.debug else settings.log_level)
     main = runtime.SchedulerMain(settings, node_id=node_id)
 
+    notifier = Notifier.from_env(systemd_env())
+
     async def go() -> runtime.Outcome:
-        return await runtime.run_service(main, grace=DRAIN_MARGIN)
+        return await runtime.run_service(main, grace=DRAIN_MARGIN, notifier=notifier)
 
     outcome = run_async(st, go())
     if outcome is runtime.Outcome.FORCED:
