@@ -2,9 +2,12 @@
 
 ::
 
-    follower --lease gained--> leader: stager, enqueuer, rescuer in one TaskGroup
+    follower --lease gained--> leader: stager, enqueuer, rescuer, pruner in one TaskGroup
        ^                          |
        +-------lease lost---------+  (all loops cancelled together)
+
+    every node, leader or not: the lease task and the archiver (events -> its own
+    SQLite file; answers history requests in a queue group), see archive.py
 
 A loop that fails ends the term's TaskGroup; the service logs it and starts the
 loops again while it still leads (after a short pause). ``stop()`` cancels the
@@ -24,7 +27,9 @@ from ..connection import Connection, connect, ensure_topology
 from ..events import EventPublisher, log_event
 from ..jobs import JobOps
 from ..leadership import LeaderLease
+from ..archive import Archiver
 from .enqueuer import Enqueuer
+from .pruner import Pruner
 from .rescuer import Rescuer
 from .stager import Stager
 
@@ -43,6 +48,8 @@ class SchedulerService:
         stager_tick: float = 2.0,
         enqueuer_tick: float = 1.0,
         rescuer_tick: float | None = None,
+        pruner_tick: float | None = None,
+        archive_path: str | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -53,6 +60,8 @@ class SchedulerService:
         self._stager_tick = stager_tick
         self._enqueuer_tick = enqueuer_tick
         self._rescuer_tick = rescuer_tick
+        self._pruner_tick = pruner_tick
+        self._archive_path = archive_path
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()  # connected, topology ensured, contending for the lease
         self.leading = asyncio.Event()  # the leader-only loops are running
@@ -60,6 +69,8 @@ class SchedulerService:
         self.stager: Stager | None = None
         self.enqueuer: Enqueuer | None = None
         self.rescuer: Rescuer | None = None
+        self.pruner: Pruner | None = None
+        self.archiver: Archiver | None = None
         self.terms = 0  # how many times the loops were started
 
     def stop(self) -> None:
@@ -80,13 +91,16 @@ class SchedulerService:
         try:
             await ensure_topology(conn)
             self.lease = LeaderLease(conn, clock=self.clock, node_id=self.node_id, on_event=events.emit)
+            self.archiver = Archiver(conn, path=self._archive_path, clock=self.clock)
             async with asyncio.TaskGroup() as tg:
+                archive_task = tg.create_task(self.archiver.run(), name="scheduler-archive")
                 lease_task = tg.create_task(self.lease.run(), name="scheduler-lease")
                 main = tg.create_task(self._supervise(conn), name="scheduler-supervise")
                 self.ready.set()
                 await self._stopping.wait()
                 main.cancel()
                 lease_task.cancel()  # resigns on the way out
+                archive_task.cancel()
         finally:
             await events.close()
             if self._own_conn:
@@ -127,10 +141,14 @@ class SchedulerService:
         self.enqueuer = Enqueuer(ops, clock=self.clock, tick=self._enqueuer_tick, is_leader=is_leader)
         self.rescuer = Rescuer(ops, clock=self.clock, tick=self._rescuer_tick or max(1.0, s.rescue_after / 4),
                                is_leader=is_leader)
+        assert self.archiver is not None
+        self.pruner = Pruner(ops, self.archiver, clock=self.clock, is_leader=is_leader,
+                             tick=self._pruner_tick or min(300.0, max(1.0, s.retention / 10)))
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
             ("stager", self.stager.run),
             ("enqueuer", self.enqueuer.run),
             ("rescuer", self.rescuer.run),
+            ("pruner", self.pruner.run),
         ]
         self.terms += 1
         async with asyncio.TaskGroup() as tg:

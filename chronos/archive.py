@@ -1,0 +1,468 @@
+"""History archive: every scheduler node keeps finished jobs in its own SQLite file.
+
+::
+
+    events stream --(durable consumer per archive file, terminal kinds only)--> Archiver
+        completed / cancelled / discarded event
+          -> read the job's final record from the jobs KV (one batch of reads at a time)
+          -> upsert the batch into SQLite in one transaction -> commit -> ack the messages
+
+    Client.history() --request <ns>.api.history--> any node's Archiver (queue group)
+          <-- HistoryReply (records, newest finished first)
+
+Why read the KV instead of carrying the record in the event: events are a
+lean, best-effort view sent on the worker's hot path; the KV record is the
+truth and holds the attempts, tracebacks and result. If the record is gone
+when the event is read (pruned by the leader while this node lagged), the
+archive keeps a partial record built from the event (task, queue, state,
+error, finish time), so no finished job silently disappears from history.
+
+The archive is keyed by (namespace, job id) and keeps the newest record of a
+job (a job retried by hand and finished again replaces its older row). The
+durable consumer's name comes from the host name and the archive file's
+absolute path, so a restarted node resumes where it stopped; a new or
+deleted archive file starts its consumer over from the start of the events
+stream (``streams.events_max_age``). Acks happen only after the commit, so a
+crash replays at most one batch (upserts are idempotent).
+
+Queries: filters task, state, queue, since/until (on finish time), text
+(substring of the error or any attempt's traceback, case-insensitive for
+ASCII), limit; newest first. A reply is capped below the server's max
+payload; ``truncated`` says rows were left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import api
+
+from . import codec
+from .clock import SYSTEM_CLOCK, Clock
+from .connection import Connection
+from .errors import ChronosError, ValidationError
+from .events import decode_events
+from .jobs import JobOps
+from .models import JobRecord, JobSpec
+from .states import TERMINAL, JobState
+
+log = logging.getLogger(__name__)
+
+TERMINAL_KINDS: tuple[str, ...] = tuple(s.value for s in (JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED))
+MAX_LIMIT = 10_000
+_REPLY_SLACK = 4096  # room for the reply envelope under the server's max payload
+
+
+class NoArchiveError(ChronosError):
+    """No scheduler archive answered a history request."""
+
+
+# --- wire types (msgpack via codec) -------------------------------------------------------------
+
+
+class HistoryQuery(msgspec.Struct, omit_defaults=True):
+    task: str | None = None
+    state: str | None = None
+    queue: str | None = None
+    since: float | None = None  # finished_at >= since
+    until: float | None = None  # finished_at < until
+    text: str | None = None
+    limit: int = 100
+    v: int = 1
+
+
+class HistoryReply(msgspec.Struct, omit_defaults=True):
+    records: list[JobRecord] = msgspec.field(default_factory=list)
+    node: str = ""
+    truncated: bool = False
+    error: str | None = None
+    v: int = 1
+
+
+# codec.py owns the decoders; these two types belong to the archive, so they are registered from here.
+codec._decoders.setdefault(HistoryQuery, msgspec.msgpack.Decoder(HistoryQuery))
+codec._decoders.setdefault(HistoryReply, msgspec.msgpack.Decoder(HistoryReply))
+
+
+def validate_query(q: HistoryQuery) -> None:
+    """Every problem names its field (the CLI and Client show the message as is)."""
+    if q.state is not None and q.state not in TERMINAL_KINDS:
+        raise ValidationError(f"state: the archive holds finished jobs only; one of {', '.join(TERMINAL_KINDS)}")
+    if not isinstance(q.limit, int) or not 1 <= q.limit <= MAX_LIMIT:
+        raise ValidationError(f"limit: must be between 1 and {MAX_LIMIT}")
+    if q.since is not None and q.until is not None and q.since >= q.until:
+        raise ValidationError("since: must be earlier than until")
+    if q.text is not None and not q.text:
+        raise ValidationError("text: must not be empty")
+
+
+async def query_history(
+    conn: Connection,
+    *,
+    task: str | None = None,
+    state: str | None = None,
+    queue: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    text: str | None = None,
+    limit: int = 100,
+    timeout: float = 5.0,
+) -> list[JobRecord]:
+    """Ask any scheduler node's archive (queue group on ``<ns>.api.history``); newest finished first."""
+    q = HistoryQuery(task=task, state=str(state) if state is not None else None, queue=queue, since=since,
+                     until=until, text=text, limit=limit)
+    validate_query(q)
+    subject = conn.names.history_api()
+    try:
+        msg = await conn.nc.request(subject, codec.encode(q), timeout=timeout)
+    except nats.errors.NoRespondersError:
+        raise NoArchiveError(
+            f"no scheduler archive answered on {subject}: is a scheduler (chronos serve scheduler) "
+            f"running for namespace {conn.names.ns!r}?"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise NoArchiveError(f"no scheduler archive answered on {subject} within {timeout:g}s") from None
+    reply = codec.decode(msg.data, HistoryReply)
+    if reply.error:
+        raise ChronosError(f"history query failed on {reply.node or 'a scheduler'}: {reply.error}")
+    if reply.truncated:
+        log.warning("history reply from %s was cut to %d rows to fit the server's max payload; "
+                    "narrow the query for more", reply.node, len(reply.records))
+    return reply.records
+
+
+# --- the SQLite file -------------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    ns TEXT NOT NULL,
+    id TEXT NOT NULL,
+    task TEXT NOT NULL,
+    state TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL NOT NULL,
+    error TEXT,
+    traceback TEXT,
+    partial INTEGER NOT NULL DEFAULT 0,
+    record BLOB NOT NULL,
+    PRIMARY KEY (ns, id)
+);
+CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (ns, finished_at);
+CREATE INDEX IF NOT EXISTS jobs_task_finished ON jobs (ns, task, finished_at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# Newest record wins; an older event replayed after a newer one changes nothing.
+_UPSERT = """
+INSERT INTO jobs (ns, id, task, state, queue, created_at, updated_at, finished_at, error, traceback, partial, record)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (ns, id) DO UPDATE SET
+    task = excluded.task, state = excluded.state, queue = excluded.queue, created_at = excluded.created_at,
+    updated_at = excluded.updated_at, finished_at = excluded.finished_at, error = excluded.error,
+    traceback = excluded.traceback, partial = excluded.partial, record = excluded.record
+WHERE excluded.updated_at > jobs.updated_at OR (jobs.partial = 1 AND excluded.partial = 0)
+"""
+
+
+def _like(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+class ArchiveDB:
+    """One node's archive file (WAL). Writes come in batches, one transaction each."""
+
+    def __init__(self, path: str | Path, namespace: str) -> None:
+        self.path = str(path)
+        self.ns = namespace
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> "ArchiveDB":
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(self.path)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint, no fsync per commit
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.executescript(_SCHEMA)
+        await db.commit()
+        self._db = db
+        return self
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise ChronosError("archive is not open")
+        return self._db
+
+    async def get_meta(self, key: str) -> str | None:
+        async with self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        await self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        await self.db.commit()
+
+    def _row(self, rec: JobRecord, partial: bool) -> tuple[Any, ...]:
+        tbs = [a.traceback for a in rec.attempts if a.traceback]
+        stored = msgspec.structs.replace(rec, revision=0)
+        return (self.ns, rec.id, rec.spec.task, str(rec.state), rec.spec.queue, rec.created_at, rec.updated_at,
+                rec.finished_at if rec.finished_at is not None else rec.updated_at, rec.error,
+                "\n".join(tbs) or None, int(partial), codec.encode(stored))
+
+    async def add(self, records: Iterable[JobRecord], partial: Iterable[JobRecord] = ()) -> int:
+        """Upsert finished records in one transaction; returns how many rows were offered."""
+        rows = [self._row(r, False) for r in records] + [self._row(r, True) for r in partial]
+        if not rows:
+            return 0
+        await self.db.executemany(_UPSERT, rows)
+        await self.db.commit()
+        return len(rows)
+
+    async def has(self, items: Sequence[tuple[str, float]]) -> set[str]:
+        """Ids among (id, updated_at) whose full record (at least that new) is archived."""
+        out: set[str] = set()
+        for start in range(0, len(items), 500):
+            chunk = items[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT id, updated_at FROM jobs WHERE ns = ? AND partial = 0 AND id IN ({marks})"
+            async with self.db.execute(sql, (self.ns, *(i for i, _ in chunk))) as cur:
+                stored = {row[0]: row[1] async for row in cur}
+            out.update(i for i, at in chunk if i in stored and stored[i] >= at)
+        return out
+
+    async def count(self) -> int:
+        async with self.db.execute("SELECT count(*) FROM jobs WHERE ns = ?", (self.ns,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def query(self, q: HistoryQuery) -> list[JobRecord]:
+        where = ["ns = ?"]
+        args: list[Any] = [self.ns]
+        for column, value in (("task", q.task), ("state", q.state), ("queue", q.queue)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        if q.since is not None:
+            where.append("finished_at >= ?")
+            args.append(q.since)
+        if q.until is not None:
+            where.append("finished_at < ?")
+            args.append(q.until)
+        if q.text:
+            where.append("(error LIKE ? ESCAPE '\\' OR traceback LIKE ? ESCAPE '\\')")
+            args += [_like(q.text)] * 2
+        sql = (f"SELECT record FROM jobs WHERE {' AND '.join(where)} "
+               "ORDER BY finished_at DESC, id DESC LIMIT ?")
+        args.append(q.limit)
+        out = []
+        async with self.db.execute(sql, args) as cur:
+            async for (blob,) in cur:
+                out.append(codec.decode(blob, JobRecord))
+        return out
+
+
+def partial_record(event: Any) -> JobRecord:
+    """What an event alone says about a finished job whose record is gone from the KV."""
+    spec = JobSpec(task=event.task or "?", queue=event.queue or "default", priority=event.priority or "default")
+    return JobRecord(id=event.job_id, spec=spec, state=JobState(event.kind), created_at=event.at,
+                     updated_at=event.at, finished_at=event.at, attempt=event.attempt, error=event.error,
+                     worker=event.worker)
+
+
+def archive_node_key(path: str | Path) -> str:
+    """A stable consumer-name token for one archive file on one host."""
+    where = f"{socket.gethostname()}:{os.path.abspath(path)}"
+    return hashlib.blake2b(where.encode(), digest_size=8).hexdigest()
+
+
+# --- the service -------------------------------------------------------------------------------------
+
+
+def _raise_if_cancelling() -> None:
+    # nats-py's fetch (a wait_for inside) can swallow a cancel on Python 3.11; stop anyway.
+    me = asyncio.current_task()
+    if me is not None and me.cancelling():
+        raise asyncio.CancelledError
+
+
+class Archiver:
+    """Runs on every scheduler node: events -> SQLite, and answers history requests."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        path: str | Path | None = None,
+        clock: Clock = SYSTEM_CLOCK,
+        batch: int = 256,
+        fetch_wait: float = 1.0,
+        node: str | None = None,
+    ) -> None:
+        self.conn = conn
+        self.names = conn.names
+        self.path = str(path if path is not None else conn.settings.scheduler.archive_path)
+        self.clock = clock
+        self.batch = batch
+        self.fetch_wait = fetch_wait
+        self.node = node or socket.gethostname()
+        self.ops = JobOps(conn, clock)
+        self.db = ArchiveDB(self.path, conn.names.ns)
+        self.durable = self.names.archive_consumer(archive_node_key(self.path))
+        self.ready = asyncio.Event()  # archive open, consumer bound, responder subscribed
+        self.archived = 0  # rows written (full and partial)
+        self.written = asyncio.Event()  # pulsed after each committed batch, for tests
+
+    async def run(self) -> None:
+        await self.db.open()
+        sub = None
+        try:
+            psub = await self._bind()
+            sub = await self.conn.nc.subscribe(self.names.history_api(), queue=self.names.history_queue_group(),
+                                               cb=self._on_request)
+            self.ready.set()
+            await self._consume(psub)
+        finally:
+            if sub is not None:
+                try:
+                    await sub.unsubscribe()
+                except nats.errors.Error as exc:
+                    log.debug("archive responder unsubscribe: %s", exc)
+            await self.db.close()
+
+    # --- consuming ---------------------------------------------------------------------------------
+    def _consumer_config(self) -> api.ConsumerConfig:
+        s = self.conn.settings.streams
+        return api.ConsumerConfig(
+            durable_name=self.durable,
+            filter_subjects=[self.names.events_filter(kind) for kind in TERMINAL_KINDS],
+            ack_policy=api.AckPolicy.EXPLICIT,
+            ack_wait=30.0,
+            max_ack_pending=4 * self.batch,
+            deliver_policy=api.DeliverPolicy.ALL,
+            # A node gone for longer than events are kept has lost them anyway; let its consumer go too.
+            inactive_threshold=max(3600.0, s.events_max_age),
+        )
+
+    async def _bind(self) -> Any:
+        js = self.conn.js
+        stream = self.names.events_stream
+        fresh = await self.db.get_meta("consumer") != self.durable
+        if fresh:
+            # A new (or replaced) archive file: its consumer starts over from the first stored event.
+            try:
+                await js.delete_consumer(stream, self.durable)
+            except nats.js.errors.NotFoundError:
+                pass
+        cfg = self._consumer_config()
+        try:
+            await js.add_consumer(stream, cfg)
+        except nats.js.errors.BadRequestError as exc:
+            log.info("archive consumer %s exists with other settings (%s); recreating it", self.durable, exc)
+            await js.delete_consumer(stream, self.durable)
+            await js.add_consumer(stream, cfg)
+        if fresh:
+            await self.db.set_meta("consumer", self.durable)
+        return await js.pull_subscribe_bind(self.durable, stream)
+
+    async def _consume(self, psub: Any) -> None:
+        while True:
+            _raise_if_cancelling()
+            try:
+                msgs = await psub.fetch(self.batch, timeout=self.fetch_wait)
+            except nats.errors.TimeoutError:
+                continue
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                log.warning("archive: fetching events failed, retrying: %r", exc)
+                await asyncio.sleep(1.0)
+                continue
+            _raise_if_cancelling()
+            try:
+                await self.archive_messages(msgs)
+            except (ChronosError, aiosqlite.Error, nats.errors.Error, nats.js.errors.Error) as exc:
+                # Unacked: redelivered after ack_wait and written again (upserts are idempotent).
+                log.warning("archive: batch of %d event messages not archived: %r", len(msgs), exc)
+                await asyncio.sleep(1.0)
+
+    async def archive_messages(self, msgs: Sequence[Msg]) -> int:
+        latest: dict[str, Any] = {}
+        for msg in msgs:
+            try:
+                events = decode_events(msg.data)
+            except ChronosError as exc:
+                log.debug("archive: skipping unreadable event message: %s", exc)
+                continue
+            for ev in events:
+                if ev.kind in TERMINAL_KINDS and ev.job_id:
+                    latest[ev.job_id] = ev
+        full, partial = await self._records(latest)
+        n = await self.db.add(full, partial)
+        for msg in msgs:
+            await msg.ack()  # only after the commit
+        if n:
+            self.archived += n
+            self.written.set()
+            self.written.clear()
+        return n
+
+    async def _records(self, latest: dict[str, Any]) -> tuple[list[JobRecord], list[JobRecord]]:
+        ids = list(latest)
+        found = await asyncio.gather(*(self.ops.read_or_none(i) for i in ids))
+        full, partial = [], []
+        for job_id, rec in zip(ids, found):
+            if rec is None:
+                partial.append(partial_record(latest[job_id]))
+            elif rec.state in TERMINAL:
+                full.append(rec)
+            # else: run again since (retried by hand); its next terminal event brings it back.
+        return full, partial
+
+    # --- answering ---------------------------------------------------------------------------------
+    async def _on_request(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            q = codec.decode(msg.data, HistoryQuery)
+            validate_query(q)
+            records = await self.db.query(q)
+            reply = self._fit(records)
+        except ChronosError as exc:
+            reply = HistoryReply(node=self.node, error=str(exc))
+        except aiosqlite.Error as exc:
+            log.warning("archive: history query failed: %r", exc)
+            reply = HistoryReply(node=self.node, error=f"archive error: {exc}")
+        try:
+            await msg.respond(codec.encode(reply))
+        except nats.errors.Error as exc:
+            log.debug("archive: reply failed: %s", exc)
+
+    def _fit(self, records: list[JobRecord]) -> HistoryReply:
+        budget = (self.conn.nc.max_payload or 1024 * 1024) - _REPLY_SLACK
+        used, kept = 0, []
+        for rec in records:
+            size = len(codec.encode(rec))
+            if used + size > budget:
+                return HistoryReply(records=kept, node=self.node, truncated=True)
+            used += size
+            kept.append(rec)
+        return HistoryReply(records=kept, node=self.node)

@@ -1,0 +1,59 @@
+"""Stream the current records of a KV bucket in batches, with bounded memory.
+
+``KVStore.entries()`` returns the whole bucket as one list; the leader's loops
+that look at every job (pruner, rescuer) must not hold a million records at
+once. This reads the bucket's stream through an ephemeral pull consumer
+(last value per key, no acks) and yields one fetched batch at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import nats.errors
+from nats.js import api
+
+from ..connection import Connection
+from ..store.base import Entry
+
+log = logging.getLogger(__name__)
+
+_DELETE_OPS = ("DEL", "PURGE")
+
+
+async def scan_entries(conn: Connection, bucket: str, *, batch: int = 512,
+                       wait: float = 1.0) -> AsyncIterator[list[Entry]]:
+    prefix = conn.names.kv_subject(bucket, "")
+    cfg = api.ConsumerConfig(
+        ack_policy=api.AckPolicy.NONE,
+        deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+        inactive_threshold=30.0,
+        mem_storage=True,
+    )
+    psub = await conn.js.pull_subscribe(prefix + ">", stream=conn.names.kv_stream(bucket), config=cfg)
+    try:
+        while True:
+            try:
+                msgs = await psub.fetch(batch, timeout=wait)
+            except nats.errors.TimeoutError:
+                return
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():  # nats-py may have swallowed a cancel
+                raise asyncio.CancelledError
+            out = []
+            for msg in msgs:
+                headers = msg.headers or {}
+                if headers.get("KV-Operation") in _DELETE_OPS or "Nats-Marker-Reason" in headers:
+                    continue
+                out.append(Entry(msg.subject[len(prefix):], msg.data, msg.metadata.sequence.stream))
+            if out:
+                yield out
+            if not msgs or msgs[-1].metadata.num_pending == 0:
+                return
+    finally:
+        try:
+            await psub.unsubscribe()
+        except nats.errors.Error as exc:
+            log.debug("scan unsubscribe: %s", exc)

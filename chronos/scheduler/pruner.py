@@ -1,0 +1,104 @@
+"""Pruner: deletes finished job records from the jobs KV once archived. Leader only.
+
+Every ``tick`` it streams the jobs bucket (bounded memory, see ``_scan.py``)
+and picks terminal records (completed, cancelled, discarded) that finished more
+than ``scheduler.retention`` ago. For each batch:
+
+1. the records go into this node's archive (an upsert in one transaction; most
+   are there already from the events, but events are a best-effort view, so a
+   record whose event was lost is archived from the KV copy in hand);
+2. the archive is asked which of them it now holds at that version or newer;
+3. only those are deleted, each guarded by the revision it was read at, so a
+   job retried by hand meanwhile (its record moved) is left alone.
+
+Other nodes' archives may still be catching up on events when a record goes;
+they then keep the partial record their event describes (archive.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from .. import codec
+from ..archive import Archiver
+from ..clock import SYSTEM_CLOCK, Clock
+from ..errors import ChronosError, ConflictError
+from ..jobs import JobOps
+from ..models import JobRecord
+from ..states import TERMINAL
+from ._scan import scan_entries
+
+log = logging.getLogger(__name__)
+
+
+class Pruner:
+    def __init__(
+        self,
+        ops: JobOps,
+        archiver: Archiver,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+        tick: float = 60.0,
+        retention: float | None = None,
+        is_leader: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.ops = ops
+        self.archiver = archiver
+        self.clock = clock
+        self.tick = tick
+        self.retention = ops.conn.settings.scheduler.retention if retention is None else retention
+        self.is_leader = is_leader
+        self.pruned = 0
+        self.pruned_event = asyncio.Event()  # pulsed after each step that deleted something
+
+    async def run(self) -> None:
+        await self.archiver.ready.wait()
+        while True:
+            try:
+                await self.step()
+            except (ChronosError, OSError) as exc:
+                log.warning("pruner: step failed: %r", exc)
+            me = asyncio.current_task()
+            if me is not None and me.cancelling():  # nats-py may have swallowed a cancel
+                raise asyncio.CancelledError
+            await asyncio.sleep(self.tick)
+
+    async def step(self) -> int:
+        """One pass over the bucket; returns how many records it deleted."""
+        cutoff = self.clock.now() - self.retention
+        store = await self.ops.store()
+        n = 0
+        async for entries in scan_entries(self.ops.conn, self.ops.names.jobs_bucket):
+            old: list[JobRecord] = []
+            for e in entries:
+                try:
+                    rec = codec.decode(e.value or b"", JobRecord)
+                except ChronosError:
+                    continue
+                finished = rec.finished_at if rec.finished_at is not None else rec.updated_at
+                if rec.state in TERMINAL and finished < cutoff:
+                    rec.revision = e.revision
+                    old.append(rec)
+            if not old:
+                continue
+            await self.archiver.db.add(old)
+            held = await self.archiver.db.has([(r.id, r.updated_at) for r in old])
+            for rec in old:
+                if rec.id not in held:
+                    continue
+                if not self.is_leader():
+                    return n
+                try:
+                    await store.delete(rec.id, revision=rec.revision)
+                except ConflictError:
+                    continue  # moved since we read it (retried by hand): not ours to delete
+                n += 1
+        if n:
+            log.info("pruner: deleted %d archived job record(s) finished before the %gs retention", n,
+                     self.retention)
+            self.pruned += n
+            self.pruned_event.set()
+            self.pruned_event.clear()
+        return n

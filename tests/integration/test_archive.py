@@ -1,0 +1,163 @@
+"""The history archive: events -> each node's SQLite file -> history requests over NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+
+from chronos import Registry
+from chronos import codec
+from chronos.archive import ArchiveDB, HistoryQuery, NoArchiveError
+from chronos.errors import ValidationError
+from chronos.models import Event, EventBatch
+from chronos.states import JobState
+
+from .test_scheduler import SchedHandle, start_scheduler  # noqa: F401  (fixture)
+
+
+def registry() -> Registry:
+    reg = Registry()
+
+    async def ok(x: int = 0) -> int:
+        return x
+
+    async def fail(why: str = "boom") -> None:
+        raise RuntimeError(f"needle-{why}")
+
+    reg.register(ok, name="a.ok")
+    reg.register(fail, name="a.fail")
+    return reg
+
+
+async def until_archived(sched: SchedHandle, pred: Callable[[int], bool], timeout: float = 20.0) -> None:
+    """Wait on the archiver's commits until ``pred(rows in the file)`` holds."""
+    archiver = sched.service.archiver
+    assert archiver is not None
+    await asyncio.wait_for(archiver.ready.wait(), timeout)
+
+    async def loop() -> None:
+        while not pred(await archiver.db.count()):
+            try:
+                await asyncio.wait_for(archiver.written.wait(), 0.5)
+            except TimeoutError:
+                pass  # a commit may land between the count and the wait; look again
+
+    await asyncio.wait_for(loop(), timeout)
+
+
+async def test_history_answers_filters_newest_first(client, start_worker, start_scheduler, tmp_path):
+    await start_worker(registry())
+    sched = await start_scheduler(archive_path=str(tmp_path / "node.sqlite3"))
+    t0 = time.time()
+    ok = await client.submit("a.ok", [1], queue="default")
+    bad = await client.submit("a.fail", ["x"], max_attempts=1)
+    later = await client.submit("a.ok", [2], delay=3600)
+    assert (await client.wait(ok, 15)).state == JobState.COMPLETED
+    assert (await client.wait(bad, 15)).state == JobState.DISCARDED
+    await client.cancel(later)
+    await until_archived(sched, lambda n: n >= 3)
+
+    rows = await client.history()
+    assert [r.id for r in rows][:3] == sorted([ok, bad, later], key=lambda i: -_finished(rows, i))
+    assert {r.id for r in rows} == {ok, bad, later}
+    assert all(r.finished_at is not None for r in rows)
+    assert [r.finished_at for r in rows] == sorted((r.finished_at for r in rows), reverse=True)
+
+    assert [r.id for r in await client.history(state="discarded")] == [bad]
+    assert [r.id for r in await client.history(state="cancelled")] == [later]
+    assert {r.id for r in await client.history(task="a.ok")} == {ok, later}
+    found = await client.history(text="NEEDLE-X")  # substring, case-insensitive, in error or traceback
+    assert [r.id for r in found] == [bad]
+    assert found[0].attempts and "RuntimeError" in (found[0].attempts[-1].traceback or "")
+    assert await client.history(text="no such text") == []
+    assert len(await client.history(limit=1)) == 1
+    assert await client.history(queue="elsewhere") == []
+    assert await client.history(until=t0 - 1) == []
+    assert {r.id for r in await client.history(since=t0 - 1)} == {ok, bad, later}
+    done = await client.get(ok)
+    assert [r.result for r in await client.history(task="a.ok", state="completed")] == [done.result]
+
+
+def _finished(rows, job_id):  # type: ignore[no-untyped-def]
+    return next(r.finished_at for r in rows if r.id == job_id)
+
+
+async def test_no_archive_answering_is_a_clear_error(client):
+    with pytest.raises(NoArchiveError, match="no scheduler archive answered"):
+        await client.history(timeout=2)
+
+
+async def test_bad_history_queries_name_the_field(client):
+    with pytest.raises(ValidationError, match="state"):
+        await client.history(state="running")
+    with pytest.raises(ValidationError, match="limit"):
+        await client.history(limit=0)
+    with pytest.raises(ValidationError, match="since"):
+        await client.history(since=10, until=5)
+
+
+async def test_every_node_archives_and_a_restarted_node_catches_up(client, start_worker, start_scheduler, tmp_path):
+    await start_worker(registry())
+    a = await start_scheduler(archive_path=str(tmp_path / "a.sqlite3"))
+    b = await start_scheduler(lead=False, archive_path=str(tmp_path / "b.sqlite3"))
+    first = await client.submit("a.ok")
+    assert (await client.wait(first, 15)).state == JobState.COMPLETED
+    await until_archived(a, lambda n: n >= 1)
+    await until_archived(b, lambda n: n >= 1)  # the follower archives too
+
+    await b.stop()
+    second = await client.submit("a.ok")
+    assert (await client.wait(second, 15)).state == JobState.COMPLETED
+    await until_archived(a, lambda n: n >= 2)
+    # The same archive file again: its durable consumer resumes and brings the job it missed.
+    b2 = await start_scheduler(lead=False, archive_path=str(tmp_path / "b.sqlite3"))
+    await until_archived(b2, lambda n: n >= 2)
+    assert b2.service.archiver.durable == b.service.archiver.durable
+    rows = await b2.service.archiver.db.query(HistoryQuery())
+    assert {r.id for r in rows} == {first, second}
+
+    # Either node may answer; both hold the same jobs.
+    for _ in range(4):
+        assert {r.id for r in await client.history()} == {first, second}
+
+
+async def test_a_finished_job_whose_record_is_gone_is_kept_from_its_event(client, start_scheduler, tmp_path):
+    sched = await start_scheduler(lead=False, archive_path=str(tmp_path / "n.sqlite3"))
+    await asyncio.wait_for(sched.service.archiver.ready.wait(), 10)
+    now = time.time()
+    ev = Event(kind="discarded", at=now, job_id="gone1", task="t.gone", queue="q1", attempt=3, error="lost it")
+    await client.conn.nc.publish(client.names.event_subject("discarded", "q1"), codec.encode(EventBatch(events=[ev])))
+    await until_archived(sched, lambda n: n >= 1)
+    (rec,) = await client.history(task="t.gone")
+    assert rec.id == "gone1" and rec.state == JobState.DISCARDED and rec.spec.queue == "q1"
+    assert rec.error == "lost it" and rec.finished_at == pytest.approx(now)
+
+
+async def test_archive_db_keeps_the_newest_record(tmp_path):
+    from chronos.jobs import new_record
+    from chronos.models import JobSpec
+    from chronos.states import transition
+
+    db = await ArchiveDB(tmp_path / "x.sqlite3", "ns1").open()
+    try:
+        rec = new_record("j1", JobSpec(task="t"), 100.0, JobState.AVAILABLE)
+        running = transition(rec, JobState.RUNNING, 101.0)
+        old = transition(running, JobState.CANCELLED, 102.0, error="first")
+        new = transition(transition(old, JobState.AVAILABLE, 103.0), JobState.RUNNING, 104.0)
+        new = transition(new, JobState.COMPLETED, 105.0)
+        await db.add([new])
+        await db.add([old])  # an older event replayed late changes nothing
+        (got,) = await db.query(HistoryQuery())
+        assert got.state == JobState.COMPLETED and got.finished_at == 105.0
+        assert await db.has([("j1", 105.0), ("j2", 1.0)]) == {"j1"}
+        assert await db.has([("j1", 106.0)]) == set()
+        # Another namespace in the same file sees nothing of this one.
+        other = ArchiveDB(tmp_path / "x.sqlite3", "ns2")
+        await other.open()
+        assert await other.count() == 0
+        await other.close()
+    finally:
+        await db.close()
