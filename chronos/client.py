@@ -609,7 +609,9 @@ class Client:
                                    text=text, limit=limit, timeout=timeout)
 
     # --- schedules ---------------------------------------------------------------------------
-    # CRUD over the schedules KV bucket; the scheduler's enqueuer fires them (chronos/scheduler/).
+    # CRUD, pause/resume (by name or glob), edit, dry runs, backfill and crontab export over the
+    # schedules KV bucket; the scheduler's enqueuer fires them. The logic is in chronos/schedules.py;
+    # these methods check input (a ValidationError naming the field, nothing stored) and do the I/O.
     def _schedules(self) -> Any:
         from .schedules import ScheduleStore
 
@@ -617,6 +619,50 @@ class Client:
         if store is None:
             store = self._schedule_store = ScheduleStore(self.conn)
         return store
+
+    async def _check_schedule_queue(self, queue: str) -> None:
+        """A schedule's queue must exist, or its jobs would wait forever: listed in worker.queues,
+        made by ensure_queue, or served by a worker (workers create the queue's consumers at start)."""
+        if queue in self._known_queues:
+            return
+        for priority in PRIORITIES:
+            try:
+                await self.conn.js.consumer_info(self.names.jobs_stream, self.names.consumer_name(priority, queue))
+            except nats.js.errors.NotFoundError:
+                continue
+            self._known_queues.add(queue)
+            return
+        raise ValidationError(
+            f"queue: unknown queue {queue!r}: no worker serves it and it is not in worker.queues "
+            f"(known: {', '.join(sorted(self._known_queues)) or 'none'})"
+        )
+
+    def _schedule_from(self, base: Any, changes: dict[str, Any], now: float) -> Any:
+        """``base`` with ``changes`` applied and every field checked; raises ValidationError naming the field."""
+        from .cron import IntervalSchedule, parse_schedule
+        from .schedules import validate
+
+        cron, every, tz = changes.get("cron", base.cron), changes.get("every", base.every), changes.get("tz", base.tz)
+        if not isinstance(tz, str):
+            raise ValidationError(f"tz: expected an IANA zone name, got {tz!r}")
+        anchor = float(int(now)) if "every" in changes else base.anchor
+        timing = parse_schedule(cron=cron, every=every, tz=tz, anchor=anchor)
+        spec = self.build_spec(
+            changes.get("task", base.task), changes.get("args", base.args),
+            queue=changes.get("queue", base.queue), priority=changes.get("priority", base.priority),
+            timeout=changes.get("timeout", base.timeout), max_attempts=changes.get("max_attempts", base.max_attempts),
+            annotations=changes.get("annotations", base.annotations),
+        )
+        new = msgspec.structs.replace(
+            base, task=spec.task, args=spec.args, queue=spec.queue, priority=spec.priority, timeout=spec.timeout,
+            max_attempts=spec.max_attempts, annotations=spec.annotations, tz=tz, anchor=anchor,
+            cron=timing.expr if not isinstance(timing, IntervalSchedule) else None,
+            every=timing.seconds if isinstance(timing, IntervalSchedule) else None,
+            overlap=changes.get("overlap", base.overlap), misfire=changes.get("misfire", base.misfire),
+            catch_up_max=changes.get("catch_up_max", base.catch_up_max), updated_at=now,
+        )
+        validate(new)
+        return new
 
     async def add_schedule(
         self,
@@ -637,30 +683,66 @@ class Client:
         catch_up_max: int = 10,
         paused: bool = False,
     ) -> Any:
-        """Store a new schedule. Every problem raises ValidationError naming the field; nothing is stored then."""
-        from .cron import IntervalSchedule
+        """Store a new schedule. Every problem raises ValidationError naming the field; nothing is stored then.
+
+        ``cron`` (5 or 6 fields, or an alias, in ``tz``) or ``every`` (seconds, or "90s", "5m", "2h", "1d").
+        The queue must be known (see ``_check_schedule_queue``) and the task registered.
+        """
         from .models import Schedule
-        from .schedules import validate
+        from .subjects import is_valid_token as valid_name
 
-        spec = self.build_spec(task, args, queue=queue, priority=priority, timeout=timeout,
-                               max_attempts=max_attempts, annotations=annotations)
+        if not isinstance(name, str) or not valid_name(name):
+            raise ValidationError(f"name: {name!r} is not a valid schedule name (1-64 letters, digits, '_' or '-')")
         now = self.clock.now()
-        sched = Schedule(
-            name=name, task=spec.task, created_at=now, updated_at=now, args=spec.args, cron=cron,
-            every=None, tz=tz, anchor=float(int(now)), queue=spec.queue, priority=spec.priority, timeout=spec.timeout,
-            max_attempts=spec.max_attempts, annotations=spec.annotations, paused=paused,
-            overlap=overlap, misfire=misfire, catch_up_max=catch_up_max,  # type: ignore[arg-type]
-            last_fire_time=now,
-        )
-        if every is not None:
-            from .cron import parse_schedule
-
-            timing = parse_schedule(every=every, tz=tz, anchor=float(int(now)))
-            assert isinstance(timing, IntervalSchedule)
-            sched = msgspec.structs.replace(sched, every=timing.seconds)
-        validate(sched)
-        await self._check_task(spec.task)
+        js = self.settings.jobs
+        # The first fire comes strictly after creation: last_fire_time marks where firing starts.
+        base = Schedule(name=name, task=task, created_at=now, updated_at=now, paused=bool(paused),
+                        max_attempts=js.default_max_attempts, last_fire_time=now)
+        sched = self._schedule_from(base, {
+            "cron": cron, "every": every, "tz": tz, "task": task, "args": args,
+            "queue": js.default_queue if queue is None else queue,
+            "priority": js.default_priority if priority is None else priority,
+            "timeout": timeout, "max_attempts": js.default_max_attempts if max_attempts is None else max_attempts,
+            "annotations": dict(annotations or {}), "overlap": overlap, "misfire": misfire,
+            "catch_up_max": catch_up_max,
+        }, now)
+        await self._check_schedule_queue(sched.queue)
+        await self._check_task(sched.task)
         return await self._schedules().create(sched)
+
+    async def update_schedule(self, name: str, /, **changes: Any) -> Any:
+        """Edit a stored schedule (compare-and-set). Editable: task, args, cron, every, tz, queue,
+        priority, timeout, max_attempts, annotations, overlap, misfire, catch_up_max.
+
+        Giving ``cron`` drops ``every`` and the other way round. A timing change takes effect
+        from now on: fire times already past are not made up.
+        """
+        from .schedules import EDITABLE
+
+        for field in changes:
+            if field not in EDITABLE:
+                raise ValidationError(f"{field}: cannot be edited (editable: {', '.join(sorted(EDITABLE))})")
+        if changes.get("cron") is not None:
+            changes.setdefault("every", None)
+        elif changes.get("every") is not None:
+            changes.setdefault("cron", None)
+        current = await self._schedules().get(name)
+        now = self.clock.now()
+        self._schedule_from(current, changes, now)  # refuse bad input before any I/O check
+        if "queue" in changes:
+            await self._check_schedule_queue(changes["queue"])
+        if "task" in changes:
+            await self._check_task(changes["task"])
+        retime = any(f in changes for f in ("cron", "every", "tz"))
+
+        def change(s: Any) -> dict[str, Any]:
+            new = self._schedule_from(s, changes, self.clock.now())
+            out = {f: getattr(new, f) for f in (*changes, "anchor", "updated_at", "cron", "every")}
+            if retime:
+                out["last_fire_time"] = max(s.last_fire_time or now, now)
+            return out
+
+        return await self._schedules().modify(name, change)
 
     async def get_schedule(self, name: str) -> Any:
         return await self._schedules().get(name)
@@ -668,23 +750,113 @@ class Client:
     async def list_schedules(self) -> list[Any]:
         return sorted(await self._schedules().list(), key=lambda s: s.name)
 
+    async def schedule_statuses(self, pattern: str | None = None) -> list[Any]:
+        """Schedules (all, or those matching a glob) with their next fire and their last job's state."""
+        from .schedules import ScheduleStatus, match_names, next_fire
+
+        schedules = await self.list_schedules()
+        if pattern is not None:
+            wanted = set(match_names([s.name for s in schedules], pattern))
+            schedules = [s for s in schedules if s.name in wanted]
+        now = self.clock.now()
+        last_jobs = await asyncio.gather(*(self.ops.read_or_none(s.last_job_id) if s.last_job_id else asyncio.sleep(0)
+                                           for s in schedules))
+        out = []
+        for s, job in zip(schedules, last_jobs):
+            st = ScheduleStatus(schedule=s, next_fire_time=next_fire(s, now), paused_now=s.is_paused(now),
+                                last_job_id=s.last_job_id)
+            if job is not None:
+                st.last_job_fire_time, st.last_job_state = job.fire_time, str(job.state)
+            out.append(st)
+        return out
+
     async def remove_schedule(self, name: str) -> None:
         await self._schedules().delete(name)
 
     async def pause_schedule(self, name: str, until: float | None = None) -> Any:
         """Pause until ``until`` (epoch seconds), or until resumed when it is None."""
+        (s,) = await self._pause([name], until)
+        return s
+
+    async def pause_schedules(self, pattern: str, until: float | None = None) -> list[Any]:
+        """Pause every schedule whose name matches the glob (``nightly-*``); ScheduleNotFoundError if none."""
+        return await self._pause(await self._schedules().matching(pattern), until)
+
+    async def _pause(self, names: list[str], until: float | None) -> list[Any]:
         now = self.clock.now()
-        if until is not None and until <= now:
-            raise ValidationError("until: must be in the future")
-        return await self._schedules().modify(
-            name, lambda s: {"paused": True, "paused_until": until, "updated_at": now})
+        if until is not None and (not isinstance(until, (int, float)) or not until > now):
+            raise ValidationError("until: must be a time in the future")
+        return [await self._schedules().modify(
+            n, lambda s: {"paused": True, "paused_until": until, "updated_at": now}) for n in names]
 
     async def resume_schedule(self, name: str) -> Any:
         """Resume; fires missed while paused are not made up (the enqueuer starts from now)."""
+        (s,) = await self._resume([name])
+        return s
+
+    async def resume_schedules(self, pattern: str) -> list[Any]:
+        """Resume every schedule whose name matches the glob; ScheduleNotFoundError if none."""
+        return await self._resume(await self._schedules().matching(pattern))
+
+    async def _resume(self, names: list[str]) -> list[Any]:
         now = self.clock.now()
-        return await self._schedules().modify(
-            name, lambda s: {"paused": False, "paused_until": None, "updated_at": now,
-                             "last_fire_time": max(now, s.last_fire_time or now)})
+
+        def change(s: Any) -> dict[str, Any]:
+            if not s.paused:
+                return {}
+            return {"paused": False, "paused_until": None, "updated_at": now,
+                    "last_fire_time": max(now, s.last_fire_time or now)}
+
+        return [await self._schedules().modify(n, change) for n in names]
+
+    async def next_fire_times(self, name: str, count: int = 5, *, after: float | None = None) -> list[float]:
+        """Dry run: the next ``count`` fire times of a stored schedule (epoch seconds; see
+        ``schedules.wall_time`` for its zone's wall time). A pause is not taken into account."""
+        from .schedules import coming_fires
+
+        s = await self._schedules().get(name)
+        return coming_fires(s, self.clock.now() if after is None else after, count)
+
+    def preview_fire_times(
+        self, *, cron: str | None = None, every: float | str | None = None, tz: str = "UTC",
+        count: int = 5, after: float | None = None,
+    ) -> list[float]:
+        """Dry run for a definition not stored yet; an interval counts from now (as add_schedule would)."""
+        from .cron import next_n, parse_schedule
+
+        now = self.clock.now() if after is None else after
+        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+            raise ValidationError(f"count: must be a whole number of at least 1, got {count!r}")
+        return next_n(parse_schedule(cron=cron, every=every, tz=tz, anchor=float(int(now))), now, count)
+
+    async def backfill_schedule(
+        self, name: str, since: float, until: float | None = None,
+        *, progress: Callable[[int, int], None] | None = None,
+    ) -> Any:
+        """Make the jobs for the fire times in the past window ``since <= t <= until`` (default now).
+
+        Idempotent: the jobs have the enqueuer's derived ids and ``S:T`` message ids, so
+        backfilling twice, or over fires the enqueuer made, yields one job per fire. A window
+        with more than ``scheduler.max_backfill`` fire times is refused with nothing made.
+        ``progress(done, total)`` is called as jobs go out.
+        """
+        from .schedules import BackfillReport, backfill_times, fire_many
+
+        now = self.clock.now()
+        until = now if until is None else until
+        s = await self._schedules().get(name)
+        times = backfill_times(s, since, until, now, self.settings.scheduler.max_backfill)
+        fires = await fire_many(self.ops, s, times, now, progress=progress)
+        made = sum(1 for f in fires if f.made)
+        log.info("schedule %s: backfill made %d job(s), %d existed", name, made, len(fires) - made)
+        return BackfillReport(schedule=name, since=since, until=until, made=made, existing=len(fires) - made,
+                              fires=fires)
+
+    async def export_crontab(self) -> str:
+        """Every schedule as crontab entries running `chronos submit`, chronos metadata in comments."""
+        from .schedules import crontab
+
+        return crontab(await self.list_schedules(), self.clock.now(), self.names.ns)
 
 
 def record_to_dict(rec: JobRecord) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """Enqueuer: turns due schedules into jobs. Leader only.
 
-For schedule S and fire time T the job id is ``derived_job_id(S, int(T))`` and
-the record is created if absent, then published with ``Nats-Msg-Id``
-``j:<id>:<gen>`` (JobOps.publish_work, since ``schedule_id`` is set). So two
-enqueuers that both believe they lead still make one job per fire (STYLE
-principle 4). After a fire, ``last_fire_time`` is persisted with
+For schedule S and fire time T the job id is ``derived_job_id(S, int(T))``; the
+record is created if absent, then published with ``Nats-Msg-Id`` ``S:T``
+(``schedules.fire_many``, shared with backfill). So two enqueuers that both
+believe they lead, or a backfill over the same window, still make one job per
+fire (STYLE principle 4). After a fire, ``last_fire_time`` is persisted with
 compare-and-set; a new leader resumes from it, re-firing at most the fire that
 was in flight (a no-op by the rules above).
 
@@ -14,8 +14,9 @@ one second, so a leader failover is not a misfire) are missed fires.
 makes up to ``catch_up_max`` of the latest. Overlap: ``skip`` fires nothing
 while the previous fire's job is unfinished (the fire time still advances);
 ``replace`` cancels that job and fires anew; ``allow`` fires regardless.
-Pause: a paused schedule fires nothing; when ``paused_until`` passes it resumes
-from that moment (fires inside the pause are not made up).
+Pause: a paused schedule fires nothing; when ``paused_until`` passes, the
+enqueuer clears the pause and resumes from that moment (fires inside the pause
+are not made up, whatever the misfire policy).
 """
 
 from __future__ import annotations
@@ -29,9 +30,9 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..cron import fire_times_between
 from ..errors import ChronosError, ConflictError, ValidationError
 from ..ids import derived_job_id
-from ..jobs import JobOps, new_record
-from ..models import CancelRequest, JobSpec, Schedule
-from ..schedules import ScheduleStore, timing_of
+from ..jobs import JobOps
+from ..models import CancelRequest, Schedule
+from ..schedules import ScheduleStore, fire_many, timing_of
 from ..states import PENDING, TERMINAL, JobState
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,9 @@ class Enqueuer:
         timing = timing_of(s)
         base = s.last_fire_time if s.last_fire_time is not None else s.created_at
         if s.paused and s.paused_until is not None:
-            base = max(base, s.paused_until)  # the pause is over: resume from its end
+            # The pause is over: clear it, and move the mark to its end so fires inside it are never made up.
+            base = max(base, s.paused_until)
+            s = await self.schedules.update(s, paused=False, paused_until=None, last_fire_time=base)
         overflow = False
         try:
             fires = fire_times_between(timing, base, now, self.max_fires)
@@ -153,26 +156,14 @@ class Enqueuer:
         return await self.fire(s, t, now)
 
     async def fire(self, s: Schedule, t: float, now: float | None = None) -> str:
-        """Make the job for fire ``t`` of ``s``; idempotent (same id, same message id)."""
+        """Make the job for fire ``t`` of ``s``; idempotent (same job id, same ``S:T`` message id)."""
         now = self.clock.now() if now is None else now
-        job_id = derived_job_id(s.name, str(int(t)))
-        spec = JobSpec(task=s.task, args=s.args, queue=s.queue, priority=s.priority,
-                       max_attempts=s.max_attempts, timeout=s.timeout, annotations=dict(s.annotations))
-        rec = new_record(job_id, spec, now, JobState.AVAILABLE, schedule_id=s.name, fire_time=t, scheduled_at=t)
-        try:
-            rev = await (await self.ops.create_nowait(rec))
-        except ConflictError:
-            # Made already (another leader, or our fire before a lost CAS): publish again only if
-            # it may not have gone out; the message id makes a repeat a no-op.
-            existing = await self.ops.read_or_none(job_id)
-            if existing is None or existing.state is not JobState.AVAILABLE or existing.gen != 1:
-                return job_id
-            rec, rev = existing, existing.revision
-        await self.ops.publish_work(rec, rev)
-        self.fired.append((s.name, t, job_id))
-        self.fired_event.set()
-        self.fired_event.clear()
-        return job_id
+        (result,) = await fire_many(self.ops, s, [t], now)
+        if result.made:
+            self.fired.append((s.name, t, result.job_id))
+            self.fired_event.set()
+            self.fired_event.clear()
+        return result.job_id
 
     async def _cancel(self, job_id: str, reason: str) -> None:
         def decide(rec):  # type: ignore[no-untyped-def]
