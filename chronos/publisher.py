@@ -26,6 +26,8 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from . import fastpath
+
 
 class PubAck(msgspec.Struct):
     stream: str = ""
@@ -82,6 +84,7 @@ class Publisher:
         self._prefix_b = self._prefix.encode()
         self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply, pending_msgs_limit=-1,
                                              pending_bytes_limit=-1)
+        self._install_fast_path()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
     async def _sweep(self) -> None:
@@ -104,6 +107,7 @@ class Publisher:
             self._sweeper.cancel()
             self._sweeper = None
         if self._sub is not None:
+            fastpath.unregister(self._nc, getattr(self._sub, "_id", None))
             try:
                 await self._sub.unsubscribe()
             except Exception:  # connection already closed; nothing left to release server-side
@@ -118,22 +122,35 @@ class Publisher:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    def _install_fast_path(self) -> None:
+        """PubAcks resolve straight from the parser (chronos/fastpath.py); ``_on_reply`` is the fallback."""
+        cut = len(self._prefix_b)
+        resolve = self._resolve
+
+        def on_ack(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+            resolve(subject[cut:].decode(), data)
+            return True
+
+        fastpath.register(self._nc, getattr(self._sub, "_id", None), on_ack)
+
     async def _on_reply(self, msg: Msg) -> None:
-        token = msg.subject[len(self._prefix) :]
+        self._resolve(msg.subject[len(self._prefix) :], msg.data)
+
+    def _resolve(self, token: str, data: bytes) -> None:
         fut = self._pending.pop(token, None)
         self._sent_at.pop(token, None)
         if len(self._pending) < self._window:
             self._space.set()
         if fut is None or fut.done():
             return
-        if not msg.data:
+        if not data:
             # A 503 "no responders" status: no stream listens on the subject.
             fut.set_exception(nats.js.errors.NoStreamResponseError())
             return
         try:
-            reply = _reply_decoder.decode(msg.data)
+            reply = _reply_decoder.decode(data)
         except msgspec.DecodeError:
-            fut.set_exception(PublishError(0, 0, f"unreadable PubAck: {msg.data[:80]!r}"))
+            fut.set_exception(PublishError(0, 0, f"unreadable PubAck: {data[:80]!r}"))
             return
         if reply.error is not None:
             e = reply.error

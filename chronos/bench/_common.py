@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -41,10 +42,12 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
 
 
 def read_stats(path: Path) -> dict[str, Any]:
+    """What a bench worker ran: ``{"runs": {job_id: times}}`` (its file holds one id per run)."""
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        ids = path.read_text().split()
+    except FileNotFoundError:
         return {}
+    return {"runs": dict(Counter(ids))}
 
 
 async def wait_for_workers(client: Any, count: int, timeout: float = 30.0) -> None:

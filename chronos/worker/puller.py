@@ -16,6 +16,7 @@ from typing import Callable
 
 from nats.aio.msg import Msg
 
+from .. import fastpath
 from ..connection import Connection
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,18 @@ class Puller:
 
     async def start(self) -> None:
         self._sub = await self.conn.nc.subscribe(self.inbox, cb=self._on_msg)
+        fastpath.register(self.conn.nc, getattr(self._sub, "_id", None), self._on_raw)
+
+    def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        """Job messages (no headers) straight from the parser; status and headed messages take ``_on_msg``."""
+        if headers is not None:
+            return False
+        self._take(Msg(_client=self.conn.nc, subject=subject.decode(), reply=reply.decode(), data=data))
+        return True
 
     async def stop(self) -> None:
         if self._sub is not None:
+            fastpath.unregister(self.conn.nc, getattr(self._sub, "_id", None))
             try:
                 await self._sub.unsubscribe()
             except Exception as exc:  # connection closing; the server drops the interest anyway
@@ -89,6 +99,9 @@ class Puller:
                 log.warning("pull on %s ended with %s %s", self.consumer, status, headers.get("Description", ""))
             self._end_request()
             return
+        self._take(msg)
+
+    def _take(self, msg: Msg) -> None:
         self.delivered += 1
         self.outstanding -= 1
         self._on_message(msg, self)

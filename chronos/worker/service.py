@@ -105,6 +105,7 @@ class WorkerService:
             for q in self.queues:
                 await ensure_queue_consumers(conn, q)
             ops = JobOps(conn, self.clock)
+            await ops.store()  # bind the KV handle once, not from hundreds of first jobs at once
             self.events = EventPublisher(conn.nc, conn.names)
             if self._log_events:
                 self.events.bus.subscribe(log_event)
