@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+from pathlib import Path
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -50,8 +51,9 @@ def namespace() -> str:
 
 
 @pytest.fixture
-async def settings(nats_server: EmbeddedServer, namespace: str) -> AsyncIterator[Settings]:
-    s = make_settings(nats_server.url, namespace)
+async def settings(nats_server: EmbeddedServer, namespace: str, tmp_path: Path) -> AsyncIterator[Settings]:
+    # A scheduler's archive goes to the test's directory, never the working directory.
+    s = make_settings(nats_server.url, namespace, scheduler={"archive_path": str(tmp_path / "archive.sqlite3")})
     yield s
     await drop_namespace(s)
 

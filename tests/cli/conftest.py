@@ -59,7 +59,7 @@ def write_config(path: Path, settings: Settings) -> Path:
         return json.dumps(v)  # TOML accepts JSON's strings, numbers, booleans and lists of them
 
     lines = [f"namespace = {value(settings.namespace)}", "[nats]", f"url = {value(settings.nats.url)}"]
-    for section in ("worker", "streams"):
+    for section in ("worker", "streams", "scheduler"):
         lines.append(f"[{section}]")
         for k, v in msgspec.structs.asdict(getattr(settings, section)).items():
             if v is not None and not isinstance(v, dict):
