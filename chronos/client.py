@@ -564,6 +564,13 @@ class Client:
         except nats.js.errors.NotFoundError:
             pass
 
+    # --- leader -----------------------------------------------------------------------------
+    async def leader(self, role: str = "scheduler") -> Any:
+        """Who holds the scheduler lease (a ``LeaderInfo``: node, host, pid, term, expires_in), or None."""
+        from .leadership import read_leader
+
+        return await read_leader(self.conn, role=role, clock=self.clock)
+
     # --- workers ----------------------------------------------------------------------------
     async def workers(self) -> list[WorkerHeartbeat]:
         kv = await self.conn.kv(self.names.workers_bucket)
@@ -640,12 +647,14 @@ class Client:
     def _schedule_from(self, base: Any, changes: dict[str, Any], now: float) -> Any:
         """``base`` with ``changes`` applied and every field checked; raises ValidationError naming the field."""
         from .cron import IntervalSchedule, parse_schedule
-        from .schedules import validate
+        from .schedules import interval_anchor, validate
 
         cron, every, tz = changes.get("cron", base.cron), changes.get("every", base.every), changes.get("tz", base.tz)
         if not isinstance(tz, str):
             raise ValidationError(f"tz: expected an IANA zone name, got {tz!r}")
-        anchor = float(int(now)) if "every" in changes else base.anchor
+        anchor = base.anchor
+        if "every" in changes and every is not None and cron is None:
+            anchor = interval_anchor(parse_schedule(every=every, tz=tz).seconds, now)  # type: ignore[union-attr]
         timing = parse_schedule(cron=cron, every=every, tz=tz, anchor=anchor)
         spec = self.build_spec(
             changes.get("task", base.task), changes.get("args", base.args),
@@ -822,12 +831,16 @@ class Client:
         count: int = 5, after: float | None = None,
     ) -> list[float]:
         """Dry run for a definition not stored yet; an interval counts from now (as add_schedule would)."""
-        from .cron import next_n, parse_schedule
+        from .cron import IntervalSchedule, next_n, parse_schedule
+        from .schedules import interval_anchor
 
         now = self.clock.now() if after is None else after
         if not isinstance(count, int) or isinstance(count, bool) or count < 1:
             raise ValidationError(f"count: must be a whole number of at least 1, got {count!r}")
-        return next_n(parse_schedule(cron=cron, every=every, tz=tz, anchor=float(int(now))), now, count)
+        timing = parse_schedule(cron=cron, every=every, tz=tz)
+        if isinstance(timing, IntervalSchedule):
+            timing = IntervalSchedule(timing.seconds, interval_anchor(timing.seconds, now))
+        return next_n(timing, now, count)
 
     async def backfill_schedule(
         self, name: str, since: float, until: float | None = None,

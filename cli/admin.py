@@ -57,23 +57,41 @@ def init(ctx: typer.Context, json_: JsonOpt = False) -> None:
 
 
 async def leader_status(client: Client) -> Optional[str]:
-    """The current scheduler leader's id.
+    """The current scheduler leader's node id, or None when no scheduler holds the lease."""
+    info = await client.leader()
+    return None if info is None else info.node
 
-    TODO(scheduler): read the lease through the Client once leadership.py lands,
-    and report "no leader" as a problem in `status`. Until then: unknown (None).
-    """
-    return None
+
+@app.command("leader")
+def leader(ctx: typer.Context, json_: JsonOpt = False) -> None:
+    """Which scheduler node leads now (exits 1 when none does)."""
+    st = state(ctx)
+    info = run_client(st, lambda c: c.leader())
+    if wants_json(ctx, json_):
+        out.print_json(info)
+    elif info is not None:
+        rows = [("node", info.node), ("host", info.host), ("pid", str(info.pid)), ("term", str(info.term)),
+                ("since", out.when(info.acquired_at, time.time())),
+                ("expires in", "-" if info.expires_in is None else f"{info.expires_in:.1f}s (renewed every ttl/3)")]
+        out.console().print(out.key_values(rows))
+    if info is None:
+        if not wants_json(ctx, json_):
+            typer.echo("error: no scheduler leader (is `chronos serve scheduler` running?)", err=True)
+        raise typer.Exit(1)
 
 
 @app.command("status")
 def status(
     ctx: typer.Context,
     require_leader: Annotated[
-        bool, typer.Option("--require-leader/--no-require-leader", help="Fail without a scheduler leader (once the scheduler exists).")
-    ] = False,
+        bool, typer.Option("--require-leader/--no-require-leader", help="Fail without a scheduler leader.")
+    ] = True,
+    require_worker: Annotated[
+        bool, typer.Option("--require-worker/--no-require-worker", help="Fail without a live worker.")
+    ] = True,
     json_: JsonOpt = False,
 ) -> None:
-    """Health check: exits 1 when no worker is alive (for systemd, cron and load balancers)."""
+    """Health check: exits 1 when no scheduler leads or no worker is alive (for systemd, cron, load balancers)."""
     st = state(ctx)
 
     async def go(client: Client) -> StatusReport:
@@ -83,7 +101,7 @@ def status(
         dlq = await client.dlq_count()
         leader = await leader_status(client)
         problems = []
-        if not live:
+        if require_worker and not live:
             problems.append("no live worker")
         if require_leader and leader is None:
             problems.append("no scheduler leader")
@@ -102,7 +120,7 @@ def status(
                                                           if report.workers_total > report.workers_live else "")),
             ("waiting", ", ".join(f"{k}={v}" for k, v in sorted(report.queues.items()) if v) or "0"),
             ("dlq", str(report.dlq)),
-            ("leader", report.leader or "unknown (scheduler not available yet)"),
+            ("leader", report.leader or "none"),
             ("health", "ok" if report.healthy else "UNHEALTHY: " + "; ".join(report.problems)),
         ]
         out.console().print(out.key_values(rows))

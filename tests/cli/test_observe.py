@@ -1,4 +1,4 @@
-"""`chronos logs`, `chronos workers`, `chronos admin init|status`."""
+"""`chronos logs`, `chronos workers`, `chronos admin init|status|leader`."""
 
 from __future__ import annotations
 
@@ -34,20 +34,48 @@ def test_admin_init_and_status(cli, worker):
 
     r = cli("admin", "status")
     assert r.exit_code == 1
-    assert "UNHEALTHY: no live worker" in r.stdout
-    assert one_error_line(r) == "error: unhealthy: no live worker"
+    assert "UNHEALTHY: no live worker; no scheduler leader" in r.stdout
+    assert one_error_line(r) == "error: unhealthy: no live worker; no scheduler leader"
     r = cli("admin", "status", "--json")
     assert r.exit_code == 1
     report = json.loads(r.stdout)
-    assert report["healthy"] is False and report["problems"] == ["no live worker"]
+    assert report["healthy"] is False and report["problems"] == ["no live worker", "no scheduler leader"]
     assert report["leader"] is None
 
     worker()
-    wait_until(lambda: cli("admin", "status").exit_code == 0, what="a healthy status")
-    report = cli_json(cli, "admin", "status")
+    # A worker-only deployment checks itself with --no-require-leader.
+    wait_until(lambda: cli("admin", "status", "--no-require-leader").exit_code == 0, what="a healthy status")
+    report = cli_json(cli, "admin", "status", "--no-require-leader")
     assert report["healthy"] is True and report["workers_live"] == 1 and report["dlq"] == 0
     assert set(report) == {"namespace", "server", "healthy", "problems", "workers_live", "workers_total", "queues",
                            "dlq", "leader"}
+    assert cli("admin", "status").exit_code == 1  # still no leader
+
+
+def test_admin_leader_follows_the_lease(cli, config_file):
+    r = cli("admin", "leader")
+    assert r.exit_code == 1
+    assert one_error_line(r) == "error: no scheduler leader (is `chronos serve scheduler` running?)"
+    assert cli("admin", "leader", "--json").stdout.strip() == "null"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "--config", str(config_file), "serve", "scheduler", "--id", "lead-1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
+        env={k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")},
+    )
+    try:
+        info = wait_until(lambda: cli("admin", "leader", "--json").exit_code == 0
+                          and cli_json(cli, "admin", "leader"), what="the leader")
+        assert info["node"] == "lead-1" and info["pid"] == proc.pid and info["term"] >= 1
+        human = cli("admin", "leader")
+        assert human.exit_code == 0 and "lead-1" in human.stdout
+        report = json.loads(cli("admin", "status", "--no-require-worker", "--json").stdout)
+        assert report["leader"] == "lead-1" and report["healthy"] is True
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    # It resigned on the way out: no leader at once, not after the TTL.
+    assert cli("admin", "leader").exit_code == 1
 
 
 def test_logs_history_and_filters(cli, worker):
