@@ -47,15 +47,12 @@ from .subjects import PRIORITIES, is_valid_token
 
 OVERLAP = ("allow", "skip", "replace")
 MISFIRE = ("skip", "run-once", "catch-up")
-# A glob may only use these besides name characters, so a pattern cannot be mistaken for a name.
-_GLOB_CHARS = set("*?[]!")
 
 # Fields an edit may change; the rest (name, created_at, fire bookkeeping) belong to the store.
 EDITABLE = frozenset({
     "task", "args", "cron", "every", "tz", "queue", "priority", "timeout", "max_attempts",
     "annotations", "overlap", "misfire", "catch_up_max",
 })
-_TIMING = frozenset({"cron", "every", "tz"})
 
 
 def timing_of(s: Schedule) -> CronSchedule | IntervalSchedule:
@@ -94,8 +91,13 @@ def validate(s: Schedule) -> CronSchedule | IntervalSchedule:
 # --- pure helpers ------------------------------------------------------------------------
 
 
-def is_pattern(text: str) -> bool:
-    return any(c in _GLOB_CHARS for c in text)
+def interval_anchor(seconds: float, now: float) -> float:
+    """Where a new interval schedule's grid starts: now, on a minute boundary for whole minutes.
+
+    The boundary lets a crontab line express the schedule; the first fire still
+    comes within one interval of now.
+    """
+    return float(int(now) // 60 * 60) if seconds % 60 == 0 else float(int(now))
 
 
 def match_names(names: Iterable[str], pattern: str) -> list[str]:
