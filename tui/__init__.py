@@ -1,0 +1,1 @@
+"""chronos TUI: the operations console (``chronos tui``). Built by ``tui.app.make_app``."""

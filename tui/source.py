@@ -1,0 +1,144 @@
+"""Source: everything the console reads from and does to chronos, as one narrow protocol.
+
+``ClientSource`` is the live implementation over a Client (and chronos.console);
+tests pass a fake with fixed data. Only feeds.py calls a Source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Protocol
+
+from chronos import console
+from chronos.client import Client
+from chronos.clock import Clock
+from chronos.config import Settings
+from chronos.errors import ChronosError, NotFoundError
+from chronos.models import DLQEntry, Event, JobRecord
+
+from .data import SORT_KEYS, Cluster, JobDetail, JobQuery, JobsPage, ScheduleRow, job_matches
+
+
+class Source(Protocol):
+    clock: Clock
+
+    def connected(self) -> bool: ...
+    def events(self) -> AsyncIterator[Event]: ...
+    async def records(self) -> list[JobRecord]: ...
+    async def cluster(self) -> Cluster: ...
+    async def jobs(self, query: JobQuery) -> JobsPage: ...
+    async def job(self, job_id: str) -> JobDetail: ...
+    async def schedules(self) -> list[ScheduleRow]: ...
+    async def dlq(self) -> list[DLQEntry]: ...
+    # actions
+    async def retry(self, job_id: str) -> JobRecord: ...
+    async def cancel(self, job_id: str) -> JobRecord: ...
+    async def run_now(self, job_id: str) -> JobRecord: ...
+    async def pause_schedule(self, name: str) -> object: ...
+    async def resume_schedule(self, name: str) -> object: ...
+    async def run_schedule(self, name: str) -> str: ...
+    async def dlq_replay(self, seq: int) -> JobRecord: ...
+    async def dlq_purge(self, task: str | None = None) -> int: ...
+    async def close(self) -> None: ...
+
+
+class ClientSource:
+    """The live Source. ``owns_client``: close the client with the console (it connected it)."""
+
+    def __init__(self, client: Client, *, owns_client: bool = False) -> None:
+        self.client = client
+        self.clock = client.clock
+        self.owns_client = owns_client
+
+    @classmethod
+    async def connect(cls, settings: Settings, clock: Clock) -> "ClientSource":
+        return cls(await Client.connect(settings, clock=clock), owns_client=True)
+
+    def connected(self) -> bool:
+        return console.is_connected(self.client)
+
+    def events(self) -> AsyncIterator[Event]:
+        return self.client.watch()
+
+    async def records(self) -> list[JobRecord]:
+        return await console.all_records(self.client)
+
+    async def cluster(self) -> Cluster:
+        c = self.client
+        consumers, workers, leader, dlq = await asyncio.gather(
+            console.consumers(c), c.workers(), console.leader(c), console.dlq_depths(c))
+        return Cluster(at=self.clock.now(), consumers=tuple(consumers), workers=tuple(workers),
+                       leader=leader, dlq=dlq)
+
+    async def jobs(self, query: JobQuery) -> JobsPage:
+        if query.archive:
+            try:
+                recs = await self.client.history(
+                    task=query.task, state=None if query.state == "failed" else query.state,
+                    queue=query.queue, text=query.text or None, limit=query.offset + query.limit * 10)
+            except (ImportError, ChronosError, asyncio.TimeoutError) as exc:
+                return JobsPage(query, (), 0, error=f"archive unavailable: {exc or type(exc).__name__}")
+        else:
+            single = query.state if query.state not in (None, "failed") else None
+            page = await self.client.list(state=single, queue=query.queue, task=query.task, tag=query.tag,
+                                          limit=1 << 40)
+            recs = page.jobs
+        recs = [r for r in recs if job_matches(r, query)]
+        recs.sort(key=SORT_KEYS.get(query.sort, SORT_KEYS["created"]), reverse=query.descending)
+        return JobsPage(query, tuple(recs[query.offset : query.offset + query.limit]), len(recs))
+
+    async def job(self, job_id: str) -> JobDetail:
+        rec = await self.client.get(job_id)
+        timeline = await console.job_timeline(self.client, rec)
+        entry = None
+        if str(rec.state) == "discarded":
+            try:
+                entry = await self.client.dlq_get(job_id)
+            except NotFoundError:
+                entry = None
+        return JobDetail(rec, tuple(timeline), entry)
+
+    async def schedules(self) -> list[ScheduleRow]:
+        from chronos.schedules import timing_of
+
+        now = self.clock.now()
+        out = []
+        for s in await self.client.list_schedules():
+            try:
+                timing = timing_of(s).describe()
+            except ChronosError as exc:
+                timing = f"invalid: {exc}"
+            last = await console.last_outcome(self.client, s)
+            out.append(ScheduleRow(s, timing, console.next_fire(s, now), str(last) if last else None))
+        return out
+
+    async def dlq(self) -> list[DLQEntry]:
+        return await self.client.dlq_list()
+
+    async def retry(self, job_id: str) -> JobRecord:
+        return await self.client.retry(job_id)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        return await self.client.cancel(job_id, reason="cancelled from the console")
+
+    async def run_now(self, job_id: str) -> JobRecord:
+        return await self.client.run_now(job_id)
+
+    async def pause_schedule(self, name: str) -> object:
+        return await self.client.pause_schedule(name)
+
+    async def resume_schedule(self, name: str) -> object:
+        return await self.client.resume_schedule(name)
+
+    async def run_schedule(self, name: str) -> str:
+        return await console.run_schedule_now(self.client, name)
+
+    async def dlq_replay(self, seq: int) -> JobRecord:
+        return await self.client.dlq_replay(seq)
+
+    async def dlq_purge(self, task: str | None = None) -> int:
+        return await self.client.dlq_purge(task=task)
+
+    async def close(self) -> None:
+        if self.owns_client:
+            await self.client.close()

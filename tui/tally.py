@@ -1,0 +1,155 @@
+"""Tally: turns job records and lifecycle events into per-queue counts and per-second rates.
+
+Pure and synchronous (no I/O, no Textual), so the feed can call it for every event
+and tests can drive it by hand. Seeded from one scan of the job records, then kept
+current from events. Events are a view and may arrive out of order between
+publishers, so a job that already finished ignores later non-terminal events.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, OrderedDict, deque
+from typing import Iterable
+
+from chronos.models import Event, JobRecord
+
+from .data import Failure, QueueRow, Stats
+
+LIVE_STATES = ("scheduled", "available", "running", "retryable")
+TERMINAL_STATES = ("completed", "cancelled", "discarded")
+_BUCKET = 10.0  # seconds per bucket of the 5-minute and 1-hour windows
+_RATE_SECONDS = 60  # length of the per-second series
+
+
+class Tally:
+    def __init__(self, finished_memory: int = 65536) -> None:
+        self._live: dict[str, tuple[str, str, str, float]] = {}  # id -> (state, queue, priority, at)
+        self._counts: Counter[tuple[str, str, str]] = Counter()
+        self._finished: OrderedDict[str, float] = OrderedDict()  # recently finished ids (bounded)
+        self._finished_memory = finished_memory
+        # (queue, priority, "completed"|"failed") -> {bucket start: count}
+        self._windows: dict[tuple[str, str, str], dict[float, int]] = {}
+        self._rates: dict[int, list[int]] = {}  # second -> [enqueued, completed, failed]
+        self._keys: set[tuple[str, str]] = set()
+        self.events_seen = 0
+        self.last_failure: Failure | None = None
+        self.seeded = False
+
+    # --- input ---------------------------------------------------------------------------------
+    def seed(self, records: Iterable[JobRecord], now: float) -> None:
+        """Start over from a scan of the records (at connect, and after a reconnect)."""
+        self._live.clear()
+        self._counts.clear()
+        self._windows.clear()
+        self._finished.clear()
+        for rec in records:
+            key = (rec.spec.queue, rec.spec.priority)
+            self._keys.add(key)
+            state = str(rec.state)
+            if state in LIVE_STATES:
+                self._live[rec.id] = (state, key[0], key[1], rec.updated_at)
+                self._counts[(key[0], key[1], state)] += 1
+            else:
+                at = rec.finished_at or rec.updated_at
+                self._remember_finished(rec.id, at)
+                if now - at <= 3600:
+                    self._count_finished(key, state, at, per_second=False)
+                if state == "discarded" and (self.last_failure is None or at > self.last_failure.at):
+                    self.last_failure = Failure(rec.id, rec.spec.task, rec.error or "", at)
+        self.seeded = True
+
+    def add(self, ev: Event) -> None:
+        self.events_seen += 1
+        job_id = ev.job_id
+        kind = ev.kind
+        if not job_id or (kind not in LIVE_STATES and kind not in TERMINAL_STATES):
+            return
+        key = (ev.queue or "?", ev.priority or "default")
+        self._keys.add(key)
+        finished_at = self._finished.get(job_id)
+        if finished_at is not None and ev.at <= finished_at:
+            return  # a late or repeated event for a job that already finished
+        prev = self._live.pop(job_id, None)
+        if prev is not None:
+            if ev.at < prev[3]:  # older than what we hold: put it back
+                self._live[job_id] = prev
+                return
+            self._counts[(prev[1], prev[2], prev[0])] -= 1
+        elif kind in ("available", "scheduled"):
+            self._rate(ev.at)[0] += 1
+        if kind in LIVE_STATES:
+            self._live[job_id] = (kind, key[0], key[1], ev.at)
+            self._counts[(key[0], key[1], kind)] += 1
+            if kind == "retryable":
+                self._rate(ev.at)[2] += 1
+                self.last_failure = Failure(job_id, ev.task or "", ev.error or "", ev.at)
+            return
+        self._remember_finished(job_id, ev.at)
+        self._count_finished(key, kind, ev.at, per_second=True)
+        if kind == "discarded":
+            self.last_failure = Failure(job_id, ev.task or "", ev.error or "", ev.at)
+
+    def _remember_finished(self, job_id: str, at: float) -> None:
+        self._finished[job_id] = at
+        if len(self._finished) > self._finished_memory:
+            self._finished.popitem(last=False)
+
+    def _count_finished(self, key: tuple[str, str], state: str, at: float, *, per_second: bool) -> None:
+        kind = "completed" if state == "completed" else "failed" if state == "discarded" else None
+        if kind is None:
+            return
+        buckets = self._windows.setdefault((key[0], key[1], kind), {})
+        start = at - at % _BUCKET
+        buckets[start] = buckets.get(start, 0) + 1
+        if per_second:
+            self._rate(at)[1 if kind == "completed" else 2] += 1
+
+    def _rate(self, at: float) -> list[int]:
+        sec = int(at)
+        slot = self._rates.get(sec)
+        if slot is None:
+            slot = self._rates[sec] = [0, 0, 0]
+        return slot
+
+    # --- output --------------------------------------------------------------------------------
+    def snapshot(self, now: float) -> Stats:
+        self._expire(now)
+        rows = []
+        for queue, priority in sorted(self._keys):
+            def n(state: str) -> int:
+                return self._counts.get((queue, priority, state), 0)
+
+            def win(kind: str, seconds: float) -> int:
+                buckets = self._windows.get((queue, priority, kind), {})
+                return sum(c for start, c in buckets.items() if now - start < seconds + _BUCKET)
+
+            rows.append(QueueRow(
+                queue=queue, priority=priority, scheduled=n("scheduled"), available=n("available"),
+                running=n("running"), retrying=n("retryable"),
+                completed_5m=win("completed", 300), completed_1h=win("completed", 3600),
+                failed_5m=win("failed", 300), failed_1h=win("failed", 3600),
+            ))
+        last = int(now) - 1  # the current second is still filling
+        seconds = range(last - _RATE_SECONDS + 1, last + 1)
+        series = [self._rates.get(s, (0, 0, 0)) for s in seconds]
+        return Stats(
+            at=now, rows=tuple(rows),
+            enqueued_per_s=tuple(float(s[0]) for s in series),
+            completed_per_s=tuple(float(s[1]) for s in series),
+            failed_per_s=tuple(float(s[2]) for s in series),
+            events_seen=self.events_seen, last_failure=self.last_failure, seeded=self.seeded,
+        )
+
+    def _expire(self, now: float) -> None:
+        oldest_sec = int(now) - _RATE_SECONDS - 5
+        for sec in [s for s in self._rates if s < oldest_sec]:
+            del self._rates[sec]
+        horizon = now - 3600 - 2 * _BUCKET
+        for buckets in self._windows.values():
+            for start in [s for s in buckets if s < horizon]:
+                del buckets[start]
+
+
+def ring(maxlen: int) -> deque[tuple[int, Event]]:
+    """The event tail's buffer: (sequence, event) pairs, newest last."""
+    return deque(maxlen=maxlen)

@@ -1,0 +1,27 @@
+"""A page of jobs: id, task, state, queue, attempt, age, error. Header clicks ask for a sort."""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from chronos.models import JobRecord
+
+from ..format import ago, short, state_text
+from .sync_table import SyncTable
+
+
+class JobTable(SyncTable):
+    COLUMNS = (
+        ("id", "ID"), ("task", "TASK"), ("state", "STATE"), ("queue", "QUEUE"), ("attempt", "ATTEMPT"),
+        ("created", "CREATED"), ("updated", "UPDATED"), ("error", "ERROR"),
+    )
+
+    def show(self, jobs: tuple[JobRecord, ...], now: float) -> None:
+        rows = []
+        for r in jobs:
+            rows.append((r.id, (
+                r.id, r.spec.task, state_text(r.state), f"{r.spec.queue}/{r.spec.priority}",
+                f"{r.attempt}/{r.spec.max_attempts}", ago(r.created_at, now), ago(r.updated_at, now),
+                Text(short(r.error, 60), style="red") if r.error else "",
+            )))
+        self.sync(rows)
