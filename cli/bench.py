@@ -37,6 +37,7 @@ def throughput(
             ("duplicated", result.duplicated),
             ("server msgs/job", f"{result.server_msgs_in_per_job} in, {result.server_msgs_out_per_job} out"),
             ("concurrency", result.concurrency),
+            ("cpu per job", ", ".join(f"{k} {v:.0f} µs" for k, v in result.cpu_us_per_job.items())),
         ]
         out.console().print(out.key_values([(k, str(v)) for k, v in rows]))
     if result.lost:

@@ -58,3 +58,16 @@ async def wait_for_workers(client: Any, count: int, timeout: float = 30.0) -> No
             return
         await asyncio.sleep(0.1)
     raise TimeoutError(f"{count} worker(s) did not start within {timeout}s")
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds used so far by ``pid`` (this process when None); 0.0 if unreadable."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime

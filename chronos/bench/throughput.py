@@ -18,7 +18,14 @@ from ..client import Client
 from ..config import load_settings
 from ..embedded import EmbeddedServer
 from ..states import JobState
-from ._common import read_stats, server_counters, spawn_worker, stop_process, wait_for_workers
+from ._common import (
+    cpu_seconds,
+    read_stats,
+    server_counters,
+    spawn_worker,
+    stop_process,
+    wait_for_workers,
+)
 
 
 class ThroughputResult(msgspec.Struct):
@@ -33,6 +40,8 @@ class ThroughputResult(msgspec.Struct):
     server_msgs_in_per_job: float
     server_msgs_out_per_job: float
     concurrency: int
+    # CPU time per job in each process over the run (µs): where the 2 cores went.
+    cpu_us_per_job: dict[str, float] = {}
 
 
 async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float = 300.0) -> ThroughputResult:
@@ -62,14 +71,17 @@ async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float 
             follower = asyncio.ensure_future(follow())
             await asyncio.sleep(0.2)  # let the subscription reach the server before the first job
             before = server_counters(server)
+            pids = {"server": server.proc.pid if server.proc else None, "worker": worker.pid}
+            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()} | {"client": cpu_seconds()}
             t0 = time.perf_counter()
             ids = await client.submit_specs(specs)
             t_enqueued = time.perf_counter()
             try:
                 await asyncio.wait_for(done.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             after = server_counters(server)
+            cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()} | {"client": cpu_seconds()}
             follower.cancel()
             # Completions whose events we missed still count if the record says so.
             missing = [i for i in ids if i not in completed]
@@ -95,6 +107,7 @@ async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float 
             server_msgs_in_per_job=round((after["in_msgs"] - before["in_msgs"]) / n, 2),
             server_msgs_out_per_job=round((after["out_msgs"] - before["out_msgs"]) / n, 2),
             concurrency=concurrency,
+            cpu_us_per_job={k: round((cpu1[k] - cpu0[k]) / n * 1e6, 1) for k in cpu0},
         )
 
 
