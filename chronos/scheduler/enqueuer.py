@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from .. import codec
 from ..clock import SYSTEM_CLOCK, Clock
+from ..cron import Schedule as Timing
 from ..cron import fire_times_between
 from ..errors import ChronosError, ConflictError, ValidationError
 from ..ids import derived_job_id
@@ -117,8 +118,11 @@ class Enqueuer:
         try:
             fires = fire_times_between(timing, base, now, self.max_fires)
         except ValidationError:
+            # Down so long that walking every missed fire is too much: look back only as far as needed.
             overflow = True
-            fires = fire_times_between(timing, now - self.misfire_grace, now, self.max_fires)
+            fires = self._latest_fires(timing, base, now, s.catch_up_max)
+            if not fires:
+                return timing.next_after(now)
         if not fires:
             return timing.next_after(base)
         missed = overflow or any(now - t > self.misfire_grace for t in fires)
@@ -144,6 +148,20 @@ class Enqueuer:
         if fires[-1] > (s.last_fire_time or 0.0):
             s = await self.schedules.update(s, last_fire_time=fires[-1])
         return timing.next_after(fires[-1])
+
+    def _latest_fires(self, timing: Timing, base: float, now: float, want: int) -> list[float]:
+        """The latest fire times up to ``now`` (at least ``want`` when the gap holds them), found by
+        doubling a look-back window from the misfire grace instead of walking from ``base``."""
+        span, fires = self.misfire_grace, []
+        while True:
+            start = max(base, now - span)
+            try:
+                fires = fire_times_between(timing, start, now, max(self.max_fires, want))
+            except ValidationError:
+                return fires  # this window is too big; the last one that fit will do
+            if len(fires) >= want or start == base:
+                return fires
+            span *= 2
 
     async def _fire_with_overlap(self, s: Schedule, t: float, now: float) -> str | None:
         if s.overlap != "allow" and s.last_job_id and s.last_job_id != derived_job_id(s.name, str(int(t))):

@@ -90,6 +90,17 @@ async def test_misfire_policies_after_downtime(fc, enq, clock, misfire, expected
     assert 660 in await jobs_of(fc, "m", [660])
 
 
+@pytest.mark.parametrize(("misfire", "expected"), [("run-once", [3600]), ("catch-up", [3480, 3540, 3600])])
+async def test_misfire_after_a_gap_longer_than_max_backfill(fc, enq, clock, misfire, expected):
+    enq.max_fires = 5  # sixty missed fires: too many to walk one by one
+    await fc.add_schedule("long", "stamp", every=60, misfire=misfire, catch_up_max=3)
+    clock.advance(3630)
+    nxt = await enq.step()
+    assert sorted(await jobs_of(fc, "long", range(60, 3601, 60))) == expected
+    assert nxt == T0 + 3660  # the next fire, not a past one to spin on
+    assert (await fc.get_schedule("long")).last_fire_time == T0 + 3600
+
+
 async def test_a_fire_inside_the_grace_is_not_a_misfire(fc, enq, clock):
     await fc.add_schedule("late", "stamp", every=60, misfire="skip")
     clock.advance(65)  # 5 s late: a slow tick or a leader failover, not downtime
