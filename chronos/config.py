@@ -35,6 +35,9 @@ class NatsSettings(msgspec.Struct, **_STRUCT):
     tls_cert: str | None = None
     tls_key: str | None = None
     replicas: int = 1
+    # False for least-privilege users (worker, console, scheduler): only check that the streams,
+    # buckets and consumers exist; an admin creates them with `chronos admin init`.
+    manage_topology: bool = True
 
 
 class JobSettings(msgspec.Struct, **_STRUCT):
@@ -192,6 +195,13 @@ def _validate(s: Settings) -> None:
         raise ConfigError("worker.ack_wait: must be at least 1 second")
     if s.nats.replicas not in (1, 3, 5):
         raise ConfigError("nats.replicas: must be 1, 3 or 5")
+    n = s.nats
+    if n.password and not n.user:
+        raise ConfigError("nats.password: set nats.user too")
+    if n.tls_key and not n.tls_cert:
+        raise ConfigError("nats.tls_key: set nats.tls_cert too (a client certificate and its key)")
+    if sum(bool(x) for x in (n.user, n.token, n.nkey_seed_file, n.creds_file)) > 1:
+        raise ConfigError("nats: use one of user/password, token, nkey_seed_file or creds_file")
     if s.scheduler.lease_ttl < 2:
         raise ConfigError("scheduler.lease_ttl: must be at least 2 seconds (NATS TTLs are whole seconds)")
 

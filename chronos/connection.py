@@ -19,11 +19,15 @@ from nats.js import api
 from nats.js.kv import KeyValue
 
 from .config import Settings
-from .errors import ConnectionFailedError
+from .errors import ConfigError, ConnectionFailedError
 from .publisher import Publisher
 from .subjects import Names
 
 log = logging.getLogger(__name__)
+
+
+class TopologyMissingError(ConfigError):
+    """A stream, bucket or consumer is missing and these credentials may not create it."""
 
 # Room for the envelope around a job's payload (id, spec fields, headers).
 _ENVELOPE_SLACK = 16 * 1024
@@ -133,7 +137,15 @@ async def _probe(servers: list[str], url: str, timeout: float) -> None:
 
 
 async def ensure_topology(conn: Connection) -> None:
-    """Create or update every stream and bucket the namespace uses. Safe to call any number of times."""
+    """Create or update every stream and bucket the namespace uses. Safe to call any number of times.
+
+    With ``nats.manage_topology = false`` (least-privilege credentials that may not create
+    streams) it only checks that everything exists and raises TopologyMissingError naming
+    what does not.
+    """
+    if not conn.settings.nats.manage_topology:
+        await verify_topology(conn)
+        return
     s = conn.settings
     names = conn.names
     js = conn.js
@@ -210,7 +222,39 @@ async def ensure_queue_consumers(conn: Connection, queue: str) -> None:
     from .subjects import PRIORITIES
 
     for priority in PRIORITIES:
-        await _ensure_consumer(conn, priority, queue)
+        if conn.settings.nats.manage_topology:
+            await _ensure_consumer(conn, priority, queue)
+        else:
+            await _require(conn.js.consumer_info(conn.names.jobs_stream, conn.names.consumer_name(priority, queue)),
+                           f"consumer {conn.names.consumer_name(priority, queue)} (queue {queue!r})")
+
+
+async def verify_topology(conn: Connection) -> None:
+    """Every stream, bucket and queue consumer exists (read-only checks: STREAM.INFO, CONSUMER.INFO)."""
+    names = conn.names
+    streams = [names.jobs_stream, names.dlq_stream, names.events_stream, names.delayed_stream]
+    buckets = [names.jobs_bucket, names.workers_bucket, names.tasks_bucket, names.control_bucket,
+               names.schedules_bucket, names.lease_bucket]
+    for stream in streams:
+        await _require(conn.js.stream_info(stream), f"stream {stream}")
+    for bucket in buckets:
+        await _require(conn.js.stream_info(names.kv_stream(bucket)), f"bucket {bucket}")
+    for queue in conn.settings.worker.queues:
+        await ensure_queue_consumers(conn, queue)
+
+
+async def _require(check: Any, what: str) -> None:
+    try:
+        await check
+    except nats.js.errors.NotFoundError:
+        raise TopologyMissingError(
+            f"{what} does not exist and nats.manage_topology is false: "
+            "run `chronos admin init` with admin credentials (and every queue in worker.queues)"
+        ) from None
+    except nats.errors.TimeoutError:
+        raise TopologyMissingError(
+            f"no answer checking {what}: do these credentials allow $JS.API.STREAM.INFO / CONSUMER.INFO?"
+        ) from None
 
 
 async def _add_or_update_stream(js: Any, cfg: api.StreamConfig) -> None:
