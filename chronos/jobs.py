@@ -79,7 +79,8 @@ class JobOps:
 
     async def write_nowait(self, record: JobRecord, revision: int) -> Awaitable[int]:
         """Compare-and-set ``record`` over ``revision``; the awaitable raises ConflictError if it moved."""
-        return await (await self.store()).update_nowait(record.id, codec.encode(record), revision)
+        store = self._store or await self.store()  # hot path: skip a coroutine once bound
+        return await store.update_nowait(record.id, codec.encode(record), revision)
 
     async def write(self, record: JobRecord, revision: int) -> JobRecord:
         rev = await (await self.write_nowait(record, revision))

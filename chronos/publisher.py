@@ -275,25 +275,24 @@ class Acks:
         await self._send(msg, b"+WPI")
 
 
-def delivery_count(msg: Msg) -> int:
-    """How many times JetStream has delivered this message, read from its ack subject.
+def delivery_info(msg: Msg) -> tuple[int, float]:
+    """(times JetStream delivered this message, when it was stored in epoch seconds), from its ack subject.
 
     ``$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>``, or the
-    12+ token form with domain and account hash in front.
+    12+ token form with domain and account hash in front. One split, no Metadata object.
     """
     tokens = (msg.reply or "").split(".")
     if len(tokens) == 9:
-        return int(tokens[4])
+        return int(tokens[4]), int(tokens[7]) / 1e9
     if len(tokens) >= 12:
-        return int(tokens[6])
-    return msg.metadata.num_delivered
+        return int(tokens[6]), int(tokens[9]) / 1e9
+    meta = msg.metadata
+    return meta.num_delivered, meta.timestamp
+
+
+def delivery_count(msg: Msg) -> int:
+    return delivery_info(msg)[0]
 
 
 def delivery_timestamp(msg: Msg) -> float:
-    """When the message was stored in the stream (epoch seconds), from its ack subject."""
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9:
-        return int(tokens[7]) / 1e9
-    if len(tokens) >= 12:
-        return int(tokens[9]) / 1e9
-    return msg.metadata.timestamp
+    return delivery_info(msg)[1]

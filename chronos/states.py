@@ -68,7 +68,7 @@ def transition(record: Any, to: JobState, now: float, **changes: Any) -> Any:
     Raises IllegalTransitionError when the table forbids the move. ``record``
     is a msgspec Struct with ``state`` and ``updated_at`` fields.
     """
-    src = JobState(record.state)
+    src = record.state if type(record.state) is JobState else JobState(record.state)
     if to not in TRANSITIONS[src]:
         raise IllegalTransitionError(f"job {getattr(record, 'id', '?')}: cannot go from {src} to {to}")
     finished = now if to in TERMINAL else None

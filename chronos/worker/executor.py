@@ -26,7 +26,7 @@ from ..errors import Cancel, ChronosError, ConflictError, JobNotFoundError, Malf
 from ..events import EventPublisher
 from ..jobs import JobOps, job_event
 from ..models import Attempt, DLQEntry, JobMessage, JobRecord
-from ..publisher import Acks, delivery_count, delivery_timestamp
+from ..publisher import Acks, delivery_info
 from ..states import TERMINAL, JobState, transition
 from .context import JobContext, reset_current, set_current
 from .registry import Registry, TaskDef
@@ -128,10 +128,10 @@ class Executor:
     # --- the job -------------------------------------------------------------------------
     async def _run_job(self, run: Running, job: JobMessage) -> None:
         msg = run.msg
-        delivered = delivery_count(msg)
+        delivered, stored_at = delivery_info(msg)
         run.job_id, run.task = job.record.id, job.record.spec.task
         if (delivered == 1 and job.record.state is JobState.AVAILABLE
-                and self.clock.now() - delivery_timestamp(msg) < FAST_PATH_MAX_AGE):
+                and self.clock.now() - stored_at < FAST_PATH_MAX_AGE):
             # First delivery of a fresh message: the carried record is current unless someone
             # cancelled it meanwhile (workers learn that from the control watch). Defer the
             # running write: a short job gets one compare-and-set, available -> completed.
