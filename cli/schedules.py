@@ -463,18 +463,24 @@ def backfill(
     as_json = wants_json(ctx, json_)
 
     async def go(client: Client) -> Any:
-        with Progress(TextColumn("backfilling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=out.console(stderr=True), transient=True, disable=as_json) as progress:
-            bar: list[Any] = []
+        # Made on the first report of a big window only, so a small backfill writes nothing to stderr.
+        bars: list[tuple[Progress, Any]] = []
 
-            def advance(done: int, total: int) -> None:
-                if total < _PROGRESS_FROM:
-                    return
-                if not bar:
-                    bar.append(progress.add_task("backfill", total=total))
-                progress.update(bar[0], completed=done)
+        def advance(done: int, total: int) -> None:
+            if as_json or total < _PROGRESS_FROM:
+                return
+            if not bars:
+                progress = Progress(TextColumn("backfilling"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                    console=out.console(stderr=True), transient=True)
+                progress.start()
+                bars.append((progress, progress.add_task("backfill", total=total)))
+            bars[0][0].update(bars[0][1], completed=done)
 
+        try:
             return await client.backfill_schedule(name, start, end, progress=advance)
+        finally:
+            for progress, _ in bars:
+                progress.stop()
 
     report = run_client(st, go)
     if as_json:
