@@ -86,6 +86,13 @@ class SchedulerSettings(msgspec.Struct, **_STRUCT):
     max_backfill: int = 1000
 
 
+class MetricsSettings(msgspec.Struct, **_STRUCT):
+    """The Prometheus endpoint of `chronos serve worker|scheduler` (``--metrics-port`` overrides)."""
+
+    port: int = 0  # 0: no endpoint
+    host: str = "127.0.0.1"
+
+
 class Settings(msgspec.Struct, **_STRUCT):
     namespace: str = "chronos"
     nats: NatsSettings = NatsSettings()
@@ -93,6 +100,7 @@ class Settings(msgspec.Struct, **_STRUCT):
     worker: WorkerSettings = WorkerSettings()
     streams: StreamSettings = StreamSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
+    metrics: MetricsSettings = MetricsSettings()
     log_level: str = "INFO"
 
 
@@ -202,6 +210,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError("nats.tls_key: set nats.tls_cert too (a client certificate and its key)")
     if sum(bool(x) for x in (n.user, n.token, n.nkey_seed_file, n.creds_file)) > 1:
         raise ConfigError("nats: use one of user/password, token, nkey_seed_file or creds_file")
+    if not 0 <= s.metrics.port <= 65535:
+        raise ConfigError("metrics.port: must be 0 (off) or a TCP port")
     if s.scheduler.lease_ttl < 2:
         raise ConfigError("scheduler.lease_ttl: must be at least 2 seconds (NATS TTLs are whole seconds)")
 
