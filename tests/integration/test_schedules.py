@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 from collections.abc import AsyncIterator
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -432,3 +433,21 @@ async def test_bad_schedules_name_the_field_and_store_nothing(fc, kwargs, field)
         await fc.add_schedule(kwargs.pop("name"), kwargs.pop("task"), **kwargs)
     assert str(err.value).startswith(field), str(err.value)
     assert await fc.list_schedules() == []
+
+
+# --- the docs -----------------------------------------------------------------------------------
+
+
+async def test_the_python_example_in_the_docs_runs(settings):
+    """docs/schedules.md's Python block, run against the test server (docs are executable)."""
+    text = (Path(__file__).parents[2] / "docs" / "schedules.md").read_text()
+    source = text.split("```python\n", 1)[1].split("```", 1)[0]
+    scope: dict[str, object] = {}
+    exec(compile(source, "docs/schedules.md", "exec"), scope)  # noqa: S102 -- our own docs, run on purpose
+    async with await Client.connect(settings) as c:
+        await c.register_tasks(["reports.build", "emails.digest", "maintenance.cleanup"])
+        await scope["define"](c)  # type: ignore[operator]
+        by_name = {s.name: s for s in await c.list_schedules()}
+    assert sorted(by_name) == ["digest", "nightly-report", "weekly-cleanup"]
+    assert by_name["digest"].every == 1800 and not any(s.paused for s in by_name.values())
+    assert (by_name["nightly-report"].tz, by_name["nightly-report"].overlap) == ("Europe/Berlin", "skip")
