@@ -853,7 +853,7 @@ class Client:
         with more than ``scheduler.max_backfill`` fire times is refused with nothing made.
         ``progress(done, total)`` is called as jobs go out.
         """
-        from .schedules import BackfillReport, backfill_times, fire_many
+        from .schedules import BackfillReport, backfill_times, fire_many, fire_record
 
         now = self.clock.now()
         until = now if until is None else until
@@ -861,6 +861,9 @@ class Client:
         times = backfill_times(s, since, until, now, self.settings.scheduler.max_backfill)
         fires = await fire_many(self.ops, s, times, now, progress=progress)
         made = sum(1 for f in fires if f.made)
+        for f in fires:
+            if f.made:  # as submit does, so `chronos logs` and the TUI see the new jobs
+                self.events.emit(job_event(fire_record(s, f.fire_time, now), message=f"backfill of schedule {name}"))
         log.info("schedule %s: backfill made %d job(s), %d existed", name, made, len(fires) - made)
         return BackfillReport(schedule=name, since=since, until=until, made=made, existing=len(fires) - made,
                               fires=fires)
