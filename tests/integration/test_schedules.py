@@ -7,6 +7,7 @@ Basic CRUD, firing with a live scheduler and two enqueuers are in test_scheduler
 
 from __future__ import annotations
 
+import asyncio
 import shlex
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -107,6 +108,24 @@ async def test_a_fire_inside_the_grace_is_not_a_misfire(fc, enq, clock):
     clock.advance(65)  # 5 s late: a slow tick or a leader failover, not downtime
     await enq.step()
     assert await jobs_of(fc, "late", [60]) == {60: JobState.AVAILABLE}
+
+
+async def test_the_running_enqueuer_fires_when_the_clock_reaches_a_fire(fc, clock):
+    enq = Enqueuer(JobOps(fc.conn, clock), clock=clock, tick=0.05)
+    runner = asyncio.create_task(enq.run())
+    try:
+        await fc.add_schedule("loop", "stamp", every=60)
+        clock.advance(60)
+
+        async def fired() -> None:
+            while not enq.fired:
+                await enq.fired_event.wait()
+
+        await asyncio.wait_for(fired(), 10)
+        assert enq.fired == [("loop", T0 + 60, job_id("loop", T0 + 60))]
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
 
 
 # --- overlap --------------------------------------------------------------------------------
