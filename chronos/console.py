@@ -112,6 +112,7 @@ async def job_timeline(client: Client, record: JobRecord, *, budget: float = 2.0
             out.append(ev)
     finally:
         await it.aclose()
+    out.sort(key=lambda e: e.at)  # events from different publishers reach the stream in any order
     return out
 
 
