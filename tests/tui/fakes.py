@@ -77,6 +77,8 @@ DLQ = [
 class FakeSource:
     """Fixed data; actions are recorded (and change nothing) so tests can check what was asked."""
 
+    EVENTS = len(RECORDS) + sum((sec * 7) % 11 for sec in range(60)) + len(range(0, 60, 13))
+
     def __init__(self, clock: FakeClock | None = None, *, connected: bool = True) -> None:
         self.clock = clock or FakeClock(NOW)
         self._connected = connected
@@ -89,6 +91,15 @@ class FakeSource:
         for r in RECORDS:
             yield Event(kind=str(r.state), at=r.updated_at, job_id=r.id, task=r.spec.task, queue=r.spec.queue,
                         priority=r.spec.priority, attempt=r.attempt, error=r.error)
+        # a minute of throughput for the sparklines: a fixed, varied pattern
+        for sec in range(60):
+            at = NOW - 60 + sec
+            for j in range((sec * 7) % 11):
+                yield Event(kind="completed", at=at, job_id=f"spark{sec:02d}{j:02d}", task="emails.send",
+                            queue="mail", priority="high")
+            if sec % 13 == 0:
+                yield Event(kind="retryable", at=at, job_id=f"sparkf{sec:02d}", task="reports.build",
+                            queue="default", priority="low", error="TimeoutError: took over 30s")
         await asyncio.Event().wait()  # then nothing more, forever
 
     async def records(self) -> list[JobRecord]:
