@@ -106,9 +106,11 @@ def role_permissions(names: Names) -> dict[str, dict[str, list[str]]]:
         *_kv_read(n, n.workers_bucket), *_kv_read(n, n.schedules_bucket), *_kv_write(n, n.schedules_bucket),
         *_kv_read(n, n.lease_bucket), *_kv_write(n, n.lease_bucket),
         *_kv_read(n, n.tasks_bucket), *_kv_write(n, n.control_bucket),
+        f"$JS.API.CONSUMER.LIST.{jobs}",  # the metrics endpoint's queue depths
     ])
     # The lease holder follows its key's changes with a core subscription.
-    scheduler_sub = _unique([*worker_sub, n.delayed_wildcard(), f"{n.api_root}.>",
+    # ... and the metrics endpoint follows every job event of the namespace.
+    scheduler_sub = _unique([*worker_sub, n.delayed_wildcard(), f"{n.api_root}.>", n.events_wildcard(),
                              n.kv_subject(n.lease_bucket, ">")])
 
     console_pub = _unique([

@@ -232,3 +232,41 @@ class SchedulerMain:
 async def _call_when_set(event: asyncio.Event, fn: Callable[[], None]) -> None:
     await event.wait()
     fn()
+
+
+class WithMetrics:
+    """A service main plus its Prometheus endpoint; the endpoint serves until the service returns
+    (through the whole graceful shutdown), then closes."""
+
+    def __init__(self, main: "WorkerMain | SchedulerMain", metrics: Any) -> None:
+        self.main = main
+        self.metrics = metrics  # a chronos.metrics.MetricsMain
+
+    @property
+    def ready(self) -> asyncio.Event:
+        return self.main.ready
+
+    @property
+    def service(self) -> Any:
+        return self.main.service
+
+    async def __call__(self, stop: asyncio.Event) -> None:
+        done = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.metrics(done), name="metrics")
+            try:
+                await self.main(stop)
+            finally:
+                done.set()
+
+
+def with_metrics(main: "WorkerMain | SchedulerMain", settings: Settings, port: int | None = None) -> ServiceMain:
+    """``main`` with a metrics endpoint on ``port`` (else ``settings.metrics.port``); as is when that is 0."""
+    port = settings.metrics.port if port is None else port
+    if not port:
+        return main
+    from .metrics import MetricsMain, SchedulerMetrics, WorkerMetrics
+
+    metrics = (WorkerMetrics(main.service) if isinstance(main, WorkerMain)
+               else SchedulerMetrics(main.service, settings))
+    return WithMetrics(main, MetricsMain(metrics, port, settings.metrics.host))

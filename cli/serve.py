@@ -21,6 +21,12 @@ from ._shared import run_async, setup_logging, state
 
 app = typer.Typer(help="Run chronos services in the foreground (for systemd).", no_args_is_help=True)
 
+MetricsPortOpt = Annotated[
+    Optional[int],
+    typer.Option("--metrics-port", min=0, max=65535,
+                 help="Serve Prometheus metrics on this port (0: off; default metrics.port from config)."),
+]
+
 # How long the runtime waits, past the worker's own shutdown_grace, for it to hand back jobs and drain.
 DRAIN_MARGIN = 5.0
 
@@ -36,6 +42,7 @@ def worker(
     builtins: Annotated[bool, typer.Option("--builtins/--no-builtins", help="Offer the shell and http tasks.")] = True,
     burst: Annotated[bool, typer.Option("--burst", help="Exit once the queues are empty.")] = False,
     worker_id: Annotated[Optional[str], typer.Option("--id", help="Worker id (default host-pid-random).")] = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run a worker until SIGTERM/SIGINT (a second signal forces it)."""
     st = state(ctx)
@@ -51,8 +58,10 @@ def worker(
     registry = runtime.worker_registry(settings, tasks or (), builtins=builtins)
     if not len(registry):
         raise ChronosError("no tasks to run: pass --tasks module:attr or set worker.tasks in the config")
-    main = runtime.WorkerMain(settings, registry, queues=queue_list, concurrency=concurrency, burst=burst,
-                              worker_id=worker_id)
+    main = runtime.with_metrics(
+        runtime.WorkerMain(settings, registry, queues=queue_list, concurrency=concurrency, burst=burst,
+                           worker_id=worker_id),
+        settings, metrics_port)
     grace = settings.worker.shutdown_grace + DRAIN_MARGIN
 
     notifier = Notifier.from_env(systemd_env())
@@ -69,13 +78,14 @@ def worker(
 def scheduler(
     ctx: typer.Context,
     node_id: Annotated[Optional[str], typer.Option("--id", help="Node id in the lease (default host-pid).")] = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Run a scheduler node until SIGTERM/SIGINT: contends for the lease; the leader fires schedules,
     promotes delayed jobs and rescues lost ones. Run two or more for failover."""
     st = state(ctx)
     settings = st.settings
     setup_logging("DEBUG" if st.debug else settings.log_level)
-    main = runtime.SchedulerMain(settings, node_id=node_id)
+    main = runtime.with_metrics(runtime.SchedulerMain(settings, node_id=node_id), settings, metrics_port)
 
     notifier = Notifier.from_env(systemd_env())
 

@@ -25,6 +25,11 @@ from chronos.runtime import Outcome, SchedulerMain, WorkerMain, run_service
 from chronos.subjects import Names
 from chronos.worker.registry import Registry
 
+from chronos.embedded import free_port
+from chronos.metrics import MetricsMain, SchedulerMetrics
+from chronos.runtime import WithMetrics
+
+from .test_metrics import scrape_until, value
 from .authserver import PASSWORDS, auth_server, role_settings, violations
 
 ROOT = Path(__file__).parents[2]
@@ -71,8 +76,11 @@ async def test_each_role_does_its_job_and_no_more(server: EmbeddedServer):
 
     worker = WorkerMain(role_settings(server, NS, "worker"), _registry())
     scheduler = SchedulerMain(role_settings(server, NS, "scheduler"))
+    metrics_port = free_port()
+    observed = WithMetrics(scheduler, MetricsMain(SchedulerMetrics(scheduler.service, scheduler.service.settings,
+                                                                   poll_every=0.2), metrics_port))
     stop = asyncio.Event()
-    services = asyncio.ensure_future(run_service(worker, scheduler, grace=10, stop=stop, signals=()))
+    services = asyncio.ensure_future(run_service(worker, observed, grace=10, stop=stop, signals=()))
     console = await Client.connect(role_settings(server, NS, "console"))
     try:
         await asyncio.wait_for(asyncio.gather(worker.ready.wait(), scheduler.ready.wait()), 30)
@@ -87,6 +95,10 @@ async def test_each_role_does_its_job_and_no_more(server: EmbeddedServer):
         assert failed.state == "discarded"
         assert [e.job_id for e in await console.dlq_list()] == [failed.id]  # the console reads it
         assert [w.id for w in await console.workers()] == [worker.service.id]
+        # The scheduler's metrics endpoint reads queue depths and follows events with its credentials.
+        samples = await scrape_until(metrics_port, lambda s: value(s, "chronos_dlq_messages") == 1
+                                     and value(s, "chronos_job_events_total", state="completed", queue="default") >= 2)
+        assert value(samples, "chronos_dlq_messages") == 1
         assert violations(server) == [], f"a role was refused something it needs: {violations(server)}"
     finally:
         await console.close()
