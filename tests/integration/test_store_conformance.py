@@ -1,4 +1,4 @@
-"""One contract, every Store: the memory double must behave like the KV store."""
+"""One contract, every Store: the memory double and the SQLite store must behave like the KV store."""
 
 import asyncio
 
@@ -8,12 +8,18 @@ from chronos.connection import connect, ensure_topology
 from chronos.errors import ConflictError
 from chronos.store.kv import KVStore
 from chronos.store.memory import MemoryStore
+from chronos.store.sqlite import SQLiteStore
 
 
-@pytest.fixture(params=["memory", "kv"])
-async def store(request, settings):
+@pytest.fixture(params=["memory", "kv", "sqlite"])
+async def store(request, settings, tmp_path):
     if request.param == "memory":
         yield MemoryStore()
+        return
+    if request.param == "sqlite":
+        s = await SQLiteStore.open(tmp_path / "store.sqlite3")
+        yield s
+        await s.close()
         return
     conn = await connect(settings)
     await ensure_topology(conn)
@@ -109,3 +115,76 @@ async def test_entries_skips_deleted_and_filters(store):
     await store.delete("x.2", rev)
     assert [e.key for e in await store.entries("x.>")] == ["x.1"]
     assert await store.entries("z.>") == []
+
+
+async def test_revisions_increase_across_keys(store):
+    revs = [await store.put("r.a", b"1"), await store.create("r.b", b"2")]
+    revs.append(await store.update("r.a", b"3", revs[0]))
+    assert revs == sorted(revs) and len(set(revs)) == 3
+
+
+async def test_update_or_delete_of_a_missing_key_conflicts(store):
+    with pytest.raises(ConflictError):
+        await store.update("missing", b"1", 1)
+    with pytest.raises(ConflictError):
+        await store.delete("missing", 1)
+    await store.delete("missing")  # without a revision: nothing to do, no error
+
+
+async def _next_change(watcher, timeout=5.0):
+    return await asyncio.wait_for(watcher.__anext__(), timeout)
+
+
+async def test_watch_with_existing_then_a_delete(store):
+    rev = await store.put("w.a", b"1")
+    await store.put("other.b", b"2")
+    watcher = store.watch("w.>", include_existing=True)
+    try:
+        first = await _next_change(watcher)
+        assert (first.key, first.value, first.revision) == ("w.a", b"1", rev)
+        await store.delete("w.a", rev)
+        gone = await _next_change(watcher)
+        assert (gone.key, gone.value) == ("w.a", None) and gone.revision > rev
+    finally:
+        await watcher.aclose()
+
+
+# --- SQLite only: what a file shared on one box adds -------------------------------------------
+
+
+async def test_sqlite_two_handles_on_one_file_share_revisions_and_watch(tmp_path):
+    path = tmp_path / "shared.sqlite3"
+    async with await SQLiteStore.open(path, poll_interval=0.05) as a, await SQLiteStore.open(path) as b:
+        rev = await a.create("job.1", b"v1")
+        with pytest.raises(ConflictError):
+            await b.create("job.1", b"other")
+        watcher = a.watch("job.>")
+        try:
+            pending = asyncio.ensure_future(_next_change(watcher))
+            # b's write does not wake a's watcher directly: a sees it by polling the file.
+            # Retry the write until the watcher (subscribed on its first step) sees one.
+            for i in range(50):
+                rev = await b.update("job.1", f"v{i + 2}".encode(), rev)
+                done, _ = await asyncio.wait({pending}, timeout=0.2)
+                if done:
+                    break
+            else:
+                pytest.fail("a's watcher never saw b's write")
+            seen = pending.result()
+            assert seen.key == "job.1" and seen.value.startswith(b"v")
+        finally:
+            await watcher.aclose()
+    async with await SQLiteStore.open(path) as reopened:
+        assert (await reopened.get("job.1")).revision == rev
+
+
+async def test_sqlite_close_ends_watchers(tmp_path):
+    s = await SQLiteStore.open(tmp_path / "s.sqlite3")
+
+    async def drain():
+        return [e async for e in s.watch()]
+
+    task = asyncio.ensure_future(drain())
+    await s.put("a", b"1")
+    await s.close()
+    await asyncio.wait_for(task, 5)
