@@ -1,0 +1,242 @@
+"""``chronos bench crash``: SIGKILL a worker mid-flood; count lost and duplicated jobs, time the recovery.
+
+An embedded nats-server, ``workers`` worker processes of ``concurrency`` slots each, ``n``
+jobs that sleep ``job_seconds``. When ``kill_at`` of them are done, the first worker's
+whole process group gets SIGKILL; it is started again ``restart_after`` seconds later.
+
+What each worker process ran is written, one line per start and per finish, to its own
+file (line-buffered, so a SIGKILL loses nothing written). From those:
+
+* orphaned: jobs the killed worker had started and not finished; JetStream redelivers
+  them once ``ack_wait`` passes without an in-progress heartbeat from the dead worker;
+* recovery_seconds: from the kill to the completion of the last orphan;
+* drain_seconds: from the kill to the last completion of all jobs, next to
+  min_drain_seconds, what the work left at the kill needs with every slot busy;
+* lost: jobs not completed by the end; duplicated: jobs whose task finished more than
+  once (a task that finished on the killed worker before its record was written runs
+  again: at-least-once delivery).
+
+Target: 0 lost and the orphans done within 6 s of the kill. A short ``ack_wait`` is what
+gets there; long jobs are kept alive by in-progress heartbeats every ack_wait/3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+
+from ..client import Client
+from ..config import load_settings
+from ..embedded import EmbeddedServer
+from ..states import JobState
+from ._common import stop_process, wait_for_workers
+
+TASK = "bench.crash_sleep"
+TARGET_SECONDS = 6.0
+
+
+class CrashResult(msgspec.Struct):
+    n: int
+    workers: int
+    concurrency: int
+    job_seconds: float
+    ack_wait: float
+    killed_at_completed: int  # completions seen when the SIGKILL went out
+    orphaned: int  # jobs running on the killed worker at the kill
+    completed: int
+    lost: int
+    duplicated: int
+    recovery_seconds: float  # kill -> last orphan completed
+    drain_seconds: float  # kill -> last job completed
+    min_drain_seconds: float  # the work left at the kill, at full capacity
+    total_seconds: float  # first submit -> last completion
+    target_met: bool  # 0 lost and recovery_seconds <= 6
+
+
+def _spawn(url: str, namespace: str, concurrency: int, job_seconds: float, ack_wait: float,
+           log_file: Path, running_write_after: float | None = None) -> subprocess.Popen[bytes]:
+    """A bench worker in its own session (process group), so it can be SIGKILLed whole."""
+    args = [sys.executable, "-m", "chronos.bench.crash", "worker", "--url", url, "--namespace", namespace,
+            "--concurrency", str(concurrency), "--sleep", str(job_seconds), "--ack-wait", str(ack_wait),
+            "--log", str(log_file)]
+    if running_write_after is not None:
+        args += ["--running-write-after", str(running_write_after)]
+    return subprocess.Popen(args, env=dict(os.environ), start_new_session=True)
+
+
+def _read_log(path: Path) -> tuple[list[str], list[str]]:
+    started, finished = [], []
+    try:
+        for line in path.read_text().splitlines():
+            kind, _, job_id = line.partition(" ")
+            (started if kind == "S" else finished).append(job_id)
+    except FileNotFoundError:
+        pass
+    return started, finished
+
+
+async def run_crash(
+    n: int = 5000,
+    *,
+    workers: int = 2,
+    concurrency: int = 8,
+    job_seconds: float = 0.05,
+    kill_at: float = 0.4,
+    restart_after: float = 1.0,
+    ack_wait: float = 2.0,
+    running_write_after: float | None = None,
+    timeout: float = 180.0,
+) -> CrashResult:
+    """Run the crash benchmark on a fresh embedded server and return what it measured.
+
+    ``running_write_after`` (worker setting; None: its default) is passed to the workers.
+    """
+    if workers < 2:
+        raise ValueError("workers: at least 2 (one is killed, the others keep going)")
+    with tempfile.TemporaryDirectory(prefix="chronos-crash-") as tmp, EmbeddedServer(Path(tmp) / "js") as server:
+        ns = "crash"
+        settings = load_settings(overrides={"namespace": ns, "nats": {"url": server.url},
+                                            "worker": {"ack_wait": ack_wait}}, read_env=False)
+        client = await Client.connect(settings)
+        logs = [Path(tmp) / f"worker-{i}.log" for i in range(workers)]
+        procs = [_spawn(server.url, ns, concurrency, job_seconds, ack_wait, logs[i], running_write_after) for i in range(workers)]
+        restarted: subprocess.Popen[bytes] | None = None
+        try:
+            await wait_for_workers(client, workers)
+            specs = [client.build_spec(TASK) for _ in range(n)]
+            completed_at: dict[str, float] = {}
+            reached_kill = asyncio.Event()
+            all_done = asyncio.Event()
+            kill_count = max(1, int(n * kill_at))
+
+            async def follow() -> None:
+                async for ev in client.watch(kinds=["completed"]):
+                    if ev.job_id and ev.job_id not in completed_at:
+                        completed_at[ev.job_id] = time.perf_counter()
+                        if len(completed_at) >= kill_count:
+                            reached_kill.set()
+                        if len(completed_at) >= n:
+                            all_done.set()
+                            return
+
+            follower = asyncio.ensure_future(follow())
+            await asyncio.sleep(0.2)  # let the events subscription reach the server first
+            t0 = time.perf_counter()
+            ids = await client.submit_specs(specs)
+            await asyncio.wait_for(reached_kill.wait(), timeout)
+
+            victim = procs[0]
+            os.killpg(victim.pid, signal.SIGKILL)
+            t_kill = time.perf_counter()
+            done_at_kill = len(completed_at)
+            victim.wait()
+            await asyncio.sleep(restart_after)
+            restart_log = Path(tmp) / "worker-0-restarted.log"
+            restarted = _spawn(server.url, ns, concurrency, job_seconds, ack_wait, restart_log, running_write_after)
+
+            try:
+                await asyncio.wait_for(all_done.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            follower.cancel()
+            # Completions whose events we missed still count if the record says so.
+            for job_id in ids:
+                if job_id not in completed_at:
+                    rec = await client.get(job_id)
+                    if rec.state == JobState.COMPLETED:
+                        completed_at[job_id] = time.perf_counter()
+        finally:
+            for p in [*procs, *([restarted] if restarted else [])]:
+                if p.poll() is None:
+                    stop_process(p)
+            await client.close()
+
+        started_killed, finished_killed = _read_log(logs[0])
+        orphans = set(started_killed) - set(finished_killed)
+        finishes: Counter[str] = Counter()
+        for path in [*logs, Path(tmp) / "worker-0-restarted.log"]:
+            finishes.update(_read_log(path)[1])
+        orphan_done = [completed_at[j] for j in orphans if j in completed_at]
+        last = max(completed_at.values()) if completed_at else t_kill
+        lost = n - len(completed_at)
+        recovery = (max(orphan_done) - t_kill) if orphan_done else 0.0
+        left = n - done_at_kill
+        return CrashResult(
+            n=n, workers=workers, concurrency=concurrency, job_seconds=job_seconds, ack_wait=ack_wait,
+            killed_at_completed=done_at_kill, orphaned=len(orphans), completed=len(completed_at), lost=lost,
+            duplicated=sum(1 for c in finishes.values() if c > 1),
+            recovery_seconds=round(recovery, 3), drain_seconds=round(last - t_kill, 3),
+            min_drain_seconds=round(left * job_seconds / (workers * concurrency), 3),
+            total_seconds=round(last - t0, 3),
+            target_met=lost == 0 and len(orphan_done) == len(orphans) and recovery <= TARGET_SECONDS,
+        )
+
+
+# --- the worker process ---------------------------------------------------------------------------------
+async def _worker_main(args: argparse.Namespace) -> None:
+    from ..worker.context import current_job
+    from ..worker.registry import Registry
+    from ..worker.service import WorkerService
+
+    log_fh = open(args.log, "a", buffering=1)  # one write per line: what SIGKILL interrupts is whole lines
+
+    async def crash_sleep() -> None:
+        ctx = current_job()
+        job_id = ctx.job_id if ctx is not None else "?"
+        log_fh.write(f"S {job_id}\n")
+        await asyncio.sleep(args.sleep)
+        log_fh.write(f"F {job_id}\n")
+
+    reg = Registry()
+    reg.register(crash_sleep, name=TASK)
+    worker = {"concurrency": args.concurrency, "ack_wait": args.ack_wait}
+    if args.running_write_after is not None:
+        worker["running_write_after"] = args.running_write_after
+    settings = load_settings(overrides={"namespace": args.namespace, "nats": {"url": args.url}, "worker": worker},
+                             read_env=False)
+    svc = WorkerService(settings, reg, log_events=False)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, svc.stop)
+    try:
+        await svc.run()
+    finally:
+        log_fh.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        ap = argparse.ArgumentParser(prog="chronos.bench.crash worker")
+        ap.add_argument("--url", required=True)
+        ap.add_argument("--namespace", required=True)
+        ap.add_argument("--concurrency", type=int, default=8)
+        ap.add_argument("--sleep", type=float, default=0.05)
+        ap.add_argument("--ack-wait", type=float, default=2.0)
+        ap.add_argument("--log", required=True)
+        ap.add_argument("--running-write-after", type=float, default=None)
+        logging.basicConfig(level=logging.WARNING)
+        asyncio.run(_worker_main(ap.parse_args(argv[1:])))
+        return
+    ap = argparse.ArgumentParser(prog="chronos.bench.crash")
+    ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--ack-wait", type=float, default=2.0)
+    ap.add_argument("--running-write-after", type=float, default=None)
+    a = ap.parse_args(argv)
+    result = asyncio.run(run_crash(a.n, ack_wait=a.ack_wait, running_write_after=a.running_write_after, timeout=120))
+    sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+
+
+if __name__ == "__main__":
+    main()
