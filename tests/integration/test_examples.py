@@ -1,0 +1,41 @@
+"""Docs are executable: every docs/examples/*.py runs against the test server.
+
+Each example is imported from its file and its ``main(settings)`` awaited with the
+test's own namespace, under a timeout. Files whose name starts with ``_`` are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+EXAMPLES = Path(__file__).parents[2] / "docs" / "examples"
+TIMEOUT = 20.0
+
+
+def _examples() -> list[Path]:
+    return sorted(p for p in EXAMPLES.glob("*.py") if not p.name.startswith("_"))
+
+
+def _load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"docs_examples_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_there_are_examples():
+    assert len(_examples()) >= 11
+
+
+@pytest.mark.parametrize("path", _examples(), ids=lambda p: p.name)
+async def test_example(path: Path, settings) -> None:
+    module = _load(path)
+    assert callable(getattr(module, "main", None)), f"{path.name} has no main(settings)"
+    assert module.__doc__, f"{path.name} has no docstring saying what it shows"
+    await asyncio.wait_for(module.main(settings), TIMEOUT)
