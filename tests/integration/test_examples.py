@@ -29,8 +29,11 @@ def _load(path: Path) -> ModuleType:
     return module
 
 
-def test_there_are_examples():
-    assert len(_examples()) >= 11
+def test_there_are_examples_and_the_readme_lists_each():
+    names = [p.name for p in _examples()]
+    assert len(names) >= 11
+    readme = (EXAMPLES / "README.md").read_text()
+    assert [n for n in names if f"({n})" not in readme] == []
 
 
 @pytest.mark.parametrize("path", _examples(), ids=lambda p: p.name)
@@ -38,4 +41,5 @@ async def test_example(path: Path, settings) -> None:
     module = _load(path)
     assert callable(getattr(module, "main", None)), f"{path.name} has no main(settings)"
     assert module.__doc__, f"{path.name} has no docstring saying what it shows"
+    assert 'if __name__ == "__main__":' in path.read_text(), f"{path.name} cannot be run as a script"
     await asyncio.wait_for(module.main(settings), TIMEOUT)
