@@ -33,8 +33,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Iterable
+from typing import Any, Self
 
 import aiosqlite
 
@@ -78,7 +79,7 @@ class SQLiteStore:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: str | Path, *, poll_interval: float = 0.5) -> "SQLiteStore":
+    async def open(cls, path: str | Path, *, poll_interval: float = 0.5) -> SQLiteStore:
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: autocommit, so each statement below is its own transaction.
@@ -100,7 +101,7 @@ class SQLiteStore:
         self._wake()  # watchers notice the close and end
         await self._db.close()
 
-    async def __aenter__(self) -> "SQLiteStore":
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

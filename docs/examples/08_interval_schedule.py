@@ -5,6 +5,7 @@ The scheduler holding the leader lease fires it; each fire is an ordinary job wi
 """
 
 import asyncio
+import itertools
 import logging
 
 from chronos import Client, JobState, Registry, Settings, current_job, load_settings
@@ -33,7 +34,7 @@ async def main(settings: Settings) -> None:
         await client.add_schedule("example-heartbeat", "heartbeat", every=1, queue="heartbeats")
         try:
             fires = await client.next_fire_times("example-heartbeat", 3)  # a dry run
-            assert [b - a for a, b in zip(fires, fires[1:])] == [1.0, 1.0]
+            assert [b - a for a, b in itertools.pairwise(fires)] == [1.0, 1.0]
             first = await asyncio.wait_for(fired.get(), 15)
             second = await asyncio.wait_for(fired.get(), 15)
         finally:

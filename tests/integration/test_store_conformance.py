@@ -91,7 +91,7 @@ async def test_watch_sees_new_writes(store):
         try:
             entry = await asyncio.wait_for(asyncio.shield(seen), 0.2)
             break
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
     else:
         pytest.fail("watch saw nothing")
