@@ -1,0 +1,90 @@
+"""Fault tests: each starts its own nats-server processes (free loopback ports, temp store dirs),
+so it can SIGKILL them without disturbing the session server other tests share."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from chronos.config import Settings
+from chronos.embedded import EmbeddedServer, free_port
+
+from ..conftest import make_settings
+
+
+def fault_settings(url: str, namespace: str = "faults", **sections: dict[str, Any]) -> Settings:
+    """The test settings (small streams, short ack_wait), reconnecting quickly."""
+    return make_settings(url, namespace, **sections)
+
+
+def restart_on_same_store(server: EmbeddedServer) -> EmbeddedServer:
+    """A new nats-server on the killed one's port and store directory."""
+    again = EmbeddedServer(store_dir=server.store_dir, port=server.port, extra_args=server.extra_args,
+                           log_file=server.store_dir / "nats-server-restarted.log")
+    return again.start(timeout=30)
+
+
+class Cluster:
+    """Three nats-server nodes routed on loopback, each with its own store."""
+
+    def __init__(self, root: Path, size: int = 3, name: str = "faults") -> None:
+        self.cluster_ports = [free_port() for _ in range(size)]
+        routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.cluster_ports)
+        self.nodes = [
+            EmbeddedServer(store_dir=root / f"n{i}", extra_args=[
+                "--server_name", f"n{i}", "--cluster_name", name,
+                "--cluster", f"nats://127.0.0.1:{self.cluster_ports[i]}", "--routes", routes,
+            ])
+            for i in range(size)
+        ]
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self) -> "Cluster":
+        import subprocess
+
+        from chronos.embedded import find_nats_server
+
+        # Start every node before waiting on any: JetStream needs a quorum to be ready.
+        for n in self.nodes:
+            n.store_dir.mkdir(parents=True, exist_ok=True)
+            args = [find_nats_server(), "-js", "-sd", str(n.store_dir), "-a", n.host, "-p", str(n.port),
+                    "-m", str(n.monitor_port), *n.extra_args]
+            with open(n.log_file, "ab") as fh:
+                n.proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        for n in self.nodes:
+            n._wait_ready(30)
+        return self
+
+    def healthy(self, node: EmbeddedServer) -> bool:
+        """The node's full health check: JetStream on, meta leader known, its assets current."""
+        try:
+            with urllib.request.urlopen(f"http://{node.host}:{node.monitor_port}/healthz", timeout=1) as r:
+                return json.load(r).get("status") == "ok"
+        except OSError:
+            return False
+
+    def cleanup(self) -> None:
+        for n in self.nodes:
+            n.cleanup()
+
+
+async def wait_until(check: Callable[[], Awaitable[bool] | bool], timeout: float, what: str,
+                     every: float = 0.1) -> None:
+    """Poll ``check`` until true (the state itself is the signal), failing with ``what`` after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = check()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(every)
