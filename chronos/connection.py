@@ -90,6 +90,8 @@ async def connect(settings: Settings, *, name: str = "chronos", reconnect: bool 
         opts["user"], opts["password"] = n.user, n.password
     if n.token:
         opts["token"] = n.token
+    if n.nkey_seed_file or n.creds_file:
+        _require_nkeys("nats.nkey_seed_file" if n.nkey_seed_file else "nats.creds_file")
     if n.nkey_seed_file:
         opts["nkeys_seed"] = n.nkey_seed_file
     if n.creds_file:
@@ -116,6 +118,14 @@ async def connect(settings: Settings, *, name: str = "chronos", reconnect: bool 
     conn = Connection(nc, settings)
     await conn.publisher.start()
     return conn
+
+
+def _require_nkeys(setting: str) -> None:
+    """nats-py signs nkey and creds challenges with the optional ``nkeys`` package."""
+    import importlib.util
+
+    if importlib.util.find_spec("nkeys") is None:
+        raise ConfigError(f"{setting} needs the nkeys package: pip install 'nats-py[nkeys]'")
 
 
 async def _probe(servers: list[str], url: str, timeout: float) -> None:
