@@ -1,7 +1,8 @@
 """Docs are executable: every docs/examples/*.py runs against the test server.
 
 Each example is imported from its file and its ``main(settings)`` awaited with the
-test's own namespace, under a timeout. Files whose name starts with ``_`` are skipped.
+test's own namespace, under a timeout; afterwards none of the tasks it started may
+still be running. Files whose name starts with ``_`` are skipped.
 """
 
 from __future__ import annotations
@@ -42,4 +43,10 @@ async def test_example(path: Path, settings) -> None:
     assert callable(getattr(module, "main", None)), f"{path.name} has no main(settings)"
     assert module.__doc__, f"{path.name} has no docstring saying what it shows"
     assert 'if __name__ == "__main__":' in path.read_text(), f"{path.name} cannot be run as a script"
+    before = asyncio.all_tasks()
     await asyncio.wait_for(module.main(settings), TIMEOUT)
+    # An example stops what it started: nothing it created is still running.
+    left = [t for t in asyncio.all_tasks() - before if t is not asyncio.current_task() and not t.done()]
+    if left:
+        await asyncio.wait(left, timeout=2.0)
+    assert [t.get_name() for t in left if not t.done()] == []
