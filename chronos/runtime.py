@@ -80,9 +80,11 @@ async def run_service(
                     systemd.cancel()
         return outcome
     except BaseExceptionGroup as eg:
-        # One failing service is the common case: raise its error as is, so callers see a plain exception.
-        if len(eg.exceptions) == 1:
-            raise eg.exceptions[0] from None
+        # One failing service is the common case (often nested in the service's own task group):
+        # raise its error as is, so callers see a plain exception and the CLI one clear line.
+        leaves = _leaves(eg)
+        if len(leaves) == 1:
+            raise leaves[0] from None
         raise
     finally:
         restore_handlers()
@@ -108,6 +110,13 @@ async def _systemd(notifier: Notifier, mains: Sequence[ServiceMain], stop: async
         for t in (pinger, all_ready, stop_wait):
             t.cancel()
         await asyncio.gather(pinger, all_ready, stop_wait, return_exceptions=True)
+
+
+def _leaves(eg: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in eg.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
 
 
 async def _supervise(

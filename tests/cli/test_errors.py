@@ -147,10 +147,13 @@ def test_history_is_a_clean_error_until_the_scheduler(cli):
     assert "needs the scheduler archive" in one_error_line(r)
 
 
-def test_serve_scheduler_is_a_clean_error_until_the_scheduler(cli):
-    r = cli("serve", "scheduler")
-    assert r.exit_code == 1
-    assert "scheduler is not available yet" in one_error_line(r)
+def test_serve_scheduler_against_a_dead_server_is_exit_3(tmp_path: Path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[nats]\nconnect_timeout = 0.5\n[scheduler]\narchive_path = {str(tmp_path / 'a.db')!r}\n")
+    url = f"nats://127.0.0.1:{free_port()}"
+    r = CliRunner().invoke(app, ["--config", str(cfg), "--server", url, "serve", "scheduler"])
+    assert r.exit_code == 3, r.output
+    assert url in one_error_line(r)
 
 
 def test_flags_override_the_config_file(cli, settings, register_tasks):
