@@ -193,7 +193,7 @@ class SchedulerMetrics:
             for info in await js.consumers_info(names.jobs_stream):
                 name = info.name or ""
                 for p in priorities:
-                    prefix = f"{names.ns}_{p}_"
+                    prefix = names.consumer_name(p) + "_"  # durables are consumer_name(priority, queue)
                     if name.startswith(prefix):
                         queue = name[len(prefix):]
                         self.jobs.labels("available", queue, p).set(info.num_pending or 0)
