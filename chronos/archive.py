@@ -132,7 +132,7 @@ async def query_history(
             f"no scheduler archive answered on {subject}: is a scheduler (chronos serve scheduler) "
             f"running for namespace {conn.names.ns!r}?"
         ) from None
-    except nats.errors.TimeoutError:
+    except TimeoutError:
         raise NoArchiveError(f"no scheduler archive answered on {subject} within {timeout:g}s") from None
     reply = codec.decode(msg.data, HistoryReply)
     if reply.error:
@@ -390,7 +390,7 @@ class Archiver:
             _raise_if_cancelling()
             try:
                 msgs = await psub.fetch(self.batch, timeout=self.fetch_wait)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own subclass or, at times, the builtin one
                 continue
             except (nats.errors.Error, nats.js.errors.Error) as exc:
                 log.warning("archive: fetching events failed, retrying: %r", exc)

@@ -37,7 +37,7 @@ async def scan_entries(conn: Connection, bucket: str, *, batch: int = 512,
         while True:
             try:
                 msgs = await psub.fetch(batch, timeout=wait)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises its own subclass or, at times, the builtin one
                 return
             me = asyncio.current_task()
             if me is not None and me.cancelling():  # nats-py may have swallowed a cancel

@@ -72,6 +72,8 @@ class SchedulerService:
         self.pruner: Pruner | None = None
         self.archiver: Archiver | None = None
         self.terms = 0  # how many times the loops were started
+        self.stop_wait = 5.0  # how long a term's loops get to finish after their cancel
+        self._stragglers: set[asyncio.Task[Any]] = set()
 
     def stop(self) -> None:
         """Begin graceful shutdown (safe to call from a signal handler)."""
@@ -105,6 +107,8 @@ class SchedulerService:
             await events.close()
             if self._own_conn:
                 await conn.close()
+            if self._stragglers:
+                await asyncio.wait(self._stragglers, timeout=self.stop_wait)
 
     async def _supervise(self, conn: Connection) -> None:
         assert self.lease is not None
@@ -121,7 +125,17 @@ class SchedulerService:
             finally:
                 for t in (term, lost):
                     t.cancel()
-                await asyncio.gather(term, lost, return_exceptions=True)
+                _, pending = await asyncio.wait({term, lost}, timeout=self.stop_wait)
+                if pending:
+                    # A cancel lost inside nats-py (3.11's wait_for swallows one that lands as a reply
+                    # arrives) leaves a loop waiting forever, and a TaskGroup cancels its children only
+                    # once. Cancel the stuck loop tasks again; every loop re-checks is_leader before it
+                    # acts, so one that lingers meanwhile does no harm. Collected at shutdown.
+                    stuck = _recancel_stuck_loops()
+                    log.error("scheduler loops did not stop within %.0fs; cancelled again: %s", self.stop_wait,
+                              ", ".join(stuck) or "none found")
+                    _, pending = await asyncio.wait(pending, timeout=self.stop_wait)
+                    self._stragglers.update(pending)
                 self.leading.clear()
             if term.done() and not term.cancelled() and term.exception() is not None:
                 log.error("scheduler loops failed; restarting them", exc_info=term.exception())
@@ -155,3 +169,20 @@ class SchedulerService:
             for name, fn in loops:
                 tg.create_task(fn(), name=f"scheduler-{name}")
             self.leading.set()
+
+
+# Tasks of a term's loops (named where they are created); never the lease, whose cleanup resigns.
+_LOOP_TASKS = ("scheduler-stager", "scheduler-enqueuer", "scheduler-rescuer", "scheduler-pruner",
+               "stager-load", "enqueuer-watch")
+
+
+def _recancel_stuck_loops() -> list[str]:
+    """Cancel again every loop task that was cancelled but is still running; returns where each waits."""
+    out = []
+    for task in asyncio.all_tasks():
+        if task.get_name() in _LOOP_TASKS and task.cancelling() and not task.done():
+            frames = task.get_stack(limit=1)
+            where = f" at {frames[-1].f_code.co_name}:{frames[-1].f_lineno}" if frames else ""
+            out.append(f"{task.get_name()}{where}")
+            task.cancel()
+    return out

@@ -117,6 +117,7 @@ class Stager:
         sub = await self.conn.nc.subscribe(self.names.delayed_wildcard(), cb=self._on_live)
         try:
             await self._initial_load()
+            _raise_if_cancelling()
             self.ready.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._load_loop(tg), name="stager-load")
@@ -192,7 +193,8 @@ class Stager:
             while True:
                 try:
                     msgs = await psub.fetch(512, timeout=0.5)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats-py raises its own subclass or, at times, the builtin one
+                    _raise_if_cancelling()  # the fetch may have swallowed our cancel
                     break
                 _raise_if_cancelling()
                 for msg in msgs:
