@@ -25,6 +25,7 @@ from ..jobs import JobOps
 from ..models import DLQEntry, JobRecord, WorkerHeartbeat
 from ..states import JobState, transition
 from ..store.kv import KVStore
+from ._scan import scan_entries
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +78,24 @@ class Rescuer:
         now = self.clock.now()
         beats = await self._heartbeats()
         n = 0
-        for e in await (await self.ops.store()).entries():
-            try:
-                rec = codec.decode(e.value or b"", JobRecord)
-            except ChronosError:
-                continue
-            if rec.state is not JobState.RUNNING or now - rec.updated_at <= self.rescue_after:
-                continue
-            beat = beats.get(rec.worker or "")
-            if beat is not None and now - beat <= self.rescue_after:
-                continue
+        lost: list[JobRecord] = []
+        # Streamed in batches: the bucket may hold a million parked jobs (see _scan.py).
+        async for entries in scan_entries(self.ops.conn, self.ops.names.jobs_bucket):
+            for e in entries:
+                try:
+                    rec = codec.decode(e.value or b"", JobRecord)
+                except ChronosError:
+                    continue
+                if rec.state is not JobState.RUNNING or now - rec.updated_at <= self.rescue_after:
+                    continue
+                beat = beats.get(rec.worker or "")
+                if beat is not None and now - beat <= self.rescue_after:
+                    continue
+                rec.revision = e.revision
+                lost.append(rec)
+        for rec in lost:
             if not self.is_leader():
                 return n
-            rec.revision = e.revision
             try:
                 await self.rescue(rec, now)
                 n += 1
