@@ -129,11 +129,12 @@ async def query_history(
         msg = await conn.nc.request(subject, codec.encode(q), timeout=timeout)
     except nats.errors.NoRespondersError:
         raise NoArchiveError(
-            f"no scheduler archive answered on {subject}: is a scheduler (chronos serve scheduler) "
-            f"running for namespace {conn.names.ns!r}?"
+            f"history needs the scheduler archive, and no scheduler archive answered on {subject}: "
+            f"is a scheduler (chronos serve scheduler) running for namespace {conn.names.ns!r}?"
         ) from None
     except TimeoutError:
-        raise NoArchiveError(f"no scheduler archive answered on {subject} within {timeout:g}s") from None
+        raise NoArchiveError(f"history needs the scheduler archive, and no scheduler archive answered on "
+                             f"{subject} within {timeout:g}s") from None
     reply = codec.decode(msg.data, HistoryReply)
     if reply.error:
         raise ChronosError(f"history query failed on {reply.node or 'a scheduler'}: {reply.error}")

@@ -8,12 +8,11 @@ from typing import Annotated, Optional
 import typer
 
 from chronos.client import Client
-from chronos.errors import ChronosError
 from chronos.models import Event, WorkerHeartbeat
 from chronos.states import JobState
 
 from . import _output as out
-from ._parse import BadOption, parse_duration
+from ._parse import BadOption, parse_duration, parse_time
 from ._shared import JsonOpt, event_history, run_client, state, wants_json
 
 # `--state failed` is shorthand for the states a failing attempt leads to.
@@ -93,11 +92,74 @@ def format_event(ev: Event) -> str:
     return " ".join(parts)
 
 
-def history(ctx: typer.Context) -> None:
-    """Finished jobs from the archive (needs the scheduler's archive)."""
-    state(ctx)
-    raise ChronosError("history needs the scheduler archive (coming with the scheduler); "
-                       "meanwhile use 'chronos jobs list' or 'chronos logs --since 1d'")
+TERMINAL_STATES = ("completed", "cancelled", "discarded")
+
+
+def _complete_terminal(incomplete: str) -> list[str]:
+    return [s for s in TERMINAL_STATES if s.startswith(incomplete)]
+
+
+def _time_or_ago(value: str, option: str, now: float) -> float:
+    """A duration back from now (``2h``) or an ISO 8601 time (``2030-01-31T09:30``)."""
+    try:
+        return now - parse_duration(value, option)
+    except BadOption:
+        pass
+    try:
+        return parse_time(value, option)
+    except BadOption:
+        raise BadOption(option, f"{value!r} is neither a duration (30m, 2h, 1d) nor an ISO 8601 time") from None
+
+
+def history(
+    ctx: typer.Context,
+    task: Annotated[Optional[str], typer.Option("--task", help="Only this task.")] = None,
+    state_: Annotated[
+        Optional[str],
+        typer.Option("--state", help=f"Only this final state: {', '.join(TERMINAL_STATES)}.",
+                     autocompletion=_complete_terminal),
+    ] = None,
+    queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,
+    since: Annotated[
+        Optional[str], typer.Option("--since", help="Finished at or after: a duration ago (2h, 1d) or an ISO time.")
+    ] = None,
+    until: Annotated[
+        Optional[str], typer.Option("--until", help="Finished before: a duration ago (30m) or an ISO time.")
+    ] = None,
+    grep: Annotated[
+        Optional[str], typer.Option("--grep", "-g", help="Text in the error or a traceback (case-insensitive).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-l", min=1, max=10_000, help="At most this many.")] = 50,
+    json_: JsonOpt = False,
+) -> None:
+    """Finished jobs from the schedulers' archive, newest first (works from any machine)."""
+    st = state(ctx)
+    if state_ is not None and state_ not in TERMINAL_STATES:
+        raise BadOption("--state", f"{state_!r} is not one of {', '.join(TERMINAL_STATES)} (the archive holds finished jobs)")
+    if grep is not None and not grep:
+        raise BadOption("--grep", "must not be empty")
+    now = time.time()
+    since_at = _time_or_ago(since, "--since", now) if since is not None else None
+    until_at = _time_or_ago(until, "--until", now) if until is not None else None
+    if since_at is not None and until_at is not None and since_at >= until_at:
+        raise BadOption("--since", "must be earlier than --until")
+    rows = run_client(st, lambda c: c.history(task=task, state=state_, queue=queue, since=since_at, until=until_at,
+                                              text=grep, limit=limit))
+    if wants_json(ctx, json_):
+        out.print_json(rows)
+        return
+    if not rows:
+        typer.echo("no finished jobs match")
+        return
+    t = out.table("ID", "TASK", "STATE", "QUEUE", "TRY", "FINISHED", "TOOK", "ERROR")
+    for rec in rows:
+        started = rec.attempts[0].started_at if rec.attempts else None
+        took = out.human_duration(rec.finished_at - started) if started and rec.finished_at else ""
+        t.add_row(rec.id, out.cell(rec.spec.task), rec.state.value, out.cell(rec.spec.queue),
+                  f"{rec.attempt}/{rec.spec.max_attempts}", out.when(rec.finished_at, now), took,
+                  out.cell(out.short(rec.error, 60)))
+    out.print_table(t)
+    typer.echo(f"{len(rows)} job(s)" + (f"; more with --limit {limit * 2}" if len(rows) == limit else ""))
 
 
 def workers(ctx: typer.Context, json_: JsonOpt = False) -> None:
