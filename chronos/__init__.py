@@ -7,6 +7,7 @@ from .models import Backoff, JobRecord, JobSpec
 from .states import JobState
 from .worker.context import current_job
 from .worker.registry import Registry, task
+from .worker.service import WorkerService
 
 __all__ = [
     "Backoff",
@@ -18,8 +19,19 @@ __all__ = [
     "JobState",
     "Registry",
     "Retry",
+    "SchedulerService",
     "Settings",
     "current_job",
     "load_settings",
+    "WorkerService",
     "task",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The scheduler package is imported on first use: workers and clients never need it.
+    if name == "SchedulerService":
+        from .scheduler import SchedulerService
+
+        return SchedulerService
+    raise AttributeError(f"module 'chronos' has no attribute {name!r}")

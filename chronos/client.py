@@ -243,6 +243,8 @@ class Client:
         store = await ops.store()
         work_acks: list[asyncio.Future[Any]] = []
         done = 0
+        # Report about 20 times per call (at least every chunk), whatever the batch size.
+        step = max(1, min(chunk, len(records) // 20))
 
         async def send_work(batch: list[tuple[JobRecord, Any]]) -> None:
             for rec, fut in batch:
@@ -264,11 +266,14 @@ class Client:
             while len(work_acks) - done > 2 * chunk:
                 await publisher.wait(work_acks[done])
                 done += 1
-                if progress is not None and done % chunk == 0:
+                if progress is not None and done % step == 0:
                     progress(done)
         await send_work(previous)
         for fut in work_acks[done:]:
             await publisher.wait(fut)
+            done += 1
+            if progress is not None and done % step == 0 and done < len(records):
+                progress(done)
         if progress is not None:
             progress(len(records))
         return [r.id for r in records]

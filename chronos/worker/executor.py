@@ -55,6 +55,7 @@ class Running:
     ctx: JobContext | None = None
     call_task: asyncio.Task[Any] | None = None  # set only while the task function runs
     deadline: float = float("inf")
+    cancel_deadline: float = float("inf")  # a cancel was signalled: hard stop at this monotonic time
     interrupt: str | None = None  # timeout | cancel | shutdown: why the service interrupted it
     gen: int = 0
     deferred: tuple[JobRecord, int] | None = None  # running record not yet written, and the revision under it
@@ -282,8 +283,9 @@ class Executor:
                 rev = new_rev
         for _ in range(5):
             if record.state is not JobState.RUNNING or record.worker != self.worker_id:
-                # Someone else moved it (retried by hand, taken over by another worker): not ours to write.
-                log.info("job %s moved to %s while it ran here; dropping this attempt's outcome", record.id, record.state)
+                # Someone else moved it (cancelled, retried by hand, taken over by another worker): not ours to write.
+                log.info("job %s is %s, changed elsewhere during this attempt; dropping the attempt's outcome",
+                         record.id, record.state)
                 await self.acks.ack(msg)
                 return
             attempts = list(record.attempts)

@@ -293,6 +293,8 @@ class WorkerService:
                     run.running_write = tg.create_task(self.executor.persist_running(run))
                 if now >= run.deadline:
                     run.interrupt_with("timeout")
+                elif now >= run.cancel_deadline:
+                    run.interrupt_with("cancel")
                 if now - run.progress_mono >= every:
                     run.progress_mono = now
                     await acks.in_progress(run.msg)
@@ -374,13 +376,9 @@ class WorkerService:
         if run.ctx is not None:
             run.ctx.cancel_reason = reason
             run.ctx.cancel_requested.set()
-        assert self._tg is not None
-        self._tg.create_task(self._hard_cancel_later(run))
-
-    async def _hard_cancel_later(self, run: Running) -> None:
         assert self.executor is not None
-        await asyncio.sleep(self.executor.cancel_grace)
-        run.interrupt_with("cancel")
+        # The sweeper hard-stops it after the grace; no timer task that outlives the job.
+        run.cancel_deadline = min(run.cancel_deadline, self.clock.monotonic() + self.executor.cancel_grace)
 
 
 async def run_worker(settings: Settings, registry: Registry | None = None, **kwargs: Any) -> WorkerService:

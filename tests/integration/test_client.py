@@ -97,7 +97,12 @@ async def test_bulk_submit_reports_progress(known):
     ids = await known.submit_specs(specs, progress=seen.append)
     assert len(set(ids)) == 1200
     assert seen[-1] == 1200
+    # Many steps, rising, even for a batch smaller than one pipeline chunk.
+    assert len(seen) >= 10 and seen == sorted(seen)
     assert await queue_depth(known) == 1200
+    small: list[int] = []
+    await known.submit_specs([known.build_spec("resize", [i]) for i in range(300)], progress=small.append)
+    assert len(small) >= 10 and small[-1] == 300
 
 
 async def test_watch_yields_typed_events(known):
