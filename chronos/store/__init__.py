@@ -1,4 +1,8 @@
-"""Record stores behind one narrow protocol: KV (authoritative), SQLite (archive), memory (tests)."""
+"""Record stores behind one narrow protocol: KV (authoritative), SQLite (single box, offline), memory (tests).
+
+One conformance suite (tests/integration/test_store_conformance.py) runs against all three.
+The history archive is not a Store: it lives in chronos/archive.py.
+"""
 
 from .base import Entry, Store
 
