@@ -1,4 +1,4 @@
-"""`chronos bench throughput`: thin over chronos.bench (each benchmark starts what it measures)."""
+"""`chronos bench throughput|precision|failover|delayed-memory`: thin over chronos.bench (each benchmark starts what it measures)."""
 
 from __future__ import annotations
 
@@ -41,4 +41,91 @@ def throughput(
         ]
         out.console().print(out.key_values([(k, str(v)) for k, v in rows]))
     if result.lost:
+        raise typer.Exit(1)
+
+
+@app.command("precision")
+def precision(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option("--n", min=1, help="Delayed jobs.")] = 2000,
+    spread: Annotated[float, typer.Option("--spread", min=0.1, help="Seconds their run_at times spread over.")] = 10.0,
+    lead: Annotated[float, typer.Option("--lead", min=0.5, help="Seconds from submit to the first run_at.")] = 2.0,
+    json_: JsonOpt = False,
+) -> None:
+    """Lateness of delayed jobs: run_at to the work message reaching an outside subscriber."""
+    from chronos.bench.precision import run_precision
+
+    st = state(ctx)
+    result = run_async(st, run_precision(n=n, spread=spread, lead=lead))
+    if wants_json(ctx, json_):
+        out.print_json(result)
+    else:
+        rows = [
+            ("jobs", f"{result.observed}/{result.n} over {result.spread_seconds:g}s"),
+            ("lateness p50", f"{result.p50_ms:.3f} ms"),
+            ("lateness p95", f"{result.p95_ms:.3f} ms"),
+            ("lateness p99", f"{result.p99_ms:.3f} ms"),
+            ("lateness max", f"{result.max_ms:.3f} ms"),
+            ("early", result.early),
+            ("in run_at order", "yes" if result.in_order else "no"),
+            ("scheduler timer p50/p99", f"{result.timer_p50_ms:.3f} / {result.timer_p99_ms:.3f} ms"),
+            ("measured at", result.measured_at),
+        ]
+        out.console().print(out.key_values([(k, str(v)) for k, v in rows]))
+    if result.early or result.missing:
+        raise typer.Exit(1)
+
+
+@app.command("failover")
+def failover(
+    ctx: typer.Context,
+    before: Annotated[float, typer.Option("--before", min=1, help="Seconds of fires under the first leader.")] = 4.0,
+    after: Annotated[float, typer.Option("--after", min=1, help="Seconds of fires after the takeover.")] = 6.0,
+    json_: JsonOpt = False,
+) -> None:
+    """SIGKILL the leading scheduler under an every-second schedule: takeover, duplicate and missed fires."""
+    from chronos.bench.failover import run_failover
+
+    st = state(ctx)
+    result = run_async(st, run_failover(before=before, after=after, lease_ttl=st.settings.scheduler.lease_ttl))
+    if wants_json(ctx, json_):
+        out.print_json(result)
+    else:
+        rows = [
+            ("takeover", f"{result.takeover_seconds:.2f} s (target <= {result.lease_ttl + 1:g} s: lease TTL + 1)"),
+            ("fires", result.fires),
+            ("duplicate fires", result.duplicate_fires),
+            ("missed fires", result.missed_fires),
+            ("worst fire delay", f"{result.max_fire_delay_seconds:.2f} s"),
+            ("verdict", "pass" if result.passed else "FAIL"),
+        ]
+        out.console().print(out.key_values([(k, str(v)) for k, v in rows]))
+    if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command("delayed-memory")
+def delayed_memory(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option("--n", min=1, help="Delayed jobs waiting far ahead.")] = 1_000_000,
+    days: Annotated[float, typer.Option("--days", min=0.01, help="Spread their run_at over this many days.")] = 7.0,
+    settle: Annotated[float, typer.Option("--settle", min=1, help="Seconds to watch a restarted scheduler.")] = 20.0,
+    json_: JsonOpt = False,
+) -> None:
+    """Scheduler RSS with N delayed jobs pending (target < 250 MB for a million)."""
+    from chronos.bench.delayed_memory import run_delayed_memory
+
+    st = state(ctx)
+    result = run_async(st, run_delayed_memory(n=n, days=days, settle=settle))
+    if wants_json(ctx, json_):
+        out.print_json(result)
+    else:
+        rows = [
+            ("jobs", f"{result.n:,} (written in {result.fill_seconds:.0f}s)"),
+            ("peak RSS while they arrive", f"{result.peak_rss_mb_while_filling:.1f} MB"),
+            ("peak RSS, restarted over all", f"{result.peak_rss_mb_restarted:.1f} MB"),
+            ("verdict", "pass (< 250 MB)" if result.passed else "FAIL (>= 250 MB)"),
+        ]
+        out.console().print(out.key_values([(k, str(v)) for k, v in rows]))
+    if not result.passed:
         raise typer.Exit(1)
