@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 import msgspec
 
 from .client import Client
 from .errors import ChronosError
+from .events import decode_events
 from .leadership import LeaderInfo, read_leader
 from .models import Event, JobRecord, Schedule
 from .states import JobState
@@ -73,6 +74,23 @@ async def dlq_depths(client: Client) -> dict[str, int]:
     info = await client.conn.js.stream_info(names.dlq_stream, subjects_filter=names.dlq_wildcard())
     prefix = names.dlq_root + "."
     return {k[len(prefix):]: v for k, v in (info.state.subjects or {}).items()}
+
+
+async def event_batches(client: Client) -> AsyncIterator[list[Event]]:
+    """Live events as they arrive, one list per published batch (cheaper than Client.watch's
+    one-at-a-time iteration for a consumer that takes everything, like a dashboard)."""
+    sub = await client.conn.nc.subscribe(client.names.events_filter("*", "*"))
+    try:
+        async for msg in sub.messages:
+            try:
+                yield decode_events(msg.data)
+            except ChronosError:
+                continue
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception:  # the connection is gone; nothing to release
+            pass
 
 
 def is_connected(client: Client) -> bool:

@@ -63,7 +63,7 @@ class ChronosApp(App[None]):
     ]
 
     def __init__(self, settings: Settings, source: Source | None = None, *, readonly: bool = False,
-                 clock: Clock = SYSTEM_CLOCK, interval: float = 0.25) -> None:
+                 clock: Clock = SYSTEM_CLOCK, interval: float = 0.2) -> None:
         super().__init__()
         self.settings = settings
         self.readonly = readonly
@@ -215,7 +215,7 @@ class ChronosApp(App[None]):
 
 
 def make_app(settings: Settings, client: Client | None = None, *, readonly: bool = False,
-             clock: Clock | None = None, source: Source | None = None, interval: float = 0.25) -> ChronosApp:
+             clock: Clock | None = None, source: Source | None = None, interval: float = 0.2) -> ChronosApp:
     """The console for ``settings``. With no client (and no source) it connects by itself and keeps
     retrying; a client passed in stays the caller's to close."""
     if source is None and client is not None:

@@ -62,7 +62,7 @@ def describe(exc: BaseException) -> str:
 
 class Feeds:
     def __init__(self, app: App[Any], settings: Settings, source: Source | None, clock: Clock, *,
-                 readonly: bool = False, interval: float = 0.25, tail: int = 500,
+                 readonly: bool = False, interval: float = 0.2, tail: int = 500,
                  connect: Callable[[Settings, Clock], Awaitable[Source]] | None = None) -> None:
         self.app = app
         self.settings = settings
@@ -156,10 +156,13 @@ class Feeds:
         tally, tail = self.tally, self.tail
         while True:
             try:
-                async for ev in self.source.events():
-                    tally.add(ev)
-                    self._seq += 1
-                    tail.append((self._seq, ev))
+                async for batch in self.source.events():
+                    add, seq = tally.add, self._seq
+                    for ev in batch:
+                        add(ev)
+                        seq += 1
+                        tail.append((seq, ev))
+                    self._seq = seq
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -23,7 +23,9 @@ class Source(Protocol):
     clock: Clock
 
     def connected(self) -> bool: ...
-    def events(self) -> AsyncIterator[Event]: ...
+    def events(self) -> AsyncIterator[list[Event]]:
+        """Live lifecycle events, in batches as they arrive."""
+        ...
     async def records(self) -> list[JobRecord]: ...
     async def cluster(self) -> Cluster: ...
     async def jobs(self, query: JobQuery) -> JobsPage: ...
@@ -57,8 +59,8 @@ class ClientSource:
     def connected(self) -> bool:
         return console.is_connected(self.client)
 
-    def events(self) -> AsyncIterator[Event]:
-        return self.client.watch()
+    def events(self) -> AsyncIterator[list[Event]]:
+        return console.event_batches(self.client)
 
     async def records(self) -> list[JobRecord]:
         return await console.all_records(self.client)

@@ -87,7 +87,9 @@ async def wait_for(coro_fn: Callable[[], Any], predicate: Callable[[Any], bool],
 
 
 def table_rows(table: Any) -> list[list[str]]:
-    """A DataTable's cells as plain strings."""
+    """A table's cells as plain strings (a DataTable or a TextTable)."""
+    if hasattr(table, "plain_rows"):
+        return table.plain_rows()
     out = []
     for i in range(table.row_count):
         out.append([str(getattr(c, "plain", c)) for c in table.get_row_at(i)])

@@ -87,19 +87,18 @@ class FakeSource:
     def connected(self) -> bool:
         return self._connected
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def events(self) -> AsyncIterator[list[Event]]:
         for r in RECORDS:
-            yield Event(kind=str(r.state), at=r.updated_at, job_id=r.id, task=r.spec.task, queue=r.spec.queue,
-                        priority=r.spec.priority, attempt=r.attempt, error=r.error)
+            yield [Event(kind=str(r.state), at=r.updated_at, job_id=r.id, task=r.spec.task, queue=r.spec.queue,
+                        priority=r.spec.priority, attempt=r.attempt, error=r.error)]
         # a minute of throughput for the sparklines: a fixed, varied pattern
         for sec in range(60):
             at = NOW - 60 + sec
-            for j in range((sec * 7) % 11):
-                yield Event(kind="completed", at=at, job_id=f"spark{sec:02d}{j:02d}", task="emails.send",
-                            queue="mail", priority="high")
+            yield [Event(kind="completed", at=at, job_id=f"spark{sec:02d}{j:02d}", task="emails.send",
+                         queue="mail", priority="high") for j in range((sec * 7) % 11)]
             if sec % 13 == 0:
-                yield Event(kind="retryable", at=at, job_id=f"sparkf{sec:02d}", task="reports.build",
-                            queue="default", priority="low", error="TimeoutError: took over 30s")
+                yield [Event(kind="retryable", at=at, job_id=f"sparkf{sec:02d}", task="reports.build",
+                             queue="default", priority="low", error="TimeoutError: took over 30s")]
         await asyncio.Event().wait()  # then nothing more, forever
 
     async def records(self) -> list[JobRecord]:

@@ -6,10 +6,11 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import Footer, Label, Static
+from textual.widgets import Footer, Label
 
 from ..data import Cluster, Stats
 from ..format import ago, short
+from ..widgets.painted import Painted
 from ..widgets.queue_table import QueueTable
 from ..widgets.throughput import ThroughputPanel
 from ..widgets.workers_table import WorkersTable
@@ -40,7 +41,7 @@ class DashboardScreen(ChronosScreen):
         yield self.banner()
         with Vertical(id="dash-body"):
             yield ThroughputPanel(id="throughput")
-            yield Static("", id="last-failure")
+            yield Painted(Text(""), id="last-failure")
             yield Label("Queues", classes="section")
             yield QueueTable(id="queues")
             yield Label("Workers", classes="section")
@@ -68,7 +69,7 @@ class DashboardScreen(ChronosScreen):
             line.append("last failure: ", style="bold red")
             line.append(f"{lf.job_id} {lf.task}: {short(lf.error, 70)} ({ago(lf.at, self.capp.clock.now())})")
             line.append("  [l] open  [f] all failed", style="dim")
-        self.query_one("#last-failure", Static).update(line)
+        self.query_one("#last-failure", Painted).paint(line)
 
     def on_cluster(self, cluster: Cluster) -> None:
         self.query_one(QueueTable).show(self.capp.latest_stats, cluster)

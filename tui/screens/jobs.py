@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from textual import on
@@ -46,6 +47,9 @@ class JobsScreen(ChronosScreen):
         self.query_spec = JobQuery()
         self.page: JobsPage | None = None
         self.error: str | None = None
+        self._loaded_at = float("-inf")
+        self._load_started = 0.0
+        self._load_cost = 0.0
 
     def compose(self) -> ComposeResult:
         yield self.banner()
@@ -61,19 +65,30 @@ class JobsScreen(ChronosScreen):
         self.set_interval(self.RELOAD_EVERY, self._periodic)
 
     def _periodic(self) -> None:
-        if self.is_current and not isinstance(self.focused, Input):
+        if self.is_current and not isinstance(self.focused, Input) and self._stale():
             self.reload()
 
+    def _stale(self) -> bool:
+        """Due for a reload: a listing scans the whole KV, so a slow one spaces the next out."""
+
+        return time.monotonic() - self._loaded_at >= max(self.RELOAD_EVERY, 5 * self._load_cost)
+
     def reload(self, force: bool = False) -> None:
+
+        self._load_started = time.monotonic()
         self.capp.feeds.load_jobs(self.query_spec, self, force=force)
 
     def on_screen_resume(self) -> None:
-        self.reload()
+        if self._stale():
+            self.reload()
 
     # --- data ---------------------------------------------------------------------------------
     def on_jobs_loaded(self, message: JobsLoaded) -> None:
         if message.page.query != self.query_spec:
             return  # an answer to an older question
+
+        self._loaded_at = time.monotonic()
+        self._load_cost = self._loaded_at - self._load_started
         self.page = message.page
         self.error = message.page.error
         self.query_one(JobTable).show(message.page.jobs, self.capp.clock.now())

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.widgets import Static
 
 from ..data import Cluster, Connection, Stats
 from ..format import duration
+from .painted import Painted
 
 
-class LeaderBanner(Static):
+class LeaderBanner(Painted):
     DEFAULT_CSS = """
     LeaderBanner { height: 1; background: $primary-background; color: $text; padding: 0 1; }
     LeaderBanner.-disconnected { background: $error; color: $text; text-style: bold; }
@@ -17,7 +17,7 @@ class LeaderBanner(Static):
     """
 
     def __init__(self, namespace: str, *, readonly: bool = False, id: str | None = None) -> None:
-        super().__init__("", id=id)
+        super().__init__(Text(""), id=id)
         self.namespace = namespace
         self.readonly = readonly
 
@@ -37,12 +37,12 @@ class LeaderBanner(Static):
             t.append(")")
             if connection.detail:
                 t.append(f": {connection.detail}")
-            self.update(t)
+            self.paint(t)
             return
         self.set_class(False, "-disconnected")
         if connection is None:
             t.append("  connecting…")
-            self.update(t)
+            self.paint(t)
             return
         t.append("  │ ")
         leader = cluster.leader if cluster is not None else None
@@ -64,4 +64,4 @@ class LeaderBanner(Static):
             recent = stats.completed_per_s[-5:]
             t.append(f"  │ {sum(recent) / len(recent):,.0f} done/s")
         t.append("  │ ● connected", style="green")
-        self.update(t)
+        self.paint(t)

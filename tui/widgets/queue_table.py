@@ -8,10 +8,12 @@ from chronos.subjects import PRIORITY_RANK
 
 from ..data import Cluster, QueueRow, Stats
 from ..format import count
-from .sync_table import SyncTable
+from .text_table import TextTable
 
 
-class QueueTable(SyncTable):
+class QueueTable(TextTable):
+    RIGHT = frozenset({"waiting", "scheduled", "running", "retrying", "done5", "done60", "fail5", "fail60", "dlq",
+                       "acks"})
     COLUMNS = (
         ("queue", "QUEUE"), ("priority", "PRIORITY"), ("waiting", "WAITING"), ("scheduled", "SCHED"),
         ("running", "RUNNING"), ("retrying", "RETRYING"), ("done5", "DONE 5m"), ("done60", "DONE 1h"),

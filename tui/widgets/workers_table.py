@@ -7,14 +7,15 @@ from rich.text import Text
 from chronos.models import WorkerHeartbeat
 
 from ..format import duration
-from .sync_table import SyncTable
+from .text_table import TextTable
 
 
 def stale_after(heartbeat_interval: float) -> float:
     return max(3 * heartbeat_interval, 10.0)
 
 
-class WorkersTable(SyncTable):
+class WorkersTable(TextTable):
+    RIGHT = frozenset({"slots", "done", "failed"})
     COLUMNS = (
         ("id", "WORKER"), ("host", "HOST"), ("queues", "QUEUES"), ("slots", "SLOTS"), ("beat", "HEARTBEAT"),
         ("state", "STATE"), ("done", "DONE"), ("failed", "FAILED"), ("jobs", "RUNNING (last progress)"),
