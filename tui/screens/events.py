@@ -27,6 +27,8 @@ class EventsScreen(ChronosScreen):
     EventsScreen #events-status { height: 1; padding: 0 1; background: $boost; }
     """
 
+    MAX_LINES_PER_TICK = 100
+
     def __init__(self) -> None:
         super().__init__()
         self.paused = False
@@ -58,7 +60,11 @@ class EventsScreen(ChronosScreen):
             self._status()
             return
         self.shown_seq = fresh[-1][0]
-        lines = [event_line(ev) for _, ev in fresh if event_matches(ev, self.filter_text)]
+        matching = [ev for _, ev in fresh if event_matches(ev, self.filter_text)]
+        lines = [event_line(ev) for ev in matching[-self.MAX_LINES_PER_TICK:]]
+        skipped = len(matching) - len(lines)
+        if skipped > 0:  # a firehose: nobody reads 5,000 lines a second; say what was left out
+            lines.insert(0, f"… {skipped:,} more events (filter with / or pause with p)")
         if lines:
             self.query_one(EventLog).write_lines(lines)
 
