@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 _DELETE_OPS = ("DEL", "PURGE")
 
 
-async def scan_entries(conn: Connection, bucket: str, *, batch: int = 512,
+async def scan_entries(conn: Connection, bucket: str, *, batch: int = 128,
                        wait: float = 1.0) -> AsyncIterator[list[Entry]]:
     prefix = conn.names.kv_subject(bucket, "")
     cfg = api.ConsumerConfig(

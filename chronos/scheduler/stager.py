@@ -74,6 +74,18 @@ def _raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
+def _key_of(msg: Msg) -> Key | None:
+    """(id, gen) from the ``park:<id>:<gen>`` message id that delayed.park sets; None if absent."""
+    mid = (msg.headers or {}).get("Nats-Msg-Id", "")
+    if not mid.startswith("park:"):
+        return None
+    job_id, _, gen = mid[5:].rpartition(":")
+    try:
+        return (job_id, int(gen))
+    except ValueError:
+        return None
+
+
 class Stager:
     def __init__(
         self,
@@ -192,7 +204,7 @@ class Stager:
         try:
             while True:
                 try:
-                    msgs = await psub.fetch(512, timeout=0.5)
+                    msgs = await psub.fetch(128, timeout=0.5)  # small: a big batch is parsed in one go
                 except TimeoutError:  # nats-py raises its own subclass or, at times, the builtin one
                     _raise_if_cancelling()  # the fetch may have swallowed our cancel
                     break
@@ -209,6 +221,18 @@ class Stager:
 
     async def _on_stored(self, msg: Msg, minute: int) -> None:
         seq = msg.metadata.sequence.stream
+        # Rescans mostly meet jobs already known: tell them by the park message id, without
+        # decoding the record (a rescan of a busy minute would otherwise stall the timer loop).
+        key = _key_of(msg)
+        if key is not None:
+            if key in self._done:
+                del self._done[key]
+                await self._delete(seq)
+                return
+            known = self._entries.get(key)
+            if known is not None:
+                known.seq = seq
+                return
         try:
             parked = codec.decode(msg.data, JobMessage)
         except ChronosError as exc:
