@@ -121,7 +121,8 @@ def role_permissions(names: Names) -> dict[str, dict[str, list[str]]]:
         *_stream_read(n.events_stream), *_stream_read(n.dlq_stream), *_stream_read(n.delayed_stream),
         # dlq replay removes the entry it replayed (one message; purging the stream stays admin-only)
         f"$JS.API.STREAM.MSG.DELETE.{n.dlq_stream}",
-        "$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST",
+        # nats-py's js.subscribe(subject) finds the stream by subject (names only, no contents).
+        "$JS.API.STREAM.NAMES",
         f"$JS.API.CONSUMER.NAMES.{jobs}", f"$JS.API.CONSUMER.LIST.{jobs}", f"$JS.API.CONSUMER.INFO.{jobs}.*",
     ])
     console_sub = [_INBOX, n.events_wildcard()]
