@@ -49,8 +49,11 @@ async def test_worker_memory_is_bounded_under_a_100k_backlog(tmp_path):
             submit_s = time.perf_counter() - t0
             consumer = client.names.consumer_name("default", "default")
 
+            held: list[int] = []  # delivered, not yet acknowledged: what the worker holds
+
             async def done() -> int:
                 info = await client.conn.js.consumer_info(client.names.jobs_stream, consumer)
+                held.append(info.num_ack_pending)
                 return N - info.num_pending - info.num_ack_pending
 
             assert await done() == 0
@@ -79,5 +82,6 @@ async def test_worker_memory_is_bounded_under_a_100k_backlog(tmp_path):
                   f"({samples[-1][0] / run_s:.0f}/s); RSS baseline {baseline:.1f} MB at {WARM}, "
                   f"peak {peak:.1f} MB, last {samples[-1][1]:.1f} MB")
             assert peak - baseline < MAX_GROWTH_MB, samples[::max(1, len(samples) // 20)]
+            assert max(held) <= 4, f"the worker held {max(held)} jobs with 4 slots"
         finally:
             await client.close()
