@@ -134,7 +134,7 @@ async def run_crash(
             await asyncio.sleep(0.2)  # let the events subscription reach the server first
             t0 = time.perf_counter()
             ids = await client.submit_specs(specs)
-            await asyncio.wait_for(reached_kill.wait(), timeout)
+            await _wait_alive(reached_kill, procs, timeout, f"{kill_count} completions")
 
             victim = procs[0]
             os.killpg(victim.pid, signal.SIGKILL)
@@ -183,6 +183,24 @@ async def run_crash(
             total_seconds=round(last - t0, 3),
             target_met=lost == 0 and len(orphan_done) == len(orphans) and recovery <= TARGET_SECONDS,
         )
+
+
+async def _wait_alive(event: asyncio.Event, procs: list[subprocess.Popen[bytes]], timeout: float,
+                      what: str) -> None:
+    """Wait for ``event``; fail at once, and say so, if a worker process dies on its own meanwhile."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not event.is_set():
+        dead = [p for p in procs if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"bench worker pid {dead[0].pid} exited with code {dead[0].returncode} "
+                               f"before {what}; see its stderr above")
+        if loop.time() > deadline:
+            raise TimeoutError(f"no {what} within {timeout:g}s")
+        try:
+            await asyncio.wait_for(event.wait(), 0.5)
+        except asyncio.TimeoutError:
+            pass
 
 
 async def _read_missing(client: Client, ids: list[str], completed_at: dict[str, float]) -> None:
