@@ -92,7 +92,11 @@ class SchedulerService:
             events.bus.subscribe(log_event)
         try:
             await ensure_topology(conn)
-            self.lease = LeaderLease(conn, clock=self.clock, node_id=self.node_id, on_event=events.emit)
+            # Followers poll at most every 0.5 s (the lease's default is ttl/4, 1.25 s at the default TTL):
+            # an expired lease leaves no marker to watch, and takeover must stay within TTL + 1 s.
+            poll = min(self.settings.scheduler.lease_ttl / 4, 0.5)
+            self.lease = LeaderLease(conn, clock=self.clock, node_id=self.node_id, on_event=events.emit,
+                                     poll_every=poll)
             self.archiver = Archiver(conn, path=self._archive_path, clock=self.clock)
             async with asyncio.TaskGroup() as tg:
                 archive_task = tg.create_task(self.archiver.run(), name="scheduler-archive")
