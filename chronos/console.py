@@ -8,8 +8,10 @@ one-off job with a schedule's task and arguments through ``Client.submit``.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import msgspec
 
@@ -19,6 +21,8 @@ from .events import decode_events
 from .leadership import LeaderInfo, read_leader
 from .models import Event, JobRecord, Schedule
 from .states import JobState
+
+log = logging.getLogger(__name__)
 
 
 class ConsumerStat(msgspec.Struct, frozen=True):
@@ -77,20 +81,28 @@ async def dlq_depths(client: Client) -> dict[str, int]:
 
 
 async def event_batches(client: Client) -> AsyncIterator[list[Event]]:
-    """Live events as they arrive, one list per published batch (cheaper than Client.watch's
-    one-at-a-time iteration for a consumer that takes everything, like a dashboard)."""
+    """Subscribe to live events now; the returned iterator yields one list per published batch.
+
+    The subscription exists when this returns, so a caller can subscribe first and then
+    scan the records without losing what happens in between. Cheaper than Client.watch's
+    one-event-at-a-time iteration for a consumer that takes everything, like a dashboard.
+    """
     sub = await client.conn.nc.subscribe(client.names.events_filter("*", "*"))
-    try:
-        async for msg in sub.messages:
-            try:
-                yield decode_events(msg.data)
-            except ChronosError:
-                continue
-    finally:
+
+    async def batches() -> AsyncIterator[list[Event]]:
         try:
-            await sub.unsubscribe()
-        except Exception:  # the connection is gone; nothing to release
-            pass
+            async for msg in sub.messages:
+                try:
+                    yield decode_events(msg.data)
+                except ChronosError:
+                    continue
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection is gone; nothing to release
+                log.debug("unsubscribe failed: %s", exc)
+
+    return batches()
 
 
 def is_connected(client: Client) -> bool:
@@ -122,7 +134,7 @@ async def job_timeline(client: Client, record: JobRecord, *, budget: float = 2.0
                 break
             try:
                 ev = await asyncio.wait_for(it.__anext__(), left)
-            except (asyncio.TimeoutError, StopAsyncIteration):
+            except (TimeoutError, StopAsyncIteration):
                 break
             if ev.at > started:
                 out.append(ev)

@@ -8,7 +8,8 @@ the app keeps the latest of each and republishes it on a signal screens subscrib
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from textual.app import App, SystemCommand
 from textual.binding import Binding
@@ -21,7 +22,14 @@ from chronos.config import Settings
 
 from .data import Cluster, Connection, Stats
 from .feeds import Feeds
-from .messages import ActionDone, ActionFailed, ClusterChanged, ConnectionChanged, EventsTail, StatsChanged
+from .messages import (
+    ActionDone,
+    ActionFailed,
+    ClusterChanged,
+    ConnectionChanged,
+    EventsTail,
+    StatsChanged,
+)
 from .screens.confirm import ConfirmScreen
 from .screens.dashboard import DashboardScreen
 from .screens.dlq import DlqScreen
@@ -32,6 +40,7 @@ from .screens.jobs import JobsScreen
 from .screens.prompt import PromptScreen
 from .screens.schedules import SchedulesScreen
 from .source import ClientSource, Source
+from .widgets.job_table import JobTable
 
 VIEWS = {
     "dashboard": DashboardScreen,
@@ -114,28 +123,27 @@ class ChronosApp(App[None]):
         self.actions_signal.publish(message)
 
     # --- navigation ---------------------------------------------------------------------------------
-    def action_view(self, name: str) -> None:
+    async def action_view(self, name: str) -> None:
         if self.current_mode != name:
-            self.switch_mode(name)
+            await self.switch_mode(name)
         elif isinstance(self.screen, JobDetailScreen):
             self.pop_screen()
 
-    def action_failed(self) -> None:
-        self.show_jobs("state:failed")
+    async def action_failed(self) -> None:
+        await self.show_jobs("state:failed")
 
-    def show_jobs(self, filter_text: str | None = None) -> None:
-        self.action_view("jobs")
+    async def show_jobs(self, filter_text: str | None = None) -> None:
+        await self.action_view("jobs")
+        screen = self.screen_stack[0]
+        if isinstance(screen, JobsScreen) and filter_text is not None:
+            screen.apply_filter(filter_text)
+            screen.query_one(JobTable).focus()
 
-        def apply() -> None:
-            screen = self._mode_screen("jobs")
-            if isinstance(screen, JobsScreen) and filter_text is not None:
-                screen.apply_filter(filter_text)
-
-        self.call_after_refresh(apply)
-
-    def _mode_screen(self, mode: str) -> Screen[Any] | None:
-        stack = self._screen_stacks.get(mode) or []
-        return stack[0] if stack else None
+    async def show_dashboard(self, focus: str) -> None:
+        await self.action_view("dashboard")
+        screen = self.screen_stack[0]
+        if isinstance(screen, DashboardScreen):
+            screen.action_focus_workers() if focus == "workers" else screen.action_focus_queues()
 
     def open_job(self, job_id: str) -> None:
         self.push_screen(JobDetailScreen(job_id))
@@ -163,21 +171,15 @@ class ChronosApp(App[None]):
         elif word in ("help", "h", "?"):
             self.action_help()
         elif word == "failed":
-            self.show_jobs("state:failed")
+            self.call_later(self.show_jobs, "state:failed")
         elif word == "job" and rest:
             self.open_job(rest)
         elif word == "jobs":
-            self.show_jobs(rest if rest else None)
+            self.call_later(self.show_jobs, rest or None)
+        elif word in ("queues", "workers"):
+            self.call_later(self.show_dashboard, word)
         elif word in VIEWS or word in ALIASES:
-            mode = ALIASES.get(word, word)
-            self.action_view(mode)
-            if word in ("queues", "workers"):
-                def focus() -> None:
-                    screen = self._mode_screen("dashboard")
-                    if isinstance(screen, DashboardScreen):
-                        screen.action_focus_workers() if word == "workers" else screen.action_focus_queues()
-
-                self.call_after_refresh(focus)
+            self.call_later(self.action_view, ALIASES.get(word, word))
         else:
             self.notify(f"unknown command {text!r}; try :help", severity="warning")
 
@@ -203,8 +205,10 @@ class ChronosApp(App[None]):
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
         for name in VIEWS:
-            yield SystemCommand(f"View: {name}", f"switch to the {name} view", lambda n=name: self.action_view(n))
-        yield SystemCommand("View: failed jobs", "jobs that failed, newest first", self.action_failed)
+            yield SystemCommand(f"View: {name}", f"switch to the {name} view",
+                                lambda n=name: self.call_later(self.action_view, n))
+        yield SystemCommand("View: failed jobs", "jobs that failed, newest first",
+                            lambda: self.call_later(self.action_failed))
         yield SystemCommand("Recount", "recount jobs from the KV records", self.action_resync)
         if self.readonly:
             return

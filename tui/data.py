@@ -85,7 +85,7 @@ class JobQuery:
     limit: int = 50
     archive: bool = False
 
-    def with_(self, **changes: Any) -> "JobQuery":
+    def with_(self, **changes: Any) -> JobQuery:
         return replace(self, **changes)
 
     def describe(self) -> str:

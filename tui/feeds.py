@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from textual.app import App
 from textual.message import Message
@@ -28,6 +29,8 @@ from textual.worker import Worker
 
 from chronos.clock import Clock
 from chronos.config import Settings
+from chronos.errors import ChronosError
+from chronos.models import Event
 
 from .data import Connection, JobQuery
 from .messages import (
@@ -51,13 +54,12 @@ log = logging.getLogger("chronos.tui")
 Call = Callable[[Source], Awaitable[Any]]
 
 
-class ReadOnlyError(Exception):
-    pass
-
-
 def describe(exc: BaseException) -> str:
+    """One line for the operator: chronos errors say what went wrong already; others get their type."""
     text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text and not text[0].islower() else text or type(exc).__name__
+    if isinstance(exc, ChronosError) and text:
+        return text
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class Feeds:
@@ -109,8 +111,11 @@ class Feeds:
                 await asyncio.sleep(min(5.0, 0.25 * 2 ** min(attempts, 5)))
         self.connected = True
         self._post(ConnectionChanged(Connection(True, since=self.clock.now())))
+        # Subscribe before the scan, so nothing that happens while scanning is missed; the
+        # tally ignores what the scan already counted (events carry their time).
+        stream = await self.source.events()
+        self.app.run_worker(self._follow(stream), name="feeds.events", group="feeds-events", exclusive=True)
         await self._seed()
-        self.app.run_worker(self._follow(), name="feeds.events", group="feeds-events", exclusive=True)
         loop = asyncio.get_running_loop()
         while True:
             started = loop.time()
@@ -130,7 +135,7 @@ class Feeds:
                     since = self.clock.now()
                     attempts = 0
                 else:
-                    await self._seed()  # events were missed while away
+                    await self._seed(fresh=True)  # events were missed while away
                 self.connected = ok
             if not ok:
                 attempts += 1
@@ -140,7 +145,7 @@ class Feeds:
                 self._post(ConnectionChanged(Connection(True, since=self.clock.now())))
             await asyncio.sleep(max(0.0, self.interval - (loop.time() - started)))
 
-    async def _seed(self) -> None:
+    async def _seed(self, fresh: bool = False) -> None:
         assert self.source is not None
         try:
             records = await self.source.records()
@@ -149,14 +154,14 @@ class Feeds:
         except Exception as exc:
             log.warning("could not seed job counts: %s", exc)
             return
-        self.tally.seed(records, self.clock.now())
+        self.tally.seed(records, self.clock.now(), fresh=fresh)
 
-    async def _follow(self) -> None:
+    async def _follow(self, stream: AsyncIterator[list[Event]]) -> None:
         assert self.source is not None
         tally, tail = self.tally, self.tail
         while True:
             try:
-                async for batch in self.source.events():
+                async for batch in stream:
                     add, seq = tally.add, self._seq
                     for ev in batch:
                         add(ev)
@@ -168,6 +173,12 @@ class Feeds:
             except Exception as exc:
                 log.debug("event feed stopped (%s); resubscribing", exc)
             await asyncio.sleep(1.0)
+            try:
+                stream = await self.source.events()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("resubscribing to events failed: %s", exc)
 
     def _tick(self) -> None:
         stats = self.tally.snapshot(self.clock.now())
@@ -180,7 +191,7 @@ class Feeds:
 
     def resync(self) -> None:
         if self.source is not None:
-            self.app.run_worker(self._seed(), name="feeds.seed", group="feeds-seed", exclusive=True)
+            self.app.run_worker(self._seed(fresh=True), name="feeds.seed", group="feeds-seed", exclusive=True)
 
     # --- loads: reply to the screen that asked ---------------------------------------------------------
     def load_jobs(self, query: JobQuery, reply_to: MessagePump, *, force: bool = False) -> None:

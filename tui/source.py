@@ -7,7 +7,8 @@ tests pass a fake with fixed data. Only feeds.py calls a Source.
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 from chronos import console
 from chronos.client import Client
@@ -16,15 +17,23 @@ from chronos.config import Settings
 from chronos.errors import ChronosError, NotFoundError
 from chronos.models import DLQEntry, Event, JobRecord
 
-from .data import SORT_KEYS, Cluster, JobDetail, JobQuery, JobsPage, ScheduleRow, job_matches
+from .data import (
+    SORT_KEYS,
+    Cluster,
+    JobDetail,
+    JobQuery,
+    JobsPage,
+    ScheduleRow,
+    job_matches,
+)
 
 
 class Source(Protocol):
     clock: Clock
 
     def connected(self) -> bool: ...
-    def events(self) -> AsyncIterator[list[Event]]:
-        """Live lifecycle events, in batches as they arrive."""
+    async def events(self) -> AsyncIterator[list[Event]]:
+        """Subscribe now; then the iterator yields live lifecycle events in batches as they arrive."""
         ...
     async def records(self) -> list[JobRecord]: ...
     async def cluster(self) -> Cluster: ...
@@ -53,14 +62,14 @@ class ClientSource:
         self.owns_client = owns_client
 
     @classmethod
-    async def connect(cls, settings: Settings, clock: Clock) -> "ClientSource":
+    async def connect(cls, settings: Settings, clock: Clock) -> ClientSource:
         return cls(await Client.connect(settings, clock=clock), owns_client=True)
 
     def connected(self) -> bool:
         return console.is_connected(self.client)
 
-    def events(self) -> AsyncIterator[list[Event]]:
-        return console.event_batches(self.client)
+    async def events(self) -> AsyncIterator[list[Event]]:
+        return await console.event_batches(self.client)
 
     async def records(self) -> list[JobRecord]:
         return await console.all_records(self.client)
@@ -78,7 +87,7 @@ class ClientSource:
                 recs = await self.client.history(
                     task=query.task, state=None if query.state == "failed" else query.state,
                     queue=query.queue, text=query.text or None, limit=query.offset + query.limit * 10)
-            except (ImportError, ChronosError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ImportError, ChronosError) as exc:
                 return JobsPage(query, (), 0, error=f"archive unavailable: {exc or type(exc).__name__}")
         else:
             single = query.state if query.state not in (None, "failed") else None

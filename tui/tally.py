@@ -9,7 +9,7 @@ publishers, so a job that already finished ignores later non-terminal events.
 from __future__ import annotations
 
 from collections import Counter, OrderedDict, deque
-from typing import Iterable
+from collections.abc import Iterable
 
 from chronos.models import Event, JobRecord
 
@@ -36,58 +36,60 @@ class Tally:
         self.seeded = False
 
     # --- input ---------------------------------------------------------------------------------
-    def seed(self, records: Iterable[JobRecord], now: float) -> None:
-        """Start over from a scan of the records (at connect, and after a reconnect)."""
-        self._live.clear()
-        self._counts.clear()
-        self._windows.clear()
-        self._finished.clear()
+    def seed(self, records: Iterable[JobRecord], now: float, *, fresh: bool = False) -> None:
+        """Merge a scan of the records: at connect (events that arrived while scanning are
+        kept, and whichever is newer wins), or with ``fresh`` start over (after a reconnect)."""
+        if fresh:
+            self._live.clear()
+            self._counts.clear()
+            self._windows.clear()
+            self._finished.clear()
         for rec in records:
-            key = (rec.spec.queue, rec.spec.priority)
-            self._keys.add(key)
             state = str(rec.state)
-            if state in LIVE_STATES:
-                self._live[rec.id] = (state, key[0], key[1], rec.updated_at)
-                self._counts[(key[0], key[1], state)] += 1
-            else:
-                at = rec.finished_at or rec.updated_at
-                self._remember_finished(rec.id, at)
-                if now - at <= 3600:
-                    self._count_finished(key, state, at, per_second=False)
-                if state == "discarded" and (self.last_failure is None or at > self.last_failure.at):
-                    self.last_failure = Failure(rec.id, rec.spec.task, rec.error or "", at)
+            at = (rec.finished_at or rec.updated_at) if state in TERMINAL_STATES else rec.updated_at
+            self._apply(rec.id, state, (rec.spec.queue, rec.spec.priority), at, rec.spec.task, rec.error,
+                        live=False)
+        self._expire(now)
         self.seeded = True
 
     def add(self, ev: Event) -> None:
         self.events_seen += 1
-        job_id = ev.job_id
-        kind = ev.kind
-        if not job_id or (kind not in LIVE_STATES and kind not in TERMINAL_STATES):
+        if not ev.job_id or (ev.kind not in LIVE_STATES and ev.kind not in TERMINAL_STATES):
             return
-        key = (ev.queue or "?", ev.priority or "default")
+        self._apply(ev.job_id, ev.kind, (ev.queue or "?", ev.priority or "default"), ev.at, ev.task or "",
+                    ev.error, live=True)
+
+    def _apply(self, job_id: str, kind: str, key: tuple[str, str], at: float, task: str, error: str | None,
+               *, live: bool) -> None:
+        """One fact about a job, from an event (``live``) or a record; the newer fact wins."""
         self._keys.add(key)
         finished_at = self._finished.get(job_id)
-        if finished_at is not None and ev.at <= finished_at:
-            return  # a late or repeated event for a job that already finished
+        if finished_at is not None and at <= finished_at:
+            return  # a late or repeated fact about a job that already finished
         prev = self._live.pop(job_id, None)
         if prev is not None:
-            if ev.at < prev[3]:  # older than what we hold: put it back
+            if at < prev[3]:  # older than what we hold: put it back
                 self._live[job_id] = prev
                 return
             self._counts[(prev[1], prev[2], prev[0])] -= 1
-        elif kind in ("available", "scheduled"):
-            self._rate(ev.at)[0] += 1
+        elif live and kind in ("available", "scheduled"):
+            self._rate(at)[0] += 1
         if kind in LIVE_STATES:
-            self._live[job_id] = (kind, key[0], key[1], ev.at)
+            self._live[job_id] = (kind, key[0], key[1], at)
             self._counts[(key[0], key[1], kind)] += 1
             if kind == "retryable":
-                self._rate(ev.at)[2] += 1
-                self.last_failure = Failure(job_id, ev.task or "", ev.error or "", ev.at)
+                if live:
+                    self._rate(at)[2] += 1
+                self._failure(job_id, task, error, at)
             return
-        self._remember_finished(job_id, ev.at)
-        self._count_finished(key, kind, ev.at, per_second=True)
+        self._remember_finished(job_id, at)
+        self._count_finished(key, kind, at, per_second=live)
         if kind == "discarded":
-            self.last_failure = Failure(job_id, ev.task or "", ev.error or "", ev.at)
+            self._failure(job_id, task, error, at)
+
+    def _failure(self, job_id: str, task: str, error: str | None, at: float) -> None:
+        if self.last_failure is None or at >= self.last_failure.at:
+            self.last_failure = Failure(job_id, task, error or "", at)
 
     def _remember_finished(self, job_id: str, at: float) -> None:
         self._finished[job_id] = at
@@ -115,19 +117,18 @@ class Tally:
     def snapshot(self, now: float) -> Stats:
         self._expire(now)
         rows = []
-        for queue, priority in sorted(self._keys):
-            def n(state: str) -> int:
-                return self._counts.get((queue, priority, state), 0)
+        counts, windows = self._counts, self._windows
 
-            def win(kind: str, seconds: float) -> int:
-                buckets = self._windows.get((queue, priority, kind), {})
-                return sum(c for start, c in buckets.items() if now - start < seconds + _BUCKET)
+        def win(key: tuple[str, str, str], seconds: float) -> int:
+            return sum(c for start, c in windows.get(key, {}).items() if now - start < seconds + _BUCKET)
 
+        for q, p in sorted(self._keys):
             rows.append(QueueRow(
-                queue=queue, priority=priority, scheduled=n("scheduled"), available=n("available"),
-                running=n("running"), retrying=n("retryable"),
-                completed_5m=win("completed", 300), completed_1h=win("completed", 3600),
-                failed_5m=win("failed", 300), failed_1h=win("failed", 3600),
+                queue=q, priority=p, scheduled=counts.get((q, p, "scheduled"), 0),
+                available=counts.get((q, p, "available"), 0), running=counts.get((q, p, "running"), 0),
+                retrying=counts.get((q, p, "retryable"), 0),
+                completed_5m=win((q, p, "completed"), 300), completed_1h=win((q, p, "completed"), 3600),
+                failed_5m=win((q, p, "failed"), 300), failed_1h=win((q, p, "failed"), 3600),
             ))
         last = int(now) - 1  # the current second is still filling
         seconds = range(last - _RATE_SECONDS + 1, last + 1)

@@ -8,7 +8,8 @@ a condition with a timeout.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from textual.pilot import Pilot

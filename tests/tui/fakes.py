@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from chronos.clock import FakeClock
 from chronos.console import ConsumerStat
 from chronos.leadership import LeaderInfo
-from chronos.models import Attempt, DLQEntry, Event, JobRecord, JobSpec, RunningJob, Schedule, WorkerHeartbeat
+from chronos.models import (
+    Attempt,
+    DLQEntry,
+    Event,
+    JobRecord,
+    JobSpec,
+    RunningJob,
+    Schedule,
+    WorkerHeartbeat,
+)
 from chronos.states import JobState
-from tui.data import SORT_KEYS, Cluster, JobDetail, JobQuery, JobsPage, ScheduleRow, job_matches
+from tui.data import (
+    SORT_KEYS,
+    Cluster,
+    JobDetail,
+    JobQuery,
+    JobsPage,
+    ScheduleRow,
+    job_matches,
+)
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 NOW = T0 + 600
@@ -88,6 +106,9 @@ class FakeSource:
         return self._connected
 
     async def events(self) -> AsyncIterator[list[Event]]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[list[Event]]:
         for r in RECORDS:
             yield [Event(kind=str(r.state), at=r.updated_at, job_id=r.id, task=r.spec.task, queue=r.spec.queue,
                         priority=r.spec.priority, attempt=r.attempt, error=r.error)]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from chronos.leadership import LeaderLease
 from chronos.states import JobState
 from tui.app import ChronosApp, make_app
@@ -299,12 +297,12 @@ async def test_views_by_keys_commands_and_palette(client, settings):
     async with app.run_test(size=SIZE) as pilot:
         for key, mode in (("2", "jobs"), ("3", "events"), ("4", "schedules"), ("5", "dlq"), ("1", "dashboard")):
             await pilot.press(key)
-            await wait_until(pilot, lambda: app.current_mode == mode, what=mode)
+            await wait_until(pilot, lambda mode=mode: app.current_mode == mode, what=mode)
         for command, mode in (("schedules", "schedules"), ("dlq", "dlq"), ("jobs", "jobs"), ("events", "events"),
                               ("queues", "dashboard")):
             await pilot.press("colon")
             await pilot.press(*command, "enter")
-            await wait_until(pilot, lambda: app.current_mode == mode, what=f":{command}")
+            await wait_until(pilot, lambda mode=mode: app.current_mode == mode, what=f":{command}")
         await pilot.press("colon")
         await pilot.press(*"workers", "enter")
         await wait_until(pilot, lambda: isinstance(app.focused, WorkersTable), what=":workers focuses workers")

@@ -15,6 +15,7 @@ import textual
 
 from chronos.clock import FakeClock
 from chronos.config import load_settings
+from chronos.errors import ConnectionFailedError
 from tui.app import make_app
 
 from .conftest import table_rows, wait_until
@@ -111,7 +112,7 @@ def test_readonly_disconnected_banner(snap_compare: Any) -> None:
         calls.append(1)
         if len(calls) > 1:  # one failed attempt, then hang, so the banner stops changing
             await asyncio.Event().wait()
-        raise ConnectionError("cannot reach NATS at nats://127.0.0.1:1: connection refused")
+        raise ConnectionFailedError("cannot reach NATS at nats://127.0.0.1:1: connection refused")
 
     app = make_app(settings, readonly=True, clock=clock)
     app.feeds._connect = never

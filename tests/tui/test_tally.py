@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from chronos.models import Event
-
 from tui.data import JobQuery, job_matches, parse_filter
 from tui.tally import Tally
 
@@ -79,3 +78,25 @@ def test_job_matches_failed_alias_and_text():
     failed = [r.id for r in RECORDS if job_matches(r, JobQuery(state="failed"))]
     assert failed == ["job0002", "job0004"]
     assert [r.id for r in RECORDS if job_matches(r, JobQuery(text="TEMPLATE"))] == ["job0002"]
+
+
+def test_seed_after_events_keeps_the_newer_fact():
+    """The console subscribes first and scans after: what events already said must survive the scan."""
+    from chronos.models import JobRecord, JobSpec
+    from chronos.states import JobState
+
+    t = Tally()
+    t.add(ev("completed", "a", 50.0))  # finished while the scan ran
+    t.add(ev("running", "b", 50.0))
+    scanned = [
+        JobRecord(id="a", spec=JobSpec(task="t", queue="q"), state=JobState.AVAILABLE, created_at=40, updated_at=40),
+        JobRecord(id="b", spec=JobSpec(task="t", queue="q"), state=JobState.AVAILABLE, created_at=40, updated_at=40),
+        JobRecord(id="c", spec=JobSpec(task="t", queue="q"), state=JobState.COMPLETED, created_at=40,
+                  updated_at=45, finished_at=45),
+    ]
+    t.seed(scanned, 60.0)
+    r = row(t, 60.0)
+    assert (r.available, r.running, r.completed_5m) == (0, 1, 2)
+    t.seed(scanned, 60.0, fresh=True)  # after a reconnect: the scan is the truth
+    r = row(t, 60.0)
+    assert (r.available, r.running, r.completed_5m) == (2, 0, 1)

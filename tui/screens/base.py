@@ -19,16 +19,14 @@ class ChronosScreen(Screen[None]):
     VIEW: ClassVar[str] = ""
 
     @property
-    def capp(self) -> "ChronosApp":
+    def capp(self) -> ChronosApp:
         return self.app  # type: ignore[return-value]
 
     def banner(self) -> LeaderBanner:
         return LeaderBanner(self.capp.settings.namespace, readonly=self.capp.readonly, id="banner")
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in self.MUTATING and self.capp.readonly:
-            return False
-        return True
+        return not (action in self.MUTATING and self.capp.readonly)
 
     def on_mount(self) -> None:
         app = self.capp

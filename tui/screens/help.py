@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from rich.console import Group
 from rich.table import Table
@@ -41,8 +42,7 @@ def _keys(bindings: Iterable[Any]) -> list[tuple[str, str]]:
     return out
 
 
-def help_table(title: str, rows: list[tuple[str, str]], readonly_hidden: frozenset[str] = frozenset(),
-               bindings: Iterable[Any] = ()) -> Table:
+def help_table(title: str, rows: list[tuple[str, str]]) -> Table:
     t = Table(title=title, title_justify="left", show_header=False, box=None, padding=(0, 2))
     t.add_column(style="bold cyan", no_wrap=True)
     t.add_column()

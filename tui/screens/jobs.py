@@ -144,7 +144,8 @@ class JobsScreen(ChronosScreen):
     def action_clear_filter(self) -> None:
         box = self.query_one("#filter", Input)
         if box.has_focus:
-            box.remove_class("-visible") if not box.value else None
+            if not box.value:
+                box.remove_class("-visible")
             self.query_one(JobTable).focus()
             return
         if self.query_spec.describe():

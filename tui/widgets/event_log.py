@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from chronos.models import Event
 from textual.widgets import Log
+
+from chronos.models import Event
 
 from ..format import duration, short, stamp
 

@@ -6,7 +6,8 @@ updates changed cells in place and only rebuilds when the row keys change.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from textual.widgets import DataTable
 

@@ -7,10 +7,11 @@ table as a single styled Text and redraws only when the content actually changed
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from rich.cells import cell_len
 from rich.text import Text
+
 from .painted import Painted
 
 Cell = str | Text
