@@ -21,6 +21,14 @@ from chronos.worker.registry import Registry
 
 ROOT = Path(__file__).parents[2]
 
+
+def in_tmp(settings, tmp_path: Path):
+    """The settings with the scheduler's SQLite archive in the test's directory, not the working one."""
+    import msgspec
+
+    return msgspec.structs.replace(settings, scheduler=msgspec.structs.replace(
+        settings.scheduler, archive_path=str(tmp_path / "archive.sqlite3")))
+
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
@@ -64,10 +72,10 @@ def registry() -> Registry:
     return reg
 
 
-async def test_worker_and_scheduler_metrics(settings, client):
+async def test_worker_and_scheduler_metrics(settings, client, tmp_path):
     wport, sport = free_port(), free_port()
     worker = WorkerMain(settings, registry())
-    scheduler = SchedulerMain(settings, node_id="metrics-node")
+    scheduler = SchedulerMain(in_tmp(settings, tmp_path), node_id="metrics-node")
     wm = WithMetrics(worker, MetricsMain(WorkerMetrics(worker.service), wport))
     smetrics = SchedulerMetrics(scheduler.service, settings, poll_every=0.2)
     sm = WithMetrics(scheduler, MetricsMain(smetrics, sport))
@@ -107,10 +115,11 @@ async def test_worker_and_scheduler_metrics(settings, client):
         assert await asyncio.wait_for(services, 30) is Outcome.STOPPED
 
 
-async def test_serve_scheduler_metrics_port(settings):
+async def test_serve_scheduler_metrics_port(settings, tmp_path):
     """`chronos serve scheduler --metrics-port N`: the real command line, scraped until it leads."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHRONOS_", "NOTIFY_", "WATCHDOG_"))}
+    env["CHRONOS_SCHEDULER__ARCHIVE_PATH"] = str(tmp_path / "archive.sqlite3")
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "--server", settings.nats.url, "--namespace", settings.namespace,
          "serve", "scheduler", "--id", "m-node", "--metrics-port", str(port)],

@@ -29,7 +29,7 @@ from chronos.embedded import free_port
 from chronos.metrics import MetricsMain, SchedulerMetrics
 from chronos.runtime import WithMetrics
 
-from .test_metrics import scrape_until, value
+from .test_metrics import in_tmp, scrape_until, value
 from .authserver import PASSWORDS, auth_server, role_settings, violations
 
 ROOT = Path(__file__).parents[2]
@@ -69,13 +69,13 @@ def _registry() -> Registry:
     return reg
 
 
-async def test_each_role_does_its_job_and_no_more(server: EmbeddedServer):
+async def test_each_role_does_its_job_and_no_more(server: EmbeddedServer, tmp_path):
     # The admin creates the topology; nobody else may.
     admin = await Client.connect(role_settings(server, NS, "admin"))
     await admin.close()
 
     worker = WorkerMain(role_settings(server, NS, "worker"), _registry())
-    scheduler = SchedulerMain(role_settings(server, NS, "scheduler"))
+    scheduler = SchedulerMain(in_tmp(role_settings(server, NS, "scheduler"), tmp_path))
     metrics_port = free_port()
     observed = WithMetrics(scheduler, MetricsMain(SchedulerMetrics(scheduler.service, scheduler.service.settings,
                                                                    poll_every=0.2), metrics_port))

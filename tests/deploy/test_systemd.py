@@ -96,11 +96,12 @@ async def test_worker_service_notifies_ready_watchdog_and_stopping(settings, not
     assert any("STOPPING=1" in d for d in got)
 
 
-async def test_serve_scheduler_sends_ready_to_notify_socket(settings, notify_socket):
+async def test_serve_scheduler_sends_ready_to_notify_socket(settings, notify_socket, tmp_path):
     """The real `chronos serve scheduler` process, with NOTIFY_SOCKET as systemd would set it."""
     path, sock = notify_socket
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHRONOS_", "NOTIFY_", "WATCHDOG_"))}
-    env.update(NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000")
+    env.update(NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000",
+               CHRONOS_SCHEDULER__ARCHIVE_PATH=str(tmp_path / "archive.sqlite3"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "--server", settings.nats.url, "--namespace", settings.namespace,
          "serve", "scheduler", "--id", "sd-node"],

@@ -31,9 +31,10 @@ async def test_worker_sigkilled_mid_job_loses_nothing():
     assert r.target_met
 
 
-def _scheduler(settings, node: str, lease_ttl: float) -> subprocess.Popen[bytes]:
+def _scheduler(settings, node: str, lease_ttl: float, archive: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHRONOS_", "NOTIFY_", "WATCHDOG_"))}
     env["CHRONOS_SCHEDULER__LEASE_TTL"] = str(lease_ttl)
+    env["CHRONOS_SCHEDULER__ARCHIVE_PATH"] = str(archive)
     return subprocess.Popen(
         [sys.executable, "-m", "cli.main", "--server", settings.nats.url, "--namespace", settings.namespace,
          "serve", "scheduler", "--id", node],
@@ -41,9 +42,10 @@ def _scheduler(settings, node: str, lease_ttl: float) -> subprocess.Popen[bytes]
     )
 
 
-async def test_leader_sigkilled_follower_takes_over(settings, client, start_worker):
+async def test_leader_sigkilled_follower_takes_over(settings, client, start_worker, tmp_path):
     lease_ttl = 3.0
-    procs = {node: _scheduler(settings, node, lease_ttl) for node in ("sched-a", "sched-b")}
+    procs = {node: _scheduler(settings, node, lease_ttl, tmp_path / f"{node}.sqlite3")
+             for node in ("sched-a", "sched-b")}
     conn = await connect(settings)
     try:
         leader = None

@@ -35,7 +35,8 @@ async def test_server_sigkill_and_restart_loses_nothing(tmp_path):
         return i
 
     reg.register(work, name="f.work")
-    settings = fault_settings(server.url, "restart", scheduler={"lease_ttl": 3.0})
+    settings = fault_settings(server.url, "restart",
+                              scheduler={"lease_ttl": 3.0, "archive_path": str(tmp_path / "archive.sqlite3")})
     worker = WorkerMain(settings, reg, concurrency=4)
     scheduler = SchedulerMain(settings, node_id="restart-node")
     stop = asyncio.Event()
