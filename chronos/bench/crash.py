@@ -110,7 +110,8 @@ async def run_crash(
                                             "worker": {"ack_wait": ack_wait}}, read_env=False)
         client = await Client.connect(settings)
         logs = [Path(tmp) / f"worker-{i}.log" for i in range(workers)]
-        procs = [_spawn(server.url, ns, concurrency, job_seconds, ack_wait, logs[i], running_write_after) for i in range(workers)]
+        procs = [_spawn(server.url, ns, concurrency, job_seconds, ack_wait, log, running_write_after)
+                 for log in logs]
         restarted: subprocess.Popen[bytes] | None = None
         try:
             await wait_for_workers(client, workers)
