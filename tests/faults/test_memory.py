@@ -8,7 +8,6 @@ is not pulled into memory; ``FAULTS_FULL=1`` drains all 100,000 (minutes).
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from pathlib import Path
