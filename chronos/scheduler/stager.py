@@ -10,7 +10,11 @@ Parked jobs wait as ``JobMessage`` on per-minute subjects ``<ns>.delayed.<minute
   a job due in half a second does not wait for a tick.
 
 Firing comes from an in-memory timer heap (sleep until the earliest due time,
-woken early when an earlier item arrives), never from a poll tick.
+woken early when an earlier item arrives), never from a poll tick. The
+compare-and-set below is sent about one round trip (a moving estimate, at most
+``max_ahead``) before ``run_at`` so that its answer arrives near ``run_at``;
+the work message itself is never published before ``run_at``, so a job never
+becomes runnable early (the record may read ``available`` a millisecond early).
 
 Promotion of (id, gen) is a compare-and-set from ``scheduled`` to ``available``
 on the revision the parked message carries (one re-read on conflict), then the
@@ -99,8 +103,13 @@ class Stager:
         concurrency: int = 256,
         keep_lateness: int = 10_000,
         spin: float = 0.002,
+        max_ahead: float = 0.005,
     ) -> None:
         self.spin = spin
+        # The compare-and-set is sent up to one round trip (estimated, at most max_ahead) before
+        # run_at; the work message still never leaves before run_at (see _promote).
+        self.max_ahead = max_ahead
+        self._rtt = 0.0  # moving estimate of one compare-and-set round trip
         self.ops = ops
         self.conn = ops.conn
         self.names = ops.names
@@ -280,7 +289,8 @@ class Stager:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            due = self._heap[0][0]
+            ahead = min(self._rtt, self.max_ahead)
+            due = self._heap[0][0] - ahead
             delay = due - self.clock.now()
             if delay > self.spin:
                 # Sleep until just before the earliest due time; an earlier arrival wakes us sooner.
@@ -295,7 +305,7 @@ class Stager:
                 # The last stretch: epoll sleeps in whole milliseconds (rounded up), so yield instead.
                 await asyncio.sleep(0)
                 continue
-            while self._heap and self._heap[0][0] <= self.clock.now():
+            while self._heap and self._heap[0][0] - ahead <= self.clock.now():
                 _, _, key = heapq.heappop(self._heap)
                 entry = self._entries.get(key)
                 if entry is None or entry.fired:
@@ -312,9 +322,10 @@ class Stager:
                 entry.fired = False
                 self._entries.pop(key, None)
                 return
-            fired_late = self.clock.now() - entry.due
+            fired_late = self.clock.now() - entry.due  # negative by up to the round-trip lead
             promoted = await self._cas_promote(entry)
             if promoted is not None:
+                await self._until(entry.due)  # the CAS went out early; the job must not
                 late = self.clock.now() - entry.due
                 await self.ops.publish_work(promoted, promoted.revision)
                 self.stats.promoted += 1
@@ -348,7 +359,9 @@ class Stager:
             except IllegalTransitionError:
                 return None
             try:
+                sent = self.clock.monotonic()
                 new.revision = await (await self.ops.write_nowait(new, rev))
+                self._rtt += 0.2 * (self.clock.monotonic() - sent - self._rtt)
                 return new
             except ConflictError:
                 fresh = await self.ops.read_or_none(rec.id)
@@ -356,6 +369,11 @@ class Stager:
                     return None
                 rec, rev = fresh, fresh.revision
         return None
+
+    async def _until(self, due: float) -> None:
+        """Wait for ``due`` on the wall clock: sleep most of a long wait, yield through the last ms."""
+        while (left := due - self.clock.now()) > 0:
+            await asyncio.sleep(left - 0.001 if left > 0.0015 else 0)
 
     async def _delete(self, seq: int) -> None:
         try:
