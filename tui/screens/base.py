@@ -52,16 +52,20 @@ class ChronosScreen(Screen[None]):
         for banner in self.query(LeaderBanner):
             banner.show(app.latest_cluster, app.latest_connection, app.latest_stats, app.clock.now())
 
+    # A screen out of sight skips updates; on_screen_resume catches up from the latest.
     def _on_stats(self, stats: Stats) -> None:
-        self._update_banner()
-        self.on_stats(stats)
+        if self.is_current:
+            self._update_banner()
+            self.on_stats(stats)
 
     def _on_cluster(self, cluster: Cluster) -> None:
-        self._update_banner()
-        self.on_cluster(cluster)
+        if self.is_current:
+            self._update_banner()
+            self.on_cluster(cluster)
 
     def _on_connection(self, connection: Connection) -> None:
-        self._update_banner()
+        if self.is_current:
+            self._update_banner()
 
     # hooks
     def on_stats(self, stats: Stats) -> None:

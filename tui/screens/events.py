@@ -50,7 +50,13 @@ class EventsScreen(ChronosScreen):
             self.show_tail(self.capp.latest_tail)
         self._status()
 
+    def on_screen_resume(self) -> None:
+        if self.capp.latest_tail is not None:
+            self.show_tail(self.capp.latest_tail)
+
     def show_tail(self, tail: EventsTail) -> None:
+        if not self.is_current:
+            return  # out of sight; caught up on resume
         fresh = [(seq, ev) for seq, ev in tail.events if seq > self.shown_seq]
         if not fresh:
             return
