@@ -411,3 +411,38 @@ async def test_disconnected_state_recovers_by_itself(namespace, tmp_path):
             await wait_until(pilot, lambda: app.feeds.polls > polls + 2, what="polling again")
     finally:
         await asyncio.to_thread(server.cleanup)
+
+
+async def test_jobs_from_the_archive_and_a_real_leader(client, settings, start_worker, tasks, tmp_path):
+    from chronos.scheduler.service import SchedulerService
+
+    app = make_app(settings, client)
+    async with app.run_test(size=SIZE) as pilot:
+        # no scheduler yet: the archive answers nobody, and the banner says so
+        await pilot.press("2")
+        await wait_until(pilot, lambda: jobs_screen(app) is not None and jobs_screen(app).page is not None, what="jobs")
+        await pilot.press("a")
+        await wait_until(pilot, lambda: jobs_screen(app).query_spec.archive and jobs_screen(app).error,
+                         what="archive unavailable")
+        assert "archive unavailable" in jobs_screen(app).error
+        assert "NO LEADER" in banner_text(app)
+
+        svc = SchedulerService(settings, log_events=False, archive_path=str(tmp_path / "archive.sqlite3"),
+                               node_id="sched-real")
+        sched = asyncio.get_running_loop().create_task(svc.run())
+        try:
+            await asyncio.wait_for(svc.leading.wait(), 20)
+            await start_worker(tasks.registry())
+            done = [await client.submit("ok", [i]) for i in range(2)]
+            for job_id in done:
+                await client.wait(job_id, timeout=15)
+            await wait_for(lambda: client.history(task="ok"), lambda recs: len(recs) == 2, what="archived jobs")
+            await wait_until(pilot, lambda: "leader sched-real" in banner_text(app), what="real leader")
+            jobs_screen(app).action_reload()
+            await wait_until(pilot, lambda: sorted(r[0] for r in job_rows(app)) == sorted(done),
+                             what="archived jobs listed")
+            assert jobs_screen(app).error is None
+            assert "archive" in static_text(jobs_screen(app).query_one("#jobs-status"))
+        finally:
+            svc.stop()
+            await asyncio.wait_for(sched, 15)
