@@ -9,7 +9,9 @@ than ``scheduler.retention`` ago. For each batch:
    record whose event was lost is archived from the KV copy in hand);
 2. the archive is asked which of them it now holds at that version or newer;
 3. only those are deleted, each guarded by the revision it was read at, so a
-   job retried by hand meanwhile (its record moved) is left alone.
+   job retried by hand meanwhile (its record moved) is left alone; the key's
+   messages up to that delete marker are then purged, so no marker piles up
+   and the id can be created again (DLQ replay of a pruned job).
 
 Other nodes' archives may still be catching up on events when a record goes;
 they then keep the partial record their event describes (archive.py).
@@ -27,6 +29,7 @@ from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ChronosError, ConflictError
 from ..jobs import JobOps
 from ..models import JobRecord
+from ..publisher import is_wrong_last_sequence
 from ..states import TERMINAL
 from ._scan import scan_entries
 
@@ -68,7 +71,6 @@ class Pruner:
     async def step(self) -> int:
         """One pass over the bucket; returns how many records it deleted."""
         cutoff = self.clock.now() - self.retention
-        store = await self.ops.store()
         n = 0
         async for entries in scan_entries(self.ops.conn, self.ops.names.jobs_bucket):
             old: list[JobRecord] = []
@@ -91,7 +93,7 @@ class Pruner:
                 if not self.is_leader():
                     return n
                 try:
-                    await store.delete(rec.id, revision=rec.revision)
+                    await self._delete(rec)
                 except ConflictError:
                     continue  # moved since we read it (retried by hand): not ours to delete
                 n += 1
@@ -102,3 +104,22 @@ class Pruner:
             self.pruned_event.set()
             self.pruned_event.clear()
         return n
+
+    async def _delete(self, rec: JobRecord) -> None:
+        """Delete marker guarded by the revision, then purge the key's messages up to that marker.
+
+        The purge leaves no marker behind: a million pruned jobs would otherwise leave a million
+        markers in the bucket's stream, and a marker blocks creating the key again (DLQ replay
+        of a pruned job re-creates its record). Purging only up to our marker keeps anything
+        written after it.
+        """
+        names = self.ops.names
+        subject = names.kv_subject(names.jobs_bucket, rec.id)
+        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(rec.revision)}
+        try:
+            ack = await self.ops.publisher.request(subject, b"", headers)
+        except Exception as exc:
+            if is_wrong_last_sequence(exc):
+                raise ConflictError(f"record {rec.id} changed since it was read") from None
+            raise
+        await self.ops.conn.js.purge_stream(names.kv_stream(names.jobs_bucket), seq=ack.seq + 1, subject=subject)

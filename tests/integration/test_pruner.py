@@ -75,6 +75,10 @@ async def test_prunes_only_old_finished_jobs_and_archives_them_first(client, sta
         assert set(rows) == {old, failed}
         assert rows[failed].state == JobState.DISCARDED and rows[failed].attempts
         assert await pruner.step() == 0
+        # No marker is left behind: a pruned discarded job can be replayed from the DLQ under its id.
+        replayed = await client.dlq_replay(failed)
+        assert replayed.id == failed
+        assert (await client.wait(failed, 15)).state == JobState.DISCARDED
     finally:
         await archiver.db.close()
 
