@@ -11,8 +11,8 @@ Parked jobs wait as ``JobMessage`` on per-minute subjects ``<ns>.delayed.<minute
 
 Firing comes from an in-memory timer heap (sleep until the earliest due time,
 woken early when an earlier item arrives), never from a poll tick. The
-compare-and-set below is sent about one round trip (a moving estimate, at most
-``max_ahead``) before ``run_at`` so that its answer arrives near ``run_at``;
+compare-and-set below is sent about one round trip (smoothed round trip plus
+twice its deviation, at most ``max_ahead``) before ``run_at`` so that its answer arrives near ``run_at``;
 the work message itself is never published before ``run_at``, so a job never
 becomes runnable early (the record may read ``available`` a millisecond early).
 
@@ -109,7 +109,8 @@ class Stager:
         # The compare-and-set is sent up to one round trip (estimated, at most max_ahead) before
         # run_at; the work message still never leaves before run_at (see _promote).
         self.max_ahead = max_ahead
-        self._rtt = 0.0  # moving estimate of one compare-and-set round trip
+        self._rtt = 0.0  # smoothed compare-and-set round trip and its mean deviation (as TCP's RTO)
+        self._rtt_dev = 0.0
         self.ops = ops
         self.conn = ops.conn
         self.names = ops.names
@@ -289,7 +290,7 @@ class Stager:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            ahead = min(self._rtt, self.max_ahead)
+            ahead = min(self._rtt + 2 * self._rtt_dev, self.max_ahead)
             due = self._heap[0][0] - ahead
             delay = due - self.clock.now()
             if delay > self.spin:
@@ -361,7 +362,9 @@ class Stager:
             try:
                 sent = self.clock.monotonic()
                 new.revision = await (await self.ops.write_nowait(new, rev))
-                self._rtt += 0.2 * (self.clock.monotonic() - sent - self._rtt)
+                rtt = self.clock.monotonic() - sent
+                self._rtt_dev += 0.25 * (abs(rtt - self._rtt) - self._rtt_dev)
+                self._rtt += 0.125 * (rtt - self._rtt)
                 return new
             except ConflictError:
                 fresh = await self.ops.read_or_none(rec.id)
