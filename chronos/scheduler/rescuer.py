@@ -21,8 +21,8 @@ import msgspec
 from .. import codec
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ChronosError, ConflictError
-from ..jobs import JobOps
-from ..models import DLQEntry, JobRecord, WorkerHeartbeat
+from ..jobs import JobOps, job_event
+from ..models import DLQEntry, Event, JobRecord, WorkerHeartbeat
 from ..states import JobState, transition
 from ..store.kv import KVStore
 from ._scan import scan_entries
@@ -41,6 +41,7 @@ class Rescuer:
         tick: float = 5.0,
         is_leader: Callable[[], bool] = lambda: True,
         rescue_after: float | None = None,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.ops = ops
         self.clock = clock
@@ -49,6 +50,7 @@ class Rescuer:
         self.rescue_after = ops.conn.settings.scheduler.rescue_after if rescue_after is None else rescue_after
         self.rescued: list[tuple[str, str]] = []  # (job id, new state)
         self.rescued_event = asyncio.Event()
+        self.on_event = on_event  # the rescue's outcome as an event (the archive learns of discards from it)
 
     async def run(self) -> None:
         while True:
@@ -124,6 +126,8 @@ class Rescuer:
             new = await self.ops.write(new, rec.revision)
             await self.ops.publish_work(new, new.revision)
         log.warning("rescuer: job %s lost with worker %s -> %s", rec.id, rec.worker, new.state)
+        if self.on_event is not None:
+            self.on_event(job_event(new, error=new.error))
         self.rescued.append((rec.id, str(new.state)))
         self.rescued_event.set()
         self.rescued_event.clear()

@@ -101,7 +101,7 @@ class SchedulerService:
             async with asyncio.TaskGroup() as tg:
                 archive_task = tg.create_task(self.archiver.run(), name="scheduler-archive")
                 lease_task = tg.create_task(self.lease.run(), name="scheduler-lease")
-                main = tg.create_task(self._supervise(conn), name="scheduler-supervise")
+                main = tg.create_task(self._supervise(conn, events), name="scheduler-supervise")
                 self.ready.set()
                 await self._stopping.wait()
                 main.cancel()
@@ -114,7 +114,7 @@ class SchedulerService:
             if self._stragglers:
                 await asyncio.wait(self._stragglers, timeout=self.stop_wait)
 
-    async def _supervise(self, conn: Connection) -> None:
+    async def _supervise(self, conn: Connection, events: EventPublisher) -> None:
         assert self.lease is not None
         lease = self.lease
         while True:
@@ -122,7 +122,7 @@ class SchedulerService:
             if not lease.is_leader:
                 await asyncio.sleep(0.05)
                 continue
-            term = asyncio.create_task(self._lead(conn), name="scheduler-term")
+            term = asyncio.create_task(self._lead(conn, events), name="scheduler-term")
             lost = asyncio.create_task(lease.following.wait())
             try:
                 await asyncio.wait({term, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -145,7 +145,7 @@ class SchedulerService:
                 log.error("scheduler loops failed; restarting them", exc_info=term.exception())
                 await asyncio.sleep(0.5)
 
-    async def _lead(self, conn: Connection) -> None:
+    async def _lead(self, conn: Connection, events: EventPublisher) -> None:
         """The leader-only loops of one term, started and cancelled together."""
         assert self.lease is not None
         lease = self.lease
@@ -158,7 +158,7 @@ class SchedulerService:
         self.stager = Stager(ops, clock=self.clock, tick=self._stager_tick, is_leader=is_leader)
         self.enqueuer = Enqueuer(ops, clock=self.clock, tick=self._enqueuer_tick, is_leader=is_leader)
         self.rescuer = Rescuer(ops, clock=self.clock, tick=self._rescuer_tick or max(1.0, s.rescue_after / 4),
-                               is_leader=is_leader)
+                               is_leader=is_leader, on_event=events.emit)
         assert self.archiver is not None
         self.pruner = Pruner(ops, self.archiver, clock=self.clock, is_leader=is_leader,
                              tick=self._pruner_tick or min(300.0, max(1.0, s.retention / 10)))

@@ -161,3 +161,29 @@ async def test_archive_db_keeps_the_newest_record(tmp_path):
         await other.close()
     finally:
         await db.close()
+
+
+async def test_a_job_the_rescuer_discards_reaches_the_archive(client, settings, tmp_path):
+    import msgspec
+
+    from chronos.jobs import JobOps, new_record
+    from chronos.models import Attempt
+    from chronos.scheduler import SchedulerService
+
+    now = time.time()
+    spec = client.build_spec("t.lost", max_attempts=1)  # build_spec does not check the catalog
+    rec = new_record("lost1", spec, now - 100, JobState.RUNNING, worker="ghost", attempt=1,
+                     attempts=[Attempt(number=1, started_at=now - 100, worker="ghost")])
+    await (await JobOps(client.conn).create_nowait(rec))
+    quick = msgspec.structs.replace(settings, scheduler=msgspec.structs.replace(settings.scheduler, rescue_after=1.0))
+    svc = SchedulerService(quick, log_events=False, rescuer_tick=0.2, archive_path=str(tmp_path / "r.sqlite3"))
+    task = asyncio.create_task(svc.run())
+    try:
+        await asyncio.wait_for(svc.leading.wait(), 20)
+        await until_archived(SchedHandle(svc, task), lambda n: n >= 1)
+        (got,) = await client.history(state="discarded")
+        assert got.id == "lost1" and "worker lost" in (got.error or "")
+        assert got.attempts[-1].outcome == "lost"
+    finally:
+        svc.stop()
+        await asyncio.wait_for(task, 15)
