@@ -59,11 +59,12 @@ class ChronosApp(App[None]):
     MODES = dict(VIEWS)  # type: ignore[arg-type]
     DEFAULT_MODE = "dashboard"
     BINDINGS = [
-        Binding("1", "view('dashboard')", "Dashboard"),
-        Binding("2", "view('jobs')", "Jobs"),
-        Binding("3", "view('events')", "Events"),
-        Binding("4", "view('schedules')", "Schedules"),
-        Binding("5", "view('dlq')", "DLQ"),
+        # Views stay out of the footer (a long footer is rebuilt on every switch); ? lists them.
+        Binding("1", "view('dashboard')", "Dashboard", show=False),
+        Binding("2", "view('jobs')", "Jobs", show=False),
+        Binding("3", "view('events')", "Events", show=False),
+        Binding("4", "view('schedules')", "Schedules", show=False),
+        Binding("5", "view('dlq')", "DLQ", show=False),
         Binding("f", "failed", "Failed jobs"),
         Binding("colon", "prompt", "Command", key_display=":"),
         Binding("question_mark", "help", "Help", key_display="?"),
