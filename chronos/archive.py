@@ -192,7 +192,7 @@ class ArchiveDB:
         self.ns = namespace
         self._db: aiosqlite.Connection | None = None
 
-    async def open(self) -> "ArchiveDB":
+    async def open(self) -> ArchiveDB:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(self.path)

@@ -86,7 +86,7 @@ async def run_failover(before: float = 4.0, after: float = 6.0, lease_ttl: float
             for rec in jobs:
                 try:
                     await client.wait(rec.id, timeout=10)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             for proc in (b, worker):

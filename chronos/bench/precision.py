@@ -17,6 +17,7 @@ lateness, and lateness after the compare-and-set) is reported alongside.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import random
 import statistics
@@ -57,7 +58,7 @@ class PrecisionResult(msgspec.Struct):
 def _pct(sorted_ms: list[float], p: float) -> float:
     if not sorted_ms:
         return float("nan")
-    k = min(len(sorted_ms) - 1, max(0, int(round(p / 100 * len(sorted_ms) + 0.5)) - 1))
+    k = min(len(sorted_ms) - 1, max(0, round(p / 100 * len(sorted_ms) + 0.5) - 1))
     return round(sorted_ms[k], 3)
 
 
@@ -111,7 +112,7 @@ async def run_precision(n: int = 2000, spread: float = 10.0, lead: float = 2.0, 
                 raise RuntimeError("submitting took longer than the lead time; raise --lead")
             try:
                 await asyncio.wait_for(done.wait(), lead + spread + 30)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         finally:
             await sub.unsubscribe()
@@ -138,7 +139,7 @@ async def run_precision(n: int = 2000, spread: float = 10.0, lead: float = 2.0, 
         promoted_p50_ms=_pct(promoted, 50),
         promoted_p99_ms=_pct(promoted, 99),
         # Jobs due within the same millisecond may be published in either order.
-        in_order=all(run_at[b] - run_at[a] > -0.001 for a, b in zip(order, order[1:])),
+        in_order=all(run_at[b] - run_at[a] > -0.001 for a, b in itertools.pairwise(order)),
     )
 
 

@@ -21,13 +21,13 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ..archive import Archiver
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import Settings
 from ..connection import Connection, connect, ensure_topology
 from ..events import EventPublisher, log_event
 from ..jobs import JobOps
 from ..leadership import LeaderLease
-from ..archive import Archiver
 from .enqueuer import Enqueuer
 from .pruner import Pruner
 from .rescuer import Rescuer

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -25,7 +25,7 @@ class ThreadScheduler:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._run, name="cli-test-scheduler", daemon=True)
 
-    def start(self, timeout: float = 20.0) -> "ThreadScheduler":
+    def start(self, timeout: float = 20.0) -> ThreadScheduler:
         self._thread.start()
         assert self.ready.wait(timeout), "scheduler archive did not become ready"
         if self.error is not None:

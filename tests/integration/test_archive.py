@@ -8,8 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from chronos import Registry
-from chronos import codec
+from chronos import Registry, codec
 from chronos.archive import ArchiveDB, HistoryQuery, NoArchiveError
 from chronos.errors import ValidationError
 from chronos.models import Event, EventBatch
@@ -48,7 +47,7 @@ async def until_archived(sched: SchedHandle, pred: Callable[[int], bool], timeou
     await asyncio.wait_for(loop(), timeout)
 
 
-async def test_history_answers_filters_newest_first(client, start_worker, start_scheduler, tmp_path):
+async def test_history_answers_filters_newest_first(client, start_worker, start_scheduler, tmp_path):  # noqa: F811
     await start_worker(registry())
     sched = await start_scheduler(archive_path=str(tmp_path / "node.sqlite3"))
     t0 = time.time()
@@ -99,7 +98,7 @@ async def test_bad_history_queries_name_the_field(client):
         await client.history(since=10, until=5)
 
 
-async def test_every_node_archives_and_a_restarted_node_catches_up(client, start_worker, start_scheduler, tmp_path):
+async def test_every_node_archives_and_a_restarted_node_catches_up(client, start_worker, start_scheduler, tmp_path):  # noqa: F811
     await start_worker(registry())
     a = await start_scheduler(archive_path=str(tmp_path / "a.sqlite3"))
     b = await start_scheduler(lead=False, archive_path=str(tmp_path / "b.sqlite3"))
@@ -124,7 +123,7 @@ async def test_every_node_archives_and_a_restarted_node_catches_up(client, start
         assert {r.id for r in await client.history()} == {first, second}
 
 
-async def test_a_finished_job_whose_record_is_gone_is_kept_from_its_event(client, start_scheduler, tmp_path):
+async def test_a_finished_job_whose_record_is_gone_is_kept_from_its_event(client, start_scheduler, tmp_path):  # noqa: F811
     sched = await start_scheduler(lead=False, archive_path=str(tmp_path / "n.sqlite3"))
     await asyncio.wait_for(sched.service.archiver.ready.wait(), 10)
     now = time.time()

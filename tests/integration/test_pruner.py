@@ -130,7 +130,7 @@ async def test_the_leader_prunes_on_its_own(client, settings, start_worker, tmp_
         await asyncio.wait_for(task, 15)
 
 
-async def test_a_follower_does_not_prune(client, start_worker, start_scheduler, tmp_path):
+async def test_a_follower_does_not_prune(client, start_worker, start_scheduler, tmp_path):  # noqa: F811
     await start_worker(registry())
     await start_scheduler(archive_path=str(tmp_path / "a.sqlite3"))
     b = await start_scheduler(lead=False, archive_path=str(tmp_path / "b.sqlite3"))
