@@ -52,12 +52,32 @@ class Connection:
     async def close(self) -> None:
         await self.publisher.close()
         if not self.nc.is_closed:
+            await self._drop_abandoned_iterators()
             try:
                 await self.nc.drain()
             except (nats.errors.ConnectionClosedError, asyncio.TimeoutError):
                 pass
             if not self.nc.is_closed:
                 await self.nc.close()
+
+
+    async def _drop_abandoned_iterators(self) -> None:
+        """Unsubscribe iterator-style subscriptions (``sub.messages``) before draining.
+
+        Their readers are gone by the time the connection closes. A reader cancelled while it
+        held a message never marks it done, and nats-py's drain then waits for the whole
+        drain timeout (5 s) on that subscription, which can eat a service's shutdown margin.
+        Callback subscriptions are left to drain: their callbacks still run.
+        """
+        subs = getattr(self.nc, "_subs", None)  # nats-py 2.16 keeps them here (private)
+        if not isinstance(subs, dict):
+            return
+        for sub in list(subs.values()):
+            if getattr(sub, "_cb", None) is None:
+                try:
+                    await sub.unsubscribe()
+                except Exception as exc:  # already gone or connection closing: nothing to drain then
+                    log.debug("unsubscribe before drain: %s", exc)
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:
