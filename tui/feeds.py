@@ -3,13 +3,14 @@
 Every network call runs in a Textual worker started here, and every result
 reaches the UI as a message from ``messages.py``:
 
-* the supervisor connects (retrying until it can), seeds the tally from one
-  scan of the job records, starts the event follower, then polls the cluster
+* the supervisor connects (retrying until it can), subscribes to events, seeds
+  the tally from one scan of the job records, then polls the cluster
   (consumers, workers, leader, DLQ depths) every ``interval`` seconds and
   reports connection losses and recoveries;
 * the event follower feeds every lifecycle event into the Tally and a tail
   buffer; it never posts per event;
-* a timer posts one coalescing StatsChanged (and EventsTail) per ``interval``;
+* a timer posts one coalescing StatsChanged (and EventsTail) every 3/4 ``interval``
+  (150 ms by default, so a late tick on a busy host still lands inside 250 ms);
 * loads (a page of jobs, a job, schedules, the DLQ) reply to the screen that
   asked; actions (retry, cancel, ...) reply to the app, and are refused here
   too when the console is read-only.
@@ -85,7 +86,7 @@ class Feeds:
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
         self.app.run_worker(self._supervise(), name="feeds.supervisor", group="feeds", exclusive=True)
-        self.app.set_interval(self.interval, self._tick, name="feeds.tick")
+        self.app.set_interval(self.interval * 0.75, self._tick, name="feeds.tick")
 
     async def close(self) -> None:
         if self.source is not None:
