@@ -16,7 +16,7 @@ import logging
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from nats.aio.msg import Msg
 
@@ -204,11 +204,17 @@ class Executor:
         return transition(record, JobState.RUNNING, now, attempt=attempt_no,
                           attempts=attempts[-MAX_ATTEMPTS_KEPT:], worker=self.worker_id)
 
-    async def persist_running(self, run: Running) -> int | None:
+    def persist_running(self, run: Running) -> Awaitable[int | None]:
         """The job outlived the deferral: write ``running`` now. None if the record moved
-        (cancelled before it started): then the call is interrupted."""
+        (cancelled before it started): then the call is interrupted.
+
+        The deferred record is taken now, not when the task first runs: the job may finish
+        (and clear ``run.deferred``) before then."""
         assert run.deferred is not None
-        record, rev = run.deferred
+        return self._persist_running(run, run.deferred)
+
+    async def _persist_running(self, run: Running, deferred: tuple[JobRecord, int]) -> int | None:
+        record, rev = deferred
         try:
             new_rev = await (await self.ops.write_nowait(record, rev))
         except ConflictError:

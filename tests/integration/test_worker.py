@@ -321,3 +321,17 @@ async def test_retry_after_cancel_runs(client, start_worker):
     await start_worker(reg)
     rec = await client.wait(job, timeout=15)
     assert rec.state == JobState.COMPLETED and seen["calls"] == 1
+
+
+async def test_jobs_ending_as_their_running_write_starts_never_crash_the_worker(client, settings, start_worker):
+    # Regression: the deferred running write was read when its task first ran; a job that
+    # ended in between left nothing to write and an assert took the worker down. Jobs as
+    # long as the deferral hit that window often.
+    defer = 0.02
+    s = msgspec.structs.replace(settings, worker=msgspec.structs.replace(settings.worker, running_write_after=defer))
+    reg, _ = registry()
+    handle = await start_worker(reg, s, concurrency=16)
+    ids = await client.submit_specs([client.build_spec("slow", [defer]) for _ in range(300)])
+    for job_id in ids:
+        assert (await client.wait(job_id, timeout=30)).state == JobState.COMPLETED
+    assert not handle.task.done(), "the worker stopped"
