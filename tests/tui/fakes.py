@@ -161,7 +161,7 @@ class FakeSource:
     async def schedules(self) -> list[ScheduleRow]:
         nexts = {"nightly-report": T0 + 3 * 3600, "mail-digest": T0 + 900, "cleanup": None}
         states = {"job0006": "scheduled", "job0001": "completed", "job0002": "discarded"}
-        timing = {"nightly-report": "cron 0 3 * * *", "mail-digest": "every 5m", "cleanup": "every 1h"}
+        timing = {"nightly-report": "cron '0 3 * * *' (UTC)", "mail-digest": "every 5m", "cleanup": "every 1h"}
         return [ScheduleRow(s, timing[s.name], nexts[s.name], states.get(s.last_job_id or "")) for s in SCHEDULES]
 
     async def dlq(self) -> list[DLQEntry]:

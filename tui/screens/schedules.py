@@ -30,7 +30,7 @@ class ScheduleTable(SyncTable):
             status = Text("paused", style="bold yellow") if s.is_paused(now) else Text("active", style="green")
             nxt = "-" if r.next_fire is None else f"{clock_time(r.next_fire)} ({ago(r.next_fire, now)})"
             out.append((s.name, (
-                s.name, s.task, f"{r.timing} {s.tz}" if s.cron else r.timing, nxt,
+                s.name, s.task, r.timing, nxt,
                 ago(s.last_fire_time, now) if s.last_job_id else "-", s.last_job_id or "-",
                 state_text(r.last_state) if r.last_state else "-", status,
             )))

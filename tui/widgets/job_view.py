@@ -39,7 +39,9 @@ def why(detail: JobDetail) -> RenderableType | None:
     error = rec.error or (last.error if last else None) or (detail.dlq.reason if detail.dlq else "")
     parts.append(Text(error or "", style="bold red"))
     if detail.dlq is not None:
-        parts.append(Text(f"In the DLQ (seq {detail.dlq.seq}): {detail.dlq.reason}", style="red"))
+        same = detail.dlq.reason == error
+        parts.append(Text(f"In the DLQ (seq {detail.dlq.seq})" + ("" if same else f": {detail.dlq.reason}"),
+                          style="red"))
     tb = (last.traceback if last else None) or (detail.dlq.traceback if detail.dlq else None)
     if tb:
         parts.append(Syntax(tb.rstrip(), "pytb", theme="ansi_dark", word_wrap=True))
