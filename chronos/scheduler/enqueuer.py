@@ -31,9 +31,9 @@ from ..cron import Schedule as Timing
 from ..cron import fire_times_between
 from ..errors import ChronosError, ConflictError, ValidationError
 from ..ids import derived_job_id
-from ..jobs import JobOps
-from ..models import CancelRequest, Schedule
-from ..schedules import ScheduleStore, fire_many, timing_of
+from ..jobs import JobOps, job_event
+from ..models import CancelRequest, Event, Schedule
+from ..schedules import ScheduleStore, fire_many, fire_record, timing_of
 from ..states import PENDING, TERMINAL, JobState
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,13 @@ class Enqueuer:
         tick: float = 1.0,
         is_leader: Callable[[], bool] = lambda: True,
         misfire_grace: float | None = None,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.ops = ops
         self.clock = clock
         self.tick = tick
         self.is_leader = is_leader
+        self.on_event = on_event  # each fire is announced like a submit, for `chronos logs` and the TUI
         s = ops.conn.settings.scheduler
         self.misfire_grace = 2 * s.lease_ttl + 1 if misfire_grace is None else misfire_grace
         self.max_fires = s.max_backfill
@@ -178,6 +180,8 @@ class Enqueuer:
         now = self.clock.now() if now is None else now
         (result,) = await fire_many(self.ops, s, [t], now)
         if result.made:
+            if self.on_event is not None:
+                self.on_event(job_event(fire_record(s, t, now), message=f"schedule {s.name} fire at {int(t)}"))
             self.fired.append((s.name, t, result.job_id))
             self.fired_event.set()
             self.fired_event.clear()

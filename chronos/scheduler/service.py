@@ -156,7 +156,8 @@ class SchedulerService:
             return lease.is_leader
 
         self.stager = Stager(ops, clock=self.clock, tick=self._stager_tick, is_leader=is_leader)
-        self.enqueuer = Enqueuer(ops, clock=self.clock, tick=self._enqueuer_tick, is_leader=is_leader)
+        self.enqueuer = Enqueuer(ops, clock=self.clock, tick=self._enqueuer_tick, is_leader=is_leader,
+                                 on_event=events.emit)
         self.rescuer = Rescuer(ops, clock=self.clock, tick=self._rescuer_tick or max(1.0, s.rescue_after / 4),
                                is_leader=is_leader, on_event=events.emit)
         assert self.archiver is not None

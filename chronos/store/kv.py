@@ -138,6 +138,12 @@ class KVStore:
             self._prefix + pattern, stream=f"KV_{self._bucket}", ordered_consumer=True,
             deliver_policy=policy, inactive_threshold=300.0,
         )
+        me = asyncio.current_task()
+        if me is not None and me.cancelling():
+            # nats-py's subscribe can swallow a cancel that lands inside its requests; without
+            # this check the loop below would wait for messages forever (a stuck shutdown).
+            await self._unsubscribe(sub)
+            raise asyncio.CancelledError
         try:
             async for msg in sub.messages:
                 op = (msg.headers or {}).get("KV-Operation")
@@ -147,7 +153,11 @@ class KVStore:
                 yield Entry(msg.subject[len(self._prefix):], None if deleted else msg.data,
                             msg.metadata.sequence.stream)
         finally:
-            try:
-                await sub.unsubscribe()
-            except Exception as exc:  # connection already closed
-                log.debug("watch unsubscribe: %s", exc)
+            await self._unsubscribe(sub)
+
+    @staticmethod
+    async def _unsubscribe(sub: object) -> None:
+        try:
+            await sub.unsubscribe()  # type: ignore[attr-defined]
+        except Exception as exc:  # connection already closed
+            log.debug("watch unsubscribe: %s", exc)

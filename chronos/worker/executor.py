@@ -312,9 +312,8 @@ class Executor:
                 ack = functools.partial(self.acks.nak, msg)
             elif delivered >= record.spec.max_attempts:
                 reason = f"attempts exhausted ({delivered}/{record.spec.max_attempts}): {outcome.error}"
-                await self._discard(msg, record, rev, reason, outcome.tb, attempts=attempts)
+                await self._discard(msg, record, rev, reason, outcome.tb, attempts=attempts, duration=duration)
                 self.failed += 1
-                self.events.emit(job_event(record, "discarded", error=outcome.error, duration=duration))
                 return
             else:
                 delay = outcome.delay if outcome.kind == "retry" else record.spec.backoff.delay(delivered)
@@ -339,7 +338,8 @@ class Executor:
 
     # --- DLQ paths ------------------------------------------------------------------------------
     async def _discard(self, msg: Msg, record: JobRecord, rev: int, reason: str, tb: str | None,
-                       attempts: list[Attempt] | None = None) -> None:
+                       attempts: list[Attempt] | None = None, duration: float | None = None) -> None:
+        """DLQ entry, record ``discarded``, term; announced as an event (the archive keeps it)."""
         now = self.clock.now()
         entry = DLQEntry(reason=reason, at=now, job_id=record.id, spec=record.spec, traceback=tb,
                          attempts=record.attempt, subject=msg.subject)
@@ -351,10 +351,12 @@ class Executor:
                              attempts=attempts if attempts is not None else record.attempts)
             try:
                 await (await self.ops.write_nowait(new, rev))
-                break
             except ConflictError:
                 record = await self.ops.read(record.id)
                 rev = record.revision
+                continue
+            self.events.emit(job_event(new, error=reason, duration=duration))
+            break
         await self.acks.term(msg)
         log.warning("job %s (%s) moved to the DLQ: %s", record.id, record.spec.task, reason)
 

@@ -260,6 +260,15 @@ async def test_every_second_schedule_fires(client, start_worker, start_scheduler
     stored = await client.get_schedule("tick")
     assert stored.last_fire_time is not None and stored.last_fire_time >= t1
 
+    # Each fire is announced like a submit, so `chronos logs` and the TUI see it.
+    async def announced() -> Any:
+        async for ev in client.watch(job_id=j1, history=60):
+            if ev.kind == "available":
+                return ev
+
+    ev = await asyncio.wait_for(announced(), 10)
+    assert ev.task == "stamp" and "schedule tick" in (ev.message or "")
+
 
 async def test_two_enqueuers_make_one_job_per_fire(client, start_worker):
     """Two enqueuers that both believe they lead: derived ids and message ids give one job per fire."""

@@ -1,6 +1,7 @@
 """The job lifecycle end to end, against a real nats-server."""
 
 import asyncio
+from typing import Any
 
 import msgspec
 import pytest
@@ -243,6 +244,15 @@ async def test_malformed_messages_go_to_the_dlq_and_the_worker_lives_on(client, 
     assert any("missing required field `record`" in r for r in reasons)
     assert any("unknown task 'no_such_task'" in r for r in reasons)
     assert (await client.get(rec.id)).state == JobState.DISCARDED
+
+    # The discard is announced like any other, so every scheduler's archive and the TUI see it.
+    async def discarded_event() -> Any:
+        async for ev in client.watch(job_id=rec.id, history=60):
+            if ev.kind == "discarded":
+                return ev
+
+    ev = await asyncio.wait_for(discarded_event(), 10)
+    assert "unknown task" in (ev.error or "")
 
 
 async def test_dlq_replay_runs_the_job_again(client, start_worker):
