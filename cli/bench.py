@@ -1,4 +1,4 @@
-"""`chronos bench throughput|precision|failover|delayed-memory`: thin over chronos.bench (each benchmark starts what it measures)."""
+"""`chronos bench throughput|precision|failover|delayed-memory|crash`: thin over chronos.bench (each benchmark starts what it measures)."""
 
 from __future__ import annotations
 
@@ -128,4 +128,35 @@ def delayed_memory(
         ]
         out.console().print(out.key_values([(k, str(v)) for k, v in rows]))
     if not result.passed:
+        raise typer.Exit(1)
+
+
+@app.command("crash")
+def crash(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option("--n", min=1, help="Jobs to run.")] = 5000,
+    job_seconds: Annotated[float, typer.Option("--job-seconds", min=0, help="How long each job sleeps.")] = 0.05,
+    ack_wait: Annotated[float, typer.Option("--ack-wait", min=1, help="Workers' ack_wait (redelivery after a death).")] = 2.0,
+    json_: JsonOpt = False,
+) -> None:
+    """Two 8-slot workers; SIGKILL one's process group at 40 %, restart it after 1 s: lost, duplicated, recovery."""
+    from chronos.bench.crash import run_crash
+
+    st = state(ctx)
+    result = run_async(st, run_crash(n=n, job_seconds=job_seconds, ack_wait=ack_wait))
+    if wants_json(ctx, json_):
+        out.print_json(result)
+    else:
+        rows = [
+            ("jobs", f"{result.n:,} of {result.job_seconds * 1000:.0f} ms on {result.workers} workers x "
+                     f"{result.concurrency} slots (ack_wait {result.ack_wait:g} s)"),
+            ("killed at", f"{result.killed_at_completed:,} completed; {result.orphaned} jobs were running on it"),
+            ("lost", result.lost),
+            ("duplicated", result.duplicated),
+            ("kill -> its jobs done", f"{result.recovery_seconds:.2f} s (target <= 6 s)"),
+            ("kill -> all done", f"{result.drain_seconds:.2f} s (the work left needs >= {result.min_drain_seconds:.1f} s)"),
+            ("verdict", "pass" if result.target_met else "FAIL"),
+        ]
+        out.console().print(out.key_values([(k, str(v)) for k, v in rows]))
+    if not result.target_met:
         raise typer.Exit(1)

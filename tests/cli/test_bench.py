@@ -1,4 +1,4 @@
-"""`chronos bench throughput` is a thin wrapper: a small run completes every job."""
+"""`chronos bench throughput|crash` are thin wrappers: a small run completes every job."""
 
 from __future__ import annotations
 
@@ -15,3 +15,12 @@ def test_bench_throughput_json():
     result = json.loads(r.stdout)
     assert result["n"] == 300 and result["completed"] == 300 and result["lost"] == 0
     assert result["enqueue_jobs_per_s"] > 0
+    assert set(result["cpu_us_per_job"]) == {"server", "worker", "client"}
+
+
+def test_bench_crash_json():
+    r = CliRunner().invoke(app, ["bench", "crash", "--n", "300", "--job-seconds", "0.02", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["n"] == 300 and result["completed"] == 300
+    assert result["lost"] == 0 and result["duplicated"] == 0  # the 6 s target is for the bench, not CI
