@@ -181,6 +181,26 @@ async def test_token_auth(tmp_path):
             await connect(load_settings(overrides={"nats": {"url": srv.url, "token": "wrong"}}, read_env=False))
 
 
+async def test_nkey_auth(tmp_path):
+    import os
+
+    import nkeys
+
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    (tmp_path / "user.nk").write_bytes(seed + b"\n")
+    conf = tmp_path / "nkey.conf"
+    conf.write_text(f"jetstream {{}}\nauthorization {{ users = [ {{ nkey: {public} }} ] }}\n")
+    with EmbeddedServer(store_dir=tmp_path / "js", extra_args=["-c", str(conf)]) as srv:
+        s = load_settings(overrides={"namespace": "nk", "nats": {"url": srv.url,
+                                                                 "nkey_seed_file": str(tmp_path / "user.nk")}},
+                          read_env=False)
+        async with await Client.connect(s) as c:
+            assert await c.list() is not None
+        with pytest.raises(Exception):  # no credentials: refused
+            await connect(load_settings(overrides={"nats": {"url": srv.url}}, read_env=False))
+
+
 def test_auth_settings_are_checked_once():
     with pytest.raises(ConfigError, match="nats.password: set nats.user too"):
         load_settings(overrides={"nats": {"password": "x"}}, read_env=False)
