@@ -81,7 +81,8 @@ class Feeds:
         self._connect = connect or ClientSource.connect
         self._inflight: dict[str, Worker[Any]] = {}
         self.connected = False
-        self.polls = 0
+        self.polls = 0  # cluster polls done, and record scans (seeds) done: for tests and tools
+        self.seeds = 0
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,6 +157,7 @@ class Feeds:
             log.warning("could not seed job counts: %s", exc)
             return
         self.tally.seed(records, self.clock.now(), fresh=fresh)
+        self.seeds += 1
 
     async def _follow(self, stream: AsyncIterator[list[Event]]) -> None:
         assert self.source is not None

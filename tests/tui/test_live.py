@@ -312,6 +312,12 @@ async def test_views_by_keys_commands_and_palette(client, settings):
                          what=":jobs with a filter")
         await pilot.press("colon")
         await pilot.press(*"nonsense", "enter")
+        await wait_until(pilot, lambda: any("unknown command" in str(n.message) for n in app._notifications),
+                         what="unknown command notice")
+        # ctrl+r recounts from the records
+        seeds = app.feeds.seeds
+        await pilot.press("ctrl+r")
+        await wait_until(pilot, lambda: app.feeds.seeds == seeds + 1, what="recount")
         # the command palette lists views and the screen's actions
         await pilot.press("ctrl+p")
         await pilot.press(*"View: dlq")
