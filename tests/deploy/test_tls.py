@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +12,7 @@ from chronos.client import Client
 from chronos.config import load_settings
 from chronos.connection import connect
 from chronos.embedded import EmbeddedServer
-from chronos.errors import ChronosError, ConfigError
+from chronos.errors import ChronosError
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
 
@@ -52,10 +51,3 @@ async def test_mutual_tls_from_settings(pki: Path, tmp_path: Path):
                                                     "connect_timeout": 1.0}}, read_env=False)
         with pytest.raises(ChronosError):
             await connect(no_cert)
-
-
-@pytest.mark.skipif(importlib.util.find_spec("nkeys") is not None, reason="nkeys is installed")
-async def test_nkey_without_the_nkeys_package_is_a_clear_config_error(tmp_path):
-    s = load_settings(overrides={"nats": {"nkey_seed_file": str(tmp_path / "x.nk")}}, read_env=False)
-    with pytest.raises(ConfigError, match="nkeys package"):
-        await connect(s)
