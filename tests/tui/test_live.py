@@ -37,6 +37,19 @@ def job_rows(app: ChronosApp) -> list[list[str]]:
     return table_rows(screen.query_one(JobTable)) if screen is not None and screen.page is not None else []
 
 
+def palette_top(app: ChronosApp) -> str | None:
+    """The highlighted hit of the open command palette, as plain text."""
+    from textual.command import CommandList, CommandPalette
+
+    if not isinstance(app.screen, CommandPalette):
+        return None
+    hits = app.screen.query_one(CommandList)
+    if hits.option_count == 0 or hits.highlighted is None:
+        return None
+    prompt = hits.get_option_at_index(hits.highlighted).prompt
+    return str(getattr(prompt, "plain", prompt)).splitlines()[0].strip()
+
+
 def detail_text(app: ChronosApp) -> str:
     if not isinstance(app.screen, JobDetailScreen) or app.screen.detail is None:
         return ""
@@ -321,7 +334,7 @@ async def test_views_by_keys_commands_and_palette(client, settings):
         # the command palette lists views and the screen's actions
         await pilot.press("ctrl+p")
         await pilot.press(*"View: dlq")
-        await pilot.pause(0.3)
+        await wait_until(pilot, lambda: palette_top(app) == "View: dlq", what="palette hit")
         await pilot.press("enter")
         await wait_until(pilot, lambda: app.current_mode == "dlq", what="palette switched view")
 
@@ -338,7 +351,7 @@ async def test_palette_offers_job_actions(client, settings, start_worker, tasks)
         assert f"Retry job {bad}" in titles and f"Cancel job {bad}" in titles and f"Run now job {bad}" in titles
         await pilot.press("ctrl+p")
         await pilot.press(*f"Retry job {bad}")
-        await pilot.pause(0.3)
+        await wait_until(pilot, lambda: palette_top(app) == f"Retry job {bad}", what="palette hit")
         await pilot.press("enter")
         await wait_for_state(client, bad, "completed")
 
@@ -384,7 +397,8 @@ async def test_readonly_hides_and_refuses_every_action(client, settings, start_w
         await wait_until(pilot, lambda: app.screen.entries, what="dlq")
         await pilot.press("r", "A", "P")
         assert not isinstance(app.screen, ConfirmScreen)
-        await pilot.pause(0.5)
+        # refusals are synchronous: had any key been taken, its action worker would exist by now
+        assert not [w for w in app.workers if w.group == "actions"]
     rec = await client.get(bad)
     assert rec.state == JobState.DISCARDED and rec.gen == 1
     assert not (await client.get_schedule("ro-sched")).paused
