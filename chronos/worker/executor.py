@@ -41,7 +41,7 @@ FAST_PATH_MAX_AGE = 43_200.0
 MAX_ATTEMPTS_KEPT = 20  # older attempts stay in the archive, not in the KV record
 
 
-@dataclass
+@dataclass(slots=True)
 class Running:
     """A job this worker holds right now."""
 
