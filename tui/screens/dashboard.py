@@ -42,7 +42,7 @@ class DashboardScreen(ChronosScreen):
         with Vertical(id="dash-body"):
             yield ThroughputPanel(id="throughput")
             yield Painted(Text(""), id="last-failure")
-            yield Label("Queues", classes="section")
+            yield Label("Queues", classes="section", id="queues-title")
             yield QueueTable(id="queues")
             yield Label("Workers", classes="section")
             yield WorkersTable(id="workers")
@@ -58,6 +58,12 @@ class DashboardScreen(ChronosScreen):
         if len(self.refreshes) > 10000:
             del self.refreshes[:5000]
         self.query_one(ThroughputPanel).show(stats)
+        conn = self.capp.latest_connection
+        counting = not stats.seeded and conn is not None and conn.connected
+        title = "Queues (counting the job records…)" if counting else "Queues"
+        label = self.query_one("#queues-title", Label)
+        if label.content != title:
+            label.update(title)
         self.query_one(QueueTable).show(stats, self.capp.latest_cluster)
         lf = stats.last_failure
         line = Text()
