@@ -135,6 +135,8 @@ class ChronosApp(App[None]):
 
     async def show_jobs(self, filter_text: str | None = None) -> None:
         await self.action_view("jobs")
+        while isinstance(self.screen, JobDetailScreen):  # a detail left open in this view
+            await self.pop_screen()
         screen = self.screen_stack[0]
         if isinstance(screen, JobsScreen) and filter_text is not None:
             screen.apply_filter(filter_text)

@@ -111,6 +111,11 @@ async def test_why_did_it_fail_and_retry_in_three_keys(client, settings, start_w
                              what="the retried job to run (and fail) again")
         assert rec.attempt == 2
         await wait_until(pilot, lambda: "attempts (2)" in detail_text(app), what="detail shows the new attempt")
+        # f again from another view lands on the list, not on the detail left open in the jobs view
+        await pilot.press("1")
+        await wait_until(pilot, lambda: isinstance(app.screen, DashboardScreen), what="dashboard")
+        await pilot.press("f")
+        await wait_until(pilot, lambda: job_rows(app) and job_rows(app)[0][0] == bad, what="failed list again")
 
 
 async def test_last_failure_is_two_keys_from_launch(client, settings, start_worker, tasks):
