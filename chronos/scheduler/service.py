@@ -155,7 +155,8 @@ class SchedulerService:
         def is_leader() -> bool:
             return lease.is_leader
 
-        self.stager = Stager(ops, clock=self.clock, tick=self._stager_tick, is_leader=is_leader)
+        self.stager = Stager(ops, clock=self.clock, tick=self._stager_tick, is_leader=is_leader,
+                             on_event=events.emit)
         self.enqueuer = Enqueuer(ops, clock=self.clock, tick=self._enqueuer_tick, is_leader=is_leader,
                                  on_event=events.emit)
         self.rescuer = Rescuer(ops, clock=self.clock, tick=self._rescuer_tick or max(1.0, s.rescue_after / 4),

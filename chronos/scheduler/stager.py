@@ -43,8 +43,8 @@ from .. import codec
 from ..clock import SYSTEM_CLOCK, Clock
 from ..delayed import minute_of
 from ..errors import ChronosError, ConflictError, IllegalTransitionError
-from ..jobs import JobOps
-from ..models import JobMessage, JobRecord
+from ..jobs import JobOps, job_event
+from ..models import Event, JobMessage, JobRecord
 from ..states import JobState, transition
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,9 @@ class Stager:
         keep_lateness: int = 10_000,
         spin: float = 0.002,
         max_ahead: float = 0.005,
+        on_event: Callable[[Event], None] | None = None,
     ) -> None:
+        self.on_event = on_event  # scheduled -> available is announced like any transition
         self.spin = spin
         # The compare-and-set is sent up to one round trip (estimated, at most max_ahead) before
         # run_at; the work message still never leaves before run_at (see _promote).
@@ -329,6 +331,8 @@ class Stager:
                 await self._until(entry.due)  # the CAS went out early; the job must not
                 late = self.clock.now() - entry.due
                 await self.ops.publish_work(promoted, promoted.revision)
+                if self.on_event is not None:
+                    self.on_event(job_event(promoted, message=f"promoted {late * 1000:.1f} ms after run_at"))
                 self.stats.promoted += 1
                 if len(self.stats.lateness) < self._keep_lateness:
                     self.stats.lateness.append(late)

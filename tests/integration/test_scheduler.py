@@ -84,6 +84,15 @@ async def test_delayed_job_runs_after_its_time_not_before(client, start_worker, 
     assert stats.promoted == 1
     assert stats.lateness[0] >= 0
 
+    # The promotion is announced like any transition (the TUI and `chronos logs` follow it).
+    async def promoted() -> Any:
+        async for ev in client.watch(job_id=job, history=60):
+            if ev.kind == "available":
+                return ev
+
+    ev = await asyncio.wait_for(promoted(), 10)
+    assert "after run_at" in (ev.message or "")
+
 
 async def test_run_at_in_the_past_runs_at_once(client, start_worker, start_scheduler):
     reg, _seen = recording_registry()
