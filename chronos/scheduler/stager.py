@@ -18,7 +18,11 @@ becomes runnable early (the record may read ``available`` a millisecond early).
 
 Promotion of (id, gen) is a compare-and-set from ``scheduled`` to ``available``
 on the revision the parked message carries (one re-read on conflict), then the
-work publish. Two leaders promoting the same job: one CAS wins, so one run. A
+work publish with ``Nats-Msg-Id`` ``j:<id>:<gen>``. Two leaders promoting the same
+job: one CAS wins, so one run. A leader that dies between its CAS and its publish
+leaves the job ``available`` (never attempted) with its parked message still there:
+the next leader publishes it again, and the message id makes that a no-op if the
+first publish did go out. A
 job cancelled or run early (``Client.run_now``) is no longer ``scheduled`` at
 this gen and is skipped. Afterwards the parked message is deleted by its
 stream sequence; jobs that came in through the core subscription (whose
@@ -330,7 +334,9 @@ class Stager:
             if promoted is not None:
                 await self._until(entry.due)  # the CAS went out early; the job must not
                 late = self.clock.now() - entry.due
-                await self.ops.publish_work(promoted, promoted.revision)
+                subject, data, headers = self.ops.work_message(promoted, promoted.revision)
+                headers = headers or {"Nats-Msg-Id": f"j:{promoted.id}:{promoted.gen}"}
+                await self.ops.publisher.request(subject, data, headers)
                 if self.on_event is not None:
                     self.on_event(job_event(promoted, message=f"promoted {late * 1000:.1f} ms after run_at"))
                 self.stats.promoted += 1
@@ -357,7 +363,12 @@ class Stager:
         """scheduled -> available with compare-and-set; None when it is no longer ours to promote."""
         rec, rev = entry.record, entry.rev
         for _ in range(3):
-            if rec.state is not JobState.SCHEDULED or rec.gen != entry.record.gen:
+            if rec.gen != entry.record.gen:
+                return None
+            if rec.state is JobState.AVAILABLE and rec.attempt == 0 and rec is not entry.record:
+                # Promoted by a leader that may have died before publishing: publish (deduped) again.
+                return rec
+            if rec.state is not JobState.SCHEDULED:
                 return None
             try:
                 new = transition(rec, JobState.AVAILABLE, self.clock.now())

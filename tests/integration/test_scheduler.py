@@ -373,3 +373,16 @@ async def _until_async(pred: Callable[[], Awaitable[bool]], timeout: float) -> N
             await asyncio.sleep(0.05)
 
     await asyncio.wait_for(loop(), timeout)
+
+
+async def test_a_leader_that_died_between_promote_and_publish_loses_nothing(client, start_worker, start_scheduler):
+    reg, seen = recording_registry()
+    await start_worker(reg)
+    job = await client.submit("stamp", ["orphan"], delay=0.3)
+    rec = await client.get(job)
+    # What a leader leaves when it dies after its compare-and-set and before its publish:
+    # the record says available, no work message exists, the parked message is still there.
+    await client.ops.move(rec, JobState.AVAILABLE)
+    await start_scheduler()
+    done = await client.wait(job, timeout=15)
+    assert done.state == JobState.COMPLETED and seen["at"][job] >= rec.spec.run_at
