@@ -69,6 +69,7 @@ class _Parked:
 @dataclass
 class StagerStats:
     promoted: int = 0
+    republished: int = 0  # found available but never attempted: published again (the message id dedupes)
     skipped: int = 0
     lateness: list[float] = field(default_factory=list)  # seconds past due at promotion (CAS done)
     fire_lateness: list[float] = field(default_factory=list)  # seconds past due when the timer fired
@@ -330,13 +331,14 @@ class Stager:
                 self._entries.pop(key, None)
                 return
             fired_late = self.clock.now() - entry.due  # negative by up to the round-trip lead
-            promoted = await self._cas_promote(entry)
-            if promoted is not None:
+            promoted, won = await self._cas_promote(entry)
+            if promoted is not None and not won:
+                await self._publish(promoted)  # someone promoted it; maybe never published it
+                self.stats.republished += 1
+            elif promoted is not None:
                 await self._until(entry.due)  # the CAS went out early; the job must not
                 late = self.clock.now() - entry.due
-                subject, data, headers = self.ops.work_message(promoted, promoted.revision)
-                headers = headers or {"Nats-Msg-Id": f"j:{promoted.id}:{promoted.gen}"}
-                await self.ops.publisher.request(subject, data, headers)
+                await self._publish(promoted)
                 if self.on_event is not None:
                     self.on_event(job_event(promoted, message=f"promoted {late * 1000:.1f} ms after run_at"))
                 self.stats.promoted += 1
@@ -359,17 +361,23 @@ class Stager:
         finally:
             self._slots.release()
 
-    async def _cas_promote(self, entry: _Parked) -> JobRecord | None:
-        """scheduled -> available with compare-and-set; None when it is no longer ours to promote."""
+    async def _publish(self, record: JobRecord) -> None:
+        subject, data, headers = self.ops.work_message(record, record.revision)
+        await self.ops.publisher.request(subject, data, headers or {"Nats-Msg-Id": f"j:{record.id}:{record.gen}"})
+
+    async def _cas_promote(self, entry: _Parked) -> tuple[JobRecord | None, bool]:
+        """scheduled -> available with compare-and-set: (record, True) when this call promoted it;
+        (record, False) when it is available but never attempted (publish again, deduped);
+        (None, False) when it is no longer ours to promote."""
         rec, rev = entry.record, entry.rev
         for _ in range(3):
             if rec.gen != entry.record.gen:
-                return None
+                return None, False
             if rec.state is JobState.AVAILABLE and rec.attempt == 0 and rec is not entry.record:
                 # Promoted by a leader that may have died before publishing: publish (deduped) again.
-                return rec
+                return rec, False
             if rec.state is not JobState.SCHEDULED:
-                return None
+                return None, False
             try:
                 new = transition(rec, JobState.AVAILABLE, self.clock.now())
             except IllegalTransitionError:
@@ -380,13 +388,13 @@ class Stager:
                 rtt = self.clock.monotonic() - sent
                 self._rtt_dev += 0.25 * (abs(rtt - self._rtt) - self._rtt_dev)
                 self._rtt += 0.125 * (rtt - self._rtt)
-                return new
+                return new, True
             except ConflictError:
                 fresh = await self.ops.read_or_none(rec.id)
                 if fresh is None:
-                    return None
+                    return None, False
                 rec, rev = fresh, fresh.revision
-        return None
+        return None, False
 
     async def _until(self, due: float) -> None:
         """Wait for ``due`` on the wall clock: sleep most of a long wait, yield through the last ms."""

@@ -383,6 +383,7 @@ async def test_a_leader_that_died_between_promote_and_publish_loses_nothing(clie
     # What a leader leaves when it dies after its compare-and-set and before its publish:
     # the record says available, no work message exists, the parked message is still there.
     await client.ops.move(rec, JobState.AVAILABLE)
-    await start_scheduler()
+    sched = await start_scheduler()
     done = await client.wait(job, timeout=15)
     assert done.state == JobState.COMPLETED and seen["at"][job] >= rec.spec.run_at
+    assert sched.service.stager.stats.republished == 1 and seen["calls"][job] == 1
