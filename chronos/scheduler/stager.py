@@ -12,7 +12,7 @@ Parked jobs wait as ``JobMessage`` on per-minute subjects ``<ns>.delayed.<minute
 Firing comes from an in-memory timer heap (sleep until the earliest due time,
 woken early when an earlier item arrives), never from a poll tick. The
 compare-and-set below is sent about one round trip (smoothed round trip plus
-twice its deviation, at most ``max_ahead``) before ``run_at`` so that its answer arrives near ``run_at``;
+four times its deviation, at least ``min_ahead`` and at most ``max_ahead``) before ``run_at`` so that its answer arrives near ``run_at``;
 the work message itself is never published before ``run_at``, so a job never
 becomes runnable early (the record may read ``available`` a millisecond early).
 
@@ -109,6 +109,7 @@ class Stager:
         keep_lateness: int = 10_000,
         spin: float = 0.002,
         max_ahead: float = 0.005,
+        min_ahead: float = 0.002,
         on_event: Callable[[Event], None] | None = None,
     ) -> None:
         self.on_event = on_event  # scheduled -> available is announced like any transition
@@ -116,6 +117,9 @@ class Stager:
         # The compare-and-set is sent up to one round trip (estimated, at most max_ahead) before
         # run_at; the work message still never leaves before run_at (see _promote).
         self.max_ahead = max_ahead
+        # At least this early: a round trip that spikes past the estimate would make the job late,
+        # and the p99 lateness is what operators feel; the record reads `available` that much early.
+        self.min_ahead = min_ahead
         self._rtt = 0.0  # smoothed compare-and-set round trip and its mean deviation (as TCP's RTO)
         self._rtt_dev = 0.0
         self.ops = ops
@@ -297,7 +301,7 @@ class Stager:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            ahead = min(self._rtt + 2 * self._rtt_dev, self.max_ahead)
+            ahead = min(max(self._rtt + 4 * self._rtt_dev, self.min_ahead), self.max_ahead)
             due = self._heap[0][0] - ahead
             delay = due - self.clock.now()
             if delay > self.spin:
