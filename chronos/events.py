@@ -40,26 +40,39 @@ class EventBus:
             fn(event)
 
 
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}ms"
+
+
+def event_summary(ev: Event, *, error_width: int = 200, with_queue: bool = False,
+                  took: Callable[[float], str] = _ms) -> str:
+    """The one-line body of an event (job, task, try, worker, duration, error, message): shared by
+    service logs, ``chronos logs`` and the TUI's tail, which each put their own time and kind in front."""
+    parts: list[str] = []
+    if ev.job_id:
+        parts.append(ev.job_id)
+    if ev.task:
+        parts.append(ev.task)
+    if with_queue and ev.queue:
+        parts.append(f"{ev.queue}/{ev.priority or 'default'}")
+    if ev.attempt:
+        parts.append(f"try={ev.attempt}")
+    if ev.worker:
+        parts.append(f"worker={ev.worker}")
+    if ev.duration is not None:
+        parts.append(f"took={took(ev.duration)}")
+    if ev.error:
+        first = ev.error.strip().splitlines()[0] if ev.error.strip() else ""
+        parts.append("error=" + (first if len(first) <= error_width else first[: error_width - 1] + "…"))
+    if ev.message:
+        parts.append(ev.message)
+    return " ".join(parts)
+
+
 def log_event(event: Event, logger: logging.Logger = log) -> None:
-    level = logging.WARNING if event.kind in ("discarded", "worker.lost", "leader.lost") else logging.INFO
-    if event.kind == "retryable":
-        level = logging.WARNING
-    if not logger.isEnabledFor(level):
-        return
-    parts = [event.kind]
-    if event.job_id:
-        parts.append(f"job={event.job_id}")
-    if event.task:
-        parts.append(f"task={event.task}")
-    if event.attempt:
-        parts.append(f"attempt={event.attempt}")
-    if event.duration is not None:
-        parts.append(f"took={event.duration * 1000:.1f}ms")
-    if event.error:
-        parts.append(f"error={event.error}")
-    if event.message:
-        parts.append(event.message)
-    logger.log(level, " ".join(parts))
+    level = logging.WARNING if event.kind in ("discarded", "retryable", "worker.lost", "leader.lost") else logging.INFO
+    if logger.isEnabledFor(level):
+        logger.log(level, "%s %s", event.kind, event_summary(event))
 
 
 class EventPublisher:

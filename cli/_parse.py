@@ -57,6 +57,19 @@ def parse_time(value: str, option: str) -> float:
     return dt.astimezone().timestamp() if dt.tzinfo is None else dt.timestamp()
 
 
+def parse_time_or_ago(value: str, option: str, now: float) -> float:
+    """An ISO 8601 time, or a duration meaning that long ago (``2h``): for --since/--until."""
+    try:
+        return now - parse_duration(value, option)
+    except BadOption:
+        pass
+    try:
+        return parse_time(value, option)
+    except BadOption:
+        raise BadOption(option, f"{value!r} is neither an ISO 8601 time nor a duration ago "
+                                "(examples: 2030-01-31T09:30, 6h, 2d)") from None
+
+
 def parse_json(value: str, option: str) -> Any:
     try:
         return codec.from_json(value)

@@ -8,11 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from chronos.client import Client
+from chronos.events import event_summary
 from chronos.models import Event, WorkerHeartbeat
 from chronos.states import JobState
 
 from . import _output as out
-from ._parse import BadOption, parse_duration, parse_time
+from ._parse import BadOption, parse_duration, parse_time_or_ago
 from ._shared import JsonOpt, event_history, run_client, state, wants_json
 
 # `--state failed` is shorthand for the states a failing attempt leads to.
@@ -74,22 +75,7 @@ def logs(
 
 def format_event(ev: Event) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(ev.at)) + f".{int(ev.at * 1000) % 1000:03d}"
-    parts = [stamp, f"{ev.kind:<10}"]
-    if ev.job_id:
-        parts.append(ev.job_id)
-    if ev.task:
-        parts.append(ev.task)
-    if ev.attempt:
-        parts.append(f"try={ev.attempt}")
-    if ev.worker:
-        parts.append(f"worker={ev.worker}")
-    if ev.duration is not None:
-        parts.append(f"took={out.human_duration(ev.duration)}")
-    if ev.error:
-        parts.append(f"error={out.short(ev.error, 120)}")
-    if ev.message:
-        parts.append(ev.message)
-    return " ".join(parts)
+    return f"{stamp} {ev.kind:<10} {event_summary(ev, error_width=120, took=out.human_duration)}".rstrip()
 
 
 TERMINAL_STATES = ("completed", "cancelled", "discarded")
@@ -97,18 +83,6 @@ TERMINAL_STATES = ("completed", "cancelled", "discarded")
 
 def _complete_terminal(incomplete: str) -> list[str]:
     return [s for s in TERMINAL_STATES if s.startswith(incomplete)]
-
-
-def _time_or_ago(value: str, option: str, now: float) -> float:
-    """A duration back from now (``2h``) or an ISO 8601 time (``2030-01-31T09:30``)."""
-    try:
-        return now - parse_duration(value, option)
-    except BadOption:
-        pass
-    try:
-        return parse_time(value, option)
-    except BadOption:
-        raise BadOption(option, f"{value!r} is neither a duration (30m, 2h, 1d) nor an ISO 8601 time") from None
 
 
 def history(
@@ -139,8 +113,8 @@ def history(
     if grep is not None and not grep:
         raise BadOption("--grep", "must not be empty")
     now = time.time()
-    since_at = _time_or_ago(since, "--since", now) if since is not None else None
-    until_at = _time_or_ago(until, "--until", now) if until is not None else None
+    since_at = parse_time_or_ago(since, "--since", now) if since is not None else None
+    until_at = parse_time_or_ago(until, "--until", now) if until is not None else None
     if since_at is not None and until_at is not None and since_at >= until_at:
         raise BadOption("--since", "must be earlier than --until")
     rows = run_client(st, lambda c: c.history(task=task, state=state_, queue=queue, since=since_at, until=until_at,

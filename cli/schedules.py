@@ -25,7 +25,7 @@ from chronos.schedules import MISFIRE, OVERLAP, ScheduleStatus, describe_when, w
 from chronos.subjects import PRIORITIES
 
 from . import _output as out
-from ._parse import BadOption, parse_duration, parse_json, parse_pairs, parse_time
+from ._parse import BadOption, parse_duration, parse_json, parse_pairs, parse_time, parse_time_or_ago
 from ._shared import JsonOpt, run_client, state, wants_json
 
 app = typer.Typer(help="Cron and interval schedules.", no_args_is_help=True)
@@ -115,19 +115,6 @@ def _job_options(
             raise BadOption("--catch-up-max", "must be at least 1")
         opts["catch_up_max"] = catch_up_max
     return opts
-
-
-def _past_time(value: str, option: str, now: float) -> float:
-    """An ISO 8601 time, or a duration meaning that long ago (``2h``)."""
-    try:
-        return now - parse_duration(value, option)
-    except BadOption:
-        pass
-    try:
-        return parse_time(value, option)
-    except BadOption:
-        raise BadOption(option, f"{value!r} is neither an ISO 8601 time nor a duration ago "
-                                "(examples: 2030-01-31T09:30, 6h, 2d)") from None
 
 
 def _one_target(name: str | None, match: str | None) -> None:
@@ -458,8 +445,8 @@ def backfill(
     """Make the jobs for the fire times of NAME in a past window. Safe to repeat: one job per fire."""
     st = state(ctx)
     now = time.time()
-    start = _past_time(since, "--since", now)
-    end = _past_time(until, "--until", now) if until is not None else None
+    start = parse_time_or_ago(since, "--since", now)
+    end = parse_time_or_ago(until, "--until", now) if until is not None else None
     as_json = wants_json(ctx, json_)
 
     async def go(client: Client) -> Any:

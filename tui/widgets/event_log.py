@@ -4,30 +4,15 @@ from __future__ import annotations
 
 from textual.widgets import Log
 
+from chronos.events import event_summary
 from chronos.models import Event
 
-from ..format import duration, short, stamp
+from ..format import duration, stamp
 
 
 def event_line(ev: Event) -> str:
-    parts = [stamp(ev.at)[11:], f"{ev.kind:<10}"]
-    if ev.job_id:
-        parts.append(ev.job_id)
-    if ev.task:
-        parts.append(ev.task)
-    if ev.queue:
-        parts.append(f"{ev.queue}/{ev.priority or 'default'}")
-    if ev.attempt:
-        parts.append(f"try={ev.attempt}")
-    if ev.worker:
-        parts.append(f"worker={ev.worker}")
-    if ev.duration is not None:
-        parts.append(f"took={duration(ev.duration)}")
-    if ev.error:
-        parts.append(f"error={short(ev.error, 100)}")
-    if ev.message:
-        parts.append(ev.message)
-    return " ".join(parts)
+    body = event_summary(ev, error_width=100, with_queue=True, took=duration)
+    return f"{stamp(ev.at)[11:]} {ev.kind:<10} {body}".rstrip()
 
 
 def event_matches(ev: Event, text: str) -> bool:
