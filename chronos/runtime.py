@@ -20,6 +20,7 @@ others are cancelled and its exception is raised from ``run_service``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -216,13 +217,27 @@ class WorkerMain:
                 relay.cancel()
 
 
+def tune_gc_for_timers() -> None:
+    """For a dedicated scheduler process: fewer, shorter collector pauses under the stager's timers.
+
+    Objects alive after start-up are frozen out of collection, and the young generation is
+    collected every 50,000 allocations instead of 700. Collector pauses were a visible part of
+    the delayed-job lateness tail (bench precision p99 about 2.9 ms before, 2.3-2.5 ms after).
+    Reference cycles are still collected, only less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 100)
+
+
 class SchedulerMain:
     """A SchedulerService as a ``main(stop)`` for run_service; ``service.ready`` is set once it contends."""
 
-    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+    def __init__(self, settings: Settings, *, tune_gc: bool = False, **kwargs: Any) -> None:
         from .scheduler import SchedulerService
 
         self.service = SchedulerService(settings, **kwargs)
+        self.tune_gc = tune_gc  # only when the process is the scheduler's alone (`chronos serve scheduler`)
 
     @property
     def ready(self) -> asyncio.Event:
@@ -230,6 +245,8 @@ class SchedulerMain:
 
     async def __call__(self, stop: asyncio.Event) -> None:
         svc = self.service
+        if self.tune_gc:
+            tune_gc_for_timers()
         async with asyncio.TaskGroup() as tg:
             run = tg.create_task(svc.run(), name="scheduler")
             relay = tg.create_task(_call_when_set(stop, svc.stop), name="scheduler-stop-relay")

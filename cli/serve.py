@@ -85,7 +85,7 @@ def scheduler(
     st = state(ctx)
     settings = st.settings
     setup_logging("DEBUG" if st.debug else settings.log_level)
-    main = runtime.with_metrics(runtime.SchedulerMain(settings, node_id=node_id), settings, metrics_port)
+    main = runtime.with_metrics(runtime.SchedulerMain(settings, tune_gc=True, node_id=node_id), settings, metrics_port)
 
     notifier = Notifier.from_env(systemd_env())
 

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from ..config import load_settings
+from ..runtime import tune_gc_for_timers
 from ..scheduler import SchedulerService
 
 
@@ -47,6 +48,7 @@ async def main() -> None:
     sched = {k.rsplit(".", 1)[-1]: float(v) for k, v in (s.split("=", 1) for s in args.set)}
     settings = load_settings(overrides={"namespace": args.namespace, "nats": {"url": args.url},
                                         "scheduler": {"archive_path": args.archive, **sched}}, read_env=False)
+    tune_gc_for_timers()  # as `chronos serve scheduler` does
     svc = SchedulerService(settings, node_id=args.id, log_events=False)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
