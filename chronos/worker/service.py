@@ -185,6 +185,10 @@ class WorkerService:
     async def _fetch_loop(self) -> None:
         expires = self.settings.worker.poll_expires
         round_no = 0
+        # A standing poll per empty priority reserves a slot while busy: fine for 256 slots, but an
+        # 8-slot worker with three empty priorities ran 5 jobs at a time (bench crash). Below this,
+        # busy rounds ask every priority with no-wait requests instead.
+        standing_ok = self.slots >= 8 * len(self.pullers)
         try:
             while not self._stopping.is_set():
                 if self.free() <= 0:
@@ -204,9 +208,10 @@ class WorkerService:
                     except asyncio.TimeoutError:
                         log.warning("no answer to a pull request on %s; is the server there?", p.consumer)
                     got += p.delivered
-                    if p.delivered == 0 and not self.burst and self.free() > len(self.pullers):
+                    if p.delivered == 0 and not self.burst and standing_ok and self.free() > len(self.pullers):
                         # Empty: leave one long poll standing instead of asking again every round.
-                        # It costs nothing while idle and hands over the first new job at once.
+                        # It hands over the first new job at once and saves a request per round,
+                        # but holds a slot: only where that is a small share of the slots.
                         await p.request(1, no_wait=False, expires=expires)
                 if got or self._stopping.is_set():
                     continue
