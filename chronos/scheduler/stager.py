@@ -107,7 +107,7 @@ class Stager:
         is_leader: Callable[[], bool] = lambda: True,
         concurrency: int = 256,
         keep_lateness: int = 10_000,
-        spin: float = 0.002,
+        spin: float = 0.0,  # the CAS goes out >= min_ahead early, so the timer need not spin for it
         max_ahead: float = 0.005,
         min_ahead: float = 0.002,
         on_event: Callable[[Event], None] | None = None,
