@@ -837,11 +837,11 @@ class Client:
     ) -> list[float]:
         """Dry run for a definition not stored yet; an interval counts from now (as add_schedule would)."""
         from .cron import IntervalSchedule, next_n, parse_schedule
-        from .schedules import interval_anchor
+        from .schedules import MAX_DRY_RUN, interval_anchor
 
         now = self.clock.now() if after is None else after
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise ValidationError(f"count: must be a whole number of at least 1, got {count!r}")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_DRY_RUN:
+            raise ValidationError(f"count: must be a whole number from 1 to {MAX_DRY_RUN}, got {count!r}")
         timing = parse_schedule(cron=cron, every=every, tz=tz)
         if isinstance(timing, IntervalSchedule):
             timing = IntervalSchedule(timing.seconds, interval_anchor(timing.seconds, now))
@@ -863,7 +863,8 @@ class Client:
         now = self.clock.now()
         until = now if until is None else until
         s = await self._schedules().get(name)
-        times = backfill_times(s, since, until, now, self.settings.scheduler.max_backfill)
+        times = backfill_times(s, since, until, now, self.settings.scheduler.max_backfill,
+                               retention=self.settings.scheduler.retention)
         fires = await fire_many(self.ops, s, times, now, progress=progress)
         made = sum(1 for f in fires if f.made)
         for f in fires:

@@ -241,6 +241,9 @@ class IntervalSchedule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return f"every {_fmt_seconds(self.seconds)}"
 
 
+MAX_INTERVAL = 100 * 365 * 86400.0  # beyond this, fire times leave the calendar datetime can hold
+
+
 def _check_interval(seconds: float) -> None:
     if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not math.isfinite(seconds):
         raise ValidationError(f"every: {seconds!r} is not a number of seconds")
@@ -248,6 +251,8 @@ def _check_interval(seconds: float) -> None:
         raise ValidationError(f"every: interval must be greater than 0 seconds, got {seconds:g}")
     if seconds < 1:
         raise ValidationError(f"every: interval must be at least 1 second (fire ids are whole seconds), got {seconds:g}")
+    if seconds > MAX_INTERVAL:
+        raise ValidationError(f"every: interval must be at most 100 years ({MAX_INTERVAL:.0f} s), got {seconds:g}")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d)?\s*$", re.IGNORECASE)

@@ -17,6 +17,7 @@ callbacks do all the work.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from nats.aio.client import Client as NATS
@@ -24,6 +25,7 @@ from nats.aio.client import Client as NATS
 Handler = Callable[[bytes, bytes, bytes, "bytes | None"], bool]
 
 _ATTR = "_chronos_fast_handlers"
+log = logging.getLogger(__name__)
 
 
 def register(nc: NATS, sid: int | None, handler: Handler) -> bool:
@@ -40,8 +42,16 @@ def register(nc: NATS, sid: int | None, handler: Handler) -> bool:
 
         async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
             handler = table.get(sid)
-            if handler is not None and handler(subject, reply, data, headers):
-                return
+            if handler is not None:
+                try:
+                    if handler(subject, reply, data, headers):
+                        return
+                except Exception:
+                    # Never let one message end nats-py's read loop: that leaves a connection that
+                    # looks alive and reads nothing. A job message dropped here is redelivered
+                    # after ack_wait; a lost PubAck times out in the publisher's sweeper.
+                    log.exception("fast path handler for sid %s failed on %r", sid, subject[:120])
+                    return
             await original(sid, subject, reply, data, headers)
 
         setattr(nc, _ATTR, handlers)

@@ -9,7 +9,8 @@ Roles, for one namespace::
     console    read everything in the namespace, submit/cancel/retry jobs, edit schedules
     admin      the whole JetStream API of the account: create, update, purge and delete streams
 
-No role but ``admin`` may create, update, purge or delete a stream. Topology is made
+No role but ``admin`` may create, update, purge or delete a stream (one exception: the
+scheduler's pruner purges single keys of the jobs bucket). Topology is made
 by an admin (``chronos admin init``); the others run with ``nats.manage_topology = false``.
 
 ``render_authorization()`` writes the server config's ``accounts`` block;
@@ -107,6 +108,9 @@ def role_permissions(names: Names) -> dict[str, dict[str, list[str]]]:
         *_kv_read(n, n.lease_bucket), *_kv_write(n, n.lease_bucket),
         *_kv_read(n, n.tasks_bucket), *_kv_write(n, n.control_bucket),
         f"$JS.API.CONSUMER.LIST.{jobs}",  # the metrics endpoint's queue depths
+        # The pruner purges a pruned job's key up to its delete marker (a subject-filtered purge
+        # of the jobs bucket only; purging other streams stays admin-only).
+        f"$JS.API.STREAM.PURGE.{n.kv_stream(n.jobs_bucket)}",
     ])
     # The lease holder follows its key's changes with a core subscription.
     # ... and the metrics endpoint follows every job event of the namespace.

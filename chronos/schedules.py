@@ -122,10 +122,13 @@ def next_fire(s: Schedule, now: float) -> float | None:
     return timing.next_after(base)
 
 
+MAX_DRY_RUN = 10_000  # fire times one dry run lists
+
+
 def coming_fires(s: Schedule, now: float, count: int) -> list[float]:
     """The next ``count`` fire times of ``s`` from now on (a dry run), ignoring a pause."""
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise ValidationError(f"count: must be a whole number of at least 1, got {count!r}")
+    if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_DRY_RUN:
+        raise ValidationError(f"count: must be a whole number from 1 to {MAX_DRY_RUN}, got {count!r}")
     timing = timing_of(s)
     out: list[float] = []
     t = now
@@ -144,11 +147,19 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
 
 
-def backfill_times(s: Schedule, since: float, until: float, now: float, limit: int) -> list[float]:
-    """Fire times ``since <= t <= until`` of ``s``; a past window only, at most ``limit`` of them."""
+def backfill_times(s: Schedule, since: float, until: float, now: float, limit: int,
+                   retention: float | None = None) -> list[float]:
+    """Fire times ``since <= t <= until`` of ``s``; a past window only, at most ``limit`` of them.
+
+    With ``retention``, a window reaching further back than it is refused: a fire that old may
+    have run and had its record pruned, and the derived id would then make it run again."""
     for field, value in (("since", since), ("until", until)):
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValidationError(f"{field}: {value!r} is not an epoch time")
+    if retention is not None and since < now - retention:
+        raise ValidationError(
+            f"since: {_iso(since)} is older than scheduler.retention ({retention / 86400:g} days); fires that old "
+            "may have run and been pruned, and backfilling them would run them again")
     if until > now:
         raise ValidationError(f"until: {_iso(until)} is in the future; backfill covers past fire times only")
     if since >= until:

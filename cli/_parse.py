@@ -54,7 +54,10 @@ def parse_time(value: str, option: str) -> float:
         raise BadOption(
             option, f"{value!r} is not an ISO 8601 time (examples: 2030-01-31T09:30, 2030-01-31 09:30:00+02:00)"
         ) from None
-    return dt.astimezone().timestamp() if dt.tzinfo is None else dt.timestamp()
+    try:
+        return dt.astimezone().timestamp() if dt.tzinfo is None else dt.timestamp()
+    except (ValueError, OverflowError, OSError):  # e.g. year 1 in a zone east of UTC
+        raise BadOption(option, f"{value!r} is outside the times chronos can handle") from None
 
 
 def parse_time_or_ago(value: str, option: str, now: float) -> float:

@@ -331,8 +331,8 @@ def next_fires(
 ) -> None:
     """The coming fire times of schedule NAME (or of --cron/--every), in its timezone."""
     st = state(ctx)
-    if count < 1:
-        raise BadOption("--count", "must be at least 1")
+    if not 1 <= count <= 10_000:
+        raise BadOption("--count", "must be from 1 to 10000")
     if name is not None and (cron is not None or every is not None or tz is not None):
         raise BadOption("--cron", "give a schedule NAME or --cron/--every/--tz, not both")
     if name is None:

@@ -385,7 +385,7 @@ class Stager:
             try:
                 new = transition(rec, JobState.AVAILABLE, self.clock.now())
             except IllegalTransitionError:
-                return None
+                return None, False
             try:
                 sent = self.clock.monotonic()
                 new.revision = await (await self.ops.write_nowait(new, rev))

@@ -252,7 +252,13 @@ class WorkerService:
         key = self._seq
         self.running[key] = run
         self.used += 1
-        tg.create_task(self._execute(key, run))
+        try:
+            tg.create_task(self._execute(key, run))
+        except RuntimeError:  # the task group is shutting down: hand the job back
+            self.running.pop(key, None)
+            self.used -= 1
+            assert self.executor is not None
+            asyncio.get_running_loop().create_task(self.executor.acks.nak(msg))
 
     async def _execute(self, key: int, run: Running) -> None:
         assert self.executor is not None

@@ -111,6 +111,7 @@ def test_history_lists_and_filters_finished_jobs(cli, worker, scheduler):
     [
         (("--state", "running"), "--state"),
         (("--since", "yesterday-ish"), "--since"),
+        (("--since", "0001-01-01"), "--since"),  # a date datetime cannot place in local time
         (("--since", "1m", "--until", "2h"), "--since"),
         (("--grep", ""), "--grep"),
         (("--limit", "0"), "--limit"),

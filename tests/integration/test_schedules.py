@@ -293,6 +293,28 @@ async def test_backfill_of_an_unknown_schedule(fc):
         await fc.backfill_schedule("ghost", since=T0 - 60)
 
 
+async def test_backfill_further_back_than_the_retention_is_refused(fc, clock):
+    # Older fires may have run and been pruned; their derived ids would let them run again.
+    await fc.add_schedule("old", "stamp", every="1h")
+    retention = fc.settings.scheduler.retention
+    with pytest.raises(ValidationError, match="since: .* older than scheduler.retention"):
+        await fc.backfill_schedule("old", since=clock.now() - retention - 3600)
+    assert await waiting_messages(fc) == 0
+
+
+async def test_absurd_sizes_are_refused_naming_the_field(fc):
+    with pytest.raises(ValidationError, match="every: interval must be at most 100 years"):
+        await fc.add_schedule("forever", "stamp", every=1e300)
+    with pytest.raises(ValidationError, match="every: interval must be at most 100 years"):
+        await fc.add_schedule("forever", "stamp", every="99999999999d")
+    assert await fc.list_schedules() == []
+    await fc.add_schedule("ok", "stamp", every="1h")
+    with pytest.raises(ValidationError, match="count: must be a whole number from 1 to 10000"):
+        await fc.next_fire_times("ok", 10**9)
+    with pytest.raises(ValidationError, match="count: must be a whole number from 1 to 10000"):
+        fc.preview_fire_times(every="1h", count=10**9)
+
+
 # --- DST through the enqueuer ---------------------------------------------------------------
 
 
