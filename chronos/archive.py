@@ -7,8 +7,8 @@
           -> read the job's final record from the jobs KV (one batch of reads at a time)
           -> upsert the batch into SQLite in one transaction -> commit -> ack the messages
 
-    Client.history() --request <ns>.api.history--> any node's Archiver (queue group)
-          <-- HistoryReply (records, newest finished first)
+    Client.history() --request <ns>.api.history--> every node's Archiver (no queue group)
+          <-- one HistoryReply per node; the client merges them, newest record per job
 
 Why read the KV instead of carrying the record in the event: events are a
 lean, best-effort view sent on the worker's hot path; the KV record is the
@@ -119,29 +119,66 @@ async def query_history(
     text: str | None = None,
     limit: int = 100,
     timeout: float = 5.0,
+    gather: float = 0.25,
 ) -> list[JobRecord]:
-    """Ask any scheduler node's archive (queue group on ``<ns>.api.history``); newest finished first."""
+    """Ask every scheduler node's archive on ``<ns>.api.history`` and merge the answers; newest finished first.
+
+    Nodes' archives differ (a node added later, a follower that lagged while the leader
+    pruned), so one node's answer is not the history. Replies are gathered until ``gather``
+    seconds pass without a new one (or ``timeout`` without any); per job the newest record wins.
+    """
     q = HistoryQuery(task=task, state=str(state) if state is not None else None, queue=queue, since=since,
                      until=until, text=text, limit=limit)
     validate_query(q)
     subject = conn.names.history_api()
+    nc = conn.nc
+    inbox = nc.new_inbox()
+    replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_reply(msg: Msg) -> None:
+        if msg.data:  # an empty message with headers is a "no responders" status
+            replies.put_nowait(msg.data)
+        elif msg.headers and msg.headers.get("Status") == "503":
+            replies.put_nowait(b"")
+
+    sub = await nc.subscribe(inbox, cb=on_reply)
+    answers: list[HistoryReply] = []
     try:
-        msg = await conn.nc.request(subject, codec.encode(q), timeout=timeout)
-    except nats.errors.NoRespondersError:
+        await nc.publish(subject, codec.encode(q), reply=inbox)
+        wait = timeout
+        while True:
+            try:
+                data = await asyncio.wait_for(replies.get(), wait)
+            except TimeoutError:
+                break
+            if not data:
+                break  # no responders
+            answers.append(codec.decode(data, HistoryReply))
+            wait = gather
+    finally:
+        await sub.unsubscribe()
+    if not answers:
         raise NoArchiveError(
-            f"history needs the scheduler archive, and no scheduler archive answered on {subject}: "
-            f"is a scheduler (chronos serve scheduler) running for namespace {conn.names.ns!r}?"
-        ) from None
-    except TimeoutError:
-        raise NoArchiveError(f"history needs the scheduler archive, and no scheduler archive answered on "
-                             f"{subject} within {timeout:g}s") from None
-    reply = codec.decode(msg.data, HistoryReply)
-    if reply.error:
-        raise ChronosError(f"history query failed on {reply.node or 'a scheduler'}: {reply.error}")
-    if reply.truncated:
-        log.warning("history reply from %s was cut to %d rows to fit the server's max payload; "
-                    "narrow the query for more", reply.node, len(reply.records))
-    return reply.records
+            f"history needs the scheduler archive, and no scheduler archive answered on {subject} within "
+            f"{timeout:g}s: is a scheduler (chronos serve scheduler) running for namespace {conn.names.ns!r}?")
+    failed = [a for a in answers if a.error]
+    if len(failed) == len(answers):
+        a = failed[0]
+        raise ChronosError(f"history query failed on {a.node or 'a scheduler'}: {a.error}")
+    newest: dict[str, JobRecord] = {}
+    for a in answers:
+        if a.error:
+            log.warning("history: %s could not answer: %s", a.node or "a scheduler", a.error)
+            continue
+        if a.truncated:
+            log.warning("history reply from %s was cut to %d rows to fit the server's max payload; "
+                        "narrow the query for more", a.node, len(a.records))
+        for rec in a.records:
+            have = newest.get(rec.id)
+            if have is None or (rec.updated_at, len(rec.attempts)) > (have.updated_at, len(have.attempts)):
+                newest[rec.id] = rec
+    merged = sorted(newest.values(), key=lambda r: (r.finished_at or r.updated_at, r.id), reverse=True)
+    return merged[:limit]
 
 
 # --- the SQLite file -------------------------------------------------------------------------------
@@ -339,8 +376,8 @@ class Archiver:
         sub = None
         try:
             psub = await self._bind()
-            sub = await self.conn.nc.subscribe(self.names.history_api(), queue=self.names.history_queue_group(),
-                                               cb=self._on_request)
+            # No queue group: every node answers and the client merges (see query_history).
+            sub = await self.conn.nc.subscribe(self.names.history_api(), cb=self._on_request)
             self.ready.set()
             await self._consume(psub)
         finally:

@@ -107,10 +107,6 @@ class Names:
     def history_api(self) -> str:
         return f"{self.api_root}.history"
 
-    def history_queue_group(self) -> str:
-        """Every scheduler node's archive answers in this group: one reply per request."""
-        return f"{self.ns}_archive"
-
     def archive_consumer(self, node_key: str) -> str:
         """The durable events consumer of one node's archive (``node_key``: a stable token per archive file)."""
         return f"{self.ns}_archive_{node_key}"

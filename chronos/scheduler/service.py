@@ -7,7 +7,7 @@
        +-------lease lost---------+  (all loops cancelled together)
 
     every node, leader or not: the lease task and the archiver (events -> its own
-    SQLite file; answers history requests in a queue group), see archive.py
+    SQLite file; every node answers history requests, the client merges), see archive.py
 
 A loop that fails ends the term's TaskGroup; the service logs it and starts the
 loops again while it still leads (after a short pause). ``stop()`` cancels the

@@ -186,3 +186,27 @@ async def test_a_job_the_rescuer_discards_reaches_the_archive(client, settings, 
     finally:
         svc.stop()
         await asyncio.wait_for(task, 15)
+
+
+async def test_history_merges_every_nodes_archive(client, start_scheduler, tmp_path):  # noqa: F811
+    """Archives differ (a node added later, a follower that lagged while the leader pruned):
+    one node's answer is not the history, so the client merges all of them."""
+    from chronos.jobs import new_record
+    from chronos.models import JobSpec
+    from chronos.states import transition
+
+    a = await start_scheduler(archive_path=str(tmp_path / "a.sqlite3"))
+    b = await start_scheduler(lead=False, archive_path=str(tmp_path / "b.sqlite3"))
+    for node in (a, b):
+        await asyncio.wait_for(node.service.archiver.ready.wait(), 10)
+
+    def finished(job_id: str, at: float) -> object:
+        rec = new_record(job_id, JobSpec(task="t.merge"), at, JobState.AVAILABLE)
+        return transition(transition(rec, JobState.RUNNING, at + 1), JobState.COMPLETED, at + 2)
+
+    now = time.time()
+    await a.service.archiver.db.add([finished("only-a", now - 20)])
+    await b.service.archiver.db.add([finished("only-b", now - 10)])
+    for _ in range(4):  # with one answering node per request, half of these would miss a job
+        assert [r.id for r in await client.history(task="t.merge")] == ["only-b", "only-a"]
+    assert [r.id for r in await client.history(task="t.merge", limit=1)] == ["only-b"]
