@@ -34,7 +34,6 @@ payload; ``truncated`` says rows were left out.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import socket
@@ -328,10 +327,18 @@ def partial_record(event: Any) -> JobRecord:
                      worker=event.worker)
 
 
-def archive_node_key(path: str | Path) -> str:
-    """A stable consumer-name token for one archive file on one host."""
-    where = f"{socket.gethostname()}:{os.path.abspath(path)}"
-    return hashlib.blake2b(where.encode(), digest_size=8).hexdigest()
+async def archive_node_key(db: "ArchiveDB") -> str:
+    """The consumer-name token of one archive file, kept in the file itself.
+
+    Not derived from the host name: where that changes on every restart (containers), each
+    restart would look like a new archive, replay the whole events stream and leave an
+    orphaned durable behind for a day. The token follows the file instead.
+    """
+    key = await db.get_meta("node_key")
+    if not key:
+        key = os.urandom(8).hex()
+        await db.set_meta("node_key", key)
+    return key
 
 
 # --- the service -------------------------------------------------------------------------------------
@@ -366,13 +373,14 @@ class Archiver:
         self.node = node or socket.gethostname()
         self.ops = JobOps(conn, clock)
         self.db = ArchiveDB(self.path, conn.names.ns)
-        self.durable = self.names.archive_consumer(archive_node_key(self.path))
+        self.durable = ""  # set in run(): the file's own token (archive_node_key)
         self.ready = asyncio.Event()  # archive open, consumer bound, responder subscribed
         self.archived = 0  # rows written (full and partial)
         self.written = asyncio.Event()  # pulsed after each committed batch, for tests
 
     async def run(self) -> None:
         await self.db.open()
+        self.durable = self.names.archive_consumer(await archive_node_key(self.db))
         sub = None
         try:
             psub = await self._bind()
