@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats.errors
 from nats.js import api
 
+from ..clock import Clock
 from ..connection import Connection
+from ..errors import ChronosError
 from ..store.base import Entry
 
 log = logging.getLogger(__name__)
@@ -57,3 +59,20 @@ async def scan_entries(conn: Connection, bucket: str, *, batch: int = 128,
             await psub.unsubscribe()
         except nats.errors.Error as exc:
             log.debug("scan unsubscribe: %s", exc)
+
+
+async def paced_passes(name: str, step: Callable[[], Awaitable[object]], clock: Clock, tick: float) -> None:
+    """Run ``step`` (a full pass over a bucket) forever: every ``tick`` seconds, but resting at least
+    4x as long as a pass took, so a big bucket costs at most ~20% of a core and the stager's timer
+    keeps the loop to itself meanwhile. A failed pass is logged and tried again next time."""
+    log_ = logging.getLogger(f"chronos.scheduler.{name}")
+    while True:
+        began = clock.monotonic()
+        try:
+            await step()
+        except (ChronosError, OSError) as exc:
+            log_.warning("%s: step failed: %r", name, exc)
+        me = asyncio.current_task()
+        if me is not None and me.cancelling():  # nats-py may have swallowed a cancel
+            raise asyncio.CancelledError
+        await asyncio.sleep(max(tick, 4 * (clock.monotonic() - began)))

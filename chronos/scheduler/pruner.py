@@ -31,7 +31,7 @@ from ..jobs import JobOps
 from ..models import JobRecord
 from ..publisher import is_wrong_last_sequence
 from ..states import TERMINAL
-from ._scan import scan_entries
+from ._scan import paced_passes, scan_entries
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +58,7 @@ class Pruner:
 
     async def run(self) -> None:
         await self.archiver.ready.wait()
-        while True:
-            began = self.clock.monotonic()
-            try:
-                await self.step()
-            except (ChronosError, OSError) as exc:
-                log.warning("pruner: step failed: %r", exc)
-            me = asyncio.current_task()
-            if me is not None and me.cancelling():  # nats-py may have swallowed a cancel
-                raise asyncio.CancelledError
-            # A pass reads every record; with a big bucket, rest at least 4x as long as it took
-            # (at most ~20% of a core, and the stager's timer keeps the loop to itself meanwhile).
-            await asyncio.sleep(max(self.tick, 4 * (self.clock.monotonic() - began)))
+        await paced_passes("pruner", self.step, self.clock, self.tick)
 
     async def step(self) -> int:
         """One pass over the bucket; returns how many records it deleted."""

@@ -25,7 +25,7 @@ from ..jobs import JobOps, job_event
 from ..models import DLQEntry, Event, JobRecord, WorkerHeartbeat
 from ..states import JobState, transition
 from ..store.kv import KVStore
-from ._scan import scan_entries
+from ._scan import paced_passes, scan_entries
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +53,7 @@ class Rescuer:
         self.on_event = on_event  # the rescue's outcome as an event (the archive learns of discards from it)
 
     async def run(self) -> None:
-        while True:
-            began = self.clock.monotonic()
-            try:
-                await self.step()
-            except (ChronosError, OSError) as exc:
-                log.warning("rescuer: step failed: %r", exc)
-            me = asyncio.current_task()
-            if me is not None and me.cancelling():  # nats-py may have swallowed a cancel
-                raise asyncio.CancelledError
-            # A pass reads every record; with a big bucket, rest at least 4x as long as it took
-            # (at most ~20% of a core, and the stager's timer keeps the loop to itself meanwhile).
-            await asyncio.sleep(max(self.tick, 4 * (self.clock.monotonic() - began)))
+        await paced_passes("rescuer", self.step, self.clock, self.tick)
 
     async def _heartbeats(self) -> dict[str, float]:
         conn = self.ops.conn
