@@ -81,6 +81,14 @@ async def test_delayed_job_runs_after_its_time_not_before(client, start_worker, 
     assert done.state == JobState.COMPLETED
     assert seen["at"][job] >= rec.spec.run_at
     stats = sched.service.stager.stats
+
+    async def counted() -> None:
+        # The stager counts a promotion once its publish is acked, which can be after the
+        # (fast) job already finished: wait for the count rather than race it.
+        while stats.promoted < 1:
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(counted(), 10)
     assert stats.promoted == 1
     assert stats.lateness[0] >= 0
 
@@ -155,6 +163,12 @@ async def test_two_stagers_promote_each_job_once(client, start_worker, settings)
         for j in jobs:
             assert (await client.wait(j, timeout=15)).state == JobState.COMPLETED
         assert all(seen["calls"][j] == 1 for j in jobs)
+
+        async def counted() -> None:  # promotions are counted once their publish is acked
+            while sum(s.stats.promoted for s in stagers) < 20:
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(counted(), 10)
         assert sum(s.stats.promoted for s in stagers) == 20
         lateness = [x for s in stagers for x in s.stats.lateness]
         assert min(lateness) >= 0
