@@ -23,4 +23,7 @@ def test_bench_crash_json():
     assert r.exit_code == 0, r.output
     result = json.loads(r.stdout)
     assert result["n"] == 300 and result["completed"] == 300
-    assert result["lost"] == 0 and result["duplicated"] == 0  # the 6 s target is for the bench, not CI
+    assert result["lost"] == 0  # the 6 s target is for the bench, not CI
+    # At least once: only a job the killed worker held (running, or done with its ack unsent) may
+    # run twice, so at most its slots' worth.
+    assert result["duplicated"] <= result["concurrency"]
