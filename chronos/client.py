@@ -11,6 +11,7 @@ compare-and-set with no read. Bulk submit pipelines both steps.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any, AsyncIterator, Callable, Iterable, Sequence
@@ -47,6 +48,7 @@ from .models import (
     TaskInfo,
     WorkerHeartbeat,
 )
+from .publisher import PubAck
 from .states import PENDING, RETRIABLE_BY_HAND, TERMINAL, JobState
 from .store.kv import KVStore
 from .subjects import PRIORITIES, is_valid_token
@@ -235,47 +237,77 @@ class Client:
         return await self._submit_pipelined(records, progress)
 
     async def _submit_pipelined(
-        self, records: list[JobRecord], progress: Callable[[int], None] | None = None, chunk: int = 1000
+        self, records: list[JobRecord], progress: Callable[[int], None] | None = None
     ) -> list[str]:
-        """Chunked two-stage pipeline: chunk k's record creates are in flight while chunk k-1's
-        work messages go out, so writes leave in large buffers and nothing waits per job."""
-        ops, publisher = self.ops, self.conn.publisher
-        store = await ops.store()
-        work_acks: list[asyncio.Future[Any]] = []
+        """Every record create is sent at once (up to half the publisher's window in flight); its
+        PubAck callback, in the read loop, sends the job's work message, whose PubAck counts it
+        done. No coroutine, future or task per job: that machinery was most of a bulk submit's
+        CPU. A failed create or publish is reported after the others have settled."""
+        store = await self.ops.store()
+        publisher = self.conn.publisher
+        loop = asyncio.get_running_loop()
+        total = len(records)
+        all_done = loop.create_future()
+        errors: list[BaseException] = []
         done = 0
-        # Report about 20 times per call (at least every chunk), whatever the batch size.
-        step = max(1, min(chunk, len(records) // 20))
+        # Report about 20 times per call, whatever the batch size.
+        step = max(1, min(1000, total // 20))
+        slow: set[asyncio.Task[None]] = set()
 
-        async def send_work(batch: list[tuple[JobRecord, Any]]) -> None:
-            for rec, fut in batch:
-                rev = await fut
+        def finished(exc: BaseException | None) -> None:
+            nonlocal done
+            if exc is not None:
+                errors.append(exc)
+            done += 1
+            if progress is not None and (done % step == 0 or done == total):
+                progress(done)
+            if done == total and not all_done.done():
+                all_done.set_result(None)
+
+        def on_work(ack: Any, exc: BaseException | None) -> None:
+            finished(exc)
+
+        def on_create(rec: JobRecord, data: bytes, ack: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                finished(exc)
+                return
+            self.events.emit(job_event(rec))
+            if rec.state is JobState.AVAILABLE:
+                subject, work, hdr = self.ops.work_frame(rec, ack.seq, data)
+                if publisher.publish_cb(subject, work, hdr, on_work):
+                    return
+            # Parked for later, or the window is full: the awaitable path, in a task.
+            task = loop.create_task(settle_slowly(rec, ack.seq))
+            slow.add(task)
+            task.add_done_callback(slow.discard)
+
+        async def settle_slowly(rec: JobRecord, rev: int) -> None:
+            try:
                 if rec.state is JobState.SCHEDULED:
                     await self._park_scheduled(rec, rev)
                 else:
-                    work_acks.append(await ops.publish_work_nowait(rec, rev))
-                self.events.emit(job_event(rec))
+                    await self.ops.publish_work(rec, rev)
+            except Exception as exc:
+                finished(exc)
+            else:
+                finished(None)
 
-        previous: list[tuple[JobRecord, Any]] = []
-        for start in range(0, len(records), chunk):
-            current = [(rec, await store.create_nowait(rec.id, codec.encode(rec)))
-                       for rec in records[start : start + chunk]]
-            if previous:
-                await send_work(previous)
-            previous = current
-            # Keep acks from piling up: settle the work messages of two chunks ago.
-            while len(work_acks) - done > 2 * chunk:
-                await publisher.wait(work_acks[done])
-                done += 1
-                if progress is not None and done % step == 0:
-                    progress(done)
-        await send_work(previous)
-        for fut in work_acks[done:]:
-            await publisher.wait(fut)
-            done += 1
-            if progress is not None and done % step == 0 and done < len(records):
-                progress(done)
-        if progress is not None:
-            progress(len(records))
+        high_water = max(1, publisher.window // 2)  # leaves room for each create's work message
+        for rec in records:
+            if publisher.in_flight >= high_water:
+                await publisher.wait_for_room(high_water // 2)
+            data = codec.encode(rec)
+            if not store.create_cb(rec.id, data, functools.partial(on_create, rec, data)):
+                try:
+                    rev = await (await store.create_nowait(rec.id, data))
+                except Exception as exc:
+                    finished(exc)
+                else:
+                    on_create(rec, data, PubAck(seq=rev), None)
+        if total:
+            await all_done
+        if errors:
+            raise errors[0]
         return [r.id for r in records]
 
     async def _submit_one_unique(self, rec: JobRecord) -> str:

@@ -11,12 +11,14 @@ import asyncio
 import logging
 from typing import Any, Awaitable
 
+import msgspec
+
 from . import codec
 from .clock import SYSTEM_CLOCK, Clock
 from .connection import Connection
 from .errors import ConflictError, JobNotFoundError
 from .models import DLQEntry, Event, JobMessage, JobRecord, JobSpec
-from .publisher import PubAck
+from .publisher import AckCallback, PubAck, encode_headers
 from .states import JobState, transition
 from .store.kv import KVStore
 
@@ -82,6 +84,12 @@ class JobOps:
         store = self._store or await self.store()  # hot path: skip a coroutine once bound
         return await store.update_nowait(record.id, codec.encode(record), revision)
 
+    def write_cb(self, record: JobRecord, revision: int, callback: AckCallback) -> bool:
+        """Compare-and-set with its outcome passed to ``callback`` from the read loop; False, with
+        nothing sent, when ``write_nowait`` must be used (store not bound yet, window full, offline)."""
+        store = self._store
+        return store is not None and store.update_cb(record.id, codec.encode(record), revision, callback)
+
     async def write(self, record: JobRecord, revision: int) -> JobRecord:
         rev = await (await self.write_nowait(record, revision))
         record.revision = rev
@@ -107,15 +115,27 @@ class JobOps:
         raise ConflictError(f"job {job_id} kept changing; try again")
 
     # --- work messages ------------------------------------------------------------
-    def work_message(self, record: JobRecord, revision: int) -> tuple[str, bytes, dict[str, str] | None]:
+    def work_message(self, record: JobRecord, revision: int,
+                     encode: bool = True) -> tuple[str, bytes, dict[str, str] | None]:
         spec = record.spec
-        msg = JobMessage(record=record, rev=revision)
         headers = None
         if spec.unique_key is not None:
             headers = {"Nats-Msg-Id": f"u:{spec.unique_key}"}
         elif record.schedule_id is not None:
             headers = {"Nats-Msg-Id": f"j:{record.id}:{record.gen}"}
-        return self.names.job_subject(spec.priority, spec.queue), codec.encode(msg), headers
+        data = codec.encode(JobMessage(record=record, rev=revision)) if encode else b""
+        return self.names.job_subject(spec.priority, spec.queue), data, headers
+
+    def work_frame(self, record: JobRecord, revision: int,
+                   encoded_record: bytes | None = None) -> tuple[str, bytes, bytes | None]:
+        """``work_message`` with the header block encoded; ``encoded_record`` (the bytes just written
+        to the KV) is spliced in as is rather than encoded a second time."""
+        subject, _, headers = self.work_message(record, revision, encode=False)
+        if encoded_record is None:
+            data = codec.encode(JobMessage(record=record, rev=revision))
+        else:
+            data = codec.encode(_JobMessageOut(record=msgspec.Raw(encoded_record), rev=revision))
+        return subject, data, encode_headers(headers) if headers else None
 
     async def publish_work_nowait(self, record: JobRecord, revision: int) -> asyncio.Future[PubAck]:
         subject, data, headers = self.work_message(record, revision)
@@ -132,6 +152,14 @@ class JobOps:
             # A worker that dies between the DLQ write and the ack retries it; dedupe the entry.
             headers["Nats-Msg-Id"] = f"dlq:{entry.job_id}:{entry.attempts}"
         return await self.publisher.request(self.names.dlq_subject(queue), codec.encode(entry), headers)
+
+
+class _JobMessageOut(msgspec.Struct, omit_defaults=True):
+    """The wire form of ``JobMessage`` with the record already encoded (same field names)."""
+
+    record: msgspec.Raw
+    rev: int = 0
+    v: int = 1
 
 
 def new_record(job_id: str, spec: JobSpec, now: float, state: JobState, **extra: Any) -> JobRecord:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import nats.js.errors
@@ -51,6 +51,9 @@ class _Reply(msgspec.Struct):
 _reply_decoder = msgspec.json.Decoder(_Reply)
 log = logging.getLogger(__name__)
 
+# Called with (PubAck, None) or (None, exception) when a publish sent with publish_cb settles.
+AckCallback = Callable[["PubAck | None", "BaseException | None"], None]
+
 # JetStream error codes we act on.
 WRONG_LAST_SEQUENCE = 10071
 
@@ -70,10 +73,12 @@ class Publisher:
         self._timeout = timeout
         self._prefix = ""
         self._counter = 0
-        self._pending: dict[str, asyncio.Future[PubAck]] = {}
+        # A future for publish(), a callback for publish_cb(); both are settled by _resolve.
+        self._pending: dict[str, asyncio.Future[PubAck] | AckCallback] = {}
         self._sent_at: dict[str, float] = {}
         self._space = asyncio.Event()
         self._space.set()
+        self._room_below = window  # _space is set once fewer than this are in flight
         self._sub = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -96,9 +101,9 @@ class Publisher:
             expired = [t for t, sent in self._sent_at.items() if sent < cutoff]
             for token in expired:
                 self._sent_at.pop(token, None)
-                fut = self._pending.pop(token, None)
-                if fut is not None and not fut.done():
-                    fut.set_exception(nats.errors.TimeoutError())
+                entry = self._pending.pop(token, None)
+                if entry is not None:
+                    _settle(entry, None, nats.errors.TimeoutError())
             if expired:
                 self._space.set()
 
@@ -113,14 +118,25 @@ class Publisher:
             except Exception:  # connection already closed; nothing left to release server-side
                 pass
             self._sub = None
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(nats.errors.ConnectionClosedError())
+        pending = list(self._pending.values())
         self._pending.clear()
+        for entry in pending:
+            _settle(entry, None, nats.errors.ConnectionClosedError())
 
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    @property
+    def window(self) -> int:
+        return self._window
+
+    async def wait_for_room(self, below: int) -> None:
+        """Wait until fewer than ``below`` PubAcks are outstanding (bulk senders pace on this)."""
+        while len(self._pending) >= below:
+            self._space.clear()
+            self._room_below = below
+            await self._space.wait()
 
     def _install_fast_path(self) -> None:
         """PubAcks resolve straight from the parser (chronos/fastpath.py); ``_on_reply`` is the fallback."""
@@ -137,26 +153,62 @@ class Publisher:
         self._resolve(msg.subject[len(self._prefix) :], msg.data)
 
     def _resolve(self, token: str, data: bytes) -> None:
-        fut = self._pending.pop(token, None)
+        entry = self._pending.pop(token, None)
         self._sent_at.pop(token, None)
-        if len(self._pending) < self._window:
+        if len(self._pending) < self._room_below:
             self._space.set()
-        if fut is None or fut.done():
+        if entry is None:
             return
         if not data:
             # A 503 "no responders" status: no stream listens on the subject.
-            fut.set_exception(nats.js.errors.NoStreamResponseError())
+            _settle(entry, None, nats.js.errors.NoStreamResponseError())
             return
         try:
             reply = _reply_decoder.decode(data)
         except msgspec.DecodeError:
-            fut.set_exception(PublishError(0, 0, f"unreadable PubAck: {data[:80]!r}"))
+            _settle(entry, None, PublishError(0, 0, f"unreadable PubAck: {data[:80]!r}"))
             return
         if reply.error is not None:
             e = reply.error
-            fut.set_exception(PublishError(e.code, e.err_code, e.description))
+            _settle(entry, None, PublishError(e.code, e.err_code, e.description))
         else:
-            fut.set_result(PubAck(reply.stream, reply.seq, reply.duplicate))
+            _settle(entry, PubAck(reply.stream, reply.seq, reply.duplicate), None)
+
+    def _write_nowait(self, frame: bytes) -> bool:
+        """Append a frame to nats-py's outgoing buffer and wake its flusher, without a coroutine.
+        False while not connected: then nats-py's own publish (and its reconnect buffer) must be used."""
+        nc = self._nc
+        if not nc.is_connected or nc.is_draining_pubs:
+            return False
+        nc._pending.append(frame)
+        nc._pending_data_size += len(frame)
+        queue = nc._flush_queue
+        if queue is not None and queue.empty():
+            queue.put_nowait(asyncio.get_running_loop().create_future())  # the flusher resolves it
+        return True
+
+    def _frame(self, subject: str, token: str, payload: bytes, hdr: bytes | None) -> bytes:
+        if hdr:
+            return b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
+                subject.encode(), self._prefix_b, token.encode(), len(hdr), len(hdr) + len(payload), hdr, payload)
+        return b"PUB %s %s%s %d\r\n%s\r\n" % (subject.encode(), self._prefix_b, token.encode(), len(payload), payload)
+
+    def publish_cb(self, subject: str, payload: bytes, hdr: bytes | None, callback: AckCallback) -> bool:
+        """Send now and call ``callback`` when the PubAck (or a failure) arrives, from the read loop.
+
+        No future and no task wake-up per message: the worker commits a finished job this way.
+        False, with nothing sent, when the window is full or the connection is down; the caller
+        then takes the awaitable path (``publish``), which waits for room or a reconnect.
+        """
+        if len(self._pending) >= self._window:
+            return False
+        self._counter += 1
+        token = str(self._counter)
+        if not self._write_nowait(self._frame(subject, token, payload, hdr)):
+            return False
+        self._pending[token] = callback
+        self._sent_at[token] = asyncio.get_running_loop().time()
+        return True
 
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None, *, hdr: bytes | None = None
@@ -164,6 +216,7 @@ class Publisher:
         """Send now; return a future for the PubAck. Waits only when the window is full."""
         while len(self._pending) >= self._window:
             self._space.clear()
+            self._room_below = self._window
             await self._space.wait()
         self._counter += 1
         token = str(self._counter)
@@ -171,32 +224,20 @@ class Publisher:
         fut: asyncio.Future[PubAck] = loop.create_future()
         self._pending[token] = fut
         self._sent_at[token] = loop.time()
-        nc = self._nc
         if headers and hdr is None:
             hdr = encode_headers(headers)
-        if nc.is_connected and not nc.is_draining_pubs:
-            if hdr:
-                frame = b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
-                    subject.encode(), self._prefix_b, token.encode(), len(hdr), len(hdr) + len(payload), hdr, payload)
-            else:
-                frame = b"PUB %s %s%s %d\r\n%s\r\n" % (
-                    subject.encode(), self._prefix_b, token.encode(), len(payload), payload)
-            await nc._send_command(frame)
-            if nc._flush_queue is not None and nc._flush_queue.empty():
-                await nc._flush_pending()
-        else:
-            await nc.publish(subject, payload, reply=self._prefix + token, headers=headers or _parse_hdr(hdr))
+        if not self._write_nowait(self._frame(subject, token, payload, hdr)):
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers or _parse_hdr(hdr))
         return fut
+
+    def send_nowait(self, subject: str, payload: bytes) -> bool:
+        """Fire-and-forget publish from synchronous code; False (nothing sent) while disconnected."""
+        return self._write_nowait(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
 
     async def send(self, subject: str, payload: bytes) -> None:
         """Fire-and-forget publish (acks, naks, in-progress), through the same lean path."""
-        nc = self._nc
-        if nc.is_connected and not nc.is_draining_pubs:
-            await nc._send_command(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
-            if nc._flush_queue is not None and nc._flush_queue.empty():
-                await nc._flush_pending()
-        else:
-            await nc.publish(subject, payload)
+        if not self.send_nowait(subject, payload):
+            await self._nc.publish(subject, payload)
 
     async def request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None) -> PubAck:
         fut = await self.publish(subject, payload, headers)
@@ -208,6 +249,20 @@ class Publisher:
 
     async def flush(self) -> None:
         await self._nc.flush()
+
+
+def _settle(entry: asyncio.Future[PubAck] | AckCallback, ack: PubAck | None, exc: BaseException | None) -> None:
+    if isinstance(entry, asyncio.Future):
+        if not entry.done():
+            if exc is None:
+                entry.set_result(ack)  # type: ignore[arg-type]
+            else:
+                entry.set_exception(exc)
+        return
+    try:
+        entry(ack, exc)
+    except Exception:  # a callback's bug must not break the read loop or the sweeper
+        log.exception("PubAck callback failed")
 
 
 def is_wrong_last_sequence(exc: BaseException) -> bool:
@@ -262,6 +317,13 @@ class Acks:
     async def ack(self, msg: Msg) -> None:
         await self._send(msg, b"+ACK")
 
+    def ack_nowait(self, msg: Msg) -> None:
+        """Ack from synchronous code (a PubAck callback); falls back to a task while disconnected."""
+        if msg.reply and not self._pub.send_nowait(msg.reply, b"+ACK"):
+            task = asyncio.get_running_loop().create_task(self.ack(msg))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
     async def nak(self, msg: Msg, delay: float = 0.0) -> None:
         if delay > 0:
             await self._send(msg, b'-NAK {"delay": %d}' % int(delay * 1e9))
@@ -273,6 +335,9 @@ class Acks:
 
     async def in_progress(self, msg: Msg) -> None:
         await self._send(msg, b"+WPI")
+
+
+_background: set[asyncio.Task[None]] = set()  # strong references until done
 
 
 def delivery_info(msg: Msg) -> tuple[int, float]:

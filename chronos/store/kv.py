@@ -16,7 +16,7 @@ from nats.js import api
 from nats.js.kv import KeyValue
 
 from ..errors import ConflictError
-from ..publisher import Publisher, cas_header, is_wrong_last_sequence
+from ..publisher import AckCallback, Publisher, cas_header, is_wrong_last_sequence
 from .base import Entry
 
 _DELETE_OPS = ("DEL", "PURGE")
@@ -62,12 +62,21 @@ class KVStore:
         fut = await self._pub.publish(self.subject(key), value, hdr=cas_header(0))
         return self._rev_of(fut, key)
 
+    def create_cb(self, key: str, value: bytes, callback: AckCallback) -> bool:
+        """Create-if-absent with its outcome passed to ``callback`` (see ``update_cb``)."""
+        return self._pub.publish_cb(self.subject(key), value, cas_header(0), callback)
+
     async def update(self, key: str, value: bytes, revision: int) -> int:
         return await (await self.update_nowait(key, value, revision))
 
     async def update_nowait(self, key: str, value: bytes, revision: int) -> Awaitable[int]:
         fut = await self._pub.publish(self.subject(key), value, hdr=cas_header(revision))
         return self._rev_of(fut, key)
+
+    def update_cb(self, key: str, value: bytes, revision: int, callback: AckCallback) -> bool:
+        """Compare-and-set whose outcome reaches ``callback`` from the read loop (see
+        ``Publisher.publish_cb``); False, nothing sent, when the caller must use ``update_nowait``."""
+        return self._pub.publish_cb(self.subject(key), value, cas_header(revision), callback)
 
     async def _await_rev(self, fut: asyncio.Future, key: str) -> int:
         try:

@@ -16,7 +16,7 @@ import logging
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Coroutine
 
 from nats.aio.msg import Msg
 
@@ -26,7 +26,7 @@ from ..errors import Cancel, ChronosError, ConflictError, JobNotFoundError, Malf
 from ..events import EventPublisher
 from ..jobs import JobOps, job_event
 from ..models import Attempt, DLQEntry, JobMessage, JobRecord
-from ..publisher import Acks, delivery_info
+from ..publisher import Acks, delivery_info, is_wrong_last_sequence
 from ..states import TERMINAL, JobState, transition
 from .context import JobContext, reset_current, set_current
 from .registry import Registry, TaskDef
@@ -60,6 +60,8 @@ class Running:
     gen: int = 0
     deferred: tuple[JobRecord, int] | None = None  # running record not yet written, and the revision under it
     running_write: asyncio.Task[int | None] | None = None
+    key: int = 0  # the service's handle for it
+    runner: asyncio.Task[Any] | None = None  # the asyncio task that runs it (known before it starts)
 
     def interrupt_with(self, why: str) -> bool:
         """Interrupt the running call (no-op outside it). True if it was interrupted."""
@@ -108,26 +110,32 @@ class Executor:
         self.processed = 0
         self.failed = 0
         self.acks = Acks(ops.publisher)
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- entry -------------------------------------------------------------------------
-    async def execute(self, run: Running) -> None:
-        """Never raises (but CancelledError): a task failure is an outcome, not a crash of the worker."""
+    async def execute(self, run: Running) -> bool:
+        """Never raises (but CancelledError): a task failure is an outcome, not a crash of the worker.
+
+        True when the job's last write is still in flight: a PubAck callback finishes it and
+        calls ``released(run)``. False when the job is done with here and now.
+        """
         msg = run.msg
         try:
             try:
                 job = codec.decode(msg.data, JobMessage)
             except (MalformedMessageError, ChronosError) as exc:
                 await self._malformed(msg, str(exc))
-                return
-            await self._run_job(run, job)
+                return False
+            return await self._run_job(run, job)
         except asyncio.CancelledError:
             raise
         except Exception:  # the loop must survive anything; leave the message for redelivery
             log.exception("internal error handling job message %s; it will be redelivered", msg.subject)
             await self.acks.nak(msg, 1.0)
+            return False
 
     # --- the job -------------------------------------------------------------------------
-    async def _run_job(self, run: Running, job: JobMessage) -> None:
+    async def _run_job(self, run: Running, job: JobMessage) -> bool:
         msg = run.msg
         delivered, stored_at = delivery_info(msg)
         run.job_id, run.task = job.record.id, job.record.spec.task
@@ -141,19 +149,19 @@ class Executor:
         else:
             started = await self._start(msg, job.record, job.rev)
             if started is None:
-                return
+                return False
             record, rev = started
         taskdef = self.registry.get(record.spec.task)
         if taskdef is None:
             await self._discard(msg, record, rev, f"unknown task {record.spec.task!r}: no worker registers it", None)
-            return
+            return False
         if delivered > record.spec.max_attempts:
             await self._discard(
                 msg, record, rev,
                 f"attempts exhausted: delivered {delivered} times, max_attempts {record.spec.max_attempts} "
                 "(earlier attempts were lost with their worker)", None,
             )
-            return
+            return False
         self.adjust_weight(run, taskdef.weight)
         if run.deferred is None:  # a deferred running state is announced when it is written
             self.events.emit(job_event(record))
@@ -163,7 +171,7 @@ class Executor:
             outcome = _Outcome("cancelled", error=reason)
         else:
             outcome = await self._call(run, record, taskdef)
-        await self._finish(run, record, rev, outcome, delivered)
+        return await self._finish(run, record, rev, outcome, delivered)
 
     async def _start(self, msg: Msg, record: JobRecord, rev: int) -> tuple[JobRecord, int] | None:
         """Move the record to running. None when the message is stale (then it was acked or left alone).
@@ -231,6 +239,15 @@ class Executor:
     def is_running_here(self, job_id: str) -> bool:
         return False
 
+    def released(self, run: Running) -> None:
+        """A job whose ``execute`` returned True is finished with (its slot is free)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` as a task of its own (the service puts it in its task group)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     def adjust_weight(self, run: Running, weight: int) -> None:
         run.weight = weight
 
@@ -246,7 +263,7 @@ class Executor:
         run.deadline = self.clock.monotonic() + timeout  # the service's sweeper interrupts past it
         loop = asyncio.get_running_loop()
         token = set_current(ctx)
-        run.call_task = asyncio.current_task()
+        run.call_task = run.runner or asyncio.current_task()
         try:
             # Awaited in this task, not a task of its own: one task per job on the hot path.
             if taskdef.is_async:
@@ -275,13 +292,20 @@ class Executor:
             reset_current(token)
         return _Outcome("completed", result=result)
 
-    async def _finish(self, run: Running, record: JobRecord, rev: int, outcome: _Outcome, delivered: int) -> None:
+    async def _finish(self, run: Running, record: JobRecord, rev: int, outcome: _Outcome, delivered: int,
+                      *, commit_in_callback: bool = True) -> bool:
+        """Write the attempt's outcome (compare-and-set), then ack/nak/term and announce it.
+
+        A completed job's write is committed from its PubAck callback (``_committed``): no task
+        wake-up per job, and the slot stays held until the ack is sent. Returns True then.
+        """
         msg = run.msg
         now = self.clock.now()
         duration = now - run.started_at
         run.deferred = None  # no late running write from here on
         if run.running_write is not None:
             new_rev = await run.running_write
+            run.running_write = None  # a retry of this write after a conflict must not reuse it
             if new_rev is None:
                 record = await self.ops.read(record.id)
                 rev = record.revision
@@ -293,7 +317,7 @@ class Executor:
                 log.info("job %s is %s, changed elsewhere during this attempt; dropping the attempt's outcome",
                          record.id, record.state)
                 await self.acks.ack(msg)
-                return
+                return False
             attempts = list(record.attempts)
             if attempts:
                 attempts[-1] = _end_attempt(attempts[-1], now, outcome.kind, outcome.error, outcome.tb)
@@ -314,12 +338,16 @@ class Executor:
                 reason = f"attempts exhausted ({delivered}/{record.spec.max_attempts}): {outcome.error}"
                 await self._discard(msg, record, rev, reason, outcome.tb, attempts=attempts, duration=duration)
                 self.failed += 1
-                return
+                return False
             else:
                 delay = outcome.delay if outcome.kind == "retry" else record.spec.backoff.delay(delivered)
                 new = transition(record, JobState.RETRYABLE, now, attempts=attempts, error=outcome.error,
                                  scheduled_at=now + delay)
                 ack = functools.partial(self.acks.nak, msg, delay)
+            if commit_in_callback and new.state is JobState.COMPLETED:
+                on_ack = functools.partial(self._committed, run, record, new, outcome, delivered, duration)
+                if self.ops.write_cb(new, rev, on_ack):
+                    return True
             try:
                 await (await self.ops.write_nowait(new, rev))
             except ConflictError:
@@ -333,8 +361,38 @@ class Executor:
                 self.failed += 1
             self.events.emit(job_event(new, error=new.error if new.state is not JobState.COMPLETED else None,
                                        duration=duration))
-            return
+            return False
         log.warning("job %s: record kept changing; leaving the message for redelivery", record.id)
+        return False
+
+    def _committed(self, run: Running, record: JobRecord, new: JobRecord, outcome: _Outcome, delivered: int,
+                   duration: float, ack: object, exc: BaseException | None) -> None:
+        """The completed write's PubAck (or failure), in the read loop: ack, count, announce, release.
+        A conflict (the record moved) or a failure continues in a task, as ``_finish`` would."""
+        if exc is not None:
+            self.spawn(self._commit_failed(run, record, outcome, delivered, exc))
+            return
+        try:
+            self.acks.ack_nowait(run.msg)
+            self.processed += 1
+            self.events.emit(job_event(new, duration=duration))
+        finally:
+            self.released(run)
+
+    async def _commit_failed(self, run: Running, record: JobRecord, outcome: _Outcome, delivered: int,
+                             exc: BaseException) -> None:
+        try:
+            if not is_wrong_last_sequence(exc):
+                raise exc
+            fresh = await self.ops.read(record.id)
+            await self._finish(run, fresh, fresh.revision, outcome, delivered, commit_in_callback=False)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("job %s: writing its outcome failed; it will be redelivered", record.id)
+            await self.acks.nak(run.msg, 1.0)
+        finally:
+            self.released(run)
 
     # --- DLQ paths ------------------------------------------------------------------------------
     async def _discard(self, msg: Msg, record: JobRecord, rev: int, reason: str, tb: str | None,

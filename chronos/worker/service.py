@@ -117,6 +117,8 @@ class WorkerService:
             self.executor.is_running_here = self._is_running_here  # type: ignore[method-assign]
             self.executor.adjust_weight = self._adjust_weight  # type: ignore[attr-defined]
             self.executor.pending_cancel = self._take_cancel  # type: ignore[method-assign]
+            self.executor.released = self._release  # type: ignore[method-assign]
+            self.executor.spawn = self._spawn  # type: ignore[method-assign]
             await self._register_tasks(conn)
             await self._load_cancels(ops)  # before the first fetch: see executor's fast path
             advisories = await MaxDeliveriesHandler(ops, self.clock).subscribe()
@@ -249,25 +251,39 @@ class WorkerService:
         run = Running(msg=msg, job_id="", task="", weight=1, started_mono=now_mono,
                       started_at=self.clock.now(), progress_mono=now_mono)
         self._seq += 1
-        key = self._seq
-        self.running[key] = run
+        run.key = self._seq
+        self.running[run.key] = run
         self.used += 1
         try:
-            tg.create_task(self._execute(key, run))
+            run.runner = tg.create_task(self._execute(run))
         except RuntimeError:  # the task group is shutting down: hand the job back
-            self.running.pop(key, None)
+            self.running.pop(run.key, None)
             self.used -= 1
             assert self.executor is not None
             asyncio.get_running_loop().create_task(self.executor.acks.nak(msg))
 
-    async def _execute(self, key: int, run: Running) -> None:
+    async def _execute(self, run: Running) -> None:
         assert self.executor is not None
+        in_flight = False
         try:
-            await self.executor.execute(run)
+            in_flight = await self.executor.execute(run)
         finally:
-            self.running.pop(key, None)
+            if not in_flight:  # otherwise its PubAck callback releases it
+                self._release(run)
+
+    def _release(self, run: Running) -> None:
+        if self.running.pop(run.key, None) is not None:
             self.used -= run.weight
             self._wake.set()
+
+    def _spawn(self, coro: Any) -> None:
+        tg = self._tg
+        try:
+            if tg is None:
+                raise RuntimeError("no task group")
+            tg.create_task(coro)
+        except RuntimeError:  # the group is closing: run it beside it (rare; a commit that failed)
+            asyncio.get_running_loop().create_task(coro)
 
     # --- shutdown ------------------------------------------------------------------------------
     async def _drain_running(self) -> None:

@@ -345,3 +345,27 @@ async def test_jobs_ending_as_their_running_write_starts_never_crash_the_worker(
     for job_id in ids:
         assert (await client.wait(job_id, timeout=30)).state == JobState.COMPLETED
     assert not handle.task.done(), "the worker stopped"
+
+
+async def test_a_record_that_moved_under_a_finished_job_keeps_its_state(client, settings, start_worker):
+    # The completed write goes out from a PubAck callback; when the record moved meanwhile (here a
+    # cancel of a job whose running state was never written) the compare-and-set fails and the
+    # outcome is re-decided in a task: the cancel stands, the message is acked, the slot is freed.
+    s = msgspec.structs.replace(settings, worker=msgspec.structs.replace(settings.worker, running_write_after=60.0))
+    reg, seen = registry()
+    handle = await start_worker(reg, s, concurrency=2)
+    job = await client.submit("blocks_until_released", max_attempts=3)
+    await asyncio.wait_for(seen["started"].wait(), 15)
+    rec = await client.cancel(job, reason="changed my mind")
+    assert rec.state == JobState.CANCELLED  # the record still said available: cancelled at once
+    seen["release"].set()
+    marker = await client.submit("ok", [7])
+    assert (await client.wait(marker, timeout=15)).state == JobState.COMPLETED
+    assert (await client.get(job)).state == JobState.CANCELLED
+    service = handle.service
+    for _ in range(100):
+        if not service.running:
+            break
+        await asyncio.sleep(0.05)
+    assert not service.running and service.used == 0
+    assert service.executor.processed == 1  # the marker; the cancelled job's outcome was dropped
