@@ -70,33 +70,40 @@ def from_json(data: str | bytes) -> Any:
         raise ValidationError(f"invalid JSON: {exc}") from None
 
 
+_SCALARS = (type(None), bool, int, str)
+
+
 def check_json_compatible(value: Any, field: str = "args") -> None:
     """Raise ValidationError unless ``value`` is made of JSON types only (dict keys must be strings)."""
+    if type(value) in _SCALARS or (type(value) in (list, dict) and not value):
+        return  # the common cases (no args, no result) without a walk: this runs once per job
+    _walk(value, field)
 
-    def walk(v: Any, path: str) -> None:
-        if v is None or isinstance(v, (bool, int, str)):
-            return
-        if isinstance(v, float):
-            if v != v or v in (float("inf"), float("-inf")):
-                raise ValidationError(f"{path}: {v} is not a JSON number")
-            return
-        if isinstance(v, (list, tuple)):
-            for i, item in enumerate(v):
-                walk(item, f"{path}[{i}]")
-            return
-        if isinstance(v, dict):
-            for k, item in v.items():
-                if not isinstance(k, str):
-                    raise ValidationError(f"{path}: key {k!r} is not a string")
-                walk(item, f"{path}.{k}")
-            return
-        raise ValidationError(f"{path}: {type(v).__name__} is not JSON-compatible")
 
-    walk(value, field)
+def _walk(v: Any, path: str) -> None:
+    if v is None or isinstance(v, (bool, int, str)):
+        return
+    if isinstance(v, float):
+        if v != v or v in (float("inf"), float("-inf")):
+            raise ValidationError(f"{path}: {v} is not a JSON number")
+        return
+    if isinstance(v, (list, tuple)):
+        for i, item in enumerate(v):
+            _walk(item, f"{path}[{i}]")
+        return
+    if isinstance(v, dict):
+        for k, item in v.items():
+            if not isinstance(k, str):
+                raise ValidationError(f"{path}: key {k!r} is not a string")
+            _walk(item, f"{path}.{k}")
+        return
+    raise ValidationError(f"{path}: {type(v).__name__} is not JSON-compatible")
 
 
 def cap_result(value: Any, limit: int) -> tuple[Any, bool]:
     """Return (value, truncated). A result too big or not JSON-compatible is replaced by a short note."""
+    if value is None:
+        return None, False
     try:
         check_json_compatible(value, "result")
         size = len(_encoder.encode(value))

@@ -81,10 +81,13 @@ class Publisher:
         self._room_below = window  # _space is set once fewer than this are in flight
         self._sub = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Bound at start(): asyncio.get_running_loop() costs a getpid() syscall per call on 3.11.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
         if self._sub is not None:
             return
+        self._loop = asyncio.get_running_loop()
         self._prefix = f"{self._nc.new_inbox()}."
         self._prefix_b = self._prefix.encode()
         self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply, pending_msgs_limit=-1,
@@ -184,7 +187,7 @@ class Publisher:
         nc._pending_data_size += len(frame)
         queue = nc._flush_queue
         if queue is not None and queue.empty():
-            queue.put_nowait(asyncio.get_running_loop().create_future())  # the flusher resolves it
+            queue.put_nowait((self._loop or asyncio.get_running_loop()).create_future())  # the flusher resolves it
         return True
 
     def _frame(self, subject: str, token: str, payload: bytes, hdr: bytes | None) -> bytes:
@@ -207,7 +210,7 @@ class Publisher:
         if not self._write_nowait(self._frame(subject, token, payload, hdr)):
             return False
         self._pending[token] = callback
-        self._sent_at[token] = asyncio.get_running_loop().time()
+        self._sent_at[token] = (self._loop or asyncio.get_running_loop()).time()
         return True
 
     async def publish(
@@ -220,7 +223,7 @@ class Publisher:
             await self._space.wait()
         self._counter += 1
         token = str(self._counter)
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[PubAck] = loop.create_future()
         self._pending[token] = fut
         self._sent_at[token] = loop.time()

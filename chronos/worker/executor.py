@@ -261,7 +261,6 @@ class Executor:
         timeout = spec.timeout or self.default_timeout
         args, kwargs = (spec.args, {}) if isinstance(spec.args, list) else ((), spec.args)
         run.deadline = self.clock.monotonic() + timeout  # the service's sweeper interrupts past it
-        loop = asyncio.get_running_loop()
         token = set_current(ctx)
         run.call_task = run.runner or asyncio.current_task()
         try:
@@ -270,7 +269,7 @@ class Executor:
                 result = await taskdef.fn(*args, **kwargs)
             else:
                 call = functools.partial(contextvars.copy_context().run, taskdef.fn, *args, **kwargs)
-                result = await loop.run_in_executor(self.pool, call)
+                result = await asyncio.get_running_loop().run_in_executor(self.pool, call)
         except asyncio.CancelledError:
             why = run.interrupt
             if why is None:
