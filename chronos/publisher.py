@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any, Callable
 
 import msgspec
@@ -74,8 +75,9 @@ class Publisher:
         self._prefix = ""
         self._counter = 0
         # A future for publish(), a callback for publish_cb(); both are settled by _resolve.
-        self._pending: dict[str, asyncio.Future[PubAck] | AckCallback] = {}
-        self._sent_at: dict[str, float] = {}
+        # Keyed by the reply token (a counter, so insertion order is send order: the sweeper
+        # finds what is overdue from the front without a timestamp per message).
+        self._pending: dict[bytes, asyncio.Future[PubAck] | AckCallback] = {}
         self._space = asyncio.Event()
         self._space.set()
         self._room_below = window  # _space is set once fewer than this are in flight
@@ -98,12 +100,20 @@ class Publisher:
     async def _sweep(self) -> None:
         """Fail futures whose PubAck never came (server gone); one timer for all, not one per message."""
         loop = asyncio.get_running_loop()
+        marks: deque[tuple[float, int]] = deque()  # (time, last token sent by then)
         while True:
             await asyncio.sleep(min(1.0, self._timeout / 4))
-            cutoff = loop.time() - self._timeout
-            expired = [t for t, sent in self._sent_at.items() if sent < cutoff]
+            now = loop.time()
+            marks.append((now, self._counter))
+            overdue = 0  # every token up to this one was sent at least `timeout` ago
+            while marks and marks[0][0] <= now - self._timeout:
+                overdue = marks.popleft()[1]
+            expired = []
+            for token in self._pending:
+                if int(token) > overdue:
+                    break
+                expired.append(token)
             for token in expired:
-                self._sent_at.pop(token, None)
                 entry = self._pending.pop(token, None)
                 if entry is not None:
                     _settle(entry, None, nats.errors.TimeoutError())
@@ -147,17 +157,16 @@ class Publisher:
         resolve = self._resolve
 
         def on_ack(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
-            resolve(subject[cut:].decode(), data)
+            resolve(subject[cut:], data)
             return True
 
         fastpath.register(self._nc, getattr(self._sub, "_id", None), on_ack)
 
     async def _on_reply(self, msg: Msg) -> None:
-        self._resolve(msg.subject[len(self._prefix) :], msg.data)
+        self._resolve(msg.subject[len(self._prefix) :].encode(), msg.data)
 
-    def _resolve(self, token: str, data: bytes) -> None:
+    def _resolve(self, token: bytes, data: bytes) -> None:
         entry = self._pending.pop(token, None)
-        self._sent_at.pop(token, None)
         if len(self._pending) < self._room_below:
             self._space.set()
         if entry is None:
@@ -190,11 +199,11 @@ class Publisher:
             queue.put_nowait((self._loop or asyncio.get_running_loop()).create_future())  # the flusher resolves it
         return True
 
-    def _frame(self, subject: str, token: str, payload: bytes, hdr: bytes | None) -> bytes:
+    def _frame(self, subject: str, token: bytes, payload: bytes, hdr: bytes | None) -> bytes:
         if hdr:
             return b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
-                subject.encode(), self._prefix_b, token.encode(), len(hdr), len(hdr) + len(payload), hdr, payload)
-        return b"PUB %s %s%s %d\r\n%s\r\n" % (subject.encode(), self._prefix_b, token.encode(), len(payload), payload)
+                subject.encode(), self._prefix_b, token, len(hdr), len(hdr) + len(payload), hdr, payload)
+        return b"PUB %s %s%s %d\r\n%s\r\n" % (subject.encode(), self._prefix_b, token, len(payload), payload)
 
     def publish_cb(self, subject: str, payload: bytes, hdr: bytes | None, callback: AckCallback) -> bool:
         """Send now and call ``callback`` when the PubAck (or a failure) arrives, from the read loop.
@@ -206,11 +215,10 @@ class Publisher:
         if len(self._pending) >= self._window:
             return False
         self._counter += 1
-        token = str(self._counter)
+        token = b"%d" % self._counter
         if not self._write_nowait(self._frame(subject, token, payload, hdr)):
             return False
         self._pending[token] = callback
-        self._sent_at[token] = (self._loop or asyncio.get_running_loop()).time()
         return True
 
     async def publish(
@@ -222,15 +230,14 @@ class Publisher:
             self._room_below = self._window
             await self._space.wait()
         self._counter += 1
-        token = str(self._counter)
+        token = b"%d" % self._counter
         loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[PubAck] = loop.create_future()
         self._pending[token] = fut
-        self._sent_at[token] = loop.time()
         if headers and hdr is None:
             hdr = encode_headers(headers)
         if not self._write_nowait(self._frame(subject, token, payload, hdr)):
-            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers or _parse_hdr(hdr))
+            await self._nc.publish(subject, payload, reply=self._prefix + token.decode(), headers=headers or _parse_hdr(hdr))
         return fut
 
     def send_nowait(self, subject: str, payload: bytes) -> bool:
