@@ -77,7 +77,10 @@ def check_json_compatible(value: Any, field: str = "args") -> None:
     """Raise ValidationError unless ``value`` is made of JSON types only (dict keys must be strings)."""
     if type(value) in _SCALARS or (type(value) in (list, dict) and not value):
         return  # the common cases (no args, no result) without a walk: this runs once per job
-    _walk(value, field)
+    try:
+        _walk(value, field)
+    except RecursionError:
+        raise ValidationError(f"{field}: nested too deeply (or refers to itself)") from None
 
 
 def _walk(v: Any, path: str) -> None:

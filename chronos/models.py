@@ -17,6 +17,12 @@ from .states import JobState
 JSONValue = Any  # checked at submit by codec.check_json_compatible
 
 
+# gc=False on the per-job structs (spec, record, attempt, message, event): tens of thousands are
+# made per second on the hot path, and tracking them made the collector run through them again
+# and again (a bulk submit's record building took twice as long). They cannot form reference
+# cycles: they hold scalars, lists of each other, and JSON-compatible args and results.
+
+
 class Backoff(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
     """Delay before attempt n+1 after attempt n failed.
 
@@ -39,7 +45,7 @@ class Backoff(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
         return (rng or random).uniform(0.0, ceiling)
 
 
-class JobSpec(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+class JobSpec(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     """What to run: everything a submitter says about a job."""
 
     task: str
@@ -55,7 +61,7 @@ class JobSpec(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
     annotations: dict[str, str] = msgspec.field(default_factory=dict)
 
 
-class Attempt(msgspec.Struct, omit_defaults=True):
+class Attempt(msgspec.Struct, omit_defaults=True, gc=False):
     number: int
     started_at: float
     worker: str = ""
@@ -65,7 +71,7 @@ class Attempt(msgspec.Struct, omit_defaults=True):
     traceback: str | None = None
 
 
-class JobRecord(msgspec.Struct, omit_defaults=True):
+class JobRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """The authoritative state of one job, stored in the jobs KV bucket under its id."""
 
     id: str
@@ -90,7 +96,7 @@ class JobRecord(msgspec.Struct, omit_defaults=True):
     revision: int = 0  # the KV revision it was read at; not part of the stored value's meaning
 
 
-class JobMessage(msgspec.Struct, omit_defaults=True):
+class JobMessage(msgspec.Struct, omit_defaults=True, gc=False):
     """The message on a work-queue subject: the job's record as of revision ``rev``.
 
     Carrying the record lets the worker's first write be a compare-and-set with no read.
@@ -116,7 +122,7 @@ class DLQEntry(msgspec.Struct, omit_defaults=True):
     seq: int = 0  # the DLQ stream sequence, filled on read
 
 
-class Event(msgspec.Struct, omit_defaults=True):
+class Event(msgspec.Struct, omit_defaults=True, gc=False):
     """One lifecycle fact. ``kind`` is a job state, or a service event (worker.*, leader.*)."""
 
     kind: str

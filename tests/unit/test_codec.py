@@ -61,3 +61,12 @@ def test_backoff_full_jitter_is_bounded():
     for attempt in range(1, 10):
         assert 0.0 <= b.delay(attempt) <= min(10.0, 2 ** (attempt - 1))
     assert Backoff(kind="fixed", base=3.0, jitter=False).delay(5) == 3.0
+
+
+def test_args_that_refer_to_themselves_are_a_clear_error():
+    looped: list = []
+    looped.append(looped)
+    with pytest.raises(ValidationError, match="refers to itself"):
+        codec.check_json_compatible(looped, "args")
+    value, truncated = codec.cap_result(looped, 1000)
+    assert truncated and value.startswith("[[")
