@@ -83,14 +83,6 @@ def unregister(nc: NATS, sid: int | None) -> None:
         handlers.pop(sid, None)
 
 
-def _dispatch(handler: Handler, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
-    try:
-        return handler(subject, reply, data, headers)
-    except Exception:
-        log.exception("fast path handler failed on %r", subject[:120])
-        return True  # dropped: redelivered (job) or timed out by the sweeper (PubAck)
-
-
 class _FastParser(_stock.Parser):
     """nats-py's parser with a fast lane for ``MSG``/``HMSG`` (see the module docstring)."""
 
@@ -149,8 +141,13 @@ class _FastParser(_stock.Parser):
                 if self.state != _stock.AWAITING_CONTROL_LINE:
                     self.state, self.header_needed = _stock.AWAITING_CONTROL_LINE, 0
                 handler = table.get(sid)
-                if handler is not None and _dispatch(handler, subject, reply, payload, headers):
-                    continue
+                if handler is not None:
+                    try:  # inline, not through _dispatch: one call less per message
+                        if handler(subject, reply, payload, headers):
+                            continue
+                    except Exception:
+                        log.exception("fast path handler failed on %r", subject[:120])
+                        continue  # dropped: redelivered (job) or timed out by the sweeper (PubAck)
                 del buf[:pos]
                 pos = 0
                 await getattr(nc, _STOCK, nc._process_msg)(sid, subject, reply, payload, headers)

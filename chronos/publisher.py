@@ -50,6 +50,7 @@ class _Reply(msgspec.Struct):
 
 
 _reply_decoder = msgspec.json.Decoder(_Reply)
+_CONNECTED = NATS.CONNECTED
 log = logging.getLogger(__name__)
 
 # Called with (PubAck, None) or (None, exception) when a publish sent with publish_cb settles.
@@ -155,9 +156,25 @@ class Publisher:
         """PubAcks resolve straight from the parser (chronos/fastpath.py); ``_on_reply`` is the fallback."""
         cut = len(self._prefix_b)
         resolve = self._resolve
+        pending = self._pending
+        decode = _reply_decoder.decode
 
         def on_ack(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
-            resolve(subject[cut:], data)
+            # The common case inline (a callback and a plain PubAck): two calls less per message.
+            token = subject[cut:]
+            entry = pending.get(token)
+            if entry is not None and data and not isinstance(entry, asyncio.Future) and b'"error"' not in data:
+                del pending[token]
+                if len(pending) < self._room_below:
+                    self._space.set()
+                try:
+                    reply_ = decode(data)
+                except msgspec.DecodeError:
+                    entry(None, PublishError(0, 0, f"unreadable PubAck: {data[:80]!r}"))
+                    return True
+                entry(PubAck(reply_.stream, reply_.seq, reply_.duplicate), None)
+                return True
+            resolve(token, data)
             return True
 
         fastpath.register(self._nc, getattr(self._sub, "_id", None), on_ack)
@@ -188,9 +205,10 @@ class Publisher:
 
     def _write_nowait(self, frame: bytes) -> bool:
         """Append a frame to nats-py's outgoing buffer and wake its flusher, without a coroutine.
-        False while not connected: then nats-py's own publish (and its reconnect buffer) must be used."""
+        False while not connected (draining counts as not): then nats-py's own publish (and its
+        reconnect buffer) must be used."""
         nc = self._nc
-        if not nc.is_connected or nc.is_draining_pubs:
+        if nc._status != _CONNECTED:
             return False
         nc._pending.append(frame)
         nc._pending_data_size += len(frame)
