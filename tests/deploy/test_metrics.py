@@ -91,7 +91,10 @@ async def test_worker_and_scheduler_metrics(settings, client, tmp_path):
             assert (await client.wait(job_id, timeout=20)).state == "completed"
         assert (await client.wait(bad, timeout=20)).state == "discarded"
 
-        w = await scrape_until(wport, lambda s: value(s, "chronos_acks_total", kind="term") >= 1)
+        # A job's record is completed before its worker has read the write's PubAck and counted
+        # it, so wait for the counts to arrive rather than for one of them.
+        w = await scrape_until(wport, lambda s: value(s, "chronos_acks_total", kind="term") >= 1
+                               and value(s, "chronos_acks_total", kind="ack") >= 3)
         assert value(w, "chronos_jobs_total", state="completed", queue="default") == 3
         assert value(w, "chronos_jobs_total", state="retryable", queue="default") == 1
         assert value(w, "chronos_jobs_total", state="discarded", queue="default") == 1
