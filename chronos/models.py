@@ -161,6 +161,7 @@ class WorkerHeartbeat(msgspec.Struct, omit_defaults=True):
     slots_used: int
     started_at: float
     heartbeat_at: float
+    slots_peak: int = 0  # the most slots held at once since start (running jobs, by weight)
     tasks: list[str] = msgspec.field(default_factory=list)
     running: list[RunningJob] = msgspec.field(default_factory=list)
     processed: int = 0

@@ -71,6 +71,7 @@ class WorkerService:
         self._own_conn = conn is None
         self.running: dict[int, Running] = {}
         self.used = 0
+        self.peak_used = 0  # the most slots held at once: what the heartbeat reports as slots_peak
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._fetch_done = asyncio.Event()
@@ -168,6 +169,8 @@ class WorkerService:
     def _adjust_weight(self, run: Running, weight: int) -> None:
         self.used += weight - run.weight
         run.weight = weight
+        if self.used > self.peak_used:
+            self.peak_used = self.used
 
     def _is_running_here(self, job_id: str) -> bool:
         return any(r.job_id == job_id for r in self.running.values())
@@ -254,6 +257,8 @@ class WorkerService:
         run.key = self._seq
         self.running[run.key] = run
         self.used += 1
+        if self.used > self.peak_used:
+            self.peak_used = self.used
         try:
             run.runner = tg.create_task(self._execute(run))
         except RuntimeError:  # the task group is shutting down: hand the job back
@@ -332,7 +337,7 @@ class WorkerService:
         assert self.executor is not None
         return WorkerHeartbeat(
             id=self.id, host=socket.gethostname(), pid=os.getpid(), queues=self.queues,
-            slots_total=self.slots, slots_used=self.used, started_at=self.started_at, heartbeat_at=now,
+            slots_total=self.slots, slots_used=self.used, slots_peak=self.peak_used, started_at=self.started_at, heartbeat_at=now,
             tasks=self.registry.names(),
             running=[RunningJob(id=r.job_id, task=r.task, started_at=r.started_at,
                                 progress_at=now - (mono - r.progress_mono))
