@@ -90,7 +90,8 @@ def test_logs_history_and_filters(cli, worker):
         assert r.exit_code == 0, r.output
         return r.stdout
 
-    wait_until(lambda: " completed " in logged(), what="the completed event")
+    # Events are flushed in small batches after the record write: wait for both outcomes.
+    wait_until(lambda: " completed " in (out := logged()) and " discarded " in out, what="both outcome events")
     out = logged()
     assert ok in out and bad in out and "available" in out
     assert bad not in logged("--job", ok)

@@ -115,7 +115,7 @@ def test_serve_scheduler_promotes_delayed_jobs_and_resigns_on_sigterm(cli, confi
         wait_until(lambda: "gained by sched-a" in "".join(err_lines) or proc.poll() is not None,
                    what="the lease")
         assert proc.poll() is None, "".join(err_lines)
-        job_id = submit(cli, "t.add", "--args", "[1, 2]", "--in", "1s")
+        job_id = submit(cli, "t.add", "--args", "[1, 2]", "--in", "2s")  # room for a slow host before the get
         assert cli_json(cli, "jobs", "get", job_id)["state"] == "scheduled"
         # No worker runs here: the scheduler alone moves it to available when due.
         wait_until(lambda: cli_json(cli, "jobs", "get", job_id)["state"] == "available", what="the promotion")

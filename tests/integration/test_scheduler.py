@@ -74,7 +74,7 @@ async def test_delayed_job_runs_after_its_time_not_before(client, start_worker, 
     reg, seen = recording_registry()
     await start_worker(reg)
     sched = await start_scheduler()
-    job = await client.submit("stamp", ["later"], delay=0.5)
+    job = await client.submit("stamp", ["later"], delay=1.0)  # room for a slow host between submit and get
     rec = await client.get(job)
     assert rec.state == JobState.SCHEDULED
     done = await client.wait(job, timeout=15)
@@ -400,4 +400,6 @@ async def test_a_leader_that_died_between_promote_and_publish_loses_nothing(clie
     sched = await start_scheduler()
     done = await client.wait(job, timeout=15)
     assert done.state == JobState.COMPLETED and seen["at"][job] >= rec.spec.run_at
+    # Counted once the publish is acked, which can be after the job finished: wait for it.
+    await _until(lambda: sched.service.stager.stats.republished >= 1, 10)
     assert sched.service.stager.stats.republished == 1 and seen["calls"][job] == 1

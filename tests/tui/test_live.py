@@ -75,8 +75,10 @@ async def test_dashboard_counts_workers_and_leader(client, settings, start_worke
                 rows = table_rows(dash.query_one(QueueTable))
                 return next((r for r in rows if r[0] == "default" and r[1] == "default"), None)
 
-            row = await wait_until(pilot, lambda: (r := default_row()) and r[6] == "3" and r[8] == "1" and r,
-                                   what="3 done and 1 failed in the last 5 minutes")
+            # The DLQ depth comes from a separate poll than the done/failed counts: wait for both.
+            row = await wait_until(pilot, lambda: (r := default_row()) and r[6] == "3" and r[8] == "1"
+                                   and r[10] == "1" and r,
+                                   what="3 done, 1 failed in the last 5 minutes and 1 in the DLQ")
             assert row[10] == "1"  # DLQ depth of the queue
             workers = await wait_until(pilot, lambda: table_rows(dash.query_one(WorkersTable)), what="workers")
             assert len(workers) == 1 and workers[0][5] == "running"
