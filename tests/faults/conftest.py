@@ -46,20 +46,25 @@ class Cluster:
         return ",".join(n.url for n in self.nodes)
 
     def start(self) -> "Cluster":
+        # Start every node before waiting on any: JetStream needs a quorum to be ready.
+        for n in self.nodes:
+            self.launch(n)
+        for n in self.nodes:
+            n._wait_ready(30)
+        return self
+
+    @staticmethod
+    def launch(node: EmbeddedServer) -> None:
+        """Start one node's process without waiting for it."""
         import subprocess
 
         from chronos.embedded import find_nats_server
 
-        # Start every node before waiting on any: JetStream needs a quorum to be ready.
-        for n in self.nodes:
-            n.store_dir.mkdir(parents=True, exist_ok=True)
-            args = [find_nats_server(), "-js", "-sd", str(n.store_dir), "-a", n.host, "-p", str(n.port),
-                    "-m", str(n.monitor_port), *n.extra_args]
-            with open(n.log_file, "ab") as fh:
-                n.proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
-        for n in self.nodes:
-            n._wait_ready(30)
-        return self
+        node.store_dir.mkdir(parents=True, exist_ok=True)
+        args = [find_nats_server(), "-js", "-sd", str(node.store_dir), "-a", node.host, "-p", str(node.port),
+                "-m", str(node.monitor_port), *node.extra_args]
+        with open(node.log_file, "ab") as fh:
+            node.proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
     def healthy(self, node: EmbeddedServer) -> bool:
         """The node's full health check: JetStream on, meta leader known, its assets current."""

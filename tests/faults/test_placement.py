@@ -10,25 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 
 import pytest
 
 from chronos import connection
 from chronos.client import Client
 from chronos.connection import TopologyUnavailableError
-from chronos.embedded import find_nats_server
 
 from .conftest import Cluster, fault_settings, wait_until
-
-
-def start_node(node) -> None:
-    """Start one node without waiting for JetStream: two of three cannot serve it yet."""
-    node.store_dir.mkdir(parents=True, exist_ok=True)
-    args = [find_nats_server(), "-js", "-sd", str(node.store_dir), "-a", node.host, "-p", str(node.port),
-            "-m", str(node.monitor_port), *node.extra_args]
-    with open(node.log_file, "ab") as fh:
-        node.proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 @pytest.mark.timeout(240)
@@ -37,7 +26,7 @@ async def test_topology_waits_for_the_cluster_then_fails_clearly(tmp_path, monke
     cluster = Cluster(tmp_path)
     try:
         for node in cluster.nodes[:2]:
-            start_node(node)
+            Cluster.launch(node)
         for node in cluster.nodes[:2]:
             await asyncio.to_thread(node._wait_ready, 30)  # listening, JetStream on (not yet served)
         two = ",".join(n.url for n in cluster.nodes[:2])
@@ -56,7 +45,7 @@ async def test_topology_waits_for_the_cluster_then_fails_clearly(tmp_path, monke
         await wait_until(lambda: any("cannot place" in r.getMessage() for r in caplog.records), 60,
                          "connect to wait for placement")
         assert not connecting.done()
-        start_node(cluster.nodes[2])
+        Cluster.launch(cluster.nodes[2])
         client = await asyncio.wait_for(connecting, 150)
         try:
             info = await client.conn.js.stream_info(client.names.jobs_stream)
