@@ -25,14 +25,14 @@ def tui(
     if serve:
         _serve(st, readonly=readonly, host=host, port=port)
         return
-    from tui.app import make_app
+    from chronos.tui.app import make_app
 
     make_app(st.settings, None, readonly=readonly).run()
 
 
 def child_command(st: AppState, *, readonly: bool) -> str:
     """The command textual-serve starts for each browser session: this console, with the same settings."""
-    args = [sys.executable, "-m", "cli.main"]
+    args = [sys.executable, "-m", "chronos.cli.main"]
     if st.config_path:
         args += ["--config", st.config_path]
     args += ["--server", st.settings.nats.url, "--namespace", st.settings.namespace, "tui"]

@@ -24,7 +24,7 @@ from chronos.client import Client
 from chronos.config import Settings
 from chronos.runtime import Outcome, WorkerMain, run_service
 from chronos.worker.registry import Registry
-from cli.main import app
+from chronos.cli.main import app
 
 from . import tasks as test_tasks
 

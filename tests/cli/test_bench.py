@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from cli.main import app
+from chronos.cli.main import app
 
 
 def test_bench_throughput_json():

@@ -9,7 +9,7 @@ import json
 
 from typer.testing import CliRunner
 
-from cli.main import app
+from chronos.cli.main import app
 
 
 def test_bench_precision_json():

@@ -13,8 +13,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from chronos.demo import demo_jobs
-from cli.dev import READY_LINE
-from cli.main import app
+from chronos.cli.dev import READY_LINE
+from chronos.cli.main import app
 
 from .conftest import wait_until
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).parents[2]
 def test_dev_runs_the_demo_and_stops_on_ctrl_c(tmp_path: Path):
     data = tmp_path / "dev-data"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--namespace", "devtest", "dev", "--data-dir", str(data), "--port", "0"],
+        [sys.executable, "-m", "chronos.cli.main", "--namespace", "devtest", "dev", "--data-dir", str(data), "--port", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env={k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")},
     )

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chronos.embedded import free_port
-from cli.main import app
+from chronos.cli.main import app
 
 from ..conftest import drop_namespace
 from .conftest import one_error_line

@@ -58,7 +58,7 @@ def test_admin_leader_follows_the_lease(cli, config_file):
     assert one_error_line(r) == "error: no scheduler leader (is `chronos serve scheduler` running?)"
     assert cli("admin", "leader", "--json").stdout.strip() == "null"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--config", str(config_file), "serve", "scheduler", "--id", "lead-1"],
+        [sys.executable, "-m", "chronos.cli.main", "--config", str(config_file), "serve", "scheduler", "--id", "lead-1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
         env={k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")},
     )
@@ -107,7 +107,7 @@ def test_logs_history_and_filters(cli, worker):
 def test_logs_follow_until_ctrl_c(cli, config_file, register_tasks):
     register_tasks()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--config", str(config_file),
+        [sys.executable, "-m", "chronos.cli.main", "--config", str(config_file),
          "logs", "--follow", "--since", "0"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
         env={k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")},

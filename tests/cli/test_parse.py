@@ -8,8 +8,8 @@ import msgspec
 import pytest
 
 from chronos.models import JobSpec
-from cli._output import human_duration, plain, relative
-from cli._parse import BadOption, parse_csv, parse_duration, parse_pairs, parse_time
+from chronos.cli._output import human_duration, plain, relative
+from chronos.cli._parse import BadOption, parse_csv, parse_duration, parse_pairs, parse_time
 
 
 @pytest.mark.parametrize(

@@ -55,7 +55,7 @@ def test_no_tasks_at_all(cli):
 
 def test_sigterm_stops_the_worker_gracefully(cli, config_file):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--config", str(config_file),
+        [sys.executable, "-m", "chronos.cli.main", "--config", str(config_file),
          "serve", "worker", "--tasks", "tests.cli.tasks:registry", "--id", "sig-worker"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env={k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")},
@@ -104,7 +104,7 @@ def test_builtin_shell_task_end_to_end(cli, settings, tmp_path: Path):
 def test_serve_scheduler_promotes_delayed_jobs_and_resigns_on_sigterm(cli, config_file, register_tasks):
     register_tasks()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--config", str(config_file), "serve", "scheduler", "--id", "sched-a"],
+        [sys.executable, "-m", "chronos.cli.main", "--config", str(config_file), "serve", "scheduler", "--id", "sched-a"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env={k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")},
     )

@@ -124,7 +124,7 @@ async def test_serve_scheduler_metrics_port(settings, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHRONOS_", "NOTIFY_", "WATCHDOG_"))}
     env["CHRONOS_SCHEDULER__ARCHIVE_PATH"] = str(tmp_path / "archive.sqlite3")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--server", settings.nats.url, "--namespace", settings.namespace,
+        [sys.executable, "-m", "chronos.cli.main", "--server", settings.nats.url, "--namespace", settings.namespace,
          "serve", "scheduler", "--id", "m-node", "--metrics-port", str(port)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )

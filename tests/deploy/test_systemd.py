@@ -103,7 +103,7 @@ async def test_serve_scheduler_sends_ready_to_notify_socket(settings, notify_soc
     env.update(NOTIFY_SOCKET=path, WATCHDOG_USEC="1000000",
                CHRONOS_SCHEDULER__ARCHIVE_PATH=str(tmp_path / "archive.sqlite3"))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--server", settings.nats.url, "--namespace", settings.namespace,
+        [sys.executable, "-m", "chronos.cli.main", "--server", settings.nats.url, "--namespace", settings.namespace,
          "serve", "scheduler", "--id", "sd-node"],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )
@@ -152,7 +152,7 @@ def test_units_state_the_required_hardening():
                  "KillSignal=SIGTERM"):
         assert line in nats.splitlines(), line
     from chronos.config import WorkerSettings
-    from cli.serve import DRAIN_MARGIN
+    from chronos.cli.serve import DRAIN_MARGIN
 
     for name in ("chronos-scheduler.service", "chronos-worker@.service", "nats-server.service"):
         text = (UNITS / name).read_text()

@@ -35,7 +35,7 @@ def _scheduler(settings, node: str, lease_ttl: float, archive: Path) -> subproce
     env["CHRONOS_SCHEDULER__LEASE_TTL"] = str(lease_ttl)
     env["CHRONOS_SCHEDULER__ARCHIVE_PATH"] = str(archive)
     return subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "--server", settings.nats.url, "--namespace", settings.namespace,
+        [sys.executable, "-m", "chronos.cli.main", "--server", settings.nats.url, "--namespace", settings.namespace,
          "serve", "scheduler", "--id", node],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )

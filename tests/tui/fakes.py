@@ -20,7 +20,7 @@ from chronos.models import (
     WorkerHeartbeat,
 )
 from chronos.states import JobState
-from tui.data import (
+from chronos.tui.data import (
     SORT_KEYS,
     Cluster,
     JobDetail,

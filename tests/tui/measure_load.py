@@ -30,8 +30,8 @@ from chronos.bench._common import spawn_worker, stop_process, wait_for_workers
 from chronos.client import Client
 from chronos.config import load_settings
 from chronos.embedded import EmbeddedServer
-from tui.app import make_app
-from tui.screens.dashboard import DashboardScreen
+from chronos.tui.app import make_app
+from chronos.tui.screens.dashboard import DashboardScreen
 
 
 async def generate(url: str, namespace: str, rate: int, seconds: float) -> None:

@@ -13,9 +13,9 @@ import urllib.request
 from typer.testing import CliRunner
 
 from chronos.embedded import free_port
-from cli._shared import AppState
-from cli.main import app
-from cli.tui import child_command
+from chronos.cli._shared import AppState
+from chronos.cli.main import app
+from chronos.cli.tui import child_command
 
 from ..conftest import make_settings
 
@@ -30,7 +30,7 @@ def test_help_lists_the_options():
 def test_browser_sessions_run_the_same_console_with_the_same_settings():
     st = AppState(settings=make_settings("nats://10.0.0.5:4222", "prod"), config_path="chronos.toml")
     args = shlex.split(child_command(st, readonly=True))
-    assert args[:3] == [sys.executable, "-m", "cli.main"]
+    assert args[:3] == [sys.executable, "-m", "chronos.cli.main"]
     assert args[3:] == ["--config", "chronos.toml", "--server", "nats://10.0.0.5:4222", "--namespace", "prod",
                         "tui", "--readonly"]
 
@@ -38,7 +38,7 @@ def test_browser_sessions_run_the_same_console_with_the_same_settings():
 def test_serve_answers_http(tmp_path):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")}
-    proc = subprocess.Popen([sys.executable, "-m", "cli.main", "--server", "nats://127.0.0.1:1", "tui", "--serve",
+    proc = subprocess.Popen([sys.executable, "-m", "chronos.cli.main", "--server", "nats://127.0.0.1:1", "tui", "--serve",
                              "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True, cwd=tmp_path)
     try:

@@ -6,17 +6,17 @@ import asyncio
 
 from chronos.leadership import LeaderLease
 from chronos.states import JobState
-from tui.app import ChronosApp, make_app
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.dashboard import DashboardScreen
-from tui.screens.help import HelpScreen
-from tui.screens.job_detail import JobDetailScreen
-from tui.screens.jobs import JobsScreen
-from tui.widgets.event_log import EventLog
-from tui.widgets.job_table import JobTable
-from tui.widgets.leader_banner import LeaderBanner
-from tui.widgets.queue_table import QueueTable
-from tui.widgets.workers_table import WorkersTable
+from chronos.tui.app import ChronosApp, make_app
+from chronos.tui.screens.confirm import ConfirmScreen
+from chronos.tui.screens.dashboard import DashboardScreen
+from chronos.tui.screens.help import HelpScreen
+from chronos.tui.screens.job_detail import JobDetailScreen
+from chronos.tui.screens.jobs import JobsScreen
+from chronos.tui.widgets.event_log import EventLog
+from chronos.tui.widgets.job_table import JobTable
+from chronos.tui.widgets.leader_banner import LeaderBanner
+from chronos.tui.widgets.queue_table import QueueTable
+from chronos.tui.widgets.workers_table import WorkersTable
 
 from ..conftest import wait_for_state
 from .conftest import FAST, static_text, table_rows, wait_for, wait_until

@@ -16,7 +16,7 @@ import textual
 from chronos.clock import FakeClock
 from chronos.config import load_settings
 from chronos.errors import ConnectionFailedError
-from tui.app import make_app
+from chronos.tui.app import make_app
 
 from .conftest import table_rows, wait_until
 from .fakes import NOW, FakeSource

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from chronos.models import Event
-from tui.data import JobQuery, job_matches, parse_filter
-from tui.tally import Tally
+from chronos.tui.data import JobQuery, job_matches, parse_filter
+from chronos.tui.tally import Tally
 
 from .fakes import NOW, RECORDS
 
