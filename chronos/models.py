@@ -69,6 +69,7 @@ class Attempt(msgspec.Struct, omit_defaults=True, gc=False):
     outcome: str | None = None  # completed | error | timeout | retry | cancelled | lost | shutdown
     error: str | None = None
     traceback: str | None = None
+    delivery: int = 0  # the work message's delivery count when this attempt started
 
 
 class JobRecord(msgspec.Struct, omit_defaults=True, gc=False):
@@ -94,6 +95,12 @@ class JobRecord(msgspec.Struct, omit_defaults=True, gc=False):
     schedule_id: str | None = None
     fire_time: float | None = None
     revision: int = 0  # the KV revision it was read at; not part of the stored value's meaning
+    # Deliveries of the work message of generation ``delivered_gen`` this record accounts for: runs
+    # started (attempts) plus hand-backs (a worker without the task). A server delivery count above
+    # it means runs that started and were never recorded (worker lost in its first moments).
+    delivered: int = 0
+    handed_back: int = 0
+    delivered_gen: int = 0
 
 
 class JobMessage(msgspec.Struct, omit_defaults=True, gc=False):
