@@ -37,7 +37,8 @@ from __future__ import annotations
 import functools
 import math
 import re
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Protocol, runtime_checkable
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -54,6 +55,7 @@ __all__ = [
     "Schedule",
     "fire_id",
     "fire_times_between",
+    "plan_due_fires",
     "next_n",
     "parse_schedule",
     "to_crontab_line",
@@ -231,10 +233,11 @@ class IntervalSchedule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValidationError(f"anchor: {self.anchor} is not a finite epoch time")
 
     def next_after(self, t: float) -> float:
-        k = math.floor((t - self.anchor) / self.seconds) + 1
-        nxt = self.anchor + k * self.seconds
-        if nxt <= t:  # float rounding at a grid point
-            nxt += self.seconds
+        # Every fire is computed as anchor + k * seconds (never by adding to a previous fire), so a
+        # grid point has one float value; the division may round either way near one, hence k - 1.
+        k = math.floor((t - self.anchor) / self.seconds)
+        while (nxt := self.anchor + k * self.seconds) <= t:
+            k += 1
         return nxt
 
     def describe(self) -> str:
@@ -333,6 +336,82 @@ def fire_times_between(schedule: Schedule, since: float, until: float, limit: in
         out.append(t)
         t = schedule.next_after(t)
     return out
+
+
+MISFIRE_POLICIES = ("skip", "run-once", "catch-up")
+
+
+class DuePlan(msgspec.Struct, frozen=True):
+    """What the enqueuer makes for one schedule at ``now``: ``fires`` (ascending), ``latest`` (the
+    newest due fire time, made or not, which becomes ``last_fire_time``) and ``missed`` (how many
+    missed fires were seen; a lower bound after a long outage, which is not walked)."""
+
+    fires: list[float]
+    latest: float | None
+    missed: int
+
+
+def plan_due_fires(
+    schedule: Schedule,
+    base: float,
+    now: float,
+    *,
+    grace: float,
+    misfire: str,
+    catch_up_max: int,
+    limit: int,
+) -> DuePlan:
+    """The fires due in ``(base, now]`` under a misfire policy (docs/schedules.md, "Misfires").
+
+    A fire ``t`` with ``now - t <= grace`` is on time and always fires. An older one was missed:
+    ``skip`` drops every missed fire, ``run-once`` makes the latest missed one, ``catch-up`` the
+    latest ``catch_up_max`` missed ones; the on-time fires come on top in every policy. Missed
+    fires are found by looking back from the cutoff, never by walking from ``base``, so a long
+    outage costs about as much as a short one. At most ``limit`` on-time fires are made (the
+    latest), which only a grace far larger than the interval can reach.
+    """
+    if misfire not in MISFIRE_POLICIES:
+        raise ValidationError(f"misfire: {misfire!r} is not one of {', '.join(MISFIRE_POLICIES)}")
+    cutoff = now - grace
+    # Fire times are at least 1 s apart, so starting one second early finds a fire exactly at the
+    # cutoff (on time) and at most one older fire, which the filter drops.
+    on_time = [t for t in _walk(schedule, max(base, cutoff - 1.0), now) if now - t <= grace]
+    on_time = on_time[-limit:] if limit > 0 else []
+    want = {"skip": 0, "run-once": 1}.get(misfire, catch_up_max)
+    missed: list[float] = []
+    seen = 0
+    if cutoff > base:
+        missed, seen = _latest_before(schedule, base, now, grace, max(1, want))
+    chosen = missed[len(missed) - want:] if want > 0 else []
+    latest = on_time[-1] if on_time else (missed[-1] if missed else None)
+    return DuePlan(fires=chosen + on_time, latest=latest, missed=seen)
+
+
+def _walk(schedule: Schedule, since: float, until: float) -> Iterator[float]:
+    t = schedule.next_after(since)
+    while t <= until:
+        yield t
+        t = schedule.next_after(t)
+
+
+def _latest_before(schedule: Schedule, base: float, now: float, grace: float, want: int) -> tuple[list[float], int]:
+    """Up to ``want`` of the latest missed fires (``base < t`` and ``now - t > grace``), ascending.
+    The look-back window doubles from the grace until it holds ``want`` of them or reaches ``base``;
+    only the newest ``want`` are kept while walking, so memory stays bounded. Also returns how many
+    missed fires the last window held."""
+    cutoff = now - grace
+    span = max(grace, 1.0)
+    while True:
+        start = max(base, cutoff - span)
+        kept: deque[float] = deque(maxlen=want)
+        seen = 0
+        for t in _walk(schedule, start, cutoff):
+            if now - t > grace:
+                kept.append(t)
+                seen += 1
+        if seen >= want or start == base:
+            return list(kept), seen
+        span *= 2
 
 
 def fire_id(schedule_id: str, fire_time: float) -> str:

@@ -9,9 +9,11 @@ compare-and-set; a new leader resumes from it, re-firing at most the fire that
 was in flight (a no-op by the rules above).
 
 Misfires: fires older than ``misfire_grace`` (default twice the lease TTL plus
-one second, so a leader failover is not a misfire) are missed fires.
-``skip`` drops them, ``run-once`` makes one job for the latest, ``catch-up``
-makes up to ``catch_up_max`` of the latest. Overlap: ``skip`` fires nothing
+one second, so a leader failover is not a misfire) are missed fires; the due
+fires inside the grace always fire. ``skip`` drops the missed ones, ``run-once``
+makes one job for the latest missed one, ``catch-up`` makes up to
+``catch_up_max`` of the latest missed ones (``cron.plan_due_fires``, a pure
+function with a property test against a reference model). Overlap: ``skip`` fires nothing
 while the previous fire's job is unfinished (the fire time still advances);
 ``replace`` cancels that job and fires anew; ``allow`` fires regardless.
 Pause: a paused schedule fires nothing; when ``paused_until`` passes, the
@@ -27,9 +29,8 @@ from collections.abc import Callable
 
 from .. import codec
 from ..clock import SYSTEM_CLOCK, Clock
-from ..cron import Schedule as Timing
-from ..cron import fire_times_between
-from ..errors import ChronosError, ConflictError, ValidationError
+from ..cron import plan_due_fires
+from ..errors import ChronosError, ConflictError
 from ..ids import derived_job_id
 from ..jobs import JobOps, job_event
 from ..models import CancelRequest, Event, Schedule
@@ -116,30 +117,14 @@ class Enqueuer:
             # The pause is over: clear it, and move the mark to its end so fires inside it are never made up.
             base = max(base, s.paused_until)
             s = await self.schedules.update(s, paused=False, paused_until=None, last_fire_time=base)
-        overflow = False
-        try:
-            fires = fire_times_between(timing, base, now, self.max_fires)
-        except ValidationError:
-            # Down so long that walking every missed fire is too much: look back only as far as needed.
-            overflow = True
-            fires = self._latest_fires(timing, base, now, s.catch_up_max)
-            if not fires:
-                return timing.next_after(now)
-        if not fires:
-            return timing.next_after(base)
-        missed = overflow or any(now - t > self.misfire_grace for t in fires)
-        if not missed:
-            to_fire = fires
-        elif s.misfire == "skip":
-            to_fire = [t for t in fires if now - t <= self.misfire_grace]
-        elif s.misfire == "run-once":
-            to_fire = fires[-1:]
-        else:
-            to_fire = fires[-s.catch_up_max:]
-        if missed:
-            log.info("schedule %s: %d fire(s) missed; misfire policy %s fires %d",
-                     s.name, len(fires), s.misfire, len(to_fire))
-        for t in to_fire:
+        plan = plan_due_fires(timing, base, now, grace=self.misfire_grace, misfire=s.misfire,
+                              catch_up_max=s.catch_up_max, limit=self.max_fires)
+        if plan.latest is None:
+            return timing.next_after(max(base, now))
+        if plan.missed:
+            log.info("schedule %s: at least %d fire(s) missed; misfire policy %s makes %d fire(s), "
+                     "on-time ones included", s.name, plan.missed, s.misfire, len(plan.fires))
+        for t in plan.fires:
             if not self.is_leader():
                 return None
             job_id = await self._fire_with_overlap(s, t, now)
@@ -147,23 +132,9 @@ class Enqueuer:
             if job_id is not None:
                 changes["last_job_id"] = job_id
             s = await self.schedules.update(s, **changes)
-        if fires[-1] > (s.last_fire_time or 0.0):
-            s = await self.schedules.update(s, last_fire_time=fires[-1])
-        return timing.next_after(fires[-1])
-
-    def _latest_fires(self, timing: Timing, base: float, now: float, want: int) -> list[float]:
-        """The latest fire times up to ``now`` (at least ``want`` when the gap holds them), found by
-        doubling a look-back window from the misfire grace instead of walking from ``base``."""
-        span, fires = self.misfire_grace, []
-        while True:
-            start = max(base, now - span)
-            try:
-                fires = fire_times_between(timing, start, now, max(self.max_fires, want))
-            except ValidationError:
-                return fires  # this window is too big; the last one that fit will do
-            if len(fires) >= want or start == base:
-                return fires
-            span *= 2
+        if plan.latest > (s.last_fire_time or 0.0):
+            s = await self.schedules.update(s, last_fire_time=plan.latest)
+        return timing.next_after(plan.latest)
 
     async def _fire_with_overlap(self, s: Schedule, t: float, now: float) -> str | None:
         if s.overlap != "allow" and s.last_job_id and s.last_job_id != derived_job_id(s.name, str(int(t))):

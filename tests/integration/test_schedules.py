@@ -110,6 +110,28 @@ async def test_a_fire_inside_the_grace_is_not_a_misfire(fc, enq, clock):
     assert await jobs_of(fc, "late", [60]) == {60: JobState.AVAILABLE}
 
 
+@pytest.mark.parametrize(
+    ("misfire", "catch_up_max", "expected"),
+    [
+        ("skip", 1, [10, 50, 60]),
+        ("run-once", 1, [10, 40, 50, 60]),  # the latest missed fire (+40) and the on-time ones
+        ("catch-up", 2, [10, 30, 40, 50, 60]),  # the cap counts missed fires, not the on-time ones
+    ],
+)
+async def test_fires_inside_the_grace_always_fire_after_downtime(fc, enq, clock, misfire, catch_up_max, expected):
+    # The case: every 10 s, the scheduler down from just after the fire at +10 to +61.
+    # The grace is 11 s, so +50 and +60 are on time and +20..+40 were missed.
+    await fc.add_schedule("g", "stamp", every=10, misfire=misfire, catch_up_max=catch_up_max)
+    clock.advance(10)
+    await enq.step()
+    clock.advance(51)
+    nxt = await enq.step()
+    assert sorted(await jobs_of(fc, "g", range(10, 61, 10))) == expected
+    assert await waiting_messages(fc) == len(expected)
+    assert (await fc.get_schedule("g")).last_fire_time == T0 + 60
+    assert nxt == T0 + 70
+
+
 async def test_the_running_enqueuer_fires_when_the_clock_reaches_a_fire(fc, clock):
     enq = Enqueuer(JobOps(fc.conn, clock), clock=clock, tick=0.05)
     runner = asyncio.create_task(enq.run())
