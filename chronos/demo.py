@@ -1,4 +1,9 @@
-"""Example tasks and demo jobs for `chronos dev`: some succeed, some retry, one ends in the DLQ."""
+"""Example tasks and demo jobs for `chronos dev`: some succeed, some retry, one ends in the DLQ.
+
+Everything here lives on its own queue, ``demo``: a demo worker never takes a user's jobs, and
+a user's worker never takes the demo's. Task handles declare the queue, so ``chronos submit
+demo.add ...`` goes there without ``--queue`` (the worker publishes it in the task catalog).
+"""
 
 from __future__ import annotations
 
@@ -54,13 +59,14 @@ def report(rows: int = 1000) -> dict[str, Any]:
     return {"rows": rows, "mean": round(sum(values) / rows, 4), "max": round(max(values), 4)}
 
 
+DEMO_QUEUE = "demo"
+
+
 def demo_registry() -> Registry:
     reg = Registry()
-    reg.register(add, name="demo.add")
-    reg.register(sleep, name="demo.sleep")
-    reg.register(flaky, name="demo.flaky")
-    reg.register(always_fails, name="demo.always_fails")
-    reg.register(report, name="demo.report")
+    for fn, name in ((add, "demo.add"), (sleep, "demo.sleep"), (flaky, "demo.flaky"),
+                     (always_fails, "demo.always_fails"), (report, "demo.report")):
+        reg.register(fn, name=name, queue=DEMO_QUEUE)
     return reg
 
 
@@ -77,7 +83,7 @@ FAST_RETRY = Backoff(kind="fixed", base=1.0, jitter=False)
 
 
 def demo_jobs() -> list[DemoJob]:
-    return [
+    jobs = [
         DemoJob("demo.add", [1, 2]),
         DemoJob("demo.add", {"a": 40, "b": 2}, {"tags": ["demo"]}),
         DemoJob("demo.report", {"rows": 5000}, {"priority": "high"}),
@@ -90,6 +96,7 @@ def demo_jobs() -> list[DemoJob]:
         DemoJob("demo.add", [20, 22], {"delay": 30.0, "tags": ["demo", "delayed"]},
                 expect="completed 30 s after start (delayed)"),
     ]
+    return [msgspec.structs.replace(j, options={"queue": DEMO_QUEUE, **j.options}) for j in jobs]
 
 
 class DemoSchedule(msgspec.Struct, frozen=True):
@@ -103,10 +110,10 @@ class DemoSchedule(msgspec.Struct, frozen=True):
 
 def demo_schedules() -> list[DemoSchedule]:
     return [
-        DemoSchedule("demo-tick", "demo.add", [1, 1], {"every": 15}),
-        DemoSchedule("demo-hourly-report", "demo.report", {"rows": 100}, {"cron": "0 * * * *", "tz": "UTC"}),
+        DemoSchedule("demo-tick", "demo.add", [1, 1], {"every": 15, "queue": DEMO_QUEUE}),
+        DemoSchedule("demo-hourly-report", "demo.report", {"rows": 100}, {"cron": "0 * * * *", "tz": "UTC", "queue": DEMO_QUEUE}),
         DemoSchedule("demo-nightly", "demo.sleep", {"seconds": 2},
-                     {"cron": "30 2 * * *", "tz": "Europe/Berlin", "overlap": "skip", "queue": "default"}),
+                     {"cron": "30 2 * * *", "tz": "Europe/Berlin", "overlap": "skip", "queue": DEMO_QUEUE}),
     ]
 
 

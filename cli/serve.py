@@ -6,6 +6,7 @@ The only CLI module that starts services; it builds them and hands them to
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated, Optional
 
 import typer
@@ -18,6 +19,8 @@ from chronos.subjects import is_valid_token
 
 from ._parse import BadOption, parse_csv
 from ._shared import run_async, setup_logging, state
+
+log = logging.getLogger("chronos.serve")
 
 app = typer.Typer(help="Run chronos services in the foreground (for systemd).", no_args_is_help=True)
 
@@ -37,7 +40,7 @@ def worker(
     concurrency: Annotated[Optional[int], typer.Option("--concurrency", "-c", min=1, help="Slots (default from config).")] = None,
     queues: Annotated[Optional[str], typer.Option("--queues", "-q", help="Comma-separated queues (default from config).")] = None,
     tasks: Annotated[
-        Optional[list[str]], typer.Option("--tasks", "-t", help="Task module or module:attr (repeatable).")
+        Optional[list[str]], typer.Option("--tasks", "-t", help="Task module (serves its every @chronos.task) or module:attr; repeatable. The current directory is importable.")
     ] = None,
     builtins: Annotated[bool, typer.Option("--builtins/--no-builtins", help="Offer the shell and http tasks.")] = True,
     burst: Annotated[bool, typer.Option("--burst", help="Exit once the queues are empty.")] = False,
@@ -55,9 +58,17 @@ def worker(
         for q in queue_list:
             if not is_valid_token(q):
                 raise BadOption("--queues", f"{q!r} is not a valid queue name (letters, digits, '_' or '-')")
-    registry = runtime.worker_registry(settings, tasks or (), builtins=builtins)
-    if not len(registry):
-        raise ChronosError("no tasks to run: pass --tasks module:attr or set worker.tasks in the config")
+    specs = list(tasks or ()) or list(settings.worker.tasks)
+    registry = runtime.worker_registry(settings, specs, builtins=builtins)
+    if not specs and not builtins:
+        raise ChronosError("no tasks to run: pass --tasks MODULE (or module:attr), or set worker.tasks in the config")
+    if queue_list is None:
+        # The configured queues, plus every queue a served task submits to by default.
+        declared = [d.queue for d in registry.defs() if d.queue]
+        queue_list = list(dict.fromkeys([*settings.worker.queues, *declared]))
+    log.info("serving %d tasks on queues %s: %s", len(registry), ",".join(queue_list), ", ".join(registry.names()))
+    if not specs:
+        log.warning("no --tasks given: this worker serves only the built-in tasks (%s)", ", ".join(registry.names()))
     main = runtime.with_metrics(
         runtime.WorkerMain(settings, registry, queues=queue_list, concurrency=concurrency, burst=burst,
                            worker_id=worker_id),
