@@ -9,7 +9,9 @@ An unknown key anywhere is rejected by name.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
@@ -86,6 +88,15 @@ class SchedulerSettings(msgspec.Struct, **_STRUCT):
     max_backfill: int = 1000
 
 
+class SecuritySettings(msgspec.Struct, **_STRUCT):
+    """Job signatures (see chronos/signing.py and docs/security.md, "Job authenticity")."""
+
+    # The private key submitters and the scheduler sign jobs with; never give it to workers.
+    signing_key_file: str | None = None
+    # Public keys a job must be signed with to run; empty: the signing key's own (if set), else off.
+    trusted_keys: list[str] = msgspec.field(default_factory=list)
+
+
 class MetricsSettings(msgspec.Struct, **_STRUCT):
     """The Prometheus endpoint of `chronos serve worker|scheduler` (``--metrics-port`` overrides)."""
 
@@ -101,10 +112,12 @@ class Settings(msgspec.Struct, **_STRUCT):
     streams: StreamSettings = StreamSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     metrics: MetricsSettings = MetricsSettings()
+    security: SecuritySettings = SecuritySettings()
     log_level: str = "INFO"
 
 
 _SECTIONS = {name for name, typ in Settings.__annotations__.items() if typ.endswith("Settings")}
+_SECTION_TYPES: dict[str, type] = {name: type(getattr(Settings(), name)) for name in _SECTIONS}
 # Shortcuts that operators expect to set without a section.
 _ENV_ALIASES = {"CHRONOS_SERVER": ("nats", "url"), "CHRONOS_URL": ("nats", "url")}
 # Not settings: where the settings come from, or read by other layers.
@@ -122,6 +135,8 @@ def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any
 
 
 def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    """CHRONOS_* variables as a settings layer, each value parsed by its field's type; an unknown
+    variable is an error naming it."""
     layer: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith("CHRONOS_") or name in _ENV_IGNORED:
@@ -134,17 +149,74 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
         if "__" in rest:
             section, key = rest.split("__", 1)
             if section not in _SECTIONS:
-                raise ConfigError(f"environment variable {name}: unknown section {section!r}")
-            layer.setdefault(section, {})[key] = _parse_env_value(raw)
+                raise ConfigError(f"environment variable {name}: unknown section {section!r} "
+                                  f"(sections: {', '.join(sorted(_SECTIONS))})")
+            fields = _fields(_SECTION_TYPES[section])
+            if key not in fields:
+                raise ConfigError(f"environment variable {name}: {section} has no setting {key!r}")
+            layer.setdefault(section, {})[key] = _parse_env_value(name, f"{section}.{key}", raw, fields[key])
         else:
-            layer[rest] = _parse_env_value(raw)
+            top = _fields(Settings)
+            if rest in _SECTIONS:
+                raise ConfigError(f"environment variable {name}: {rest} is a section; "
+                                  f"set one of its keys, e.g. CHRONOS_{rest.upper()}__<KEY>")
+            if rest not in top:
+                raise ConfigError(f"environment variable {name}: unknown setting {rest!r}")
+            layer[rest] = _parse_env_value(name, rest, raw, top[rest])
     return layer
 
 
-def _parse_env_value(raw: str) -> Any:
-    """Environment values are strings; lists are comma-separated. msgspec converts the rest."""
-    if "," in raw:
+def _fields(struct: type) -> dict[str, Any]:
+    return {f.name: f.type for f in msgspec.inspect.type_info(struct).fields}  # type: ignore[attr-defined]
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``"90"``, ``"1.5"``, ``"30s"``, ``"5m"``, ``"1h30m"``, ``"250ms"``, ``"2d"``.
+    Raises ValueError otherwise."""
+    t = text.strip().lower().replace(" ", "")
+    try:
+        return float(t)
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for m in _DURATION_PART.finditer(t):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(t) or not t:
+        raise ValueError(text)
+    return total
+
+
+def _parse_env_value(var: str, setting: str, raw: str, typ: Any) -> Any:
+    """An environment string as the field's type: lists are comma-separated (one value is a list
+    of one, an empty string the empty list), booleans true/false/yes/no/on/off/1/0, durations
+    (float fields) a number of seconds or ``30s``/``5m``/``1h30m``; strings stay as given."""
+    if isinstance(typ, msgspec.inspect.ListType):
         return [part.strip() for part in raw.split(",") if part.strip()]
+    if isinstance(typ, msgspec.inspect.BoolType):
+        v = raw.strip().lower()
+        if v in _TRUE or v in _FALSE:
+            return v in _TRUE
+        raise ConfigError(f"environment variable {var}: {setting} must be true or false, got {raw!r}")
+    if isinstance(typ, msgspec.inspect.FloatType):
+        try:
+            return parse_duration(raw)
+        except ValueError:
+            raise ConfigError(f"environment variable {var}: {setting} must be a number of seconds "
+                              f"or a duration such as 30s, 5m, 1h30m; got {raw!r}") from None
+    if isinstance(typ, msgspec.inspect.IntType):
+        try:
+            return int(raw.strip().replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"environment variable {var}: {setting} must be a whole number, got {raw!r}") from None
     return raw
 
 

@@ -61,6 +61,20 @@ class JobSpec(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
     annotations: dict[str, str] = msgspec.field(default_factory=dict)
 
 
+class JobAuth(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
+    """Who vouches for a job's spec: an ed25519 signature by a submitter or scheduler key.
+
+    The signature covers the root of a Merkle tree over (namespace, job id, spec) leaves of one
+    submit batch; ``path`` holds the sibling hashes from this job's leaf up to the root and
+    ``index`` its leaf position (see signing.py). A single job has an empty path.
+    """
+
+    kid: str  # which trusted key signed (a short digest of its public key)
+    sig: bytes
+    path: bytes = b""
+    index: int = 0
+
+
 class Attempt(msgspec.Struct, omit_defaults=True, gc=False):
     number: int
     started_at: float
@@ -94,6 +108,7 @@ class JobRecord(msgspec.Struct, omit_defaults=True, gc=False):
     cancel_reason: str | None = None
     schedule_id: str | None = None
     fire_time: float | None = None
+    auth: JobAuth | None = None  # the submitter's signature over (id, spec); see signing.py
     revision: int = 0  # the KV revision it was read at; not part of the stored value's meaning
     # Deliveries of the work message of generation ``delivered_gen`` this record accounts for: runs
     # started (attempts) plus hand-backs (a worker without the task). A server delivery count above
@@ -126,6 +141,7 @@ class DLQEntry(msgspec.Struct, omit_defaults=True):
     attempts: int = 0
     subject: str | None = None
     raw: bytes | None = None  # the undecodable original payload, for malformed messages
+    auth: JobAuth | None = None  # the job's signature, kept so a replay of a pruned job still verifies
     seq: int = 0  # the DLQ stream sequence, filled on read
 
 
@@ -183,6 +199,27 @@ class TaskInfo(msgspec.Struct, omit_defaults=True):
     name: str
     registered_at: float
     worker: str = ""
+    v: int = 1
+    queue: str = ""  # the queue a submit by name goes to when it names none (the task's declared queue)
+
+
+class PendingWrite(msgspec.Struct, frozen=True, gc=False):
+    """One job a writer is about to (re)publish: its id and the generation and attempt count
+    the record will have when the write lands."""
+
+    id: str
+    gen: int
+    attempt: int = 0
+
+
+class PendingMarker(msgspec.Struct, omit_defaults=True):
+    """Written (control bucket, ``pending.<id>``) before job records whose work message must
+    follow, deleted once every message is out. One older than the repair bound means a writer
+    died or failed in between: the leader's rescuer republishes what is missing (rescuer.py)."""
+
+    at: float
+    jobs: list[PendingWrite]
+    by: str = ""  # submit | retry | run-now | rescue
     v: int = 1
 
 
