@@ -14,7 +14,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 import msgspec
 
@@ -40,6 +40,9 @@ class NatsSettings(msgspec.Struct, **_STRUCT):
     # False for least-privilege users (worker, console, scheduler): only check that the streams,
     # buckets and consumers exist; an admin creates them with `chronos admin init`.
     manage_topology: bool = True
+    # Reply inboxes: empty means "_INBOX_<user>" (each user may read its own replies only, see
+    # chronos/permissions.py); set it for nkey/creds users, whose name chronos does not know.
+    inbox_prefix: str = ""
 
 
 class JobSettings(msgspec.Struct, **_STRUCT):
@@ -66,8 +69,25 @@ class WorkerSettings(msgspec.Struct, **_STRUCT):
     poll_expires: float = 2.0
     running_write_after: float = 0.05
     tasks: list[str] = msgspec.field(default_factory=list)
+    # The `shell` task's allow-list: one entry per command line allowed, "/abs/path arg-pattern...",
+    # e.g. "/usr/bin/pg_dump --format=custom {word} -f {path:/backups/*}" (worker/builtin.py).
     shell_allow: list[str] = msgspec.field(default_factory=list)
+    # Environment variables a shell job may set (never PATH, LD_*, BASH_ENV and the like).
+    shell_env: list[str] = msgspec.field(default_factory=list)
+    # Globs a shell job's cwd must match; empty: jobs cannot choose a cwd (they run in /).
+    shell_cwd_allow: list[str] = msgspec.field(default_factory=list)
+    # The `http` task: hosts ("api.example.com", "*.example.com"), URL prefixes or networks
+    # ("10.0.0.0/8"; private, loopback and link-local addresses need one). Empty: http is off.
+    http_allow: list[str] = msgspec.field(default_factory=list)
+    http_max_body_bytes: int = 1024 * 1024
     thread_pool_size: int = 8
+    # Where sync (def) tasks run. "thread": cheap, but a timed-out or cancelled thread cannot be
+    # stopped. "process": a forked process per job, killed on timeout, cancel and shutdown.
+    sync_executor: Literal["thread", "process"] = "thread"
+    # Seconds a job whose task no live worker on its queue registers waits before it is discarded.
+    unknown_task_after: float = 300.0
+    # A thread keeps held jobs alive while a task blocks the event loop (docs/runbook.md).
+    loop_watchdog: bool = True
 
 
 class StreamSettings(msgspec.Struct, **_STRUCT):
@@ -77,6 +97,7 @@ class StreamSettings(msgspec.Struct, **_STRUCT):
     events_max_bytes: int = 512 * 1024**2
     jobs_max_bytes: int = -1
     heartbeat_ttl: float = 60.0
+    audit_max_age: float = 365 * 86400.0
 
 
 class SchedulerSettings(msgspec.Struct, **_STRUCT):
@@ -97,6 +118,19 @@ class SecuritySettings(msgspec.Struct, **_STRUCT):
     trusted_keys: list[str] = msgspec.field(default_factory=list)
 
 
+class TuiSettings(msgspec.Struct, **_STRUCT):
+    """`chronos tui`: the viewer credentials of --readonly, and who may open --serve."""
+
+    # --readonly connects as the viewer role (read-only on the server); unset: as nats.*.
+    viewer_user: str | None = None
+    viewer_password: str | None = None
+    viewer_creds_file: str | None = None
+    # --serve beyond loopback requires one of these (a random token is made when neither is set).
+    serve_token: str | None = None
+    serve_user: str | None = None
+    serve_password: str | None = None
+
+
 class MetricsSettings(msgspec.Struct, **_STRUCT):
     """The Prometheus endpoint of `chronos serve worker|scheduler` (``--metrics-port`` overrides)."""
 
@@ -112,6 +146,7 @@ class Settings(msgspec.Struct, **_STRUCT):
     streams: StreamSettings = StreamSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     metrics: MetricsSettings = MetricsSettings()
+    tui: TuiSettings = TuiSettings()
     security: SecuritySettings = SecuritySettings()
     log_level: str = "INFO"
 
@@ -120,8 +155,10 @@ _SECTIONS = {name for name, typ in Settings.__annotations__.items() if typ.endsw
 _SECTION_TYPES: dict[str, type] = {name: type(getattr(Settings(), name)) for name in _SECTIONS}
 # Shortcuts that operators expect to set without a section.
 _ENV_ALIASES = {"CHRONOS_SERVER": ("nats", "url"), "CHRONOS_URL": ("nats", "url")}
-# Not settings: where the settings come from, or read by other layers.
-_ENV_IGNORED = {"CHRONOS_CONFIG"}
+# Not settings: where the settings come from, or read by other layers (the nats-server passwords of
+# deploy/nats/nats.env.example, which an operator may have in the same environment).
+_ENV_IGNORED = {"CHRONOS_CONFIG", "CHRONOS_ADMIN_PASSWORD", "CHRONOS_SCHEDULER_PASSWORD",
+                "CHRONOS_WORKER_PASSWORD", "CHRONOS_CONSOLE_PASSWORD"}
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -199,6 +236,11 @@ def _parse_env_value(var: str, setting: str, raw: str, typ: Any) -> Any:
     """An environment string as the field's type: lists are comma-separated (one value is a list
     of one, an empty string the empty list), booleans true/false/yes/no/on/off/1/0, durations
     (float fields) a number of seconds or ``30s``/``5m``/``1h30m``; strings stay as given."""
+    if isinstance(typ, msgspec.inspect.UnionType):
+        kinds = [t for t in typ.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if not raw.strip() and len(kinds) < len(typ.types):
+            return None  # an empty variable unsets an optional setting
+        typ = kinds[0] if len(kinds) == 1 else typ
     if isinstance(typ, msgspec.inspect.ListType):
         return [part.strip() for part in raw.split(",") if part.strip()]
     if isinstance(typ, msgspec.inspect.BoolType):
@@ -259,20 +301,108 @@ def config_path_from_env(environ: Mapping[str, str] | None = None) -> str | None
     return env.get("CHRONOS_CONFIG")
 
 
+_DAY = 86400.0
+_MIB = 1024**2
+# Every numeric setting and its inclusive range: (low, high, unit). A value outside is refused with
+# one line naming the setting. -1 ("no limit") is also allowed for the settings in _UNLIMITED.
+# tests/unit/test_config.py checks that every int and float field is listed here.
+RANGES: dict[str, tuple[float, float, str]] = {
+    "nats.connect_timeout": (0.1, 300, "seconds"),
+    "nats.replicas": (1, 5, ""),
+    "jobs.default_max_attempts": (1, 1000, ""),
+    "jobs.default_timeout": (0.1, 365 * _DAY, "seconds"),
+    "jobs.max_payload_bytes": (64, 64 * _MIB, "bytes"),
+    "jobs.max_result_bytes": (0, 64 * _MIB, "bytes"),
+    "jobs.duplicate_window": (1, 7 * _DAY, "seconds"),
+    "worker.concurrency": (1, 100_000, ""),
+    "worker.ack_wait": (1, 3600, "seconds"),
+    "worker.max_deliver": (2, 100_000, ""),
+    "worker.shutdown_grace": (0, 3600, "seconds"),
+    "worker.heartbeat_interval": (0.1, 600, "seconds"),
+    "worker.low_priority_every": (1, 10_000, ""),
+    "worker.poll_expires": (0.1, 300, "seconds"),
+    "worker.running_write_after": (0, 3600, "seconds"),
+    "worker.thread_pool_size": (1, 4096, ""),
+    "worker.http_max_body_bytes": (1, 1024 * _MIB, "bytes"),
+    "worker.unknown_task_after": (1, 30 * _DAY, "seconds"),
+    "streams.dlq_max_age": (1, 3650 * _DAY, "seconds"),
+    "streams.dlq_max_bytes": (1024, 2**53, "bytes"),
+    "streams.events_max_age": (1, 3650 * _DAY, "seconds"),
+    "streams.events_max_bytes": (1024, 2**53, "bytes"),
+    "streams.jobs_max_bytes": (1024, 2**53, "bytes"),
+    "streams.heartbeat_ttl": (1, _DAY, "seconds"),
+    "streams.audit_max_age": (1, 3650 * _DAY, "seconds"),
+    "scheduler.lease_ttl": (2, 300, "seconds"),
+    "scheduler.rescue_after": (1, 7 * _DAY, "seconds"),
+    "scheduler.retention": (60, 3650 * _DAY, "seconds"),
+    "scheduler.horizon": (1, _DAY, "seconds"),
+    "scheduler.max_backfill": (1, 1_000_000, ""),
+    "metrics.port": (0, 65535, ""),
+}
+_UNLIMITED = {"streams.dlq_max_bytes", "streams.events_max_bytes", "streams.jobs_max_bytes"}
+_WHY = {
+    "scheduler.lease_ttl": " (NATS TTLs are whole seconds)",
+    "worker.max_deliver": " (it is the backstop behind max_attempts; 1 would never redeliver a lost job)",
+    "scheduler.retention": " (a finished job must stay readable for a while)",
+}
+
+
+def _numbers(s: Settings) -> list[tuple[str, Any]]:
+    out: list[tuple[str, Any]] = []
+    for name in msgspec.structs.fields(Settings):
+        value = getattr(s, name.name)
+        if isinstance(value, msgspec.Struct):
+            for f in msgspec.structs.fields(value):
+                out.append((f"{name.name}.{f.name}", getattr(value, f.name)))
+        else:
+            out.append((name.name, value))
+    return [(k, v) for k, v in out if isinstance(v, (int, float)) and not isinstance(v, bool)]
+
+
+def _fmt(x: float) -> str:
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e15:
+        return str(int(x))
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _check_ranges(s: Settings) -> None:
+    for name, value in _numbers(s):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{name}: must be a finite number, got {value}")
+        if name not in RANGES:
+            if value < 0:
+                raise ConfigError(f"{name}: must not be negative, got {_fmt(value)}")
+            continue
+        lo, hi, unit = RANGES[name]
+        if name in _UNLIMITED and value == -1:
+            continue
+        if not lo <= value <= hi:
+            unit_text = f" {unit}" if unit else ""
+            extra = " (or -1: no limit)" if name in _UNLIMITED else ""
+            raise ConfigError(f"{name}: must be between {_fmt(lo)} and {_fmt(hi)}{unit_text}{extra}, "
+                              f"got {_fmt(value)}{_WHY.get(name, '')}")
+
+
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def _validate(s: Settings) -> None:
     from .subjects import PRIORITIES, is_valid_token
 
     if not is_valid_token(s.namespace):
         raise ConfigError(f"namespace: {s.namespace!r} must be letters, digits, '_' or '-'")
-    if s.worker.concurrency < 1:
-        raise ConfigError("worker.concurrency: must be at least 1")
+    if s.log_level.upper() not in _LOG_LEVELS:
+        raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
+    _check_ranges(s)
     for q in s.worker.queues:
         if not is_valid_token(q):
             raise ConfigError(f"worker.queues: {q!r} is not a valid queue name")
+    if not s.worker.queues:
+        raise ConfigError("worker.queues: name at least one queue")
     if s.jobs.default_priority not in PRIORITIES:
         raise ConfigError(f"jobs.default_priority: must be one of {', '.join(PRIORITIES)}")
-    if s.worker.ack_wait < 1:
-        raise ConfigError("worker.ack_wait: must be at least 1 second")
+    if not is_valid_token(s.jobs.default_queue):
+        raise ConfigError(f"jobs.default_queue: {s.jobs.default_queue!r} is not a valid queue name")
     if s.nats.replicas not in (1, 3, 5):
         raise ConfigError("nats.replicas: must be 1, 3 or 5")
     n = s.nats
@@ -282,10 +412,27 @@ def _validate(s: Settings) -> None:
         raise ConfigError("nats.tls_key: set nats.tls_cert too (a client certificate and its key)")
     if sum(bool(x) for x in (n.user, n.token, n.nkey_seed_file, n.creds_file)) > 1:
         raise ConfigError("nats: use one of user/password, token, nkey_seed_file or creds_file")
-    if not 0 <= s.metrics.port <= 65535:
-        raise ConfigError("metrics.port: must be 0 (off) or a TCP port")
-    if s.scheduler.lease_ttl < 2:
-        raise ConfigError("scheduler.lease_ttl: must be at least 2 seconds (NATS TTLs are whole seconds)")
+    _check_relations(s)
+
+
+def _check_relations(s: Settings) -> None:
+    """Settings that are each in range but break a guarantee together; one line per rule."""
+    w, sc, j, st = s.worker, s.scheduler, s.jobs, s.streams
+    if sc.rescue_after <= w.ack_wait:
+        raise ConfigError(f"scheduler.rescue_after: must be above worker.ack_wait ({_fmt(w.ack_wait)} s), "
+                          f"got {_fmt(sc.rescue_after)}: the rescuer would take jobs from live workers")
+    if w.heartbeat_interval >= sc.rescue_after:
+        raise ConfigError(f"worker.heartbeat_interval: must be below scheduler.rescue_after "
+                          f"({_fmt(sc.rescue_after)} s), got {_fmt(w.heartbeat_interval)}")
+    if w.heartbeat_interval >= st.heartbeat_ttl:
+        raise ConfigError(f"worker.heartbeat_interval: must be below streams.heartbeat_ttl "
+                          f"({_fmt(st.heartbeat_ttl)} s), got {_fmt(w.heartbeat_interval)}: a live worker would vanish")
+    if j.default_max_attempts >= w.max_deliver:
+        raise ConfigError(f"jobs.default_max_attempts: must be below worker.max_deliver ({w.max_deliver}), "
+                          f"got {j.default_max_attempts}")
+    if j.duplicate_window <= 2 * sc.lease_ttl + 1:
+        raise ConfigError(f"jobs.duplicate_window: must be above a leader failover (2 * scheduler.lease_ttl + 1 "
+                          f"= {_fmt(2 * sc.lease_ttl + 1)} s), got {_fmt(j.duplicate_window)}: cron fires would not dedupe")
 
 
 class SystemdEnv(msgspec.Struct, frozen=True, kw_only=True):
