@@ -9,7 +9,8 @@ from ..conftest import make_settings
 
 
 async def test_message_past_max_deliver_lands_in_the_dlq(nats_server, namespace, start_worker):
-    settings = make_settings(nats_server.url, namespace, worker={"max_deliver": 2, "ack_wait": 1.0})
+    settings = make_settings(nats_server.url, namespace, worker={"max_deliver": 2, "ack_wait": 1.0},
+                             jobs={"default_max_attempts": 1})  # must stay below max_deliver
     async with await Client.connect(settings) as client:
         await client.register_tasks(["never_acked"])
         job = await client.submit("never_acked", max_attempts=1)
