@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from typing import Any, AsyncIterator, Callable, Iterable, Sequence
 
@@ -45,6 +46,7 @@ from .models import (
     JobPage,
     JobRecord,
     JobSpec,
+    PendingWrite,
     TaskInfo,
     WorkerHeartbeat,
 )
@@ -56,6 +58,79 @@ from .subjects import PRIORITIES, is_valid_token
 log = logging.getLogger(__name__)
 
 _UNSET: Any = object()
+
+_MARK_CHUNK = 1024  # jobs per pending marker in a bulk submit (about 40 KB of ids)
+_RECORD_SLACK = 16 * 1024  # as connection._ENVELOPE_SLACK: room around the args in a message
+MAX_TASK_NAME = 256
+MAX_UNIQUE_KEY = 1024  # bytes; it travels in a Nats-Msg-Id header
+MAX_METADATA = 16 * 1024  # tags and annotations together, encoded
+MAX_TIMEOUT = 366 * 86400.0
+LATEST_RUN_AT = 253402128000.0  # 9999-12-30T00:00:00Z: dates show in any local zone up to here
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _printable(text: str) -> bool:
+    """No control characters (CR, LF, NUL, ...), no lone surrogates: safe in a NATS header."""
+    return not any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in text) and _utf8(text)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def check_spec(spec: JobSpec) -> None:
+    """Everything about one spec that can be checked without the server; ValidationError names
+    the field. Run before any write, so a refused job leaves nothing behind."""
+    if not isinstance(spec.task, str) or not spec.task.strip():
+        raise ValidationError("task: must be a non-empty name")
+    if len(spec.task) > MAX_TASK_NAME or not _printable(spec.task):
+        raise ValidationError(f"task: must be at most {MAX_TASK_NAME} printable characters")
+    if not isinstance(spec.args, (list, dict)):
+        raise ValidationError("args: must be a list (positional) or an object (keyword arguments)")
+    if not isinstance(spec.queue, str) or not is_valid_token(spec.queue):
+        raise ValidationError(f"queue: {spec.queue!r} is not a valid name (1-64 letters, digits, '_' or '-')")
+    if spec.priority not in PRIORITIES:
+        raise ValidationError(f"priority: {spec.priority!r} is not one of {', '.join(PRIORITIES)}")
+    if spec.run_at is not None:
+        if not _is_number(spec.run_at) or not math.isfinite(spec.run_at):
+            raise ValidationError("run_at: must be a finite time (epoch seconds)")
+        if not 0 <= spec.run_at <= LATEST_RUN_AT:
+            raise ValidationError("run_at: must be between 1970 and the end of year 9999")
+    if spec.timeout is not None:
+        if not _is_number(spec.timeout) or not math.isfinite(spec.timeout) or spec.timeout <= 0:
+            raise ValidationError("timeout: must be a positive, finite number of seconds")
+        if spec.timeout > MAX_TIMEOUT:
+            raise ValidationError(f"timeout: must be at most {MAX_TIMEOUT:g} seconds (a year)")
+    if not isinstance(spec.max_attempts, int) or isinstance(spec.max_attempts, bool) or spec.max_attempts < 1:
+        raise ValidationError("max_attempts: must be a whole number of at least 1")
+    b = spec.backoff
+    if not all(_is_number(x) and math.isfinite(x) and x >= 0 for x in (b.base, b.cap)):
+        raise ValidationError("backoff: base and cap must be finite and not negative")
+    key = spec.unique_key
+    if key is not None:
+        if not isinstance(key, str) or not key:
+            raise ValidationError("unique_key: must be a non-empty string")
+        if not _printable(key):
+            raise ValidationError("unique_key: must be printable UTF-8 text (no CR, LF or other control characters)")
+        if len(key.encode()) > MAX_UNIQUE_KEY:
+            raise ValidationError(f"unique_key: must be at most {MAX_UNIQUE_KEY} bytes")
+    for t in spec.tags:
+        if not isinstance(t, str) or not t or not _utf8(t):
+            raise ValidationError("tags: every tag must be a non-empty UTF-8 string")
+    for k, v in spec.annotations.items():
+        if not isinstance(k, str) or not isinstance(v, str) or not _utf8(k) or not _utf8(v):
+            raise ValidationError("annotations: keys and values must be UTF-8 strings")
+    if spec.tags or spec.annotations:
+        size = len(codec.encode([spec.tags, spec.annotations]))
+        if size > MAX_METADATA:
+            raise PayloadTooLargeError(f"tags/annotations: {size} bytes is over the {MAX_METADATA} byte limit")
 
 
 class Client:
@@ -156,7 +231,7 @@ class Client:
             raise ValidationError("args: must be a list (positional) or an object (keyword arguments)")
         codec.check_json_compatible(args, "args")
         queue = js.default_queue if queue is None else queue
-        if not is_valid_token(queue):
+        if not isinstance(queue, str) or not is_valid_token(queue):
             raise ValidationError(
                 f"queue: {queue!r} is not a valid name (1-64 letters, digits, '_' or '-')"
             )
@@ -164,43 +239,36 @@ class Client:
         if priority not in PRIORITIES:
             raise ValidationError(f"priority: {priority!r} is not one of {', '.join(PRIORITIES)}")
         max_attempts = js.default_max_attempts if max_attempts is None else max_attempts
-        if not isinstance(max_attempts, int) or max_attempts < 1:
+        if not isinstance(max_attempts, int) or isinstance(max_attempts, bool) or max_attempts < 1:
             raise ValidationError("max_attempts: must be a whole number of at least 1")
         if max_attempts >= self.settings.worker.max_deliver:
             raise ValidationError(
                 f"max_attempts: must be below worker.max_deliver ({self.settings.worker.max_deliver})"
             )
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-            raise ValidationError("timeout: must be a positive number of seconds")
         if delay is not None:
             if run_at is not None:
                 raise ValidationError("delay: give either run_at or delay, not both")
-            if delay < 0:
-                raise ValidationError("delay: must not be negative")
+            if not _is_number(delay) or not math.isfinite(delay) or delay < 0:
+                raise ValidationError("delay: must be a finite number of seconds, not negative")
             run_at = self.clock.now() + delay
-        if unique_key is not None and (not isinstance(unique_key, str) or not unique_key):
-            raise ValidationError("unique_key: must be a non-empty string")
-        for t in tags:
-            if not isinstance(t, str) or not t:
-                raise ValidationError("tags: every tag must be a non-empty string")
-        ann = dict(annotations or {})
-        for k, v in ann.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise ValidationError("annotations: keys and values must be strings")
-        if backoff is not None and (backoff.base < 0 or backoff.cap < 0):
-            raise ValidationError("backoff: base and cap must not be negative")
-        return JobSpec(
+        if not isinstance(tags, (list, tuple)):
+            raise ValidationError("tags: must be a list of strings")
+        if annotations is not None and not isinstance(annotations, dict):
+            raise ValidationError("annotations: must be an object of string keys and values")
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise ValidationError("backoff: must be a Backoff")
+        spec = JobSpec(
             task=task,
             args=args,
             queue=queue,
             priority=priority,
-            run_at=run_at,
+            run_at=float(run_at) if _is_number(run_at) else run_at,
             max_attempts=max_attempts,
-            timeout=float(timeout) if timeout is not None else None,
+            timeout=float(timeout) if _is_number(timeout) else timeout,
             backoff=backoff or Backoff(),
             unique_key=unique_key,
             tags=list(tags),
-            annotations=ann,
+            annotations=dict(annotations or {}),
         )
 
     async def submit(self, task: str, args: Any = None, **options: Any) -> str:
@@ -211,42 +279,78 @@ class Client:
     async def submit_specs(
         self, specs: Sequence[JobSpec], progress: Callable[[int], None] | None = None
     ) -> list[str]:
-        """Submit many jobs, pipelined: record creates, then work publishes, never one round trip per job."""
+        """Submit many jobs, pipelined: record creates, then work publishes, never one round trip per job.
+
+        Every spec is checked (``check_spec``) and every record encoded and size-checked before
+        the first write, so a bad job fails the call with nothing written. Records are written
+        under pending markers (``JobOps.mark_pending``): if this process dies or a publish
+        fails between a record and its work message, the leader republishes it (rescuer.py).
+        """
         now = self.clock.now()
         for task in {s.task for s in specs}:
             await self._check_task(task)
-        ids: list[str] = []
         records: list[JobRecord] = []
-        limit = self.settings.jobs.max_payload_bytes
         for spec in specs:
             job_id = new_job_id(now)
             scheduled = spec.run_at is not None and spec.run_at > now
-            rec = new_record(job_id, spec, now, JobState.SCHEDULED if scheduled else JobState.AVAILABLE,
-                             scheduled_at=spec.run_at if scheduled else now)
-            size = len(codec.encode(spec.args))
-            if size > limit:
-                raise PayloadTooLargeError(f"args: {size} bytes is over the {limit} byte limit")
-            ids.append(job_id)
-            records.append(rec)
+            records.append(new_record(job_id, spec, now, JobState.SCHEDULED if scheduled else JobState.AVAILABLE,
+                                      scheduled_at=spec.run_at if scheduled else now))
+        self.ops.auth.sign_records(records)
+        encoded = [self._encode_checked(rec) for rec in records]
         if any(s.unique_key for s in specs):
             out = []
-            for rec in records:
+            for rec, data in zip(records, encoded):
                 out.append(await self._submit_one_unique(rec) if rec.spec.unique_key else
-                           (await self._submit_pipelined([rec]))[0])
+                           (await self._submit_pipelined([rec], encoded=[data]))[0])
             return out
-        return await self._submit_pipelined(records, progress)
+        return await self._submit_pipelined(records, progress, encoded=encoded)
 
+    def _encode_checked(self, rec: JobRecord) -> bytes:
+        """The record's bytes, refused when over a limit (naming what is too big)."""
+        try:
+            data = codec.encode(rec)
+        except UnicodeEncodeError:
+            raise ValidationError("args: strings must be valid UTF-8 text (no lone surrogates)") from None
+        except RecursionError:
+            raise ValidationError("args: nested too deeply (or refers to itself)") from None
+        except (TypeError, OverflowError) as exc:
+            raise ValidationError(f"args: not JSON-compatible: {exc}") from None
+        limit = self.settings.jobs.max_payload_bytes
+        if len(data) > limit:
+            size = len(codec.encode(rec.spec.args))
+            if size > limit:
+                raise PayloadTooLargeError(f"args: {size} bytes is over the {limit} byte limit")
+        server_max = getattr(self.conn.nc, "max_payload", 0) or 1024 * 1024
+        # Room for the work message's envelope and headers, and for the attempts a record gains.
+        ceiling = min(limit + _RECORD_SLACK, server_max) - _RECORD_SLACK // 2
+        if len(data) > ceiling:
+            raise PayloadTooLargeError(
+                f"job: {len(data)} bytes in all is over the {ceiling} byte limit (args, tags and annotations "
+                f"together; the server takes messages up to {server_max} bytes)")
+        return data
+
+        check_spec(spec)
+        return spec
     async def _submit_pipelined(
-        self, records: list[JobRecord], progress: Callable[[int], None] | None = None
+        self, records: list[JobRecord], progress: Callable[[int], None] | None = None,
+        *, encoded: list[bytes] | None = None,
     ) -> list[str]:
         """Every record create is sent at once (up to half the publisher's window in flight); its
         PubAck callback, in the read loop, sends the job's work message, whose PubAck counts it
         done. No coroutine, future or task per job: that machinery was most of a bulk submit's
-        CPU. A failed create or publish is reported after the others have settled."""
+        CPU. A failed create or publish is reported after the others have settled.
+
+        Records go out in chunks of ``_MARK_CHUNK``, each covered by a pending marker that is
+        acknowledged before the chunk's first create and deleted once its last work message is
+        acknowledged (the next chunk's marker is sent ahead, so this costs no round trip per chunk)."""
         store = await self.ops.store()
         publisher = self.conn.publisher
         loop = asyncio.get_running_loop()
         total = len(records)
+        for spec in specs:
+            if not isinstance(spec, JobSpec):
+                raise ValidationError(f"specs: expected JobSpec, got {type(spec).__name__}")
+            check_spec(spec)
         all_done = loop.create_future()
         errors: list[BaseException] = []
         done = 0
@@ -254,7 +358,7 @@ class Client:
         step = max(1, min(1000, total // 20))
         slow: set[asyncio.Task[None]] = set()
 
-        def finished(exc: BaseException | None) -> None:
+        def finished(chunk: int, exc: BaseException | None) -> None:
             nonlocal done
             if exc is not None:
                 errors.append(exc)
@@ -264,46 +368,80 @@ class Client:
             if done == total and not all_done.done():
                 all_done.set_result(None)
 
-        def on_work(ack: Any, exc: BaseException | None) -> None:
-            finished(exc)
+        async def unmark(chunk: int) -> None:
+            mark = markers[chunk]
+            assert mark is not None
+            try:
+                unmarks.append(await self.ops.unmark(mark[0], (await mark[1]).seq))
+            except Exception as exc:  # a marker left behind only costs the leader a look
+                log.debug("deleting pending marker %s: %s", mark[0], exc)
 
-        def on_create(rec: JobRecord, data: bytes, ack: Any, exc: BaseException | None) -> None:
+        def on_work(chunk: int, ack: Any, exc: BaseException | None) -> None:
+            finished(chunk, exc)
+
+        def on_create(chunk: int, rec: JobRecord, data: bytes, ack: Any, exc: BaseException | None) -> None:
             if exc is not None:
-                finished(exc)
+                finished(chunk, exc)
                 return
             self.events.emit(job_event(rec))
             if rec.state is JobState.AVAILABLE:
                 subject, work, hdr = self.ops.work_frame(rec, ack.seq, data)
-                if publisher.publish_cb(subject, work, hdr, on_work):
+                if publisher.publish_cb(subject, work, hdr, functools.partial(on_work, chunk)):
                     return
             # Parked for later, or the window is full: the awaitable path, in a task.
-            task = loop.create_task(settle_slowly(rec, ack.seq))
+            task = loop.create_task(settle_slowly(chunk, rec, ack.seq))
             slow.add(task)
             task.add_done_callback(slow.discard)
 
-        async def settle_slowly(rec: JobRecord, rev: int) -> None:
+        async def settle_slowly(chunk: int, rec: JobRecord, rev: int) -> None:
             try:
                 if rec.state is JobState.SCHEDULED:
                     await self._park_scheduled(rec, rev)
                 else:
                     await self.ops.publish_work(rec, rev)
+        chunks = [records[i:i + _MARK_CHUNK] for i in range(0, total, _MARK_CHUNK)]
+        left = [len(c) for c in chunks]
+        failed_chunk = [False] * len(chunks)
+        markers: list[tuple[str, asyncio.Future[PubAck]] | None] = [None] * len(chunks)
+        unmarks: list[asyncio.Future[PubAck]] = []
             except Exception as exc:
-                finished(exc)
+                finished(chunk, exc)
             else:
-                finished(None)
+                finished(chunk, None)
 
+        async def mark(chunk: int) -> None:
+            markers[chunk] = await self.ops.mark_pending(
+                [PendingWrite(r.id, r.gen, r.attempt) for r in chunks[chunk]], "submit")
+
+                failed_chunk[chunk] = True  # its marker stays: the leader repairs what is missing
         high_water = max(1, publisher.window // 2)  # leaves room for each create's work message
-        for rec in records:
-            if publisher.in_flight >= high_water:
-                await publisher.wait_for_room(high_water // 2)
-            data = codec.encode(rec)
-            if not store.create_cb(rec.id, data, functools.partial(on_create, rec, data)):
-                try:
-                    rev = await (await store.create_nowait(rec.id, data))
-                except Exception as exc:
-                    finished(exc)
-                else:
-                    on_create(rec, data, PubAck(seq=rev), None)
+            left[chunk] -= 1
+            if left[chunk] == 0 and not failed_chunk[chunk]:
+                task = loop.create_task(unmark(chunk))
+                slow.add(task)
+                task.add_done_callback(slow.discard)
+        if chunks:
+            await mark(0)
+        for c, chunk_records in enumerate(chunks):
+            mark_ = markers[c]
+            assert mark_ is not None
+            # The marker is stored before any record it covers (a failure here ends the call
+            # with this chunk unwritten; earlier chunks are covered by their own markers).
+            await publisher.wait(mark_[1])
+            if c + 1 < len(chunks):
+                await mark(c + 1)  # ahead: acknowledged while this chunk's creates go out
+            base = c * _MARK_CHUNK
+            for i, rec in enumerate(chunk_records):
+                if publisher.in_flight >= high_water:
+                    await publisher.wait_for_room(high_water // 2)
+                data = encoded[base + i] if encoded is not None else codec.encode(rec)
+                if not store.create_cb(rec.id, data, functools.partial(on_create, c, rec, data)):
+                    try:
+                        rev = await (await store.create_nowait(rec.id, data))
+                    except Exception as exc:
+                        finished(c, exc)
+                    else:
+                        on_create(c, rec, data, PubAck(seq=rev), None)
         if total:
             await all_done
         if errors:
@@ -311,7 +449,15 @@ class Client:
         return [r.id for r in records]
 
     async def _submit_one_unique(self, rec: JobRecord) -> str:
-        """Unique jobs: the work message carries Nats-Msg-Id; a duplicate returns the first job's id."""
+        """Unique jobs: the work message carries Nats-Msg-Id; a duplicate returns the first job's id.
+        Under a pending marker like any submit (deleted once the job's outcome here is settled)."""
+        key, marked = await self.ops.mark_pending([PendingWrite(rec.id, rec.gen, rec.attempt)], "submit")
+        marker_rev = (await self.conn.publisher.wait(marked)).seq
+        out = await self._submit_one_unique_marked(rec)
+        await self.conn.publisher.wait(await self.ops.unmark(key, marker_rev))
+        return out
+
+    async def _submit_one_unique_marked(self, rec: JobRecord) -> str:
         control = await self.ops.control()
         digest = key_digest(rec.spec.unique_key or "")
         rev = await (await self.ops.create_nowait(rec))
@@ -340,6 +486,13 @@ class Client:
                 return entry.value.decode()
             await asyncio.sleep(0.01)  # the first submitter is between its publish and its index write
         raise ChronosError(f"unique key {rec.spec.unique_key!r} is taken but its job id is not recorded yet")
+        while slow:  # the last chunks' marker deletes
+            await asyncio.gather(*list(slow), return_exceptions=True)
+        for fut in unmarks:
+            try:
+                await publisher.wait(fut)
+            except Exception as exc:
+                log.debug("deleting a pending marker: %s", exc)
 
     async def _park_scheduled(self, rec: JobRecord, rev: int) -> None:
         """A job for later waits in the delayed store until the scheduler promotes it."""
@@ -449,8 +602,7 @@ class Client:
                 "scheduled_at": self.clock.now(),
             }
 
-        rec = await self.ops.move_with_retry(job_id, decide)
-        await self.ops.publish_work(rec, rec.revision)
+        rec = await self.ops.move_and_publish(job_id, decide, "retry")
         self.events.emit(job_event(rec, message="retried by operator"))
         return rec
 
@@ -458,8 +610,13 @@ class Client:
         """Promote a scheduled job now; retry a finished one."""
         rec = await self.ops.read(job_id)
         if rec.state is JobState.SCHEDULED:
-            rec = await self.ops.move(rec, JobState.AVAILABLE, scheduled_at=self.clock.now(), gen=rec.gen + 1)
-            await self.ops.publish_work(rec, rec.revision)
+
+            def decide(cur: JobRecord) -> Any:
+                if cur.state is not JobState.SCHEDULED:
+                    raise ChronosError(f"job {job_id} is {cur.state} now, no longer scheduled; nothing to run early")
+                return JobState.AVAILABLE, {"scheduled_at": self.clock.now(), "gen": cur.gen + 1}
+
+            rec = await self.ops.move_and_publish(job_id, decide, "run-now")
             self.events.emit(job_event(rec, message="run now by operator"))
             return rec
         return await self.retry(job_id)
@@ -566,8 +723,9 @@ class Client:
         rec = await self.ops.read_or_none(entry.job_id)
         if rec is None:
             # The record was pruned: bring the job back under its id.
-            rec = new_record(entry.job_id, entry.spec, self.clock.now(), JobState.AVAILABLE, gen=2)
-            rev = await (await self.ops.create_nowait(rec))
+            # Never signed here: DLQ entries are written by workers; the job keeps its own signature.
+            rec = new_record(entry.job_id, entry.spec, self.clock.now(), JobState.AVAILABLE, gen=2, auth=entry.auth)
+            rev = await (await self.ops.create_nowait(rec, sign=False))
             await self.ops.publish_work(rec, rev)
         elif rec.state is JobState.DISCARDED:
             rec = await self.retry(entry.job_id)

@@ -5,19 +5,33 @@ the message is acked, so a worker killed in between leaves a message that is
 redelivered and found terminal (acked and skipped), never a lost job. A job
 whose record moved under us (cancel requested, manual retry, another worker)
 is re-read and the outcome applied to the fresh record.
+
+Every run is counted. Each attempt keeps the server's delivery count of its
+message (``Attempt.delivery``) and the record the number of deliveries of the
+current generation it accounts for (``delivered``: runs plus hand-backs). A
+delivery count above it means runs started that no write recorded (a worker
+killed inside the deferred running write's window): they are added as ``lost``
+attempts. A worker that finishes a run and finds its job taken over by a
+redelivery writes its real outcome into its own attempt, marked as a
+concurrent run, instead of dropping it.
+
+Mixed fleets: a job whose task this worker lacks is handed back (nak with a
+short delay) before any state change and without spending an attempt, and
+discarded only once no live worker on its queue has registered the task for
+``worker.unknown_task_after`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
+import math
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Coroutine
 
+import msgspec
 from nats.aio.msg import Msg
 
 from .. import codec
@@ -30,6 +44,7 @@ from ..publisher import Acks, delivery_info, is_wrong_last_sequence
 from ..states import TERMINAL, JobState, transition
 from .context import JobContext, reset_current, set_current
 from .registry import Registry, TaskDef
+from .sync_exec import NOT_STARTED, SyncRunner
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +54,7 @@ MAX_TRACEBACK = 16_000
 # before it runs rather than trusted to have its cancel (if any) known to this worker.
 FAST_PATH_MAX_AGE = 43_200.0
 MAX_ATTEMPTS_KEPT = 20  # older attempts stay in the archive, not in the KV record
+OVERLAP_NOTE = "ran concurrently with a redelivery of this job (its worker did not ack within ack_wait)"
 
 
 @dataclass(slots=True)
@@ -62,6 +78,9 @@ class Running:
     running_write: asyncio.Task[int | None] | None = None
     key: int = 0  # the service's handle for it
     runner: asyncio.Task[Any] | None = None  # the asyncio task that runs it (known before it starts)
+    delivered: int = 0  # the server's delivery count of this message
+    sync: bool = False  # runs in a thread or a process: holds one of the sync slots
+    stuck: str | None = None  # set when an interrupted sync call could not be stopped (see Executor)
 
     def interrupt_with(self, why: str) -> bool:
         """Interrupt the running call (no-op outside it). True if it was interrupted."""
@@ -77,7 +96,7 @@ class _Outcome:
 
     def __init__(self, kind: str, *, result: Any = None, error: str | None = None, tb: str | None = None,
                  delay: float = 0.0) -> None:
-        self.kind = kind  # completed | retry | error | timeout | cancelled | shutdown
+        self.kind = kind  # completed | retry | error | timeout | cancelled | shutdown | superseded
         self.result = result
         self.error = error
         self.tb = tb
@@ -95,8 +114,9 @@ class Executor:
         worker_id: str,
         default_timeout: float,
         max_result_bytes: int,
-        thread_pool: ThreadPoolExecutor,
+        sync: SyncRunner,
         cancel_grace: float = 5.0,
+        unknown_task_after: float = 300.0,
     ) -> None:
         self.ops = ops
         self.registry = registry
@@ -105,8 +125,11 @@ class Executor:
         self.worker_id = worker_id
         self.default_timeout = default_timeout
         self.max_result_bytes = max_result_bytes
-        self.pool = thread_pool
+        self.sync = sync
         self.cancel_grace = cancel_grace
+        self.unknown_task_after = unknown_task_after
+        self.handed_back = 0  # deliveries handed back because this worker lacks their task
+        self.overlaps = 0  # runs found to have overlapped a redelivery of the same job
         self.processed = 0
         self.failed = 0
         self.acks = Acks(ops.publisher)
@@ -138,27 +161,30 @@ class Executor:
     async def _run_job(self, run: Running, job: JobMessage) -> bool:
         msg = run.msg
         delivered, stored_at = delivery_info(msg)
+        run.delivered = delivered
         run.job_id, run.task = job.record.id, job.record.spec.task
-        if (delivered == 1 and job.record.state is JobState.AVAILABLE
+        taskdef = self.registry.get(job.record.spec.task)
+        if taskdef is None:  # before any state change: another worker may have it
+            await self._hand_back(msg, job.record, job.rev, delivered)
+            return False
+        self.classify(run, not taskdef.is_async)
+        if (delivered == 1 and job.record.state is JobState.AVAILABLE and self.fast_path_ok()
                 and self.clock.now() - stored_at < FAST_PATH_MAX_AGE):
             # First delivery of a fresh message: the carried record is current unless someone
             # cancelled it meanwhile (workers learn that from the control watch). Defer the
             # running write: a short job gets one compare-and-set, available -> completed.
-            record, rev = self._running(job.record), job.rev
+            record, rev = self._running(job.record, delivered), job.rev
             run.deferred = (record, rev)
         else:
-            started = await self._start(msg, job.record, job.rev)
+            started = await self._start(msg, job.record, job.rev, delivered)
             if started is None:
                 return False
             record, rev = started
-        taskdef = self.registry.get(record.spec.task)
-        if taskdef is None:
-            await self._discard(msg, record, rev, f"unknown task {record.spec.task!r}: no worker registers it", None)
-            return False
-        if delivered > record.spec.max_attempts:
+        runs = _runs_in_gen(record)
+        if runs > record.spec.max_attempts:
             await self._discard(
                 msg, record, rev,
-                f"attempts exhausted: delivered {delivered} times, max_attempts {record.spec.max_attempts} "
+                f"attempts exhausted: ran {runs} times, max_attempts {record.spec.max_attempts} "
                 "(earlier attempts were lost with their worker)", None,
             )
             return False
@@ -171,9 +197,9 @@ class Executor:
             outcome = _Outcome("cancelled", error=reason)
         else:
             outcome = await self._call(run, record, taskdef)
-        return await self._finish(run, record, rev, outcome, delivered)
+        return await self._finish(run, record, rev, outcome, runs)
 
-    async def _start(self, msg: Msg, record: JobRecord, rev: int) -> tuple[JobRecord, int] | None:
+    async def _start(self, msg: Msg, record: JobRecord, rev: int, delivered: int) -> tuple[JobRecord, int] | None:
         """Move the record to running. None when the message is stale (then it was acked or left alone).
 
         The first try uses the record carried in the message (no read); a conflict means it
@@ -189,7 +215,14 @@ class Executor:
             if fresh and record.state is JobState.RUNNING and record.worker == self.worker_id \
                     and self.is_running_here(record.id):
                 return None  # redelivered while it still runs here; the running attempt acks it
-            new = self._running(record)
+            if fresh and record.delivered_gen == record.gen and record.delivered >= delivered:
+                # A later delivery of this message is already recorded (this one sat in a buffer
+                # past ack_wait, e.g. behind a blocked loop): it runs there. Not acked: that would
+                # ack the other worker's delivery.
+                log.warning("job %s: delivery %d is superseded by delivery %d (worker %s); not running it",
+                            record.id, delivered, record.delivered, record.worker)
+                return None
+            new = self._running(record, delivered)
             try:
                 return new, await (await self.ops.write_nowait(new, rev))
             except ConflictError:
@@ -202,19 +235,79 @@ class Executor:
                 rev, fresh = record.revision, True
         raise ConflictError(f"job {record.id}: record kept changing while starting")
 
-    def _running(self, record: JobRecord) -> JobRecord:
+    def _running(self, record: JobRecord, delivered: int) -> JobRecord:
+        """The record moved to running for delivery ``delivered``, with every earlier run counted."""
         now = self.clock.now()
         attempts = list(record.attempts)
         if record.state is JobState.RUNNING and attempts and attempts[-1].ended_at is None:
-            attempts[-1] = _end_attempt(attempts[-1], now, "lost", "worker lost mid-job (redelivered)")
-        attempt_no = record.attempt + 1
-        attempts.append(Attempt(number=attempt_no, started_at=now, worker=self.worker_id))
+            attempts[-1] = _end_attempt(
+                attempts[-1], now, "lost",
+                "its worker did not ack within ack_wait (lost, or its event loop was blocked); redelivered")
+        same_gen = record.delivered_gen == record.gen
+        attempt_no = _add_unrecorded(attempts, record, delivered, now)
+        attempt_no += 1
+        attempts.append(Attempt(number=attempt_no, started_at=now, worker=self.worker_id, delivery=delivered))
         return transition(record, JobState.RUNNING, now, attempt=attempt_no,
-                          attempts=attempts[-MAX_ATTEMPTS_KEPT:], worker=self.worker_id)
+                          attempts=attempts[-MAX_ATTEMPTS_KEPT:], worker=self.worker_id,
+                          delivered=delivered, delivered_gen=record.gen,
+                          handed_back=record.handed_back if same_gen else 0)
+
+    async def _hand_back(self, msg: Msg, record: JobRecord, rev: int, delivered: int) -> None:
+        """This worker lacks the task: leave the job to one that has it, or discard it past the bound.
+
+        Recorded (a compare-and-set, no state change, no attempt) so the run count stays exact;
+        not on the hot path: only a mixed fleet's foreign jobs come here."""
+        task, queue = record.spec.task, record.spec.queue
+        absent = await self.task_absent_for(task, queue)
+        if absent >= self.unknown_task_after:
+            bound = self.unknown_task_after
+            reason = (f"unknown task {task!r}: no live worker on queue {queue!r} has registered it "
+                      f"for {absent:.0f}s (bound worker.unknown_task_after = {bound:g}s)"
+                      if math.isfinite(absent) else f"unknown task {task!r}: no worker registers it")
+            await self._discard(msg, record, rev, reason, None)
+            return
+        msg_gen, fresh, handed = record.gen, False, 0
+        for _ in range(5):
+            if record.gen != msg_gen or record.state in TERMINAL or record.state is JobState.SCHEDULED:
+                await self.acks.ack(msg)  # stale delivery
+                return
+            same_gen = record.delivered_gen == record.gen
+            accounted = record.delivered if same_gen else 0
+            handed = (record.handed_back if same_gen else 0) + 1
+            if fresh and accounted >= delivered:
+                break  # already accounted for (a later delivery is recorded): nothing to write
+            now = self.clock.now()
+            attempts = list(record.attempts)
+            attempt_no = _add_unrecorded(attempts, record, delivered, now)
+            new = msgspec.structs.replace(record, delivered=delivered, delivered_gen=record.gen,
+                                          handed_back=handed, updated_at=now, attempt=attempt_no,
+                                          attempts=attempts[-MAX_ATTEMPTS_KEPT:])
+            try:
+                await (await self.ops.write_nowait(new, rev))
+                break
+            except ConflictError:
+                try:
+                    record = await self.ops.read(record.id)
+                except JobNotFoundError:
+                    await self.acks.ack(msg)
+                    return
+                rev, fresh = record.revision, True
+        self.handed_back += 1
+        if absent > 0:
+            # Nobody has it right now: come back about when the bound runs out (never past 30 s,
+            # so a worker that starts meanwhile gets it soon). Fewer deliveries than max_deliver.
+            delay = min(30.0, max(1.0, self.unknown_task_after - absent), 2.0 ** handed)
+        else:
+            # A live worker has it: a short delay, growing, so a busy peer is not outrun by this
+            # idle worker's pulls until JetStream's max_deliver ends it.
+            delay = min(30.0, 0.1 * 2.0 ** handed)
+        log.info("job %s: task %r is not served here; handed back for %.1fs (%s)", record.id, task, delay,
+                 "a live worker has it" if absent <= 0 else f"no live worker has it for {absent:.0f}s")
+        await self.acks.nak(msg, delay)
 
     def persist_running(self, run: Running) -> Awaitable[int | None]:
         """The job outlived the deferral: write ``running`` now. None if the record moved
-        (cancelled before it started): then the call is interrupted.
+        (cancelled before it started, or another delivery runs it): then the call is interrupted.
 
         The deferred record is taken now, not when the task first runs: the job may finish
         (and clear ``run.deferred``) before then."""
@@ -231,6 +324,12 @@ class Executor:
                 if run.ctx is not None:
                     run.ctx.cancel_reason = (current.error if current else None) or "cancelled before it started"
                 run.interrupt_with("cancel")
+            elif current.state is JobState.RUNNING and current.worker != self.worker_id:
+                # A later delivery of this job runs on another worker (this one sat past ack_wait):
+                # stop this run; _finish records it as a concurrent run.
+                log.warning("job %s: delivery %d overlaps delivery %d on %s; stopping it here",
+                            record.id, run.delivered, current.delivered, current.worker)
+                run.interrupt_with("superseded")
             return None
         self.events.emit(job_event(record))
         return new_rev
@@ -254,32 +353,41 @@ class Executor:
     def pending_cancel(self, job_id: str, gen: int) -> str | None:
         return None
 
+    def classify(self, run: Running, is_sync: bool) -> None:
+        """The job's task is known: sync (holds a thread or process) or not."""
+        run.sync = is_sync
+
+    def fast_path_ok(self) -> bool:
+        """False for a while after the loop was blocked: deliveries may have sat past ack_wait."""
+        return True
+
+    async def task_absent_for(self, task: str, queue: str) -> float:
+        """Seconds no live worker serving ``queue`` has had ``task``; 0 if one has it now.
+        Alone (no service), nothing is known: infinite, so an unknown task is discarded at once."""
+        return math.inf
+
     async def _call(self, run: Running, record: JobRecord, taskdef: TaskDef) -> _Outcome:
         spec = record.spec
         ctx = JobContext(record.id, spec.task, record.attempt, spec.max_attempts, self.worker_id)
         run.ctx = ctx
         timeout = spec.timeout or self.default_timeout
         args, kwargs = (spec.args, {}) if isinstance(spec.args, list) else ((), spec.args)
-        run.deadline = self.clock.monotonic() + timeout  # the service's sweeper interrupts past it
         token = set_current(ctx)
         run.call_task = run.runner or asyncio.current_task()
         try:
             # Awaited in this task, not a task of its own: one task per job on the hot path.
             if taskdef.is_async:
+                run.deadline = self.clock.monotonic() + timeout  # the service's sweeper interrupts past it
                 result = await taskdef.fn(*args, **kwargs)
             else:
-                call = functools.partial(contextvars.copy_context().run, taskdef.fn, *args, **kwargs)
-                result = await asyncio.get_running_loop().run_in_executor(self.pool, call)
+                # The sync runner sets the deadline when the thread (or process) starts.
+                result = await self.sync.call(run, taskdef.fn, args, kwargs, timeout)
         except asyncio.CancelledError:
             why = run.interrupt
             if why is None:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            if why == "timeout":
-                return _Outcome("timeout", error=f"timed out after {timeout:g}s")
-            if why == "shutdown":
-                return _Outcome("shutdown", error="worker shut down before the job finished")
-            return _Outcome("cancelled", error=ctx.cancel_reason or "cancelled by operator")
+            return _interrupted(why, run, timeout, ctx)
         except Retry as r:
             return _Outcome("retry", error=r.reason, delay=r.delay)
         except Cancel as c:
@@ -291,7 +399,7 @@ class Executor:
             reset_current(token)
         return _Outcome("completed", result=result)
 
-    async def _finish(self, run: Running, record: JobRecord, rev: int, outcome: _Outcome, delivered: int,
+    async def _finish(self, run: Running, record: JobRecord, rev: int, outcome: _Outcome, runs: int,
                       *, commit_in_callback: bool = True) -> bool:
         """Write the attempt's outcome (compare-and-set), then ack/nak/term and announce it.
 
@@ -311,12 +419,10 @@ class Executor:
             else:
                 rev = new_rev
         for _ in range(5):
-            if record.state is not JobState.RUNNING or record.worker != self.worker_id:
-                # Someone else moved it (cancelled, retried by hand, taken over by another worker): not ours to write.
-                log.info("job %s is %s, changed elsewhere during this attempt; dropping the attempt's outcome",
-                         record.id, record.state)
-                await self.acks.ack(msg)
-                return False
+            if record.state is not JobState.RUNNING or record.worker != self.worker_id \
+                    or (record.delivered_gen == record.gen and record.delivered > run.delivered):
+                # Someone else moved it (cancelled, retried by hand, taken over by a redelivery).
+                return await self._moved_elsewhere(run, record, rev, outcome, now)
             attempts = list(record.attempts)
             if attempts:
                 attempts[-1] = _end_attempt(attempts[-1], now, outcome.kind, outcome.error, outcome.tb)
@@ -333,18 +439,18 @@ class Executor:
             elif outcome.kind == "shutdown":
                 new = transition(record, JobState.AVAILABLE, now, attempts=attempts, worker=None)
                 ack = functools.partial(self.acks.nak, msg)
-            elif delivered >= record.spec.max_attempts:
-                reason = f"attempts exhausted ({delivered}/{record.spec.max_attempts}): {outcome.error}"
+            elif runs >= record.spec.max_attempts:
+                reason = f"attempts exhausted ({runs}/{record.spec.max_attempts}): {outcome.error}"
                 await self._discard(msg, record, rev, reason, outcome.tb, attempts=attempts, duration=duration)
                 self.failed += 1
                 return False
             else:
-                delay = outcome.delay if outcome.kind == "retry" else record.spec.backoff.delay(delivered)
+                delay = outcome.delay if outcome.kind == "retry" else record.spec.backoff.delay(runs)
                 new = transition(record, JobState.RETRYABLE, now, attempts=attempts, error=outcome.error,
                                  scheduled_at=now + delay)
                 ack = functools.partial(self.acks.nak, msg, delay)
             if commit_in_callback and new.state is JobState.COMPLETED:
-                on_ack = functools.partial(self._committed, run, record, new, outcome, delivered, duration)
+                on_ack = functools.partial(self._committed, run, record, new, outcome, runs, duration)
                 if self.ops.write_cb(new, rev, on_ack):
                     return True
             try:
@@ -364,12 +470,12 @@ class Executor:
         log.warning("job %s: record kept changing; leaving the message for redelivery", record.id)
         return False
 
-    def _committed(self, run: Running, record: JobRecord, new: JobRecord, outcome: _Outcome, delivered: int,
+    def _committed(self, run: Running, record: JobRecord, new: JobRecord, outcome: _Outcome, runs: int,
                    duration: float, ack: object, exc: BaseException | None) -> None:
         """The completed write's PubAck (or failure), in the read loop: ack, count, announce, release.
         A conflict (the record moved) or a failure continues in a task, as ``_finish`` would."""
         if exc is not None:
-            self.spawn(self._commit_failed(run, record, outcome, delivered, exc))
+            self.spawn(self._commit_failed(run, record, outcome, runs, exc))
             return
         try:
             self.acks.ack_nowait(run.msg)
@@ -378,27 +484,68 @@ class Executor:
         finally:
             self.released(run)
 
-    async def _commit_failed(self, run: Running, record: JobRecord, outcome: _Outcome, delivered: int,
+    async def _commit_failed(self, run: Running, record: JobRecord, outcome: _Outcome, runs: int,
                              exc: BaseException) -> None:
         try:
             if not is_wrong_last_sequence(exc):
                 raise exc
             fresh = await self.ops.read(record.id)
-            await self._finish(run, fresh, fresh.revision, outcome, delivered, commit_in_callback=False)
+            await self._finish(run, fresh, fresh.revision, outcome, runs, commit_in_callback=False)
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("job %s: writing its outcome failed; it will be redelivered", record.id)
+            log.exception("job %s: writing its outcome failed; it will be reruns", record.id)
             await self.acks.nak(run.msg, 1.0)
         finally:
             self.released(run)
+
+    async def _moved_elsewhere(self, run: Running, record: JobRecord, rev: int, outcome: _Outcome,
+                               now: float) -> bool:
+        """The record moved during this run. If a redelivery of the same message took it over, this
+        run overlapped it: write this run's real outcome into its own attempt (found by delivery
+        count), marked as concurrent, so the record shows both runs. The state is not ours to set."""
+        msg = run.msg
+        other_delivery = record.state is JobState.RUNNING and record.gen == run.gen and record.worker != self.worker_id
+        for _ in range(5):
+            if record.gen != run.gen or record.delivered_gen != record.gen or record.delivered <= run.delivered:
+                break  # a cancel or a manual retry: this run's outcome is simply dropped
+            attempts = list(record.attempts)
+            for i in range(len(attempts) - 1, -1, -1):
+                a = attempts[i]
+                if a.delivery == run.delivered and a.worker in ("", self.worker_id):
+                    note = OVERLAP_NOTE + (f"; {outcome.error}" if outcome.error else "")
+                    attempts[i] = Attempt(number=a.number, started_at=run.started_at, worker=self.worker_id,
+                                          ended_at=now, outcome=outcome.kind, error=note[:MAX_ERROR],
+                                          traceback=outcome.tb, delivery=run.delivered)
+                    break
+            else:
+                break
+            new = msgspec.structs.replace(record, attempts=attempts)
+            try:
+                await (await self.ops.write_nowait(new, rev))
+            except ConflictError:
+                record = await self.ops.read(record.id)
+                rev = record.revision
+                continue
+            self.overlaps += 1
+            log.warning("job %s: delivery %d (%s here) overlapped delivery %d on %s; recorded as a concurrent run",
+                        record.id, run.delivered, outcome.kind, record.delivered, record.worker)
+            break
+        else:
+            log.warning("job %s: record kept changing; this run's outcome was not recorded", record.id)
+        if other_delivery:
+            return False  # not acked: that would ack the other worker's delivery, which still runs
+        log.info("job %s is %s, changed elsewhere during this attempt; dropping the attempt's outcome",
+                 record.id, record.state)
+        await self.acks.ack(msg)
+        return False
 
     # --- DLQ paths ------------------------------------------------------------------------------
     async def _discard(self, msg: Msg, record: JobRecord, rev: int, reason: str, tb: str | None,
                        attempts: list[Attempt] | None = None, duration: float | None = None) -> None:
         """DLQ entry, record ``discarded``, term; announced as an event (the archive keeps it)."""
         now = self.clock.now()
-        entry = DLQEntry(reason=reason, at=now, job_id=record.id, spec=record.spec, traceback=tb,
+        entry = DLQEntry(reason=reason, at=now, job_id=record.id, spec=record.spec, traceback=tb, auth=record.auth,
                          attempts=record.attempt, subject=msg.subject)
         await self.ops.publish_dlq(entry, record.spec.queue)
         for _ in range(5):
@@ -429,7 +576,27 @@ class Executor:
 
 def _end_attempt(a: Attempt, now: float, outcome: str, error: str | None, tb: str | None = None) -> Attempt:
     return Attempt(number=a.number, started_at=a.started_at, worker=a.worker, ended_at=now, outcome=outcome,
-                   error=error, traceback=tb[-MAX_TRACEBACK:] if tb else None)
+                   error=error, traceback=tb[-MAX_TRACEBACK:] if tb else None, delivery=a.delivery)
+
+
+def _add_unrecorded(attempts: list[Attempt], record: JobRecord, delivered: int, now: float) -> int:
+    """Append a ``lost`` attempt for each delivery before ``delivered`` that no write recorded
+    (runs started on a worker lost before its deferred running write); the last attempt number."""
+    attempt_no = record.attempt
+    accounted = record.delivered if record.delivered_gen == record.gen else 0
+    for d in range(accounted + 1, delivered):
+        attempt_no += 1
+        attempts.append(Attempt(number=attempt_no, started_at=now, worker="", ended_at=now, outcome="lost",
+                                error=f"delivery {d} was never recorded: its worker was lost in the job's "
+                                      "first moments (the task may have started)", delivery=d))
+    return attempt_no
+
+
+def _runs_in_gen(record: JobRecord) -> int:
+    """Runs started for the record's current work message (deliveries less hand-backs)."""
+    if record.delivered_gen != record.gen:
+        return record.delivered
+    return record.delivered - record.handed_back
 
 
 def _short(exc: BaseException) -> str:
@@ -437,5 +604,24 @@ def _short(exc: BaseException) -> str:
     return text[:MAX_ERROR]
 
 
+def _interrupted(why: str, run: Running, timeout: float, ctx: JobContext) -> _Outcome:
+    """The outcome of a call the service interrupted, saying what became of a sync call's thread."""
+    note = f"; {run.stuck}" if run.stuck and run.stuck != "finished" else ""
+    if run.stuck == NOT_STARTED:
+        if why == "shutdown":
+            return _Outcome("shutdown", error=f"worker shut down before the job started ({NOT_STARTED})")
+        return _Outcome("cancelled", error=f"{ctx.cancel_reason or 'cancelled'}; {NOT_STARTED}")
+    if why == "timeout":
+        return _Outcome("timeout", error=f"timed out after {timeout:g}s{note}")
+    if why == "shutdown":
+        return _Outcome("shutdown", error=f"worker shut down before the job finished{note}")
+    if why == "superseded":
+        return _Outcome("superseded", error=f"stopped: a redelivery of this job runs on another worker{note}")
+    return _Outcome("cancelled", error=f"{ctx.cancel_reason or 'cancelled by operator'}{note}")
+
+
 def _tb(exc: BaseException) -> str:
+    child_tb = getattr(exc, "__chronos_tb__", None)  # raised in a task's process
+    if child_tb:
+        return child_tb[-MAX_TRACEBACK:]
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-MAX_TRACEBACK:]

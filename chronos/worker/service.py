@@ -15,6 +15,16 @@ starts a new round.
 Shutdown, in two phases (River's Stop/StopAndCancel, arq's wait-for-completion):
 stop fetching; wait up to ``shutdown_grace`` for running jobs; then cancel what
 is left, which writes them back to ``available`` and naks them for redelivery.
+
+Sync tasks: when the registry has any, a fetch also never asks for more than the
+free threads (or processes) of the sync runner, less those still held by calls
+that were interrupted but could not be stopped (sync_exec.py).
+
+Peers: the worker watches the workers bucket (heartbeats with each worker's task
+list and queues) to know whether a live worker has a task it lacks (executor's
+hand-back) and for how long none has had it.
+
+A thread (watchdog.py) keeps held jobs alive while a task blocks the event loop.
 """
 
 from __future__ import annotations
@@ -22,8 +32,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import math
 import socket
-from concurrent.futures import ThreadPoolExecutor
+import time
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -37,11 +48,14 @@ from ..events import EventPublisher, log_event
 from ..ids import new_job_id
 from ..jobs import JobOps
 from ..models import CancelRequest, Event, RunningJob, TaskInfo, WorkerHeartbeat
+from ..store.kv import KVStore
 from ..subjects import PRIORITIES
 from .advisories import MaxDeliveriesHandler
 from .executor import Executor, Running
 from .puller import Puller
 from .registry import Registry, default_registry
+from .sync_exec import SyncRunner
+from .watchdog import LoopWatchdog
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +98,17 @@ class WorkerService:
         self.started_at = clock.now()
         self.events: EventPublisher | None = None
         self.executor: Executor | None = None
+        self.sync: SyncRunner | None = None
+        self.watchdog: LoopWatchdog | None = None
+        self._sync_cap = any(not d.is_async for d in map(self.registry.get, self.registry.names()) if d)
+        self.sync_held = 0  # held jobs that are (or may be, not yet decoded) sync: each takes a thread
+        # Peers, read from the workers bucket on demand (only a foreign job asks): worker id ->
+        # (heartbeat, its KV revision, local monotonic time that revision was first seen).
+        self._peers: dict[str, tuple[WorkerHeartbeat, int, float]] = {}
+        self._peers_read = -math.inf
+        self._peers_since = math.inf  # the first read: absence is never counted from before it
+        self._task_seen: dict[tuple[str, str], float] = {}  # (task, queue) -> last time a live worker had it
+        self._peers_lock = asyncio.Lock()
 
     # --- public -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -100,7 +125,10 @@ class WorkerService:
         if self._conn is None:
             self._conn = await connect(self.settings, name=f"chronos-worker-{self.id}")
         conn = self._conn
-        pool = ThreadPoolExecutor(max_workers=self.settings.worker.thread_pool_size, thread_name_prefix="chronos-task")
+        w = self.settings.worker
+        self.sync = SyncRunner(w.sync_executor, w.thread_pool_size, self.clock, on_free=self._wake.set,
+                               preload=[d.fn.__module__ for d in map(self.registry.get, self.registry.names())
+                                        if d and not d.is_async])
         try:
             await ensure_topology(conn)
             for q in self.queues:
@@ -113,13 +141,20 @@ class WorkerService:
             self.executor = Executor(
                 ops=ops, registry=self.registry, events=self.events, clock=self.clock, worker_id=self.id,
                 default_timeout=self.settings.jobs.default_timeout,
-                max_result_bytes=self.settings.jobs.max_result_bytes, thread_pool=pool,
+                max_result_bytes=self.settings.jobs.max_result_bytes, sync=self.sync,
+                unknown_task_after=w.unknown_task_after,
             )
             self.executor.is_running_here = self._is_running_here  # type: ignore[method-assign]
             self.executor.adjust_weight = self._adjust_weight  # type: ignore[attr-defined]
             self.executor.pending_cancel = self._take_cancel  # type: ignore[method-assign]
             self.executor.released = self._release  # type: ignore[method-assign]
             self.executor.spawn = self._spawn  # type: ignore[method-assign]
+            self.executor.classify = self._classify  # type: ignore[method-assign]
+            self.executor.fast_path_ok = self._fast_path_ok  # type: ignore[method-assign]
+            self.executor.task_absent_for = self._task_absent_for  # type: ignore[method-assign]
+            if w.loop_watchdog:
+                self.watchdog = LoopWatchdog(self.settings, self._held, name=self.id)
+                self.watchdog.start()
             await self._register_tasks(conn)
             await self._load_cancels(ops)  # before the first fetch: see executor's fast path
             advisories = await MaxDeliveriesHandler(ops, self.clock).subscribe()
@@ -151,13 +186,88 @@ class WorkerService:
                 await p.stop()
             if self.events is not None:
                 await self.events.close()
-            pool.shutdown(wait=False, cancel_futures=True)
+            if self.watchdog is not None:
+                self.watchdog.stop()
+            self.sync.shutdown()
             if self._own_conn:
                 await conn.close()
 
     # --- slots ---------------------------------------------------------------------------
     def free(self) -> int:
-        return self.slots - self.used - sum(p.outstanding for p in self.pullers)
+        outstanding = sum(p.outstanding for p in self.pullers)
+        free = self.slots - self.used - outstanding
+        if self._sync_cap:
+            # Never fetch more sync jobs than free threads: an undecoded delivery may be one.
+            assert self.sync is not None
+            free = min(free, self.sync.size - self.sync_held - self.sync.stuck - outstanding)
+        return free
+
+    def _classify(self, run: Running, is_sync: bool) -> None:
+        if run.sync and not is_sync:
+            run.sync = False
+            self.sync_held -= 1
+            self._wake.set()
+
+    def _held(self) -> list[tuple[str, str, float]]:
+        """For the watchdog thread: a snapshot of held jobs (a dict copy is atomic under the GIL)."""
+        for _ in range(10):
+            try:
+                runs = list(self.running.copy().values())
+                break
+            except RuntimeError:  # changed size during the copy: try again
+                continue
+        else:
+            return []
+        return [(r.job_id, r.msg.reply, r.deadline) for r in runs if r.msg.reply]
+
+    async def _task_absent_for(self, task: str, queue: str) -> float:
+        """Seconds no live worker serving ``queue`` has registered ``task`` (0: one has it now).
+
+        Live: its heartbeat entry changed within three heartbeat intervals (seen from here, so no
+        clock is compared across hosts), or was first seen less than that ago (so a worker just
+        started never calls a peer dead early), and it is not draining."""
+        await self._read_peers()
+        now = self.clock.monotonic()
+        live_window = 3 * self.settings.worker.heartbeat_interval + 2.0
+        key = (task, queue)
+        for hb, _rev, seen in self._peers.values():
+            if now - seen <= live_window and hb.state == "running" and queue in hb.queues and task in hb.tasks:
+                self._task_seen[key] = now
+                return 0.0
+        since = max(self._task_seen.get(key, -math.inf), self._peers_since)
+        return max(0.0, now - since)
+
+    async def _read_peers(self) -> None:
+        async with self._peers_lock:
+            now = self.clock.monotonic()
+            if now - self._peers_read < min(1.0, self.settings.worker.heartbeat_interval):
+                return
+            self._peers_read = now
+            if self._peers_since == math.inf:
+                self._peers_since = now
+            try:
+                kv = await self.conn.kv(self.conn.names.workers_bucket)
+                entries = await KVStore(kv, self.conn.publisher, self.conn.names.workers_bucket).entries()
+            except Exception as exc:  # unknown peers count as alive: nothing is discarded meanwhile
+                log.warning("cannot read worker heartbeats: %s", exc)
+                self._task_seen = {k: now for k in self._task_seen}
+                return
+            peers: dict[str, tuple[WorkerHeartbeat, int, float]] = {}
+            for e in entries:
+                try:
+                    hb = codec.decode(e.value or b"", WorkerHeartbeat)
+                except ChronosError:
+                    continue
+                if hb.id == self.id:
+                    continue
+                old = self._peers.get(hb.id)
+                seen = old[2] if old is not None and old[1] == e.revision else now
+                peers[hb.id] = (hb, e.revision, seen)
+            self._peers = peers
+
+    def _fast_path_ok(self) -> bool:
+        wd = self.watchdog
+        return wd is None or not wd.recently_blocked(2 * self.settings.worker.ack_wait)
 
     def _take_cancel(self, job_id: str, gen: int) -> str | None:
         found = self._pending_cancels.get(job_id)
@@ -257,13 +367,15 @@ class WorkerService:
         run.key = self._seq
         self.running[run.key] = run
         self.used += 1
+        if self._sync_cap:
+            run.sync = True  # until its task is known
+            self.sync_held += 1
         if self.used > self.peak_used:
             self.peak_used = self.used
         try:
             run.runner = tg.create_task(self._execute(run))
         except RuntimeError:  # the task group is shutting down: hand the job back
-            self.running.pop(run.key, None)
-            self.used -= 1
+            self._release(run)
             assert self.executor is not None
             asyncio.get_running_loop().create_task(self.executor.acks.nak(msg))
 
@@ -279,6 +391,8 @@ class WorkerService:
     def _release(self, run: Running) -> None:
         if self.running.pop(run.key, None) is not None:
             self.used -= run.weight
+            if run.sync:
+                self.sync_held -= 1
             self._wake.set()
 
     def _spawn(self, coro: Any) -> None:
@@ -317,8 +431,11 @@ class WorkerService:
         defer = self.settings.worker.running_write_after
         tg = self._tg
         assert tg is not None
+        wd = self.watchdog
         while True:
             await asyncio.sleep(0.05)
+            if wd is not None:
+                wd.beat = time.monotonic()  # the watchdog thread's sign that the loop runs
             now = self.clock.monotonic()
             for run in list(self.running.values()):
                 if run.deferred is not None and run.running_write is None and now - run.started_mono >= defer:
@@ -358,15 +475,16 @@ class WorkerService:
     async def _deregister(self, conn: Connection) -> None:
         try:
             kv = await conn.kv(conn.names.workers_bucket)
-            await kv.purge(self.id)
+            await kv.delete(self.id)  # a marker, not a purge: buckets refuse rollups
         except Exception as exc:  # the heartbeat's TTL removes it anyway
             log.debug("heartbeat removal failed: %s", exc)
 
     async def _register_tasks(self, conn: Connection) -> None:
         now = self.clock.now()
         futs = []
-        for name in self.registry.names():
-            data = codec.encode(TaskInfo(name=name, registered_at=now, worker=self.id))
+        for d in self.registry.defs():
+            name = d.name
+            data = codec.encode(TaskInfo(name=name, registered_at=now, worker=self.id, queue=d.queue or ""))
             futs.append(await conn.publisher.publish(conn.names.kv_subject(conn.names.tasks_bucket, name), data))
         for f in futs:
             await conn.publisher.wait(f)

@@ -213,9 +213,11 @@ async def test_manual_retry_of_a_discarded_job(client, start_worker):
     assert rec.attempt == 2 and seen["calls"] == 2
 
 
-async def test_malformed_messages_go_to_the_dlq_and_the_worker_lives_on(client, start_worker):
+async def test_malformed_messages_go_to_the_dlq_and_the_worker_lives_on(client, settings, start_worker):
     reg, seen = registry()
-    await start_worker(reg)
+    # An unknown task is discarded once no live worker has had it for unknown_task_after.
+    s = msgspec.structs.replace(settings, worker=msgspec.structs.replace(settings.worker, unknown_task_after=1.0))
+    await start_worker(reg, s)
     subject = client.names.job_subject("default", "default")
     js = client.conn.js
     await js.publish(subject, b"\xc1 definitely not msgpack")
@@ -242,7 +244,7 @@ async def test_malformed_messages_go_to_the_dlq_and_the_worker_lives_on(client, 
     reasons = sorted(e.reason for e in entries)
     assert any("not a msgpack JobMessage" in r for r in reasons)
     assert any("missing required field `record`" in r for r in reasons)
-    assert any("unknown task 'no_such_task'" in r for r in reasons)
+    assert any("unknown task 'no_such_task'" in r and "worker.unknown_task_after = 1s" in r for r in reasons)
 
     async def ghost_discarded():
         # The DLQ entry is written before the record moves to discarded.
