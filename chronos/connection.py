@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 from typing import Any, Awaitable, Callable
 
@@ -19,9 +20,9 @@ from nats.js import api
 from nats.js.kv import KeyValue
 
 from .config import Settings
-from .errors import ConfigError, ConnectionFailedError
+from .errors import ConfigError, ConnectionFailedError, PermissionDeniedError
 from .publisher import Publisher
-from .subjects import Names
+from .subjects import Names, inbox_prefix
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,81 @@ _NO_PEERS = 10005
 # Room for the envelope around a job's payload (id, spec fields, headers).
 _ENVELOPE_SLACK = 16 * 1024
 
+# Consumers on streams that non-admin roles read expire this long after their last interest; the
+# server refuses a longer inactive_threshold (the longest chronos asks for is a 300 s KV watch).
+# A stolen credential can then hold consumers only while its connection lives (security.md).
+_EPHEMERAL_IDLE = 300.0
+_VIOLATION = re.compile(r'Permissions Violation for (Publish|Subscription) to "([^"]+)"')
+
+
+def role_of(settings: Settings) -> str:
+    """The role a connection acts as, for messages: ``chronos-worker`` -> ``worker``."""
+    user = settings.nats.user
+    if not user:
+        return "creds" if (settings.nats.creds_file or settings.nats.nkey_seed_file) else "anonymous"
+    return user[len("chronos-"):] if user.startswith("chronos-") else user
+
+
+class Denials:
+    """Turns the server's "Permissions Violation" into one clear error, at once.
+
+    nats-py only hands the ``-ERR`` to the error callback; a refused request would then wait
+    for its full timeout (10 s for the JetStream API) and end as "nats: timeout". This logs
+    one line naming the subject and the role, and fails every request in flight to that
+    subject with PermissionDeniedError (requests go through ``nc.request``, wrapped below).
+    """
+
+    def __init__(self, role: str) -> None:
+        self.role = role
+        self.seen: list[str] = []  # every refused subject, oldest first (bounded)
+        self._waiting: dict[str, list[list[Any]]] = {}
+
+    def error(self, subject: str) -> PermissionDeniedError:
+        return PermissionDeniedError(f"permission denied: {subject} (role {self.role})")
+
+    def on_error(self, exc: Exception) -> bool:
+        m = _VIOLATION.search(str(exc))
+        if m is None:
+            return False
+        kind, subject = m.groups()
+        self.seen.append(subject)
+        del self.seen[:-100]
+        log.error("permission denied: %s%s (role %s)", "subscribe " if kind == "Subscription" else "", subject,
+                  self.role)
+        for entry in self._waiting.get(subject, ()):
+            if not entry[1]:
+                entry[1] = True
+                entry[0].cancel()
+        return True
+
+    def wrap(self, nc: NATS) -> None:
+        request = nc.request
+
+        async def guarded(subject: str, payload: bytes = b"", timeout: float = 0.5, old_style: bool = False,
+                          headers: dict[str, Any] | None = None) -> Any:
+            task = asyncio.current_task()
+            entry: list[Any] = [task, False]
+            waiting = self._waiting.setdefault(subject, [])
+            waiting.append(entry)
+            try:
+                return await request(subject, payload, timeout=timeout, old_style=old_style, headers=headers)
+            except asyncio.CancelledError:
+                if entry[1] and task is not None and task.uncancel() == 0:
+                    raise self.error(subject) from None
+                raise
+            finally:
+                waiting.remove(entry)
+                if not waiting:
+                    self._waiting.pop(subject, None)
+
+        nc.request = guarded  # type: ignore[method-assign]
+
 
 class Connection:
-    def __init__(self, nc: NATS, settings: Settings) -> None:
+    def __init__(self, nc: NATS, settings: Settings, denials: Denials | None = None) -> None:
         self.nc = nc
         self.settings = settings
+        self.denials = denials or Denials(role_of(settings))
         self.names = Names(settings.namespace)
         self.js = nc.jetstream(timeout=10.0)
         self.publisher = Publisher(nc)
@@ -117,6 +188,8 @@ async def connect(settings: Settings, *, name: str = "chronos", reconnect: bool 
         "drain_timeout": 5,
         # Subjects are built in subjects.py from validated tokens; skip re-checking each publish.
         "skip_subject_validation": True,
+        # Replies come back under this user's own prefix; the server lets no other user read them.
+        "inbox_prefix": n.inbox_prefix or inbox_prefix(n.user),
     }
     if n.user:
         opts["user"], opts["password"] = n.user, n.password
@@ -132,8 +205,11 @@ async def connect(settings: Settings, *, name: str = "chronos", reconnect: bool 
     if tls is not None:
         opts["tls"] = tls
 
+    denials = Denials(role_of(settings))
+
     async def _quiet_error(exc: Exception) -> None:
-        log.debug("nats: %s", exc)
+        if not denials.on_error(exc):
+            log.debug("nats: %s", exc)
 
     opts["error_cb"] = _quiet_error
     # The first connect must fail fast and clearly; reconnects after that retry forever.
@@ -147,7 +223,8 @@ async def connect(settings: Settings, *, name: str = "chronos", reconnect: bool 
         # nats-py reads these when a connection drops, so switching them on now is enough.
         nc.options["allow_reconnect"] = True
         nc.options["max_reconnect_attempts"] = -1
-    conn = Connection(nc, settings)
+    denials.wrap(nc)
+    conn = Connection(nc, settings, denials)
     await conn.publisher.start()
     return conn
 
@@ -192,6 +269,10 @@ async def ensure_topology(conn: Connection) -> None:
     names = conn.names
     js = conn.js
     replicas = s.nats.replicas
+    # No stream honours Nats-Rollup (one such write would wipe a bucket or stream); streams that
+    # non-admin roles read expire idle consumers (see _EPHEMERAL_IDLE). Existing streams are moved
+    # to this config by the update below: run `chronos admin init` after upgrading.
+    idle = api.StreamConsumerLimits(inactive_threshold=_EPHEMERAL_IDLE)
     streams = [
         api.StreamConfig(
             name=names.jobs_stream,
@@ -203,6 +284,7 @@ async def ensure_topology(conn: Connection) -> None:
             max_bytes=s.streams.jobs_max_bytes,
             num_replicas=replicas,
             allow_direct=True,
+            allow_rollup_hdrs=False,
         ),
         api.StreamConfig(
             name=names.dlq_stream,
@@ -213,6 +295,8 @@ async def ensure_topology(conn: Connection) -> None:
             max_bytes=s.streams.dlq_max_bytes,
             num_replicas=replicas,
             allow_direct=True,
+            allow_rollup_hdrs=False,
+            consumer_limits=idle,
         ),
         api.StreamConfig(
             name=names.events_stream,
@@ -223,6 +307,7 @@ async def ensure_topology(conn: Connection) -> None:
             max_bytes=s.streams.events_max_bytes,
             discard=api.DiscardPolicy.OLD,
             num_replicas=replicas,
+            allow_rollup_hdrs=False,  # no consumer_limits: the archive's durable lives here
         ),
         api.StreamConfig(
             name=names.delayed_stream,
@@ -232,6 +317,22 @@ async def ensure_topology(conn: Connection) -> None:
             duplicate_window=s.jobs.duplicate_window,
             num_replicas=replicas,
             allow_direct=True,
+            allow_rollup_hdrs=False,
+            consumer_limits=idle,
+        ),
+        # Operator actions: append-only (no message delete, no purge); only max_age removes entries.
+        api.StreamConfig(
+            name=names.audit_stream,
+            subjects=[names.audit_wildcard()],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=api.StorageType.FILE,
+            max_age=s.streams.audit_max_age,
+            num_replicas=replicas,
+            allow_direct=True,
+            allow_rollup_hdrs=False,
+            deny_delete=True,
+            deny_purge=True,
+            consumer_limits=idle,
         ),
     ]
     for cfg in streams:
@@ -253,7 +354,10 @@ async def ensure_topology(conn: Connection) -> None:
                            replicas=replicas),
     ]
     for kv_cfg in buckets:
-        await _until_placed(lambda kv_cfg=kv_cfg: _ensure_bucket(js, kv_cfg), f"bucket {kv_cfg.bucket}")
+        # The pruner deletes a pruned record's marker by sequence; no other bucket allows message delete.
+        deny_delete = kv_cfg.bucket != names.jobs_bucket
+        await _until_placed(lambda kv_cfg=kv_cfg, d=deny_delete: _ensure_bucket(js, kv_cfg, deny_delete=d),
+                            f"bucket {kv_cfg.bucket}")
 
     for queue in s.worker.queues:
         await ensure_queue_consumers(conn, queue)
@@ -275,20 +379,23 @@ async def ensure_queue_consumers(conn: Connection, queue: str) -> None:
 async def verify_topology(conn: Connection) -> None:
     """Every stream, bucket and queue consumer exists (read-only checks: STREAM.INFO, CONSUMER.INFO)."""
     names = conn.names
-    streams = [names.jobs_stream, names.dlq_stream, names.events_stream, names.delayed_stream]
+    streams = [names.jobs_stream, names.dlq_stream, names.events_stream, names.delayed_stream, names.audit_stream]
     buckets = [names.jobs_bucket, names.workers_bucket, names.tasks_bucket, names.control_bucket,
                names.schedules_bucket, names.lease_bucket]
     for stream in streams:
         await _require(conn.js.stream_info(stream), f"stream {stream}")
     for bucket in buckets:
-        await _require(conn.js.stream_info(names.kv_stream(bucket)), f"bucket {bucket}")
+        info = await _require(conn.js.stream_info(names.kv_stream(bucket)), f"bucket {bucket}")
+        if info is not None and info.config.allow_rollup_hdrs:
+            log.warning("bucket %s still honours rollup headers (made before this version): any role that "
+                        "writes it can wipe it; run `chronos admin init` with admin credentials", bucket)
     for queue in conn.settings.worker.queues:
         await ensure_queue_consumers(conn, queue)
 
 
-async def _require(check: Any, what: str) -> None:
+async def _require(check: Any, what: str) -> Any:
     try:
-        await check
+        return await check
     except nats.js.errors.NotFoundError:
         raise TopologyMissingError(
             f"{what} does not exist and nats.manage_topology is false: "
@@ -343,11 +450,39 @@ async def _add_or_update_stream(js: Any, cfg: api.StreamConfig) -> None:
             raise
 
 
-async def _ensure_bucket(js: Any, cfg: api.KeyValueConfig) -> None:
+async def _ensure_bucket(js: Any, cfg: api.KeyValueConfig, *, deny_delete: bool) -> None:
+    """A bucket's stream as nats-py's ``create_key_value`` makes it, but without rollups.
+
+    nats-py's buckets honour ``Nats-Rollup``: one empty write with ``Nats-Rollup: all`` to any
+    key then deletes every key, and every role that writes a key could do it. Chronos never rolls
+    up (it deletes keys with delete markers), so it is off: on a new bucket from the start, on an
+    existing one by a stream update (``chronos admin init`` after an upgrade). ``deny_delete``
+    cannot be lifted by an update; an old jobs bucket keeps it and the pruner's markers then
+    expire by their TTL instead (scheduler/pruner.py).
+    """
+    stream = f"KV_{cfg.bucket}"
+    idle = api.StreamConsumerLimits(inactive_threshold=_EPHEMERAL_IDLE)
     try:
-        await js.key_value(cfg.bucket)
-    except nats.js.errors.BucketNotFoundError:
-        await js.create_key_value(cfg)
+        current = (await js.stream_info(stream)).config
+    except nats.js.errors.NotFoundError:
+        duplicate_window = min(120.0, cfg.ttl) if cfg.ttl else 120.0
+        await js.add_stream(api.StreamConfig(
+            name=stream, subjects=[f"$KV.{cfg.bucket}.>"], allow_direct=cfg.direct, allow_rollup_hdrs=False,
+            allow_msg_ttl=True, deny_delete=deny_delete, discard=api.DiscardPolicy.NEW,
+            duplicate_window=duplicate_window, max_age=cfg.ttl, max_bytes=cfg.max_bytes, max_consumers=-1,
+            max_msg_size=cfg.max_value_size, max_msgs=-1, max_msgs_per_subject=cfg.history,
+            num_replicas=cfg.replicas, storage=cfg.storage, consumer_limits=idle,
+        ))
+        return
+    limits = current.consumer_limits
+    if (not current.allow_rollup_hdrs and current.allow_msg_ttl and limits is not None
+            and limits.inactive_threshold == _EPHEMERAL_IDLE):
+        return
+    log.info("bucket %s: switching rollup headers off and bounding idle consumers", cfg.bucket)
+    current.allow_rollup_hdrs = False
+    current.allow_msg_ttl = True
+    current.consumer_limits = idle
+    await js.update_stream(current)
 
 
 def consumer_config(conn: Connection, priority: str, queue: str) -> api.ConsumerConfig:

@@ -56,6 +56,12 @@ class ConfigError(ChronosError):
     pass
 
 
+class PermissionDeniedError(ChronosError):
+    """The NATS server refused a subject to these credentials: "permission denied: <subject> (role <role>)"."""
+
+    exit_code = 6
+
+
 class UnsupportedVersionError(ChronosError):
     """A stored or wire message is newer than this code understands."""
 

@@ -1,17 +1,38 @@
 """Least-privilege NATS permissions for each chronos role, derived from ``subjects.Names``.
 
-Roles, for one namespace::
+Roles, for one namespace (docs/security.md has the threat model)::
 
-    worker     pull jobs, ack/nak/term them, write its job records, heartbeats and task catalog,
+    worker     pull jobs and ack/nak/term them, write its job records, heartbeats and task catalog,
                publish events and DLQ entries (write-only), watch cancel requests
-    scheduler  the worker's job-record rights plus the lease, schedules, the delayed stream,
-               republishing work, reading heartbeats, archiving events and answering history requests
-    console    read everything in the namespace, submit/cancel/retry jobs, edit schedules
+    scheduler  the worker's rights plus the lease, schedules, the delayed stream, republishing work,
+               reading heartbeats, archiving events, answering history requests, and deleting one
+               pruned record at a time from the jobs bucket
+    console    read everything in the namespace, submit/cancel/retry jobs, edit schedules, write
+               its operator actions to the audit stream
+    viewer     read everything the console reads; write nothing (``chronos tui --readonly``)
     admin      the whole JetStream API of the account: create, update, purge and delete streams
 
-No role but ``admin`` may create, update, purge or delete a stream (one exception: the
-scheduler's pruner purges single keys of the jobs bucket). Topology is made
-by an admin (``chronos admin init``); the others run with ``nats.manage_topology = false``.
+What holds against a stolen credential, whatever client it runs:
+
+* No role but ``admin`` may create, update, purge or delete a stream. The scheduler's pruner
+  deletes single messages of the jobs bucket (``STREAM.MSG.DELETE``, one record per request);
+  nobody else deletes stream messages except the console's single DLQ entries.
+* Rollup headers are refused by every stream (``allow_rollup_hdrs`` false, set by
+  ``ensure_topology``), so a ``Nats-Rollup: all`` write to a key cannot wipe a bucket.
+* Each user subscribes only to its own reply inboxes (``_INBOX_<user>.>``; the client connects
+  with that ``inbox_prefix``), so no role reads another's replies. The scheduler may answer
+  history requests into the single-token inboxes of the users that ask (console, viewer,
+  admin), not into their JetStream API inboxes (two tokens).
+* Consumers: only ``$JS.API.CONSUMER.CREATE.<stream>`` (five tokens) is allowed to the
+  non-admin roles on the streams they read, and the server refuses a durable name on that
+  subject; so workers, consoles and viewers create ephemeral consumers only, which the
+  streams' ``consumer_limits`` expire after ``_EPHEMERAL_IDLE`` without interest. Only the
+  scheduler creates a durable, its archive consumer on the events stream.
+* Each user publishes audit entries under its own subject ``<ns>.audit.<user>``, so the
+  server vouches for the role in an audit entry.
+
+Topology is made by an admin (``chronos admin init``); the others run with
+``nats.manage_topology = false``.
 
 ``render_authorization()`` writes the server config's ``accounts`` block;
 ``deploy/nats/accounts.conf`` is its output for the default namespace (a test keeps
@@ -24,119 +45,145 @@ import argparse
 import json
 from typing import Mapping
 
-from .subjects import Names
+from .subjects import Names, inbox_prefix
 
-ROLES: tuple[str, ...] = ("admin", "scheduler", "worker", "console")
-
-# Replies to requests (JetStream API, PubAcks, history answers) come back on inboxes.
-_INBOX = "_INBOX.>"
-
-
-def _kv_read(names: Names, bucket: str) -> list[str]:
-    """Get a key (direct get or stream get) and follow keys with an ordered consumer."""
-    stream = names.kv_stream(bucket)
-    return [
-        f"$JS.API.STREAM.INFO.{stream}",
-        f"$JS.API.DIRECT.GET.{stream}",
-        f"$JS.API.DIRECT.GET.{stream}.>",
-        f"$JS.API.STREAM.MSG.GET.{stream}",
-        *_consumers(stream),
-    ]
+ROLES: tuple[str, ...] = ("admin", "scheduler", "worker", "console", "viewer")
+# Roles that ask the scheduler's archive for history (and so get its answers in their inboxes).
+_HISTORY_ASKERS: tuple[str, ...] = ("console", "viewer", "admin")
 
 
-def _consumers(stream: str) -> list[str]:
-    """Create, inspect, pull from and remove (ephemeral) consumers on one stream, and their flow control."""
+def _ephemeral(stream: str) -> list[str]:
+    """Create (ephemeral only: the 5-token subject), inspect and pull from consumers on one stream,
+    ack what they deliver (on these limits streams an ack removes nothing) and answer their flow
+    control. No delete: an idle ephemeral goes away by itself."""
     return [
         f"$JS.API.CONSUMER.CREATE.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
         f"$JS.API.CONSUMER.INFO.{stream}.*",
-        f"$JS.API.CONSUMER.DELETE.{stream}.*",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*",
         f"$JS.ACK.{stream}.>",
         f"$JS.FC.{stream}.>",
     ]
 
 
-def _kv_write(names: Names, bucket: str) -> list[str]:
-    return [names.kv_subject(bucket, ">")]
-
-
 def _stream_read(stream: str) -> list[str]:
+    """Get a message (direct or through the leader) and follow the stream with ephemeral consumers."""
     return [
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
         f"$JS.API.STREAM.MSG.GET.{stream}",
-        *_consumers(stream),
+        *_ephemeral(stream),
     ]
 
 
-def role_permissions(names: Names) -> dict[str, dict[str, list[str]]]:
-    """``{role: {"publish": [...], "subscribe": [...]}}``; subjects a role may use, nothing else."""
+def _kv_read(names: Names, bucket: str) -> list[str]:
+    return _stream_read(names.kv_stream(bucket))
+
+
+def _kv_write(names: Names, bucket: str) -> list[str]:
+    return [names.kv_subject(bucket, ">")]
+
+
+def default_user(role: str) -> str:
+    return f"chronos-{role}"
+
+
+def role_permissions(names: Names, users: Mapping[str, str] | None = None) -> dict[str, dict[str, list[str]]]:
+    """``{role: {"publish": [...], "subscribe": [...]}}``; subjects a role may use, nothing else.
+
+    ``users`` maps a role to its NATS user name (default ``chronos-<role>``): the inbox and
+    audit subjects are per user.
+    """
     n = names
+    user = {role: (users or {}).get(role) or default_user(role) for role in ROLES}
+
+    def inbox(role: str) -> str:
+        return f"{inbox_prefix(user[role])}.>"
+
     jobs = n.jobs_stream
     job_records = [*_kv_read(n, n.jobs_bucket), *_kv_write(n, n.jobs_bucket)]
     # Pull and acknowledge on the work-queue stream's durable consumers (made by the admin).
+    # The max-deliveries backstop reads the stuck message by sequence and acks it once it is in
+    # the DLQ (an ack by stream sequence; no message delete).
     pull = [
         f"$JS.API.STREAM.INFO.{jobs}",
         f"$JS.API.CONSUMER.INFO.{jobs}.*",
         f"$JS.API.CONSUMER.MSG.NEXT.{jobs}.*",
         f"$JS.ACK.{jobs}.>",
+        f"$JS.API.STREAM.MSG.GET.{jobs}",
     ]
-    # The max-deliveries backstop: fetch the stuck message by sequence, delete it once in the DLQ.
-    backstop = [f"$JS.API.STREAM.MSG.GET.{jobs}", f"$JS.API.STREAM.MSG.DELETE.{jobs}"]
     # Verifying the topology exists (read-only) when not managing it.
-    stream_info = [f"$JS.API.STREAM.INFO.{s}" for s in (n.jobs_stream, n.dlq_stream, n.events_stream,
-                                                        n.delayed_stream)]
+    stream_info = [f"$JS.API.STREAM.INFO.{s}" for s in _streams(n)]
     bucket_info = [f"$JS.API.STREAM.INFO.{n.kv_stream(b)}" for b in _buckets(n)]
+    history = n.history_api()
 
     worker_pub = _unique([
-        *pull, *backstop, *stream_info, *bucket_info, *job_records,
+        *pull, *stream_info, *bucket_info, *job_records,
         *_kv_write(n, n.workers_bucket), *_kv_write(n, n.tasks_bucket),
         *_kv_read(n, n.control_bucket),
         n.events_wildcard(), n.dlq_wildcard(),
     ])
-    worker_sub = [_INBOX, n.max_deliveries_advisory()]
+    worker_sub = [inbox("worker"), n.max_deliveries_advisory()]
 
     scheduler_pub = _unique([
         *worker_pub,
-        n.jobs_wildcard(), n.delayed_wildcard(), f"{n.api_root}.>", _INBOX,
+        n.jobs_wildcard(), n.delayed_wildcard(), history,
         *_stream_read(n.delayed_stream), f"$JS.API.STREAM.MSG.DELETE.{n.delayed_stream}",
+        f"$JS.ACK.{n.delayed_stream}.>",
+        # The archive: one durable per archive file on the events stream, recreated when its settings change.
         *_stream_read(n.events_stream), f"$JS.API.CONSUMER.DURABLE.CREATE.{n.events_stream}.*",
-        f"$JS.ACK.{n.events_stream}.>", f"$JS.API.CONSUMER.MSG.NEXT.{n.events_stream}.*",
+        f"$JS.API.CONSUMER.DELETE.{n.events_stream}.*", f"$JS.ACK.{n.events_stream}.>",
         *_kv_read(n, n.workers_bucket), *_kv_read(n, n.schedules_bucket), *_kv_write(n, n.schedules_bucket),
         *_kv_read(n, n.lease_bucket), *_kv_write(n, n.lease_bucket),
         *_kv_read(n, n.tasks_bucket), *_kv_write(n, n.control_bucket),
         f"$JS.API.CONSUMER.LIST.{jobs}",  # the metrics endpoint's queue depths
-        # The pruner purges a pruned job's key up to its delete marker (a subject-filtered purge
-        # of the jobs bucket only; purging other streams stays admin-only).
-        f"$JS.API.STREAM.PURGE.{n.kv_stream(n.jobs_bucket)}",
+        # Bucket scans name their consumer (scheduler/_scan.py); the bucket's consumer_limits
+        # still expire it, durable or not, after _EPHEMERAL_IDLE without interest.
+        *(f"$JS.API.CONSUMER.CREATE.{n.kv_stream(b)}.*.>" for b in _buckets(n)),
+        # The pruner deletes a pruned record's delete marker: one message per request, by sequence.
+        f"$JS.API.STREAM.MSG.DELETE.{n.kv_stream(n.jobs_bucket)}",
+        # History answers go to the asker's single-token inbox (never to its JetStream API inbox).
+        *(f"{inbox_prefix(user[r])}.*" for r in _HISTORY_ASKERS),
     ])
-    # The lease holder follows its key's changes with a core subscription.
-    # ... and the metrics endpoint follows every job event of the namespace.
-    scheduler_sub = _unique([*worker_sub, n.delayed_wildcard(), f"{n.api_root}.>", n.events_wildcard(),
+    # The lease holder follows its key's changes with a core subscription;
+    # the metrics endpoint follows every job event of the namespace.
+    scheduler_sub = _unique([*worker_sub, inbox("scheduler"), n.delayed_wildcard(), history, n.events_wildcard(),
                              n.kv_subject(n.lease_bucket, ">")])
+    scheduler_sub.remove(inbox("worker"))
 
-    console_pub = _unique([
-        *job_records, *stream_info, *bucket_info,
-        n.jobs_wildcard(), n.delayed_wildcard(), f"{n.api_root}.>", n.events_wildcard(),
+    viewer_pub = _unique([
+        *stream_info, *bucket_info,
         *(s for b in _buckets(n) for s in _kv_read(n, b)),
-        *_kv_write(n, n.control_bucket), *_kv_write(n, n.schedules_bucket),
         *_stream_read(n.events_stream), *_stream_read(n.dlq_stream), *_stream_read(n.delayed_stream),
-        # dlq replay removes the entry it replayed (one message; purging the stream stays admin-only)
-        f"$JS.API.STREAM.MSG.DELETE.{n.dlq_stream}",
+        *_stream_read(n.audit_stream),
+        history,
         # nats-py's js.subscribe(subject) finds the stream by subject (names only, no contents).
         "$JS.API.STREAM.NAMES",
         f"$JS.API.CONSUMER.NAMES.{jobs}", f"$JS.API.CONSUMER.LIST.{jobs}", f"$JS.API.CONSUMER.INFO.{jobs}.*",
     ])
-    console_sub = [_INBOX, n.events_wildcard()]
+    viewer_sub = [inbox("viewer"), n.events_wildcard()]
+
+    console_pub = _unique([
+        *viewer_pub, *_kv_write(n, n.jobs_bucket),
+        n.jobs_wildcard(), n.delayed_wildcard(), n.events_wildcard(),
+        *_kv_write(n, n.control_bucket), *_kv_write(n, n.schedules_bucket),
+        # dlq replay removes the entry it replayed (one message; purging the stream stays admin-only)
+        f"$JS.API.STREAM.MSG.DELETE.{n.dlq_stream}",
+        n.audit_subject(user["console"]),
+    ])
+    console_sub = [inbox("console"), n.events_wildcard()]
 
     return {
         "admin": {"publish": [">"], "subscribe": [">"]},
         "scheduler": {"publish": scheduler_pub, "subscribe": scheduler_sub},
         "worker": {"publish": worker_pub, "subscribe": worker_sub},
         "console": {"publish": console_pub, "subscribe": console_sub},
+        "viewer": {"publish": viewer_pub, "subscribe": viewer_sub},
     }
+
+
+def _streams(n: Names) -> list[str]:
+    return [n.jobs_stream, n.dlq_stream, n.events_stream, n.delayed_stream, n.audit_stream]
 
 
 def _buckets(n: Names) -> list[str]:
@@ -160,7 +207,7 @@ def render_authorization(
     ``users`` maps a role to ``(user, password)``; a password written ``$NAME`` is left
     unquoted, so nats-server substitutes the environment variable ``NAME`` at start.
     """
-    perms = role_permissions(names)
+    perms = role_permissions(names, {role: u for role, (u, _) in users.items()})
     limits = jetstream_limits or {"max_mem": "512M", "max_file": "20G", "max_streams": 64, "max_consumers": 1024}
 
     def value(v: object) -> str:
@@ -198,7 +245,7 @@ def render_authorization(
 
 def default_users() -> dict[str, tuple[str, str]]:
     """Role -> (user, password from the environment of nats-server), as in deploy/nats/accounts.conf."""
-    return {role: (f"chronos-{role}", f"$CHRONOS_{role.upper()}_PASSWORD") for role in ROLES}
+    return {role: (default_user(role), f"$CHRONOS_{role.upper()}_PASSWORD") for role in ROLES}
 
 
 def main(argv: list[str] | None = None) -> None:

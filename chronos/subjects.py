@@ -47,6 +47,9 @@ class Names:
         self.dlq_root = f"{namespace}.dlq"
         self.delayed_root = f"{namespace}.delayed"
         self.api_root = f"{namespace}.api"
+        # operator actions (retry, cancel, purge, schedule changes): append-only, one subject per NATS user
+        self.audit_stream = f"{up}_AUDIT"
+        self.audit_root = f"{namespace}.audit"
 
     # --- work-queue stream -------------------------------------------------
     def job_subject(self, priority: str, queue: str) -> str:
@@ -117,7 +120,34 @@ class Names:
     def consumer_next(self, consumer: str) -> str:
         return f"$JS.API.CONSUMER.MSG.NEXT.{self.jobs_stream}.{consumer}"
 
+    # --- audit and inboxes (security.md) ----------------------------------------
+    def audit_subject(self, user: str | None) -> str:
+        """Where ``user``'s operator actions go; the server lets each user publish to its own only."""
+        return f"{self.audit_root}.{user_token(user)}"
+
+    def audit_wildcard(self) -> str:
+        return f"{self.audit_root}.>"
+
+    def ack_subject(self, consumer: str, deliveries: int, stream_seq: int) -> str:
+        """An ack for one work message by stream sequence (the max-deliveries backstop acks what it moved)."""
+        return f"$JS.ACK.{self.jobs_stream}.{consumer}.{deliveries}.{stream_seq}.1.0.0"
+
     # --- leadership ----------------------------------------------------------
     def leader_key(self, role: str = "scheduler") -> str:
         """The lease key in ``lease_bucket``; one per role that elects a leader."""
         return f"leader.{role}"
+
+
+def user_token(user: str | None) -> str:
+    """A NATS user name as one subject token ("anonymous" without one)."""
+    if not user:
+        return "anonymous"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", user)[:64]
+
+
+def inbox_prefix(user: str | None) -> str:
+    """The reply-inbox prefix of ``user``: each user may subscribe to its own replies only.
+
+    Without a user (no auth, a token, nkeys) it is nats-py's default ``_INBOX``.
+    """
+    return f"_INBOX_{user_token(user)}" if user else "_INBOX"

@@ -10,8 +10,8 @@ than ``scheduler.retention`` ago. For each batch:
 2. the archive is asked which of them it now holds at that version or newer;
 3. only those are deleted, each guarded by the revision it was read at, so a
    job retried by hand meanwhile (its record moved) is left alone; the key's
-   messages up to that delete marker are then purged, so no marker piles up
-   and the id can be created again (DLQ replay of a pruned job).
+   delete marker is then deleted by its sequence, so no marker piles up and
+   the id can be created again (DLQ replay of a pruned job).
 
 Other nodes' archives may still be catching up on events when a record goes;
 they then keep the partial record their event describes (archive.py).
@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+
+import nats.js.errors
 
 from .. import codec
 from ..archive import Archiver
@@ -34,6 +36,8 @@ from ..states import TERMINAL
 from ._scan import paced_passes, scan_entries
 
 log = logging.getLogger(__name__)
+
+_MARKER_TTL = 60  # seconds a delete marker can outlive its delete (see _delete)
 
 
 class Pruner:
@@ -98,20 +102,30 @@ class Pruner:
         return n
 
     async def _delete(self, rec: JobRecord) -> None:
-        """Delete marker guarded by the revision, then purge the key's messages up to that marker.
+        """Delete marker guarded by the revision, then delete that marker message.
 
-        The purge leaves no marker behind: a million pruned jobs would otherwise leave a million
+        No marker is left behind: a million pruned jobs would otherwise leave a million
         markers in the bucket's stream, and a marker blocks creating the key again (DLQ replay
-        of a pruned job re-creates its record). Purging only up to our marker keeps anything
-        written after it.
+        of a pruned job re-creates its record). Deleting only our marker's sequence keeps
+        anything written after it.
         """
         names = self.ops.names
         subject = names.kv_subject(names.jobs_bucket, rec.id)
-        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(rec.revision)}
+        # The TTL is a backstop: a bucket made before chronos allowed message deletes refuses ours,
+        # and the marker then expires by itself.
+        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(rec.revision),
+                   "Nats-TTL": f"{_MARKER_TTL}s"}
         try:
             ack = await self.ops.publisher.request(subject, b"", headers)
         except Exception as exc:
             if is_wrong_last_sequence(exc):
                 raise ConflictError(f"record {rec.id} changed since it was read") from None
             raise
-        await self.ops.conn.js.purge_stream(names.kv_stream(names.jobs_bucket), seq=ack.seq + 1, subject=subject)
+        # Remove our marker by its sequence (history is 1, so it is the key's only message). One
+        # message per request: the scheduler may not purge the bucket (chronos/permissions.py).
+        try:
+            await self.ops.conn.js.delete_msg(names.kv_stream(names.jobs_bucket), ack.seq)
+        except nats.js.errors.NotFoundError:
+            pass  # replaced meanwhile (a re-created record): that write removed our marker already
+        except nats.js.errors.APIError as exc:
+            log.debug("pruner: marker of %s stays until its TTL: %s", rec.id, exc)

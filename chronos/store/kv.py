@@ -92,7 +92,8 @@ class KVStore:
 
     async def delete(self, key: str, revision: int | None = None) -> None:
         try:
-            await self._kv.purge(key) if revision is None else await self._kv.delete(key, last=revision)
+            # A delete marker, never kv.purge: buckets refuse the rollup header purge needs.
+            await self._kv.delete(key) if revision is None else await self._kv.delete(key, last=revision)
         except nats.js.errors.KeyWrongLastSequenceError:
             raise ConflictError(f"record {key} changed since it was read") from None
         except nats.js.errors.APIError as exc:

@@ -40,7 +40,7 @@ class MaxDeliveriesHandler:
         try:
             advisory = json.loads(msg.data)
             seq = int(advisory["stream_seq"])
-            deliveries = advisory.get("deliveries", "?")
+            deliveries = int(advisory.get("deliveries") or 1)
         except (ValueError, KeyError, TypeError):
             log.warning("unreadable max-deliveries advisory: %r", msg.data[:200])
             return
@@ -67,9 +67,10 @@ class MaxDeliveriesHandler:
                     await self.ops.move(current, JobState.DISCARDED, error=reason)
             except (ChronosError, ConflictError) as exc:
                 log.info("max-deliveries: record %s not updated: %s", record.id, exc)
-        try:
-            await self.ops.conn.js.delete_msg(stream, seq)
-        except nats.js.errors.NotFoundError:
-            pass
+        # Ack it by stream sequence: the work-queue stream then drops it. Workers may not delete
+        # stream messages (chronos/permissions.py); an ack works on a message past max_deliver.
+        consumer = str(advisory.get("consumer") or "")
+        if consumer:
+            await self.ops.conn.nc.publish(self.ops.names.ack_subject(consumer, int(deliveries), seq), b"+ACK")
         self.moved += 1
         log.warning("message %d moved to the DLQ after %s deliveries", seq, deliveries)
