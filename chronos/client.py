@@ -270,6 +270,8 @@ class Client:
             tags=list(tags),
             annotations=dict(annotations or {}),
         )
+        check_spec(spec)
+        return spec
 
     async def submit(self, task: str, args: Any = None, **options: Any) -> str:
         """Submit one job; returns its id (or the first job's id for a duplicate unique key)."""
@@ -287,6 +289,10 @@ class Client:
         fails between a record and its work message, the leader republishes it (rescuer.py).
         """
         now = self.clock.now()
+        for spec in specs:
+            if not isinstance(spec, JobSpec):
+                raise ValidationError(f"specs: expected JobSpec, got {type(spec).__name__}")
+            check_spec(spec)
         for task in {s.task for s in specs}:
             await self._check_task(task)
         records: list[JobRecord] = []
@@ -329,8 +335,6 @@ class Client:
                 f"together; the server takes messages up to {server_max} bytes)")
         return data
 
-        check_spec(spec)
-        return spec
     async def _submit_pipelined(
         self, records: list[JobRecord], progress: Callable[[int], None] | None = None,
         *, encoded: list[bytes] | None = None,
@@ -347,22 +351,29 @@ class Client:
         publisher = self.conn.publisher
         loop = asyncio.get_running_loop()
         total = len(records)
-        for spec in specs:
-            if not isinstance(spec, JobSpec):
-                raise ValidationError(f"specs: expected JobSpec, got {type(spec).__name__}")
-            check_spec(spec)
         all_done = loop.create_future()
         errors: list[BaseException] = []
         done = 0
         # Report about 20 times per call, whatever the batch size.
         step = max(1, min(1000, total // 20))
         slow: set[asyncio.Task[None]] = set()
+        chunks = [records[i:i + _MARK_CHUNK] for i in range(0, total, _MARK_CHUNK)]
+        left = [len(c) for c in chunks]
+        failed_chunk = [False] * len(chunks)
+        markers: list[tuple[str, asyncio.Future[PubAck]] | None] = [None] * len(chunks)
+        unmarks: list[asyncio.Future[PubAck]] = []
 
         def finished(chunk: int, exc: BaseException | None) -> None:
             nonlocal done
             if exc is not None:
                 errors.append(exc)
+                failed_chunk[chunk] = True  # its marker stays: the leader repairs what is missing
             done += 1
+            left[chunk] -= 1
+            if left[chunk] == 0 and not failed_chunk[chunk]:
+                task = loop.create_task(unmark(chunk))
+                slow.add(task)
+                task.add_done_callback(slow.discard)
             if progress is not None and (done % step == 0 or done == total):
                 progress(done)
             if done == total and not all_done.done():
@@ -399,11 +410,6 @@ class Client:
                     await self._park_scheduled(rec, rev)
                 else:
                     await self.ops.publish_work(rec, rev)
-        chunks = [records[i:i + _MARK_CHUNK] for i in range(0, total, _MARK_CHUNK)]
-        left = [len(c) for c in chunks]
-        failed_chunk = [False] * len(chunks)
-        markers: list[tuple[str, asyncio.Future[PubAck]] | None] = [None] * len(chunks)
-        unmarks: list[asyncio.Future[PubAck]] = []
             except Exception as exc:
                 finished(chunk, exc)
             else:
@@ -413,13 +419,7 @@ class Client:
             markers[chunk] = await self.ops.mark_pending(
                 [PendingWrite(r.id, r.gen, r.attempt) for r in chunks[chunk]], "submit")
 
-                failed_chunk[chunk] = True  # its marker stays: the leader repairs what is missing
         high_water = max(1, publisher.window // 2)  # leaves room for each create's work message
-            left[chunk] -= 1
-            if left[chunk] == 0 and not failed_chunk[chunk]:
-                task = loop.create_task(unmark(chunk))
-                slow.add(task)
-                task.add_done_callback(slow.discard)
         if chunks:
             await mark(0)
         for c, chunk_records in enumerate(chunks):
@@ -444,6 +444,13 @@ class Client:
                         on_create(c, rec, data, PubAck(seq=rev), None)
         if total:
             await all_done
+        while slow:  # the last chunks' marker deletes
+            await asyncio.gather(*list(slow), return_exceptions=True)
+        for fut in unmarks:
+            try:
+                await publisher.wait(fut)
+            except Exception as exc:
+                log.debug("deleting a pending marker: %s", exc)
         if errors:
             raise errors[0]
         return [r.id for r in records]
@@ -486,13 +493,6 @@ class Client:
                 return entry.value.decode()
             await asyncio.sleep(0.01)  # the first submitter is between its publish and its index write
         raise ChronosError(f"unique key {rec.spec.unique_key!r} is taken but its job id is not recorded yet")
-        while slow:  # the last chunks' marker deletes
-            await asyncio.gather(*list(slow), return_exceptions=True)
-        for fut in unmarks:
-            try:
-                await publisher.wait(fut)
-            except Exception as exc:
-                log.debug("deleting a pending marker: %s", exc)
 
     async def _park_scheduled(self, rec: JobRecord, rev: int) -> None:
         """A job for later waits in the delayed store until the scheduler promotes it."""
