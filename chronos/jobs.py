@@ -8,8 +8,10 @@ and moving a job to the DLQ. Every state change passes through
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from typing import Any, Awaitable
+import os
+from typing import Any, Awaitable, Sequence
 
 import msgspec
 
@@ -17,12 +19,25 @@ from . import codec
 from .clock import SYSTEM_CLOCK, Clock
 from .connection import Connection
 from .errors import ConflictError, JobNotFoundError
-from .models import DLQEntry, Event, JobMessage, JobRecord, JobSpec
+from .models import DLQEntry, Event, JobMessage, JobRecord, JobSpec, PendingMarker, PendingWrite
 from .publisher import AckCallback, PubAck, encode_headers
+from .signing import Authenticity, from_settings
 from .states import JobState, transition
 from .store.kv import KVStore
 
 log = logging.getLogger(__name__)
+
+# Markers are a control-bucket type of this module's own (codec.py knows the wire types of the
+# streams); decoded here with one typed decoder like codec's.
+_marker_decoder = msgspec.msgpack.Decoder(PendingMarker)
+PENDING_PREFIX = "pending."
+
+
+def decode_marker(data: bytes) -> PendingMarker | None:
+    try:
+        return _marker_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
 
 
 def job_event(record: JobRecord, kind: str | None = None, **extra: Any) -> Event:
@@ -48,6 +63,12 @@ class JobOps:
         self.publisher = conn.publisher
         self._store: KVStore | None = None
         self._control: KVStore | None = None
+        self.auth: Authenticity = from_settings(conn.settings)
+        # Marker keys are pending.<writer>.<slot>: a slot is reused once its marker is deleted, so
+        # the control bucket holds at most one tombstone per slot, not one per job.
+        self._writer = os.urandom(6).hex()
+        self._free_slots: list[int] = []
+        self._slots = itertools.count()
 
     async def store(self) -> KVStore:
         if self._store is None:
@@ -60,6 +81,49 @@ class JobOps:
             kv = await self.conn.kv(self.names.control_bucket)
             self._control = KVStore(kv, self.publisher, self.names.control_bucket)
         return self._control
+
+    # --- pending markers: no record outlives its missing work message (see rescuer.py) ---------
+    async def mark_pending(self, jobs: Sequence[PendingWrite], by: str) -> tuple[str, asyncio.Future[PubAck]]:
+        """Send a marker naming ``jobs`` (written before their records); await the future before
+        writing them. Returns the marker key for ``unmark``."""
+        slot = self._free_slots.pop() if self._free_slots else next(self._slots)
+        key = f"{PENDING_PREFIX}{self._writer}.{slot}"
+        data = codec.encode(PendingMarker(at=self.clock.now(), jobs=list(jobs), by=by))
+        control = self._control or await self.control()
+        return key, await self.publisher.publish(control.subject(key), data)
+
+    async def unmark(self, key: str, revision: int) -> asyncio.Future[PubAck]:
+        """Delete a marker (every message it covered is out), guarded by its revision."""
+        control = self._control or await self.control()
+        fut = await self.publisher.publish(
+            control.subject(key), b"",
+            {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(revision)})
+        slot = int(key.rsplit(".", 1)[1])
+        if key.startswith(f"{PENDING_PREFIX}{self._writer}."):
+            fut.add_done_callback(lambda f: None if f.cancelled() or f.exception() else self._free_slots.append(slot))
+        return fut
+
+    async def move_and_publish(self, job_id: str, decide: Any, by: str) -> JobRecord:
+        """``move_with_retry`` whose result gets a fresh work message, under a pending marker:
+        a writer that dies between the two writes leaves a marker the leader repairs from."""
+        for _ in range(5):
+            record = await self.read(job_id)
+            decision = decide(record)
+            if decision is None:
+                return record
+            to, changes = decision
+            new = transition(record, to, self.clock.now(), **changes)
+            key, marked = await self.mark_pending([PendingWrite(new.id, new.gen, new.attempt)], by)
+            marker_rev = (await self.publisher.wait(marked)).seq
+            try:
+                new = await self.write(new, record.revision)
+            except ConflictError:
+                await self.publisher.wait(await self.unmark(key, marker_rev))
+                continue
+            await self.publish_work(new, new.revision)
+            await self.publisher.wait(await self.unmark(key, marker_rev))
+            return new
+        raise ConflictError(f"job {job_id} kept changing; try again")
 
     # --- records --------------------------------------------------------------
     async def read(self, job_id: str) -> JobRecord:
@@ -76,7 +140,12 @@ class JobOps:
         except JobNotFoundError:
             return None
 
-    async def create_nowait(self, record: JobRecord) -> Awaitable[int]:
+    async def create_nowait(self, record: JobRecord, *, sign: bool = True) -> Awaitable[int]:
+        """Create-if-absent; an unsigned record is signed first when this process holds the key
+        (cron fires and backfills come this way). ``sign=False`` for a spec that came from a
+        place workers can write (a DLQ entry): it keeps the signature it had, or none."""
+        if sign and record.auth is None:
+            self.auth.sign_records([record])
         return await (await self.store()).create_nowait(record.id, codec.encode(record))
 
     async def write_nowait(self, record: JobRecord, revision: int) -> Awaitable[int]:

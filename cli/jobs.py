@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated, Any, Optional
 
@@ -63,7 +64,7 @@ def submit(
     st = state(ctx)
     if args is not None and arg:
         raise BadOption("--arg", "give either --args JSON or --arg k=v, not both")
-    payload: Any = parse_json(args, "--args") if args is not None else (parse_pairs(arg, "--arg") if arg else [])
+    payload: Any = _parse_args(args) if args is not None else (parse_pairs(arg, "--arg") if arg else [])
     if args is not None and not isinstance(payload, (list, dict)):
         raise BadOption("--args", "must be a JSON list (positional) or object (keyword arguments)")
     if at is not None and in_ is not None:
@@ -76,6 +77,9 @@ def submit(
     if timeout_s is not None and timeout_s <= 0:
         raise BadOption("--timeout", "must be more than zero")
     wait_s = parse_duration(wait_timeout, "--wait-timeout") if wait_timeout is not None else None
+    for option, value in (("--timeout", timeout_s), ("--in", delay), ("--wait-timeout", wait_s)):
+        if value is not None and not math.isfinite(value):
+            raise BadOption(option, "must be a finite duration")
     as_json = wants_json(ctx, json_)
 
     async def go(client: Client) -> JobRecord:
@@ -102,6 +106,19 @@ def submit(
     _print_submitted(rec, as_json, waited=wait)
     if wait and rec.state != JobState.COMPLETED:
         raise typer.Exit(1)
+
+
+def _parse_args(text: str) -> Any:
+    """--args JSON; text that is not UTF-8 (the shell passed raw bytes) or nested too deeply is a
+    usage error like any bad JSON, never a traceback."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        raise BadOption("--args", "is not valid UTF-8 text") from None
+    try:
+        return parse_json(text, "--args")
+    except RecursionError:
+        raise BadOption("--args", "JSON nested too deeply") from None
 
 
 class _WaitTimedOut(ChronosError):

@@ -26,7 +26,8 @@ _DELETE_OPS = ("DEL", "PURGE")
 
 
 async def scan_entries(conn: Connection, bucket: str, *, batch: int = 128,
-                       wait: float = 1.0) -> AsyncIterator[list[Entry]]:
+                       wait: float = 1.0, keys: str = ">") -> AsyncIterator[list[Entry]]:
+    """``keys``: a key filter (``pending.>``), so a pass costs what it looks at, not the bucket."""
     prefix = conn.names.kv_subject(bucket, "")
     cfg = api.ConsumerConfig(
         ack_policy=api.AckPolicy.NONE,
@@ -34,7 +35,7 @@ async def scan_entries(conn: Connection, bucket: str, *, batch: int = 128,
         inactive_threshold=30.0,
         mem_storage=True,
     )
-    psub = await conn.js.pull_subscribe(prefix + ">", stream=conn.names.kv_stream(bucket), config=cfg)
+    psub = await conn.js.pull_subscribe(prefix + keys, stream=conn.names.kv_stream(bucket), config=cfg)
     try:
         while True:
             try:

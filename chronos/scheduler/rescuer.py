@@ -8,6 +8,22 @@ fresh work message (the old message, if it is ever redelivered, is stale by
 its gen and acked away); one whose attempts are spent becomes ``discarded``
 with a DLQ entry. Both are compare-and-set writes: if the worker wrote
 meanwhile, the rescuer leaves the job alone.
+
+It also repairs missing work messages (``repair``). Every writer that writes a
+record and then its work message (submit, retry, run-now, this rescuer) first
+stores a pending marker naming the jobs (control bucket, ``pending.<writer>.<slot>``)
+and deletes it once the messages are acknowledged. A marker older than
+``rescue_after`` means the writer died or failed in between; for each job it
+names whose record is still as the writer left it (same gen and attempt, not
+started), the rescuer writes the record again under ``gen + 1`` and publishes
+its work message (a message that did go out is now stale by its gen and acked
+away unrun), re-parks a scheduled job, and deletes the marker. So a record
+without its message lives at most ``rescue_after`` + one pass (``tick``, longer
+while a pass over a big bucket rests) while a scheduler leads. Only markers are
+read, never the whole bucket.
+
+Nothing is republished unless its signature verifies (signing.py): a record a
+worker credential forged is discarded with the reason, never handed to a worker.
 """
 
 from __future__ import annotations
@@ -21,8 +37,9 @@ import msgspec
 from .. import codec
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ChronosError, ConflictError
-from ..jobs import JobOps, job_event
-from ..models import DLQEntry, Event, JobRecord, WorkerHeartbeat
+from ..delayed import park
+from ..jobs import PENDING_PREFIX, JobOps, decode_marker, job_event
+from ..models import DLQEntry, Event, JobRecord, PendingWrite, WorkerHeartbeat
 from ..states import JobState, transition
 from ..store.kv import KVStore
 from ._scan import paced_passes, scan_entries
@@ -49,6 +66,8 @@ class Rescuer:
         self.is_leader = is_leader
         self.rescue_after = ops.conn.settings.scheduler.rescue_after if rescue_after is None else rescue_after
         self.rescued: list[tuple[str, str]] = []  # (job id, new state)
+        self.repaired: list[str] = []  # job ids whose missing work message was republished
+        self.refused: list[str] = []  # job ids refused: their spec's signature does not verify
         self.rescued_event = asyncio.Event()
         self.on_event = on_event  # the rescue's outcome as an event (the archive learns of discards from it)
 
@@ -95,9 +114,103 @@ class Rescuer:
                 n += 1
             except ConflictError:
                 continue  # the worker (or an operator) wrote meanwhile: not lost after all
+        return n + await self.repair()
+
+    # --- missing work messages ----------------------------------------------------------------
+    async def repair(self) -> int:
+        """One pass over the pending markers older than ``rescue_after``; returns jobs republished."""
+        now = self.clock.now()
+        conn = self.ops.conn
+        due = []
+        async for entries in scan_entries(conn, conn.names.control_bucket, keys=PENDING_PREFIX + ">"):
+            for e in entries:
+                marker = decode_marker(e.value or b"")
+                if marker is None or now - marker.at > self.rescue_after:
+                    due.append((e.key, e.revision, marker))
+        n = 0
+        control = await self.ops.control()
+        for key, rev, marker in due:
+            if not self.is_leader():
+                break
+            for job in marker.jobs if marker is not None else []:
+                try:
+                    n += await self._repair_job(job, now)
+                except ConflictError:
+                    continue  # it moved meanwhile: someone took care of it
+            try:
+                await control.delete(key, revision=rev)
+            except ConflictError:
+                pass  # its writer finished (or reused the slot) meanwhile
         return n
 
+    async def _repair_job(self, job: PendingWrite, now: float) -> int:
+        rec = await self.ops.read_or_none(job.id)
+        if rec is None or rec.gen != job.gen or rec.attempt != job.attempt:
+            return 0  # never written, or it moved on: its message went out
+        if rec.state not in (JobState.AVAILABLE, JobState.RETRYABLE, JobState.SCHEDULED):
+            return 0
+        refusal = self.ops.auth.check(rec)
+        if refusal is not None:
+            await self.refuse(rec, refusal, now)
+            return 0
+        if rec.state is JobState.SCHEDULED:
+            # Re-park (the park message id dedupes; a second parked copy is promoted once anyway,
+            # by compare-and-set on (id, gen)).
+            await park(self.ops.conn, rec, rec.revision)
+            log.warning("repair: job %s was scheduled but not parked; parked it again", rec.id)
+            self.repaired.append(rec.id)
+            return 1
+        if rec.spec.unique_key is not None:
+            return await self._repair_unique(rec)
+        # A new generation: if the first message did go out and still waits, it is now stale
+        # (skipped by the worker, which compares gens); if it never went out, this one runs.
+        # Not a state change, so no transition(): the same state, one generation on.
+        new = msgspec.structs.replace(rec, gen=rec.gen + 1, updated_at=now)
+        new = await self.ops.write(new, rec.revision)
+        await self.ops.publish_work(new, new.revision)
+        log.warning("repair: job %s had no work message after %.0fs; republished as generation %d",
+                    rec.id, self.rescue_after, new.gen)
+        self.repaired.append(rec.id)
+        return 1
+
+    async def _repair_unique(self, rec: JobRecord) -> int:
+        """A unique job's message id is its key (``u:<key>``), whatever its gen: publish the same
+        generation again; a duplicate means a message for the key went out (this job's, or the
+        job that holds the key, and then this record is a loser of the race: removed)."""
+        from ..ids import key_digest
+
+        ack = await self.ops.publish_work(rec, rec.revision)
+        control = await self.ops.control()
+        index = self.ops.names.unique_key(key_digest(rec.spec.unique_key or ""))
+        holder = await control.get(index)
+        holder_id = holder.value.decode() if holder is not None and holder.value else None
+        if ack.duplicate and holder_id not in (None, rec.id):
+            await (await self.ops.store()).delete(rec.id, revision=rec.revision)
+            return 0
+        if holder_id is None:
+            await control.put(index, rec.id.encode())
+        if not ack.duplicate:
+            self.repaired.append(rec.id)
+            return 1
+        return 0
+
+    async def refuse(self, rec: JobRecord, reason: str, now: float) -> None:
+        """A record whose spec no trusted key signed: discarded with the reason, never republished."""
+        if rec.state is JobState.SCHEDULED:
+            new = transition(rec, JobState.CANCELLED, now, error=reason, worker=None)
+        else:
+            new = transition(rec, JobState.DISCARDED, now, error=reason, worker=None)
+        await self.ops.write(new, rec.revision)
+        log.error("job %s (%s on queue %s) %s; not republished", rec.id, rec.spec.task, rec.spec.queue, reason)
+        self.refused.append(rec.id)
+        if self.on_event is not None:
+            self.on_event(job_event(new, error=reason))
+
     async def rescue(self, rec: JobRecord, now: float) -> JobRecord:
+        refusal = self.ops.auth.check(rec)
+        if refusal is not None:
+            await self.refuse(rec, refusal, now)
+            return rec
         attempts = list(rec.attempts)
         if attempts and attempts[-1].ended_at is None:
             attempts[-1] = msgspec.structs.replace(attempts[-1], ended_at=now, outcome="lost", error=LOST)
@@ -106,14 +219,23 @@ class Rescuer:
             new = transition(rec, JobState.DISCARDED, now, attempts=attempts, error=reason, worker=None)
             new = await self.ops.write(new, rec.revision)
             await self.ops.publish_dlq(
-                DLQEntry(reason=reason, at=now, job_id=rec.id, spec=rec.spec, attempts=rec.attempt),
+                DLQEntry(reason=reason, at=now, job_id=rec.id, spec=rec.spec, attempts=rec.attempt, auth=rec.auth),
                 rec.spec.queue,
             )
         else:
             new = transition(rec, JobState.RETRYABLE, now, attempts=attempts, error=LOST, worker=None,
                              gen=rec.gen + 1)
-            new = await self.ops.write(new, rec.revision)
+            # Under a pending marker: a leader that dies between the write and the publish leaves
+            # a marker the next leader's repair() acts on.
+            key, marked = await self.ops.mark_pending([PendingWrite(new.id, new.gen, new.attempt)], "rescue")
+            marker_rev = (await self.ops.publisher.wait(marked)).seq
+            try:
+                new = await self.ops.write(new, rec.revision)
+            except ConflictError:
+                await self.ops.publisher.wait(await self.ops.unmark(key, marker_rev))
+                raise
             await self.ops.publish_work(new, new.revision)
+            await self.ops.publisher.wait(await self.ops.unmark(key, marker_rev))
         log.warning("rescuer: job %s lost with worker %s -> %s", rec.id, rec.worker, new.state)
         if self.on_event is not None:
             self.on_event(job_event(new, error=new.error))

@@ -25,7 +25,8 @@ the next leader publishes it again, and the message id makes that a no-op if the
 first publish did go out. A
 job cancelled or run early (``Client.run_now``) is no longer ``scheduled`` at
 this gen and is skipped. Afterwards the parked message is deleted by its
-stream sequence; jobs that came in through the core subscription (whose
+stream sequence; a job whose spec signature does not verify (signing.py) is
+cancelled with the reason instead, never published. Jobs that came in through the core subscription (whose
 sequence is unknown) are deleted by the next scan of their minute.
 """
 
@@ -71,6 +72,7 @@ class StagerStats:
     promoted: int = 0
     republished: int = 0  # found available but never attempted: published again (the message id dedupes)
     skipped: int = 0
+    refused: int = 0  # the spec's signature did not verify (signing.py): never published
     lateness: list[float] = field(default_factory=list)  # seconds past due at promotion (CAS done)
     fire_lateness: list[float] = field(default_factory=list)  # seconds past due when the timer fired
 
@@ -380,6 +382,10 @@ class Stager:
         for _ in range(3):
             if rec.gen != entry.record.gen:
                 return None, False
+            refusal = self.ops.auth.check(rec)
+            if refusal is not None:
+                await self._refuse(rec, rev, refusal)
+                return None, False
             if rec.state is JobState.AVAILABLE and rec.attempt == 0 and rec is not entry.record:
                 # Promoted by a leader that may have died before publishing: publish (deduped) again.
                 return rec, False
@@ -402,6 +408,19 @@ class Stager:
                     return None, False
                 rec, rev = fresh, fresh.revision
         return None, False
+
+    async def _refuse(self, rec: JobRecord, rev: int, reason: str) -> None:
+        """Not vouched for by a trusted key: cancelled (or discarded) with the reason, never published."""
+        self.stats.refused += 1
+        log.error("stager: job %s (%s on queue %s) %s; not promoted", rec.id, rec.spec.task, rec.spec.queue, reason)
+        to = JobState.CANCELLED if rec.state is JobState.SCHEDULED else JobState.DISCARDED
+        try:
+            new = transition(rec, to, self.clock.now(), error=reason, worker=None)
+            await self.ops.write(new, rev)
+        except (ConflictError, IllegalTransitionError):
+            return  # it moved meanwhile; a later pass (or the worker) refuses it again
+        if self.on_event is not None:
+            self.on_event(job_event(new, error=reason))
 
     async def _until(self, due: float) -> None:
         """Wait for ``due`` on the wall clock: sleep most of a long wait, yield through the last ms."""

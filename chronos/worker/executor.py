@@ -180,6 +180,10 @@ class Executor:
             if started is None:
                 return False
             record, rev = started
+        refusal = self.ops.auth.check(record)  # signing.py: only specs a trusted key signed run
+        if refusal is not None:
+            await self._discard(msg, record, rev, refusal, None)
+            return False
         runs = _runs_in_gen(record)
         if runs > record.spec.max_attempts:
             await self._discard(
