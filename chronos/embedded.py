@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -66,7 +67,10 @@ class EmbeddedServer:
         host: str = "127.0.0.1",
         extra_args: list[str] | None = None,
         log_file: str | Path | None = None,
+        sync: str | None = None,
     ) -> None:
+        """``sync``: the JetStream ``sync_interval`` (``"always"``: fsync every write; a duration
+        such as ``"2m"``; None: the server's default, 2 minutes)."""
         self.host = host
         self.port = port or free_port(host)
         self.monitor_port = free_port(host)
@@ -76,6 +80,16 @@ class EmbeddedServer:
             store_dir = self._tmp.name
         self.store_dir = Path(store_dir)
         self.extra_args = extra_args or []
+        self.sync = sync
+        if sync is not None and "-c" not in self.extra_args:
+            # No command-line flag sets sync_interval: a config file does, and the flags still apply.
+            # Kept in extra_args so a restart on the same store (or a cluster node launch) keeps it.
+            if not re.fullmatch(r"always|\d+(ms|s|m|h)", sync):
+                raise ChronosError(f"sync: {sync!r} is not 'always' or a duration such as 2m")
+            self.store_dir.mkdir(parents=True, exist_ok=True)
+            conf = self.store_dir / "chronos-sync.conf"
+            conf.write_text(f'jetstream {{ sync_interval: "{sync}" }}\n')
+            self.extra_args = [*self.extra_args, "-c", str(conf)]
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
