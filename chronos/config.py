@@ -43,9 +43,6 @@ class NatsSettings(msgspec.Struct, **_STRUCT):
     # Reply inboxes: empty means "_INBOX_<user>" (each user may read its own replies only, see
     # chronos/permissions.py); set it for nkey/creds users, whose name chronos does not know.
     inbox_prefix: str = ""
-    # Reply inboxes: empty means "_INBOX_<user>" (each user may read its own replies only, see
-    # chronos/permissions.py); set it for nkey/creds users, whose name chronos does not know.
-    inbox_prefix: str = ""
 
 
 class JobSettings(msgspec.Struct, **_STRUCT):
@@ -74,17 +71,7 @@ class WorkerSettings(msgspec.Struct, **_STRUCT):
     tasks: list[str] = msgspec.field(default_factory=list)
     # The `shell` task's allow-list: one entry per command line allowed, "/abs/path arg-pattern...",
     # e.g. "/usr/bin/pg_dump --format=custom {word} -f {path:/backups/*}" (worker/builtin.py).
-    # The `shell` task's allow-list: one entry per command line allowed, "/abs/path arg-pattern...",
-    # e.g. "/usr/bin/pg_dump --format=custom {word} -f {path:/backups/*}" (worker/builtin.py).
     shell_allow: list[str] = msgspec.field(default_factory=list)
-    # Environment variables a shell job may set (never PATH, LD_*, BASH_ENV and the like).
-    shell_env: list[str] = msgspec.field(default_factory=list)
-    # Globs a shell job's cwd must match; empty: jobs cannot choose a cwd (they run in /).
-    shell_cwd_allow: list[str] = msgspec.field(default_factory=list)
-    # The `http` task: hosts ("api.example.com", "*.example.com"), URL prefixes or networks
-    # ("10.0.0.0/8"; private, loopback and link-local addresses need one). Empty: http is off.
-    http_allow: list[str] = msgspec.field(default_factory=list)
-    http_max_body_bytes: int = 1024 * 1024
     # Environment variables a shell job may set (never PATH, LD_*, BASH_ENV and the like).
     shell_env: list[str] = msgspec.field(default_factory=list)
     # Globs a shell job's cwd must match; empty: jobs cannot choose a cwd (they run in /).
@@ -110,7 +97,6 @@ class StreamSettings(msgspec.Struct, **_STRUCT):
     events_max_bytes: int = 512 * 1024**2
     jobs_max_bytes: int = -1
     heartbeat_ttl: float = 60.0
-    audit_max_age: float = 365 * 86400.0
     audit_max_age: float = 365 * 86400.0
 
 
@@ -145,19 +131,6 @@ class TuiSettings(msgspec.Struct, **_STRUCT):
     serve_password: str | None = None
 
 
-class TuiSettings(msgspec.Struct, **_STRUCT):
-    """`chronos tui`: the viewer credentials of --readonly, and who may open --serve."""
-
-    # --readonly connects as the viewer role (read-only on the server); unset: as nats.*.
-    viewer_user: str | None = None
-    viewer_password: str | None = None
-    viewer_creds_file: str | None = None
-    # --serve beyond loopback requires one of these (a random token is made when neither is set).
-    serve_token: str | None = None
-    serve_user: str | None = None
-    serve_password: str | None = None
-
-
 class MetricsSettings(msgspec.Struct, **_STRUCT):
     """The Prometheus endpoint of `chronos serve worker|scheduler` (``--metrics-port`` overrides)."""
 
@@ -173,7 +146,6 @@ class Settings(msgspec.Struct, **_STRUCT):
     streams: StreamSettings = StreamSettings()
     scheduler: SchedulerSettings = SchedulerSettings()
     metrics: MetricsSettings = MetricsSettings()
-    tui: TuiSettings = TuiSettings()
     tui: TuiSettings = TuiSettings()
     security: SecuritySettings = SecuritySettings()
     log_level: str = "INFO"
