@@ -2,23 +2,33 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+RUNTIME := $(VENV)/.installed-runtime
+DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv wheel clean
 
-$(STAMP): pyproject.toml
+# `make demo` installs the runtime dependencies only; `make test` adds the dev extra.
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $(RUNTIME)
+
+$(DEV): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(DEV)
 
-venv: $(STAMP)
+venv: $(DEV)
 
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/python -m pytest -q
 
-demo: $(STAMP)
+demo: $(RUNTIME)
+	@echo "chronos is installed in $(VENV): 'source $(BIN)/activate' puts it on PATH in your shell"
 	$(BIN)/chronos dev
 
+wheel: $(DEV)
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist .
+
 clean:
-	rm -rf $(VENV) .chronos-dev
+	rm -rf $(VENV) .chronos-dev build dist
