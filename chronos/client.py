@@ -669,89 +669,163 @@ class Client:
                 log.debug("unsubscribe failed: %s", exc)
 
     # --- DLQ ---------------------------------------------------------------------------------
-    async def dlq_list(self, *, task: str | None = None, queue: str | None = None, limit: int = 1000) -> list[DLQEntry]:
-        out: list[DLQEntry] = []
-        subject = self.names.dlq_subject(queue) if queue else self.names.dlq_wildcard()
+    # One live entry per job: a job that is retried or replayed and fails again adds a newer
+    # entry, which supersedes the older ones. Listings, counts and lookups by job id see the
+    # newest entry of each job only; replay, purge and dlq_forget delete a job's every entry.
+    async def _dlq_scan(self, subject: str, *, headers_only: bool) -> list[tuple[int, str | None, bytes]]:
+        """(sequence, job id or None, data) of every message on ``subject``, oldest first."""
         try:
             info = await self.conn.js.stream_info(self.names.dlq_stream)
         except nats.js.errors.NotFoundError:
             return []
         if info.state.messages == 0:
             return []
-        sub = await self.conn.js.subscribe(subject, ordered_consumer=True)
+        sub = await self.conn.js.subscribe(subject, ordered_consumer=True, headers_only=headers_only or None)
+        out: list[tuple[int, str | None, bytes]] = []
         try:
             remaining = info.state.messages
-            while remaining > 0 and len(out) < limit:
+            while remaining > 0:
                 try:
                     msg = await sub.next_msg(timeout=1.0)
                 except nats.errors.TimeoutError:
                     break
                 remaining = msg.metadata.num_pending
-                try:
-                    entry = codec.decode(msg.data, DLQEntry)
-                except ChronosError as exc:
-                    entry = DLQEntry(reason=f"unreadable DLQ entry: {exc}", at=0.0, raw=msg.data)
-                entry.seq = msg.metadata.sequence.stream
-                if task is None or (entry.spec is not None and entry.spec.task == task):
-                    out.append(entry)
+                job_id = (msg.headers or {}).get("Chronos-Job-Id") or None
+                out.append((msg.metadata.sequence.stream, job_id, msg.data))
         finally:
             await sub.unsubscribe()
         return out
 
+    @staticmethod
+    def _dlq_live(scan: list[tuple[int, str | None, bytes]]) -> list[tuple[int, str | None, bytes]]:
+        """The newest message of each job (and every message without a job id), oldest first."""
+        newest: dict[str, int] = {}
+        for seq, job_id, _ in scan:
+            if job_id is not None:
+                newest[job_id] = seq
+        return [m for m in scan if m[1] is None or newest[m[1]] == m[0]]
+
+    @staticmethod
+    def _dlq_entry(seq: int, data: bytes) -> DLQEntry:
+        try:
+            entry = codec.decode(data, DLQEntry)
+        except ChronosError as exc:
+            entry = DLQEntry(reason=f"unreadable DLQ entry: {exc}", at=0.0, raw=data)
+        entry.seq = seq
+        return entry
+
+    async def dlq_list(
+        self, *, task: str | None = None, queue: str | None = None, limit: int = 1000, after: int = 0
+    ) -> list[DLQEntry]:
+        """Live DLQ entries (the newest per job), oldest first; ``after`` skips sequences up to it."""
+        subject = self.names.dlq_subject(queue) if queue else self.names.dlq_wildcard()
+        out: list[DLQEntry] = []
+        for seq, _, data in self._dlq_live(await self._dlq_scan(subject, headers_only=False)):
+            if seq <= after:
+                continue
+            entry = self._dlq_entry(seq, data)
+            if task is None or (entry.spec is not None and entry.spec.task == task):
+                out.append(entry)
+                if len(out) >= limit:
+                    break
+        return out
+
     async def dlq_get(self, ref: str | int) -> DLQEntry:
-        """A DLQ entry by its sequence number or by job id."""
-        if isinstance(ref, int) or str(ref).isdigit():
+        """A DLQ entry by its sequence number, or the live entry of a job by its id or a unique id prefix.
+
+        A sequence number is all digits without a leading zero (job ids start with one).
+        """
+        text = str(ref)
+        if isinstance(ref, int) or (text.isdigit() and not text.startswith("0")):
             try:
                 raw = await self.conn.js.get_msg(self.names.dlq_stream, int(ref), direct=True)
             except nats.js.errors.NotFoundError:
                 raise NotFoundError(f"no DLQ entry with sequence {ref}") from None
-            entry = codec.decode(raw.data or b"", DLQEntry)
-            entry.seq = int(ref)
-            return entry
-        for entry in await self.dlq_list(limit=1_000_000):
-            if entry.job_id == ref:
-                return entry
-        raise NotFoundError(f"no DLQ entry for job {ref}")
+            except nats.js.errors.APIError as exc:  # 404/408 past the end of an empty or purged stream
+                if getattr(exc, "code", None) in (404, 408):
+                    raise NotFoundError(f"no DLQ entry with sequence {ref}") from None
+                raise
+            return self._dlq_entry(int(ref), raw.data or b"")
+        live = self._dlq_live(await self._dlq_scan(self.names.dlq_wildcard(), headers_only=True))
+        exact = [m for m in live if m[1] == text]
+        matches = exact or [m for m in live if m[1] is not None and m[1].startswith(text)]
+        if not matches:
+            raise NotFoundError(f"no DLQ entry for job {text}")
+        if len(matches) > 1:
+            shown = ", ".join(str(m[1]) for m in matches[:4]) + (f" and {len(matches) - 4} more" if len(matches) > 4 else "")
+            raise ValidationError(f"job id prefix {text!r} is ambiguous: {len(matches)} DLQ entries match ({shown})")
+        return await self.dlq_get(matches[0][0])
 
     async def dlq_replay(self, ref: str | int) -> JobRecord:
-        """Publish a DLQ entry's job again (as a fresh generation of the same job) and remove the entry."""
+        """Publish a DLQ entry's job again (as a fresh generation of the same job) and remove its entries."""
         entry = await self.dlq_get(ref)
         if entry.spec is None or entry.job_id is None:
             raise ChronosError(
                 f"DLQ entry {entry.seq} is a malformed message ({entry.reason}); it cannot be replayed, only purged"
             )
+        # The job's entries as of now: a replayed job that fails again at once adds a newer one,
+        # which must stay.
+        doomed = await self.dlq_sequences(entry.job_id)
         rec = await self.ops.read_or_none(entry.job_id)
         if rec is None:
             # The record was pruned: bring the job back under its id.
-            # Never signed here: DLQ entries are written by workers; the job keeps its own signature.
-            rec = new_record(entry.job_id, entry.spec, self.clock.now(), JobState.AVAILABLE, gen=2, auth=entry.auth)
-            rev = await (await self.ops.create_nowait(rec, sign=False))
+            rec = new_record(entry.job_id, entry.spec, self.clock.now(), JobState.AVAILABLE, gen=2)
+            rev = await (await self.ops.create_nowait(rec))
             await self.ops.publish_work(rec, rev)
-        elif rec.state is JobState.DISCARDED:
-            rec = await self.retry(entry.job_id)
         elif rec.state not in TERMINAL:
-            raise ChronosError(f"job {entry.job_id} is {rec.state} already; not replaying")
+            raise ConflictError(f"job {entry.job_id} is {rec.state} already; not replaying")
         else:
             rec = await self.retry(entry.job_id)
-        await self._dlq_delete(entry.seq)
+        await self.dlq_forget(entry.job_id, sorted({entry.seq, *doomed}))
         return rec
 
+    async def dlq_sequences(self, job_id: str) -> list[int]:
+        """Sequence numbers of every DLQ entry of a job, live or superseded (a headers-only read)."""
+        return [seq for seq, jid, _ in await self._dlq_scan(self.names.dlq_wildcard(), headers_only=True)
+                if jid == job_id]
+
+    async def dlq_forget(self, job_id: str, seqs: Sequence[int] | None = None) -> int:
+        """Delete a job's DLQ entries: ``seqs`` (read with dlq_sequences before the job ran again,
+        so a newer failure's entry stays), or all of them. Used after a retry by hand."""
+        doomed = await self.dlq_sequences(job_id) if seqs is None else list(seqs)
+        for seq in doomed:
+            await self._dlq_delete(seq)
+        return len(doomed)
+
     async def dlq_purge(self, *, task: str | None = None) -> int:
+        """Delete DLQ entries for good (all, or one task's); returns how many live entries went."""
         if task is None:
+            n = await self.dlq_count()
             try:
-                resp = await self.conn.js.purge_stream(self.names.dlq_stream)
+                await self.conn.js.purge_stream(self.names.dlq_stream)
             except nats.js.errors.NotFoundError:
                 return 0
-            return int(resp) if isinstance(resp, int) else 0
+            return n
+        scan = await self._dlq_scan(self.names.dlq_wildcard(), headers_only=False)
+        live = {seq for seq, _, _ in self._dlq_live(scan)}
+        doomed_jobs: set[str] = set()
         count = 0
-        for entry in await self.dlq_list(task=task, limit=1_000_000):
-            await self._dlq_delete(entry.seq)
-            count += 1
+        for seq, job_id, data in scan:
+            if seq not in live:
+                continue
+            entry = self._dlq_entry(seq, data)
+            if entry.spec is not None and entry.spec.task == task:
+                count += 1
+                if job_id is not None:
+                    doomed_jobs.add(job_id)
+                else:
+                    await self._dlq_delete(seq)
+        for seq, job_id, _ in scan:
+            if job_id in doomed_jobs:
+                await self._dlq_delete(seq)
         return count
 
     async def dlq_count(self) -> int:
+        """Live entries (the newest per job): a headers-only read of the DLQ."""
         info = await self.conn.js.stream_info(self.names.dlq_stream)
-        return info.state.messages
+        if info.state.messages == 0:
+            return 0
+        return len(self._dlq_live(await self._dlq_scan(self.names.dlq_wildcard(), headers_only=True)))
 
     async def _dlq_delete(self, seq: int) -> None:
         try:
@@ -1069,6 +1143,65 @@ class Client:
         from .schedules import crontab
 
         return crontab(await self.list_schedules(), self.clock.now(), self.names.ns)
+
+    # --- namespace and job-id prefixes (for the CLI) ---------------------------------------------
+    async def namespace_exists(self) -> bool:
+        """Whether the namespace has its jobs stream (read-only: one STREAM.INFO, nothing created)."""
+        try:
+            await self.conn.js.stream_info(self.names.jobs_stream)
+        except nats.js.errors.NotFoundError:
+            return False
+        return True
+
+    async def resolve_job_id(self, prefix: str) -> str:
+        """The job id that ``prefix`` is, or uniquely starts (as git and docker take id prefixes).
+
+        An exact id wins. Otherwise the jobs bucket's keys are listed with headers only (no
+        record is read or decoded) and filtered by the prefix. Ambiguous: a ValidationError
+        naming a few candidates; none: JobNotFoundError.
+        """
+        if not isinstance(prefix, str) or not prefix or not is_valid_token(prefix):
+            raise ValidationError(f"job id: {prefix!r} is not a job id (letters, digits, '-' and '_')")
+        if await self.ops.read_or_none(prefix) is not None:
+            return prefix
+        matches = await self._job_ids_starting(prefix)
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise JobNotFoundError(f"no job with id {prefix}" if len(prefix) >= 28 else f"no job id starts with {prefix!r}")
+        shown = ", ".join(matches[:4]) + (f" and {len(matches) - 4} more" if len(matches) > 4 else "")
+        raise ValidationError(f"job id prefix {prefix!r} is ambiguous: {len(matches)} jobs match ({shown})")
+
+    async def _job_ids_starting(self, prefix: str) -> list[str]:
+        """Live keys of the jobs bucket that start with ``prefix``: one headers-only ordered consumer."""
+        bucket = self.names.jobs_bucket
+        root = f"$KV.{bucket}."
+        try:
+            sub = await self.conn.js.subscribe(
+                root + ">", stream=self.names.kv_stream(bucket), ordered_consumer=True, headers_only=True,
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=60.0,
+            )
+        except nats.js.errors.NotFoundError:
+            return []
+        found: set[str] = set()
+        try:
+            info = await sub.consumer_info()
+            if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+                return []
+            async for msg in sub.messages:
+                key = msg.subject[len(root):]
+                headers = msg.headers or {}
+                deleted = headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
+                if key.startswith(prefix):
+                    (found.discard if deleted else found.add)(key)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # connection already closed
+                log.debug("job id listing unsubscribe: %s", exc)
+        return sorted(found)
 
 
 def record_to_dict(rec: JobRecord) -> dict[str, Any]:

@@ -4,7 +4,7 @@ Events are a view, not the source of truth (the KV record is). They are sent
 with a core publish that the events stream captures: no ack round trip, and a
 busy worker coalesces many events into one message per subject per flush
 (every ``flush_interval`` or ``max_batch`` events). Services log through
-``logging``; ``log_event`` is the one formatter.
+``logging``; ``log_event`` is the one formatter (job events at DEBUG only).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def event_summary(ev: Event, *, error_width: int = 200, with_queue: bool = False
     if with_queue and ev.queue:
         parts.append(f"{ev.queue}/{ev.priority or 'default'}")
     if ev.attempt:
-        parts.append(f"try={ev.attempt}")
+        parts.append(f"attempt={ev.attempt}")
     if ev.worker:
         parts.append(f"worker={ev.worker}")
     if ev.duration is not None:
@@ -69,8 +69,17 @@ def event_summary(ev: Event, *, error_width: int = 200, with_queue: bool = False
     return " ".join(parts)
 
 
+# Service events (a worker or a leader came or went) are few and worth a line; a line per job
+# would drown them at a few thousand jobs a second, so job events log at DEBUG only (a job
+# that lands in the DLQ also gets the executor's own WARNING line).
+_SERVICE_WARNINGS = ("worker.lost", "leader.lost")
+
+
 def log_event(event: Event, logger: logging.Logger = log) -> None:
-    level = logging.WARNING if event.kind in ("discarded", "retryable", "worker.lost", "leader.lost") else logging.INFO
+    if event.job_id is not None:
+        level = logging.DEBUG
+    else:
+        level = logging.WARNING if event.kind in _SERVICE_WARNINGS else logging.INFO
     if logger.isEnabledFor(level):
         logger.log(level, "%s %s", event.kind, event_summary(event))
 

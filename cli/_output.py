@@ -3,6 +3,11 @@
 JSON output is ``codec.to_builtins`` of the chronos types (JobRecord, DLQEntry,
 WorkerHeartbeat, Event, ...), whose field names are versioned with the wire
 format, so scripts can rely on them. Times in JSON are epoch seconds (UTC).
+Every listing prints one envelope, ``{"items": [...], "count": n, "next": cursor
+or null}`` (``print_listing``); ``next`` goes to the same command's ``--cursor``.
+
+Table cells hold one line, cut to the terminal's width (and to ``MAX_CELL``
+characters before rich sees them: a 300 KB task name is one short cell).
 """
 
 from __future__ import annotations
@@ -47,8 +52,19 @@ def print_json(obj: Any) -> None:
     typer.echo(msgspec.json.format(codec.to_json(plain(obj)), indent=2).decode())
 
 
+def print_listing(items: Iterable[Any], next_cursor: str | int | None = None) -> None:
+    """The one JSON shape of every listing: items, how many, and the cursor of the next page (or null)."""
+    rows = [plain(i) for i in items]
+    print_json({"items": rows, "count": len(rows), "next": None if next_cursor is None else str(next_cursor)})
+
+
 def print_json_line(obj: Any) -> None:
     typer.echo(codec.to_json(plain(obj)).decode())
+
+
+# Longest text put in a table cell, and in a key/value row; the table then cuts cells to the width.
+MAX_CELL = 200
+MAX_VALUE = 2000
 
 
 def table(*columns: str, title: str | None = None) -> Table:
@@ -57,7 +73,7 @@ def table(*columns: str, title: str | None = None) -> Table:
         if c in ("ID", "JOB", "SEQ"):
             t.add_column(c, no_wrap=True, overflow="ignore", min_width=4)
         else:
-            t.add_column(c, overflow="fold")
+            t.add_column(c, no_wrap=True, overflow="ellipsis")
     return t
 
 
@@ -65,9 +81,32 @@ def print_table(t: Table) -> None:
     console().print(t)
 
 
-def cell(value: Any) -> str:
-    """Text safe to put in a rich table (no markup interpretation)."""
-    return "" if value is None else escape(str(value))
+def cell(value: Any, limit: int = MAX_CELL) -> str:
+    """One line of text safe to put in a rich table: no markup, no line breaks, at most ``limit`` characters."""
+    if value is None:
+        return ""
+    text = str(value)[: limit + 1]
+    if "\n" in text or "\r" in text or "\t" in text:
+        text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return escape(text)
+
+
+def block(text: str, limit: int = 64 * 1024) -> str:
+    """Multi-line text (a traceback) safe to print: no markup, at most ``limit`` characters."""
+    text = text.rstrip()
+    if len(text) > limit:
+        text = text[:limit] + f"\n… ({len(text) - limit} more characters)"
+    return escape(text)
+
+
+def attempt_text(attempt: int, max_attempts: int) -> str:
+    """``attempt 4 of 5``. Attempts count every run of the job; a retry by hand grants
+    max_attempts more, so past the first budget the count says so."""
+    if attempt <= max_attempts:
+        return f"attempt {attempt} of {max_attempts}"
+    return f"attempt {attempt} ({max_attempts} per retry by hand)"
 
 
 def human_duration(seconds: float) -> str:
@@ -137,5 +176,5 @@ def key_values(rows: Iterable[tuple[str, Any]]) -> Table:
     grid.add_column(overflow="fold")
     for k, v in rows:
         if v not in (None, "", [], {}):
-            grid.add_row(k, cell(v))
+            grid.add_row(k, cell(v, MAX_VALUE))
     return grid

@@ -1,41 +1,107 @@
-"""What every command shares: the context object, shared Options, run_async(), error handling.
+"""What every command shares: the context object, global and shared Options, run_async(), errors.
 
 Commands are thin and synchronous: they parse options, then run one coroutine
 on a Client through ``run_client``. Errors end as one line on stderr and an
-exit code: 1 for a ChronosError (user error), 2 for usage, 3 when the server
-cannot be reached, 130 on Ctrl-C. ``--debug`` adds the traceback.
+exit code that names the kind of mistake (``EXIT_CODES``; the README has the
+table). ``--debug`` adds the traceback.
+
+Global options (``--config``, ``--server``, ``--namespace``, ``--json``,
+``--debug``) are accepted before the command and after it, on every command:
+``ChronosGroup`` adds them to each sub-command, and settings are merged on the
+first ``state(ctx)``, once every option has been parsed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import sys
 import time
 import traceback
-from dataclasses import dataclass
-from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Coroutine, Sequence, TypeVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, AsyncIterator, Awaitable, Callable, Coroutine, Optional, Sequence, TypeVar
 
+import nats.errors
 import typer
 from typer.core import TyperGroup
 
 from chronos.client import Client
-from chronos.config import Settings
-from chronos.errors import ChronosError, NotFoundError
-from chronos.models import DLQEntry, Event
+from chronos.config import Settings, config_path_from_env, load_settings
+from chronos.connection import TopologyMissingError
+from chronos.errors import (
+    ChronosError,
+    ConfigError,
+    ConflictError,
+    ConnectionFailedError,
+    IllegalTransitionError,
+    NotFoundError,
+    ValidationError,
+)
+from chronos.models import Event
 
 T = TypeVar("T")
 
 log = logging.getLogger("chronos.cli")
 
 
+# --- exit codes: one per kind of mistake (the README's table) --------------------------------------
+EXIT_FAILED = 1  # the command ran and what it did failed (a job that did not complete under --wait, ...)
+EXIT_USAGE = 2  # bad usage or bad input: unknown option, a value that does not parse, a refused value
+EXIT_UNREACHABLE = 3  # the NATS server cannot be reached or does not answer
+EXIT_NOT_FOUND = 4  # no such job, schedule, DLQ entry, or a namespace without chronos streams
+EXIT_CONFLICT = 5  # the state forbids it: already finished, still running, a name that is taken
+EXIT_PERMISSION = 6  # the NATS user may not do this
+EXIT_CONFIG = 7  # the configuration is wrong: config file, setting, CHRONOS_* variable
+EXIT_INTERRUPTED = 130
+
+
 class InternalError(ChronosError):
     """Anything unexpected, reduced to one line (the traceback is shown with --debug)."""
 
 
+class StateConflict(ConflictError):
+    """The job's or schedule's state does not allow what was asked."""
+
+
+class PermissionDenied(ChronosError):
+    exit_code = EXIT_PERMISSION
+
+
+class ServerUnreachable(ConnectionFailedError):
+    """Connected, but the server did not answer (or JetStream is not there)."""
+
+
+class NamespaceMissing(NotFoundError):
+    pass
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code of an error, by its kind (checked most specific first)."""
+    text = str(exc).lower()
+    if isinstance(exc, PermissionDenied) or "authorization violation" in text or "permissions violation" in text:
+        return EXIT_PERMISSION
+    if isinstance(exc, TopologyMissingError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, ConfigError):
+        return EXIT_CONFIG
+    if isinstance(exc, ConnectionFailedError):
+        return EXIT_UNREACHABLE
+    if isinstance(exc, NotFoundError):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, (ConflictError, IllegalTransitionError)):
+        return EXIT_CONFLICT
+    if isinstance(exc, ValidationError):
+        return EXIT_USAGE
+    code = getattr(exc, "exit_code", EXIT_FAILED)
+    return code if isinstance(code, int) else EXIT_FAILED
+
+
+# --- global options and the context object ----------------------------------------------------------
 @dataclass(frozen=True)
 class AppState:
-    """The Typer context object: settings merged once by the root callback, plus output flags."""
+    """Settings merged once from the global options, plus output flags."""
 
     settings: Settings
     json: bool = False
@@ -43,16 +109,101 @@ class AppState:
     config_path: str | None = None
 
 
+@dataclass
+class GlobalOptions:
+    """The global options as parsed so far: before the command (root callback) and after it."""
+
+    config: str | None = None
+    server: str | None = None
+    namespace: str | None = None
+    json: bool = False
+    debug: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_GLOBALS = "chronos.globals"
+
+
+def global_options(ctx: typer.Context) -> GlobalOptions:
+    meta = ctx.meta  # one dict shared by a context and all its children
+    g = meta.get(_GLOBALS)
+    if g is None:
+        g = meta[_GLOBALS] = GlobalOptions()
+    return g
+
+
+def set_global(ctx: typer.Context, name: str, value: Any) -> None:
+    """Record a global option given anywhere on the command line (a value after the command wins)."""
+    if value is None or value is False:
+        return
+    g = global_options(ctx)
+    setattr(g, name, str(value) if name == "config" else value)
+    if name == "debug":
+        setup_logging(logging.DEBUG)
+
+
 def state(ctx: typer.Context) -> AppState:
+    """Settings merged on first use, after every option (before or after the command) is parsed."""
     root = ctx.find_root()
-    obj = root.obj
-    if not isinstance(obj, AppState):  # a command invoked without the root callback (not via `chronos`)
-        raise InternalError("the chronos root callback did not run")
-    return obj
+    if isinstance(root.obj, AppState):
+        return root.obj
+    g = global_options(ctx)
+    path = g.config if g.config is not None else config_path_from_env()
+    overrides: dict[str, Any] = {}
+    if g.server:
+        overrides["nats"] = {"url": g.server}
+    if g.namespace:
+        overrides["namespace"] = g.namespace
+    settings = load_settings(path, overrides=overrides)
+    root.obj = AppState(settings=settings, json=g.json, debug=g.debug, config_path=path)
+    return root.obj
 
 
 def wants_json(ctx: typer.Context, flag: bool) -> bool:
     return flag or state(ctx).json
+
+
+def _global_template(
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", "-c", dir_okay=False, hidden=True, expose_value=False, help="TOML config file.",
+        callback=lambda ctx, v: set_global(ctx, "config", v))] = None,
+    server: Annotated[Optional[str], typer.Option(
+        "--server", "-s", hidden=True, expose_value=False, help="NATS URL(s), comma-separated.",
+        callback=lambda ctx, v: set_global(ctx, "server", v))] = None,
+    namespace: Annotated[Optional[str], typer.Option(
+        "--namespace", "-n", hidden=True, expose_value=False, help="chronos namespace.",
+        callback=lambda ctx, v: set_global(ctx, "namespace", v))] = None,
+    json_: Annotated[bool, typer.Option(
+        "--json", hidden=True, expose_value=False, help="JSON output.",
+        callback=lambda ctx, v: set_global(ctx, "json", v))] = False,
+    debug: Annotated[bool, typer.Option(
+        "--debug", hidden=True, expose_value=False, help="Debug logging and tracebacks on errors.",
+        callback=lambda ctx, v: set_global(ctx, "debug", v))] = False,
+) -> None:
+    """Only its parameters are used: Typer builds them, add_global_options copies them."""
+
+
+def _global_params(taken: set[str]) -> list[Any]:
+    """The global options for one sub-command, minus names it already uses (``-c`` is --concurrency there)."""
+    template = typer.Typer()
+    template.command()(_global_template)
+    made = []
+    for param in typer.main.get_command(template).params:
+        names = [n for n in param.opts if n not in taken]
+        if not any(n.startswith("--") for n in names):
+            continue
+        p = copy.copy(param)
+        p.opts = names
+        made.append(p)
+    return made
+
+
+def add_global_options(cmd: Any) -> None:
+    """Give ``cmd`` and every command below it the global options (those it has not got already)."""
+    taken = {name for p in cmd.params for name in (*p.opts, *p.secondary_opts)}
+    cmd.params.extend(_global_params(taken))
+    for sub in getattr(cmd, "commands", {}).values():
+        add_global_options(sub)
 
 
 # --- shared options -------------------------------------------------------------------------
@@ -66,7 +217,7 @@ def run_async(st: AppState, coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     except ChronosError:
         if st.debug:
             traceback.print_exc(file=sys.stderr)
@@ -79,13 +230,25 @@ def run_async(st: AppState, coro: Coroutine[Any, Any, T]) -> T:
         raise InternalError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from exc
 
 
-def run_client(st: AppState, fn: Callable[[Client], Awaitable[T]]) -> T:
-    """Connect a Client with the merged settings, run ``fn(client)``, close the client."""
+def run_client(st: AppState, fn: Callable[[Client], Awaitable[T]], *, ensure: bool = True) -> T:
+    """Connect a Client with the merged settings, run ``fn(client)``, close the client.
+
+    ``ensure=False`` is for every command but the few that may create a namespace: it never
+    creates a stream, and a namespace without chronos streams is one line (NamespaceMissing).
+    """
 
     async def go() -> T:
-        client = await Client.connect(st.settings)
+        client = await Client.connect(st.settings, ensure=ensure)
         try:
-            return await fn(client)
+            if not ensure and not await client.namespace_exists():
+                raise NamespaceMissing(f"namespace {st.settings.namespace} has no chronos streams "
+                                       "(run chronos admin init)")
+            try:
+                return await fn(client)
+            except ChronosError:
+                raise
+            except Exception as exc:
+                raise _explained(client, exc) from exc
         finally:
             try:
                 await client.close()
@@ -93,6 +256,23 @@ def run_client(st: AppState, fn: Callable[[Client], Awaitable[T]]) -> T:
                 log.debug("client close failed: %s", exc)
 
     return run_async(st, go())
+
+
+def _explained(client: Client, exc: Exception) -> Exception:
+    """A raw NATS error as the kind of mistake it is: a permission refused, or no answer."""
+    last = getattr(client.conn.nc, "last_error", None)
+    if last is not None and "permissions violation" in str(last).lower():
+        return PermissionDenied(f"permission denied: {str(last).removeprefix('nats: ')}")
+    if isinstance(exc, nats.errors.NoRespondersError):
+        return ServerUnreachable(f"no JetStream at {client.settings.nats.url} (is the server run with -js?)")
+    if isinstance(exc, (nats.errors.TimeoutError, asyncio.TimeoutError)):
+        return ServerUnreachable(f"no answer from NATS at {client.settings.nats.url} in time")
+    return exc
+
+
+async def resolve_job(client: Client, ref: str) -> str:
+    """A full job id, or a unique prefix of one, as the full id."""
+    return await client.resolve_job_id(ref)
 
 
 # --- Client gaps, built on public Client methods -----------------------------------------------------
@@ -125,25 +305,17 @@ async def event_history(
         await it.aclose()
 
 
-async def dlq_get(client: Client, ref: str | int) -> DLQEntry:
-    """Client.dlq_get, with a missing sequence number reported as NotFoundError.
-
-    For a sequence past the end of an empty or purged DLQ the server answers a
-    direct get with 408/404, which Client.dlq_get lets through as a raw API error.
-    """
-    try:
-        return await client.dlq_get(ref)
-    except ChronosError:
-        raise
-    except Exception as exc:
-        if isinstance(ref, int) and getattr(exc, "code", None) in (404, 408):
-            raise NotFoundError(f"no DLQ entry with sequence {ref}") from None
-        raise
-
-
 # --- the root group: one-line errors and exit codes ------------------------------------------------
 class ChronosGroup(TyperGroup):
-    """Runs the CLI in non-standalone mode so every failure ends as one line and a fixed exit code."""
+    """Runs the CLI in non-standalone mode so every failure ends as one line and the exit code of its kind.
+
+    Every sub-command also gets the global options, so they work after the command too.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for cmd in self.commands.values():
+            add_global_options(cmd)
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,  # type: ignore[override]
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
@@ -152,9 +324,9 @@ class ChronosGroup(TyperGroup):
         try:
             rv = super().main(args, prog_name, complete_var, False, **extra)
         except ChronosError as exc:
-            fail(str(exc), getattr(exc, "exit_code", 1))
+            fail(str(exc), exit_code_for(exc))
         except typer.Abort:
-            fail("aborted", 1)
+            fail("aborted", EXIT_FAILED)
         except typer.TyperException as exc:  # click's usage errors
             if type(exc).__name__ == "NoArgsIsHelpError":
                 sys.exit(2)  # the help text has been printed already
@@ -162,7 +334,7 @@ class ChronosGroup(TyperGroup):
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
             fail(f"{exc.format_message()}{hint}", exc.exit_code)
         except KeyboardInterrupt:
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

@@ -15,11 +15,12 @@ from chronos.models import DLQEntry, JobRecord
 
 from . import _output as out
 from ._parse import BadOption
-from ._shared import JsonOpt, YesOpt, dlq_get, run_client, state, wants_json
+from ._shared import JsonOpt, YesOpt, run_client, state, wants_json
 
 app = typer.Typer(help="Inspect, replay and purge the dead-letter queue.", no_args_is_help=True)
 
-Ref = Annotated[str, typer.Argument(help="DLQ sequence number or job id.", show_default=False)]
+Ref = Annotated[str, typer.Argument(help="DLQ sequence number, or a job id (or a unique prefix of one).",
+                                    show_default=False)]
 
 
 class ReplayFailure(msgspec.Struct):
@@ -45,24 +46,35 @@ def list_entries(
     task: Annotated[Optional[str], typer.Option("--task", help="Only this task.")] = None,
     queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-l", min=1, help="At most this many.")] = 100,
+    cursor: Annotated[Optional[str], typer.Option("--cursor", help="Start where a listing's 'next' says.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """List DLQ entries, oldest first."""
-    entries = run_client(state(ctx), lambda c: c.dlq_list(task=task, queue=queue, limit=limit))
+    """List DLQ entries, oldest first: one per job (the newest, when a job failed again after a retry)."""
+    if cursor is not None and not cursor.isdigit():
+        raise BadOption("--cursor", f"{cursor!r} is not a cursor of `dlq list` (a 'next' value it printed)")
+    after = int(cursor) if cursor is not None else 0
+    # One more than asked tells whether there is a next page.
+    entries = run_client(state(ctx), lambda c: c.dlq_list(task=task, queue=queue, limit=limit + 1, after=after),
+                         ensure=False)
+    more = len(entries) > limit
+    entries = entries[:limit]
     if wants_json(ctx, json_):
-        out.print_json(entries)
+        out.print_listing(entries, entries[-1].seq if more else None)
         return
     if not entries:
-        typer.echo("the DLQ is empty" if task is None and queue is None else "no matching DLQ entries")
+        typer.echo("the DLQ is empty" if task is None and queue is None and cursor is None else "no matching DLQ entries")
         return
     now = time.time()
-    t = out.table("SEQ", "JOB", "TASK", "QUEUE", "TRIES", "AT", "REASON")
+    t = out.table("SEQ", "JOB", "TASK", "QUEUE", "ATTEMPTS", "AT", "REASON")
     for e in entries:
         t.add_row(str(e.seq), e.job_id or "-", out.cell(e.spec.task if e.spec else "?"),
-                  out.cell(e.spec.queue if e.spec else _queue_of(e)), str(e.attempts), out.when(e.at, now),
+                  out.cell(e.spec.queue if e.spec else _queue_of(e)),
+                  f"{e.attempts} of {e.spec.max_attempts}" if e.spec else str(e.attempts), out.when(e.at, now),
                   out.cell(out.short(e.reason, 60)))
     out.print_table(t)
-    typer.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}; replay with: chronos dlq replay SEQ|JOB_ID")
+    typer.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}"
+               + (f"; next: --cursor {entries[-1].seq}" if more else "")
+               + "; replay with: chronos dlq replay SEQ|JOB_ID")
 
 
 def _queue_of(e: DLQEntry) -> str:
@@ -72,7 +84,7 @@ def _queue_of(e: DLQEntry) -> str:
 @app.command("show")
 def show(ctx: typer.Context, ref: Ref, json_: JsonOpt = False) -> None:
     """Show one DLQ entry with its reason and traceback."""
-    entry = run_client(state(ctx), lambda c: dlq_get(c, _ref(ref)))
+    entry = run_client(state(ctx), lambda c: c.dlq_get(_ref(ref)), ensure=False)
     if wants_json(ctx, json_):
         out.print_json(entry)
         return
@@ -83,7 +95,7 @@ def show(ctx: typer.Context, ref: Ref, json_: JsonOpt = False) -> None:
         ("task", spec.task if spec else None),
         ("queue", f"{spec.queue} / {spec.priority}" if spec else _queue_of(entry)),
         ("args", out.compact_json(spec.args, 400) if spec else None),
-        ("attempts", entry.attempts),
+        ("attempts", out.attempt_text(entry.attempts, spec.max_attempts) if spec else entry.attempts),
         ("at", out.when(entry.at, full=True)),
         ("reason", entry.reason),
         ("raw bytes", len(entry.raw) if entry.raw else None),
@@ -92,7 +104,7 @@ def show(ctx: typer.Context, ref: Ref, json_: JsonOpt = False) -> None:
     c.print(out.key_values(rows))
     if entry.traceback:
         c.print()
-        c.print(out.cell(entry.traceback.rstrip()))
+        c.print(out.block(entry.traceback))
 
 
 @app.command("replay")
@@ -111,10 +123,10 @@ def replay(
     as_json = wants_json(ctx, json_)
     if ref is not None:
         async def one(client: Client) -> JobRecord:
-            entry = await dlq_get(client, _ref(ref))  # a clear "not found" first
+            entry = await client.dlq_get(_ref(ref))  # a clear "not found" first
             return await client.dlq_replay(entry.seq)
 
-        rec = run_client(st, one)
+        rec = run_client(st, one, ensure=False)
         if as_json:
             out.print_json(ReplayReport(replayed=[rec.id], failed=[]))
         else:
@@ -138,7 +150,7 @@ def replay(
                 progress.advance(bar)
         return report
 
-    report = run_client(st, go)
+    report = run_client(st, go, ensure=False)
     if as_json:
         out.print_json(report)
     elif not report.replayed and not report.failed:
@@ -167,7 +179,7 @@ def purge(
             return await client.dlq_count()
         return len(await client.dlq_list(task=task, limit=1_000_000))
 
-    n = run_client(st, count)
+    n = run_client(st, count, ensure=False)
     if n == 0:
         if as_json:
             out.print_json(PurgeReport(purged=0))
@@ -177,11 +189,7 @@ def purge(
     what = f"{n} DLQ entr{'y' if n == 1 else 'ies'}" + (f" of task {task!r}" if task else "")
     if not yes:
         typer.confirm(f"Delete {what}? This cannot be undone", abort=True, err=True)
-    purged = run_client(st, lambda c: c.dlq_purge(task=task))
-    if task is None:
-        # Client.dlq_purge() without a task returns the server's success flag (True -> 1), not a
-        # count; the whole stream was purged, so report what was confirmed.
-        purged = n
+    purged = run_client(st, lambda c: c.dlq_purge(task=task), ensure=False)
     if as_json:
         out.print_json(PurgeReport(purged=purged))
     else:
@@ -189,4 +197,5 @@ def purge(
 
 
 def _ref(ref: str) -> str | int:
-    return int(ref) if ref.isdigit() else ref
+    """A sequence number is all digits without a leading zero; anything else is a job id or its prefix."""
+    return int(ref) if ref.isdigit() and not ref.startswith("0") else ref

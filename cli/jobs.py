@@ -16,7 +16,7 @@ from chronos.subjects import PRIORITIES
 
 from . import _output as out
 from ._parse import BadOption, is_job_id, parse_duration, parse_json, parse_pairs, parse_time
-from ._shared import JsonOpt, run_client, state, wants_json
+from ._shared import JsonOpt, StateConflict, run_client, state, wants_json
 
 app = typer.Typer(help="List, inspect, cancel and retry jobs.", no_args_is_help=True)
 
@@ -26,7 +26,12 @@ def _check_job_id(value: str) -> str:
     return value
 
 
-JobId = Annotated[str, typer.Argument(help="Job id.", show_default=False, callback=_check_job_id)]
+JobId = Annotated[str, typer.Argument(help="Job id, or a unique prefix of one.", show_default=False,
+                                      callback=_check_job_id)]
+
+# `--state failed` means what it means in `chronos logs` and the TUI: a failing attempt's outcome.
+FAILED_STATES = (JobState.RETRYABLE, JobState.DISCARDED)
+STATE_CHOICES = (*(s.value for s in JobState), "failed")
 
 
 def _complete_priority(incomplete: str) -> list[str]:
@@ -34,7 +39,7 @@ def _complete_priority(incomplete: str) -> list[str]:
 
 
 def _complete_state(incomplete: str) -> list[str]:
-    return [s.value for s in JobState if s.value.startswith(incomplete)]
+    return [s for s in STATE_CHOICES if s.startswith(incomplete)]
 
 
 # --- submit ------------------------------------------------------------------------------------------
@@ -133,9 +138,12 @@ def _print_submitted(rec: JobRecord, as_json: bool, *, waited: bool) -> None:
         return
     if not waited:
         extra = f", runs {out.when(rec.spec.run_at)}" if rec.state == JobState.SCHEDULED and rec.spec.run_at else ""
-        typer.echo(f"submitted {rec.id} ({rec.spec.task} on {rec.spec.queue}/{rec.spec.priority}: {rec.state}{extra})")
+        if rec.spec.run_at is not None and rec.state != JobState.SCHEDULED and rec.spec.run_at <= rec.created_at:
+            extra = f"; --at {out.when(rec.spec.run_at, full=True)} is in the past, so it runs now"
+        typer.echo(f"submitted {rec.id} ({out.cell(rec.spec.task, 80)} on {rec.spec.queue}/{rec.spec.priority}: "
+                   f"{rec.state}{extra})")
         return
-    line = f"job {rec.id} {rec.state} after {rec.attempt} attempt(s)"
+    line = f"job {rec.id} {rec.state} on {out.attempt_text(rec.attempt, rec.spec.max_attempts)}"
     if rec.state == JobState.COMPLETED:
         typer.echo(f"{line}; result: {out.compact_json(rec.result, 200)}")
     else:
@@ -147,43 +155,62 @@ def _print_submitted(rec: JobRecord, as_json: bool, *, waited: bool) -> None:
 def list_jobs(
     ctx: typer.Context,
     state_: Annotated[
-        Optional[str], typer.Option("--state", help="Only jobs in this state.", autocompletion=_complete_state)
+        Optional[str], typer.Option("--state", help="Only jobs in this state ('failed' = retryable+discarded).",
+                                    autocompletion=_complete_state)
     ] = None,
     queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Only this task.")] = None,
     tag: Annotated[Optional[str], typer.Option("--tag", "-t", help="Only jobs with this tag.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-l", min=1, help="At most this many.")] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many (newest first).")] = 0,
+    cursor: Annotated[Optional[str], typer.Option("--cursor", help="Start where a listing's 'next' says.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""
     st = state(ctx)
-    if state_ is not None and state_ not in {s.value for s in JobState}:
-        raise BadOption("--state", f"{state_!r} is not one of {', '.join(s.value for s in JobState)}")
-    page = run_client(st, lambda c: c.list(state=state_, queue=queue, task=task, tag=tag, offset=offset, limit=limit))
+    if state_ is not None and state_ not in STATE_CHOICES:
+        raise BadOption("--state", f"{state_!r} is not one of {', '.join(STATE_CHOICES)}")
+    if cursor is not None:
+        if not cursor.isdigit():
+            raise BadOption("--cursor", f"{cursor!r} is not a cursor of `jobs list` (a 'next' value it printed)")
+        offset = int(cursor)
+
+    async def go(client: Client) -> tuple[list[JobRecord], int]:
+        if state_ != "failed":
+            page = await client.list(state=state_, queue=queue, task=task, tag=tag, offset=offset, limit=limit)
+            return page.jobs, page.total
+        every = await client.list(queue=queue, task=task, tag=tag, limit=10**9)
+        failed = [r for r in every.jobs if r.state in FAILED_STATES]
+        return failed[offset:offset + limit], len(failed)
+
+    jobs, total = run_client(st, go, ensure=False)
+    shown_to = offset + len(jobs)
     if wants_json(ctx, json_):
-        out.print_json(page)
+        out.print_listing(jobs, shown_to if shown_to < total else None)
         return
-    if not page.jobs:
-        typer.echo("no jobs" if page.total == 0 else f"no jobs at offset {offset} ({page.total} in all)")
+    if not jobs:
+        typer.echo("no jobs" if total == 0 else f"no jobs at offset {offset} ({total} in all)")
         return
     now = time.time()
-    t = out.table("ID", "TASK", "STATE", "QUEUE", "PRIORITY", "TRY", "CREATED", "NEXT/ENDED", "ERROR")
-    for rec in page.jobs:
+    t = out.table("ID", "TASK", "STATE", "QUEUE", "PRIORITY", "ATTEMPT", "CREATED", "NEXT/ENDED", "ERROR")
+    for rec in jobs:
         nxt = rec.finished_at if rec.finished_at else (rec.scheduled_at if rec.state in (JobState.SCHEDULED, JobState.RETRYABLE) else None)
         t.add_row(rec.id, out.cell(rec.spec.task), rec.state.value, out.cell(rec.spec.queue), rec.spec.priority,
-                  f"{rec.attempt}/{rec.spec.max_attempts}", out.when(rec.created_at, now), out.when(nxt, now),
-                  out.cell(out.short(rec.error, 40)))
+                  out.attempt_text(rec.attempt, rec.spec.max_attempts).removeprefix("attempt "),
+                  out.when(rec.created_at, now), out.when(nxt, now), out.cell(out.short(rec.error, 40)))
     out.print_table(t)
-    shown_to = offset + len(page.jobs)
-    typer.echo(f"{offset + 1}-{shown_to} of {page.total}" + (f"; next: --offset {shown_to}" if shown_to < page.total else ""))
+    typer.echo(f"{offset + 1}-{shown_to} of {total}" + (f"; next: --cursor {shown_to}" if shown_to < total else ""))
 
 
 @app.command("get")
 def get(ctx: typer.Context, job_id: JobId, json_: JsonOpt = False) -> None:
-    """Show one job: spec, state, attempts, result or error."""
+    """Show one job: spec, state, every attempt with its traceback, result or error."""
     st = state(ctx)
-    rec = run_client(st, lambda c: c.get(job_id))
+
+    async def go(client: Client) -> JobRecord:
+        return await client.get(await client.resolve_job_id(job_id))
+
+    rec = run_client(st, go, ensure=False)
     if wants_json(ctx, json_):
         out.print_json(rec)
         return
@@ -202,7 +229,7 @@ def print_job(rec: JobRecord) -> None:
         ("state", rec.state.value + (" (cancel requested)" if rec.cancel_requested else "")),
         ("queue", f"{spec.queue} / {spec.priority}"),
         ("args", out.compact_json(spec.args, 400)),
-        ("attempts", f"{rec.attempt} of {spec.max_attempts}"),
+        ("attempts", out.attempt_text(rec.attempt, spec.max_attempts) if rec.attempt else f"none yet (of {spec.max_attempts})"),
         ("created", out.when(rec.created_at, now, full=True)),
         ("run at", out.when(spec.run_at, now, full=True)),
         ("next run" if rec.state in (JobState.SCHEDULED, JobState.RETRYABLE) else "scheduled",
@@ -226,6 +253,11 @@ def print_job(rec: JobRecord) -> None:
                       out.cell(a.worker), out.cell(out.short(a.error, 60)))
         c.print()
         c.print(t)
+        for a in rec.attempts:
+            if a.traceback or a.error:
+                c.print()
+                c.print(f"[bold]attempt {a.number}[/bold] ({a.outcome or 'running'}):")
+                c.print(out.block(a.traceback or a.error or ""))
 
 
 # --- cancel / retry / run-now -------------------------------------------------------------------------------
@@ -237,22 +269,47 @@ def cancel(
     json_: JsonOpt = False,
 ) -> None:
     """Cancel a job: a waiting job at once, a running one by signalling its task."""
-    rec = run_client(state(ctx), lambda c: c.cancel(job_id, reason))
+    rec = _act(ctx, job_id, lambda c, jid: c.cancel(jid, reason))
     _print_changed(ctx, rec, json_, "cancel requested (the task is signalled)" if rec.state == JobState.RUNNING else "cancelled")
 
 
 @app.command("retry")
 def retry(ctx: typer.Context, job_id: JobId, json_: JsonOpt = False) -> None:
     """Run a retryable, cancelled or discarded job again now, with a fresh attempt budget."""
-    rec = run_client(state(ctx), lambda c: c.retry(job_id))
+    rec = _act(ctx, job_id, lambda c, jid: c.retry(jid), revives=True)
     _print_changed(ctx, rec, json_, "queued again")
 
 
 @app.command("run-now")
 def run_now(ctx: typer.Context, job_id: JobId, json_: JsonOpt = False) -> None:
     """Run a scheduled job now (a finished one is retried)."""
-    rec = run_client(state(ctx), lambda c: c.run_now(job_id))
+    rec = _act(ctx, job_id, lambda c, jid: c.run_now(jid), revives=True)
     _print_changed(ctx, rec, json_, "queued to run now")
+
+
+def _act(ctx: typer.Context, ref: str, action: Any, *, revives: bool = False) -> JobRecord:
+    """Resolve an id prefix, run ``action(client, job_id)``; a refusal by the job's state is a conflict.
+
+    A job that runs again (``revives``) is not dead any more: its DLQ entries go, so a job
+    that fails again keeps one live entry, not one per failure.
+    """
+
+    async def go(client: Client) -> JobRecord:
+        job_id = await client.resolve_job_id(ref)
+        was_discarded = revives and (await client.get(job_id)).state == JobState.DISCARDED
+        # Read before the job runs again: a new failure's entry must stay.
+        dead = await client.dlq_sequences(job_id) if was_discarded else []
+        try:
+            rec = await action(client, job_id)
+        except ChronosError as exc:
+            if type(exc) is ChronosError:  # the Client's "job X is completed; ..." refusals
+                raise StateConflict(str(exc)) from None
+            raise
+        if dead:
+            await client.dlq_forget(rec.id, dead)
+        return rec
+
+    return run_client(state(ctx), go, ensure=False)
 
 
 def _print_changed(ctx: typer.Context, rec: JobRecord, json_: bool, what: str) -> None:

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from chronos.client import Client
+from chronos.errors import NotFoundError
 from chronos.events import event_summary
 from chronos.models import Event, WorkerHeartbeat
 from chronos.states import JobState
@@ -26,8 +27,9 @@ def _complete_state(incomplete: str) -> list[str]:
 
 def logs(
     ctx: typer.Context,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing live events.")] = False,
-    job: Annotated[Optional[str], typer.Option("--job", help="Only this job's events.")] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Print live events as they happen (from now on, "
+                                                            "or from --since).")] = False,
+    job: Annotated[Optional[str], typer.Option("--job", help="Only this job's events (an id or a unique prefix).")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Only this task's events.")] = None,
     state_: Annotated[
         Optional[list[str]],
@@ -35,10 +37,12 @@ def logs(
                      autocompletion=_complete_state),
     ] = None,
     queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="Only this queue.")] = None,
-    since: Annotated[str, typer.Option("--since", help="How far back to start: 10m, 2h, 0 for live only.")] = "10m",
+    since: Annotated[
+        Optional[str], typer.Option("--since", help="Start this far back: 10m, 2h (default 10m; with --follow, live only).")
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Job lifecycle events: the recent past, then live with --follow."""
+    """Job lifecycle events: the last 10 minutes, or live with --follow (add --since for a backlog first)."""
     st = state(ctx)
     kinds: list[str] = []
     for s in state_ or []:
@@ -48,21 +52,25 @@ def logs(
             kinds.append(s)
         else:
             raise BadOption("--state", f"{s!r} is not one of {', '.join([*(x.value for x in JobState), *STATE_ALIASES])}")
-    window = parse_duration(since, "--since")
+    window = parse_duration(since, "--since") if since is not None else (0.0 if follow else DEFAULT_SINCE)
     if not follow and window <= 0:
         raise BadOption("--since", "must be more than zero without --follow")
     as_json = wants_json(ctx, json_)
+    listed: list[Event] = []
 
     def show(ev: Event) -> None:
         if task is not None and ev.task != task:
             return
-        if as_json:
-            out.print_json_line(ev)
+        if not follow and as_json:
+            listed.append(ev)  # a finite listing: one envelope at the end
+        elif as_json:
+            out.print_json_line(ev)  # a stream: one JSON object per line
         else:
             typer.echo(format_event(ev))
 
     async def go(client: Client) -> None:
-        opts = dict(kinds=kinds or None, queue=queue, job_id=job)
+        job_id = await _job_for_events(client, job) if job is not None else None
+        opts = dict(kinds=kinds or None, queue=queue, job_id=job_id)
         if follow:
             async for ev in client.watch(**opts, history=window or None):
                 show(ev)
@@ -70,7 +78,23 @@ def logs(
             async for ev in event_history(client, since=window, **opts):
                 show(ev)
 
-    run_client(st, go)
+    run_client(st, go, ensure=False)
+    if not follow and as_json:
+        out.print_listing(listed)
+
+
+async def _job_for_events(client: Client, ref: str) -> str:
+    """A full id or a unique prefix; a full id whose record was pruned still has its events."""
+    try:
+        return await client.resolve_job_id(ref)
+    except NotFoundError:
+        if len(ref) >= 26:
+            return ref
+        raise
+
+
+# What `chronos logs` shows without --since and without --follow.
+DEFAULT_SINCE = 600.0
 
 
 def format_event(ev: Event) -> str:
@@ -104,6 +128,7 @@ def history(
         Optional[str], typer.Option("--grep", "-g", help="Text in the error or a traceback (case-insensitive).")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", "-l", min=1, max=10_000, help="At most this many.")] = 50,
+    cursor: Annotated[Optional[str], typer.Option("--cursor", help="Start where a listing's 'next' says.")] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Finished jobs from the schedulers' archive, newest first (works from any machine)."""
@@ -117,31 +142,39 @@ def history(
     until_at = parse_time_or_ago(until, "--until", now) if until is not None else None
     if since_at is not None and until_at is not None and since_at >= until_at:
         raise BadOption("--since", "must be earlier than --until")
+    if cursor is not None:
+        try:
+            until_at = float(cursor)
+        except ValueError:
+            raise BadOption("--cursor", f"{cursor!r} is not a cursor of `history` (a 'next' value it printed)") from None
     rows = run_client(st, lambda c: c.history(task=task, state=state_, queue=queue, since=since_at, until=until_at,
-                                              text=grep, limit=limit))
+                                              text=grep, limit=limit), ensure=False)
+    # A full page may have more behind it: the next page ends where this one did (finished before it).
+    next_cursor = repr(rows[-1].finished_at) if len(rows) == limit and rows[-1].finished_at else None
     if wants_json(ctx, json_):
-        out.print_json(rows)
+        out.print_listing(rows, next_cursor)
         return
     if not rows:
         typer.echo("no finished jobs match")
         return
-    t = out.table("ID", "TASK", "STATE", "QUEUE", "TRY", "FINISHED", "TOOK", "ERROR")
+    t = out.table("ID", "TASK", "STATE", "QUEUE", "ATTEMPT", "FINISHED", "TOOK", "ERROR")
     for rec in rows:
         started = rec.attempts[0].started_at if rec.attempts else None
         took = out.human_duration(rec.finished_at - started) if started and rec.finished_at else ""
         t.add_row(rec.id, out.cell(rec.spec.task), rec.state.value, out.cell(rec.spec.queue),
-                  f"{rec.attempt}/{rec.spec.max_attempts}", out.when(rec.finished_at, now), took,
+                  out.attempt_text(rec.attempt, rec.spec.max_attempts).removeprefix("attempt "),
+                  out.when(rec.finished_at, now), took,
                   out.cell(out.short(rec.error, 60)))
     out.print_table(t)
-    typer.echo(f"{len(rows)} job(s)" + (f"; more with --limit {limit * 2}" if len(rows) == limit else ""))
+    typer.echo(f"{len(rows)} job(s)" + (f"; next: --cursor {next_cursor}" if next_cursor else ""))
 
 
 def workers(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Live workers: heartbeats, slots, current jobs."""
     st = state(ctx)
-    beats = run_client(st, lambda c: c.workers())
+    beats = run_client(st, lambda c: c.workers(), ensure=False)
     if wants_json(ctx, json_):
-        out.print_json(beats)
+        out.print_listing(beats)
         return
     if not beats:
         typer.echo("no workers")

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
-from chronos.config import config_path_from_env, load_settings
-
 from . import admin, bench, dev, dlq, jobs, logs, schedules, serve, tui
-from ._shared import AppState, ChronosGroup, setup_logging
+from ._shared import ChronosGroup, set_global, setup_logging
 
 app = typer.Typer(
     name="chronos",
@@ -23,7 +21,7 @@ app = typer.Typer(
 )
 
 
-@app.callback()
+@app.callback(epilog="Global options also work after the command: chronos jobs list --json --namespace prod.")
 def root(
     ctx: typer.Context,
     config: Annotated[
@@ -35,16 +33,14 @@ def root(
     json_: Annotated[bool, typer.Option("--json", help="JSON output for every command.")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="Debug logging and tracebacks on errors.")] = False,
 ) -> None:
-    """Settings come from the config file, CHRONOS_* variables and these flags, in that order."""
+    """Settings come from the config file, CHRONOS_* variables and these flags, in that order.
+
+    The flags may also follow the command; settings are merged once the command line is parsed.
+    """
     setup_logging(logging.DEBUG if debug else logging.WARNING)
-    path = str(config) if config is not None else config_path_from_env()
-    overrides: dict[str, Any] = {}
-    if server:
-        overrides["nats"] = {"url": server}
-    if namespace:
-        overrides["namespace"] = namespace
-    settings = load_settings(path, overrides=overrides)
-    ctx.obj = AppState(settings=settings, json=json_, debug=debug, config_path=path)
+    for name, value in (("config", config), ("server", server), ("namespace", namespace), ("json", json_),
+                        ("debug", debug)):
+        set_global(ctx, name, value)
 
 
 app.command("submit")(jobs.submit)

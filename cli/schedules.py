@@ -2,8 +2,9 @@
 
 Thin commands over the Client's schedule methods. Values the CLI can check
 alone (cron, interval, zone, JSON, durations, policies) are usage errors naming
-the option (exit 2); what needs the server (unknown queue or task, a taken or
-missing name, a backfill window over the limit) is a user error (exit 1).
+the option (exit 2), and so are values the server refuses (unknown queue or
+task, a backfill window over the limit); a missing name is "not found" (exit 4)
+and a taken one a conflict (exit 5).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from chronos.subjects import PRIORITIES
 
 from . import _output as out
 from ._parse import BadOption, parse_duration, parse_json, parse_pairs, parse_time, parse_time_or_ago
-from ._shared import JsonOpt, run_client, state, wants_json
+from ._shared import JsonOpt, StateConflict, run_client, state, wants_json
 
 app = typer.Typer(help="Cron and interval schedules.", no_args_is_help=True)
 
@@ -210,11 +211,16 @@ def add(
     payload = options.pop("args", None)
 
     async def go(client: Client) -> ScheduleStatus:
-        await client.add_schedule(name, task, payload, queue=queue, paused=paused, **options)
+        try:
+            await client.add_schedule(name, task, payload, queue=queue, paused=paused, **options)
+        except ValidationError as exc:
+            if str(exc).startswith("name: ") and "already exists" in str(exc):
+                raise StateConflict(f"{str(exc).removeprefix('name: ')} (edit it with `chronos schedules edit`)") from None
+            raise
         (status,) = await client.schedule_statuses(name)
         return status
 
-    status = run_client(st, go)
+    status = run_client(st, go, ensure=False)
     if wants_json(ctx, json_):
         out.print_json(_flat(status))
         return
@@ -263,7 +269,7 @@ def edit(
         (status,) = await client.schedule_statuses(name)
         return status
 
-    status = run_client(st, go)
+    status = run_client(st, go, ensure=False)
     if wants_json(ctx, json_):
         out.print_json(_flat(status))
     else:
@@ -277,9 +283,9 @@ def list_schedules(
     json_: JsonOpt = False,
 ) -> None:
     """List schedules with their next and last fire."""
-    statuses = run_client(state(ctx), lambda c: c.schedule_statuses(match))
+    statuses = run_client(state(ctx), lambda c: c.schedule_statuses(match), ensure=False)
     if wants_json(ctx, json_):
-        out.print_json([_flat(x) for x in statuses])
+        out.print_listing([_flat(x) for x in statuses])
         return
     if not statuses:
         typer.echo("no schedules" if match is None else f"no schedule matches {match!r}")
@@ -298,7 +304,7 @@ def list_schedules(
 @app.command("get")
 def get(ctx: typer.Context, name: Name, json_: JsonOpt = False) -> None:
     """Show one schedule: timing, job options, policies, next and last fire."""
-    status = run_client(state(ctx), lambda c: _status_of(c, name))
+    status = run_client(state(ctx), lambda c: _status_of(c, name), ensure=False)
     if wants_json(ctx, json_):
         out.print_json(_flat(status))
     else:
@@ -327,12 +333,15 @@ def next_fires(
     cron: Annotated[Optional[str], typer.Option("--cron", help="Dry-run a cron expression instead of a stored schedule.")] = None,
     every: Annotated[Optional[str], typer.Option("--every", help="Dry-run an interval instead of a stored schedule.")] = None,
     tz: Annotated[Optional[str], typer.Option("--tz", help="Zone for --cron (default UTC).")] = None,
+    after: Annotated[Optional[str], typer.Option(
+        "--after", help="Fire times after this ISO 8601 time (local if no offset), past or future; default now.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """The coming fire times of schedule NAME (or of --cron/--every), in its timezone."""
+    """The fire times of schedule NAME (or of --cron/--every) from now or --after TIME, in its timezone."""
     st = state(ctx)
     if not 1 <= count <= 10_000:
         raise BadOption("--count", "must be from 1 to 10000")
+    start = parse_time(after, "--after") if after is not None else None
     if name is not None and (cron is not None or every is not None or tz is not None):
         raise BadOption("--cron", "give a schedule NAME or --cron/--every/--tz, not both")
     if name is None:
@@ -340,15 +349,15 @@ def next_fires(
         zone = options.get("tz", "UTC")
 
         async def preview(client: Client) -> list[float]:
-            return client.preview_fire_times(count=count, **options)
+            return client.preview_fire_times(count=count, after=start, **options)
 
-        times = run_client(st, preview)
+        times = run_client(st, preview, ensure=False)
         label = f"cron {cron}" if cron is not None else f"every {every}"
     else:
         async def stored(client: Client) -> tuple[Schedule, list[float]]:
-            return await client.get_schedule(name), await client.next_fire_times(name, count)
+            return await client.get_schedule(name), await client.next_fire_times(name, count, after=start)
 
-        s, times = run_client(st, stored)
+        s, times = run_client(st, stored, ensure=False)
         zone, label = s.tz, describe_when(s)
         if s.cron is None:
             zone = "UTC"
@@ -357,7 +366,8 @@ def next_fires(
         out.print_json(report)
         return
     now = time.time()
-    typer.echo(f"{name or 'dry run'}: {label}, times in {zone}")
+    typer.echo(f"{name or 'dry run'}: {label}, times in {zone}"
+               + (f", after {out.local_time(start, now, full=True)}" if start is not None else ""))
     for t in times:
         typer.echo(f"  {_zone_time(t, zone)}  {out.relative(t, now)}")
 
@@ -392,7 +402,7 @@ def pause(
             return [await client.pause_schedule(name, until=end)]
         return await client.pause_schedules(match or "", until=end)
 
-    changed = run_client(st, go)
+    changed = run_client(st, go, ensure=False)
     if wants_json(ctx, json_):
         out.print_json(changed)
         return
@@ -411,7 +421,7 @@ def resume(ctx: typer.Context, name: OptName = None, match: MatchOpt = None, jso
             return [await client.resume_schedule(name)]
         return await client.resume_schedules(match or "")
 
-    changed = run_client(st, go)
+    changed = run_client(st, go, ensure=False)
     if wants_json(ctx, json_):
         out.print_json(changed)
         return
@@ -426,7 +436,7 @@ class RemoveReport(msgspec.Struct):
 @app.command("remove")
 def remove(ctx: typer.Context, name: Name, json_: JsonOpt = False) -> None:
     """Delete a schedule. Jobs it already made are not touched."""
-    run_client(state(ctx), lambda c: c.remove_schedule(name))
+    run_client(state(ctx), lambda c: c.remove_schedule(name), ensure=False)
     if wants_json(ctx, json_):
         out.print_json(RemoveReport(removed=name))
     else:
@@ -469,7 +479,7 @@ def backfill(
             for progress, _ in bars:
                 progress.stop()
 
-    report = run_client(st, go)
+    report = run_client(st, go, ensure=False)
     if as_json:
         out.print_json(report)
         return
@@ -489,7 +499,7 @@ class CrontabReport(msgspec.Struct):
 @app.command("export-crontab")
 def export_crontab(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Print every schedule as crontab entries (chronos metadata as comments)."""
-    text = run_client(state(ctx), lambda c: c.export_crontab())
+    text = run_client(state(ctx), lambda c: c.export_crontab(), ensure=False)
     if wants_json(ctx, json_):
         out.print_json(CrontabReport(crontab=text))
     else:

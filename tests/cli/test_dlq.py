@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import cli_json, one_error_line, submit, wait_state, wait_until
+from .conftest import cli_json, items, one_error_line, submit, wait_state, wait_until
 
 
 @pytest.fixture
@@ -17,17 +17,17 @@ def dead(cli, worker):
     ids.append(submit(cli, "t.add", "--args", '["x"]', "--max-attempts", "1"))
     for job_id in ids:
         wait_state(cli, job_id, "discarded")
-    wait_until(lambda: len(cli_json(cli, "dlq", "list")) == 3, what="3 DLQ entries")
+    wait_until(lambda: len(items(cli, "dlq", "list")) == 3, what="3 DLQ entries")
     return ids
 
 
 def test_list_and_show(cli, dead):
-    entries = cli_json(cli, "dlq", "list")
+    entries = items(cli, "dlq", "list")
     assert [e["job_id"] for e in entries] == dead  # oldest first
     for key in ("seq", "job_id", "reason", "at", "attempts", "spec", "traceback", "subject"):
         assert key in entries[0]
-    assert [e["job_id"] for e in cli_json(cli, "dlq", "list", "--task", "t.add")] == [dead[2]]
-    assert cli_json(cli, "dlq", "list", "--queue", "nope") == []
+    assert [e["job_id"] for e in items(cli, "dlq", "list", "--task", "t.add")] == [dead[2]]
+    assert items(cli, "dlq", "list", "--queue", "nope") == []
 
     human = cli("dlq", "list")
     assert human.exit_code == 0
@@ -47,7 +47,7 @@ def test_replay_one(cli, dead):
     assert r.exit_code == 0, r.output
     assert f"replayed job {dead[0]} (t.boom)" in r.stdout
     # It fails again (max_attempts 1), so it comes back to the DLQ.
-    wait_until(lambda: dead[0] in [e["job_id"] for e in cli_json(cli, "dlq", "list")], what="back in the DLQ")
+    wait_until(lambda: dead[0] in [e["job_id"] for e in items(cli, "dlq", "list")], what="back in the DLQ")
 
 
 def test_replay_by_task_then_all_with_json(cli, dead):
@@ -74,12 +74,12 @@ def test_purge_asks_first(cli, dead):
     assert r.exit_code == 1
     assert "Delete 3 DLQ entries?" in r.output
     assert r.stderr.strip().endswith("error: aborted")
-    assert len(cli_json(cli, "dlq", "list")) == 3
+    assert len(items(cli, "dlq", "list")) == 3
 
     r = cli("dlq", "purge", "--task", "t.add", input="y\n")
     assert r.exit_code == 0, r.output
     assert "purged 1 DLQ entry" in r.stdout
-    assert len(cli_json(cli, "dlq", "list")) == 2
+    assert len(items(cli, "dlq", "list")) == 2
 
     r = cli("dlq", "purge", "--yes", "--json")
     assert r.exit_code == 0, r.output
@@ -91,4 +91,4 @@ def test_purge_asks_first(cli, dead):
 def test_purge_without_a_terminal_and_without_yes_aborts(cli, dead):
     r = cli("dlq", "purge")  # no input: the prompt reads end of file
     assert r.exit_code == 1
-    assert len(cli_json(cli, "dlq", "list")) == 3
+    assert len(items(cli, "dlq", "list")) == 3

@@ -1,4 +1,5 @@
-"""Bad input and failures: one line on stderr, exit 1 (user error), 2 (usage) or 3 (server unreachable)."""
+"""Bad input and failures: one line on stderr and the exit code of its kind (the README's table):
+2 bad usage or input, 3 server unreachable, 4 not found, 5 conflict, 6 permission denied, 7 configuration."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from chronos.embedded import free_port
 from chronos.cli.main import app
 
 from ..conftest import drop_namespace
-from .conftest import one_error_line
+from .conftest import make_topology, one_error_line
 
 
 @pytest.mark.parametrize(
@@ -69,16 +70,16 @@ def test_no_arguments_prints_help():
     assert "submit" in r.output and "dlq" in r.output
 
 
-def test_unknown_task_is_a_user_error(cli):
+def test_unknown_task_is_bad_input(cli):
     r = cli("submit", "no.such.task", "--args", "[]")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "unknown task 'no.such.task'" in one_error_line(r)
 
 
 def test_unknown_task_suggests_a_close_name(cli, register_tasks):
     register_tasks("t.add")
     r = cli("submit", "t.ad")
-    assert r.exit_code == 1
+    assert r.exit_code == 2
     assert "did you mean 't.add'" in one_error_line(r)
 
 
@@ -86,14 +87,14 @@ def test_unknown_task_suggests_a_close_name(cli, register_tasks):
                                      ["retry"], ["cancel"]])
 def test_unknown_job_id(cli, command):
     r = cli(*command, "0000000000000000000000000000")
-    assert r.exit_code == 1
+    assert r.exit_code == 4
     assert one_error_line(r) == "error: no job with id 0000000000000000000000000000"
 
 
 def test_unknown_dlq_entry(cli):
     for ref in ("42", "0000000000000000000000000000"):
         r = cli("dlq", "show", ref)
-        assert r.exit_code == 1
+        assert r.exit_code == 4
         assert "no DLQ entry" in one_error_line(r)
 
 
@@ -112,17 +113,18 @@ def test_unknown_config_key_is_rejected_by_name(tmp_path: Path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[worker]\nconcurency = 4\n")
     r = CliRunner().invoke(app, ["--config", str(cfg), "jobs", "list"])
-    assert r.exit_code == 1
+    assert r.exit_code == 7
     assert "concurency" in one_error_line(r)
 
 
 def test_missing_config_file(tmp_path: Path):
     r = CliRunner().invoke(app, ["--config", str(tmp_path / "nope.toml"), "workers"])
-    assert r.exit_code == 1
+    assert r.exit_code == 7
     assert "does not exist" in one_error_line(r)
 
 
-def test_config_from_environment_variable(config_file: Path):
+def test_config_from_environment_variable(config_file: Path, settings):
+    make_topology(settings)
     r = CliRunner().invoke(app, ["workers"], env={"CHRONOS_CONFIG": str(config_file)})
     assert r.exit_code == 0, r.output
     assert "no workers" in r.stdout
@@ -130,13 +132,13 @@ def test_config_from_environment_variable(config_file: Path):
 
 def test_bad_namespace_flag():
     r = CliRunner().invoke(app, ["--namespace", "has space", "workers"])
-    assert r.exit_code == 1
+    assert r.exit_code == 7
     assert "namespace" in one_error_line(r)
 
 
 def test_debug_shows_the_traceback(cli):
     r = cli("--debug", "jobs", "get", "0000000000000000000000000000")
-    assert r.exit_code == 1
+    assert r.exit_code == 4
     assert "Traceback" in r.stderr
     assert r.stderr.rstrip().splitlines()[-1] == "error: no job with id 0000000000000000000000000000"
 
@@ -160,10 +162,12 @@ def test_flags_override_the_config_file(cli, settings, register_tasks):
     register_tasks()
     submit_result = cli("submit", "t.add", "--args", "[1, 2]")
     assert submit_result.exit_code == 0
+    assert "1-1 of 1" in cli("jobs", "list").stdout
     other = f"{settings.namespace}o"
     try:
         r = cli("--namespace", other, "jobs", "list")
-        assert r.exit_code == 0 and r.stdout.strip() == "no jobs"
+        assert r.exit_code == 4
+        assert one_error_line(r) == f"error: namespace {other} has no chronos streams (run chronos admin init)"
     finally:
         asyncio.run(drop_namespace(msgspec.structs.replace(settings, namespace=other)))
     down = f"nats://127.0.0.1:{free_port()}"

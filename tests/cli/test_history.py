@@ -12,7 +12,7 @@ import pytest
 from chronos.config import Settings
 from chronos.scheduler import SchedulerService
 
-from .conftest import cli_json, one_error_line, submit, wait_state, wait_until
+from .conftest import cli_json, items, one_error_line, submit, wait_state, wait_until
 
 
 class ThreadScheduler:
@@ -79,7 +79,7 @@ def test_history_lists_and_filters_finished_jobs(cli, worker, scheduler):
     bad = submit(cli, "t.boom", "--args", '["a Needle in the error"]', "--max-attempts", "1")
     wait_state(cli, ok, "completed")
     wait_state(cli, bad, "discarded")
-    rows = wait_until(lambda: len(r := cli_json(cli, "history")) >= 2 and r, what="both jobs in the archive")
+    rows = wait_until(lambda: len(r := items(cli, "history")) >= 2 and r, what="both jobs in the archive")
     assert {r["id"] for r in rows} == {ok, bad}
     assert rows[0]["finished_at"] >= rows[1]["finished_at"]
     by_id = {r["id"]: r for r in rows}
@@ -88,12 +88,12 @@ def test_history_lists_and_filters_finished_jobs(cli, worker, scheduler):
     table = cli("history")
     assert table.exit_code == 0, table.output
     header = table.stdout.splitlines()[0].split()
-    assert header == ["ID", "TASK", "STATE", "QUEUE", "TRY", "FINISHED", "TOOK", "ERROR"]
+    assert header == ["ID", "TASK", "STATE", "QUEUE", "ATTEMPT", "FINISHED", "TOOK", "ERROR"]
     assert ok in table.stdout and bad in table.stdout and "discarded" in table.stdout
     assert "2 job(s)" in table.stdout
 
     def ids(*args: str) -> list[str]:
-        return [r["id"] for r in cli_json(cli, "history", *args)]
+        return [r["id"] for r in items(cli, "history", *args)]
 
     assert ids("--state", "discarded") == [bad]
     assert ids("--grep", "NEEDLE") == [bad]

@@ -53,7 +53,7 @@ def test_list_filters_and_paging(cli, register_tasks):
     c = submit(cli, "t.add", "--args", "[2, 2]", "--in", "1h")
 
     def ids(*args: str) -> list[str]:
-        return [j["id"] for j in listed(cli, *args)["jobs"]]
+        return [j["id"] for j in listed(cli, *args)["items"]]
 
     assert ids() == [c, b, a]  # newest first
     assert ids("--task", "t.add") == [c, a]
@@ -61,10 +61,13 @@ def test_list_filters_and_paging(cli, register_tasks):
     assert ids("--queue", "other") == [b]
     assert ids("--state", "scheduled") == [c]
     page = listed(cli, "--limit", "2", "--offset", "1")
-    assert [j["id"] for j in page["jobs"]] == [b, a]
-    assert (page["total"], page["offset"], page["limit"]) == (3, 1, 2)
+    assert [j["id"] for j in page["items"]] == [b, a]
+    assert (page["count"], page["next"]) == (2, None)
+    first = listed(cli, "--limit", "2")
+    assert [j["id"] for j in first["items"]] == [c, b] and first["next"] == "2"
+    assert [j["id"] for j in listed(cli, "--limit", "2", "--cursor", first["next"])["items"]] == [a]
     human = wait_until(lambda: "of 3" in (r := cli("jobs", "list", "--limit", "1")).stdout and r, timeout=5)
-    assert "1-1 of 3; next: --offset 1" in human.stdout
+    assert "1-1 of 3; next: --cursor 1" in human.stdout
     assert cli("jobs", "list", "--state", "completed").stdout.strip() == "no jobs"
 
 
@@ -72,7 +75,7 @@ def test_global_json_flag(cli, register_tasks):
     register_tasks()
     job_id = submit(cli, "t.add", "--args", "[1, 2]")
     r = wait_until(lambda: job_id in (r := cli("--json", "jobs", "list")).stdout and r, timeout=5)
-    assert json.loads(r.stdout)["jobs"][0]["id"] == job_id
+    assert json.loads(r.stdout)["items"][0]["id"] == job_id
 
 
 def test_scheduled_job_then_run_now(cli, register_tasks):
@@ -108,7 +111,7 @@ def test_cancel_and_retry_at_both_levels(cli, register_tasks):
     assert cli_json(cli, "jobs", "get", job_id)["error"] == "not today"
 
     r = cli("cancel", job_id)
-    assert r.exit_code == 1
+    assert r.exit_code == 5  # a conflict: the job's state forbids it
     assert "already cancelled" in one_error_line(r)
 
     r = cli("retry", job_id)
@@ -116,7 +119,7 @@ def test_cancel_and_retry_at_both_levels(cli, register_tasks):
     assert "queued again (state available)" in r.stdout
 
     r = cli("jobs", "retry", job_id)
-    assert r.exit_code == 1
+    assert r.exit_code == 5
     assert "only retryable, cancelled or discarded jobs can be retried" in one_error_line(r)
 
     r = cli("jobs", "cancel", job_id, "--json")
@@ -129,7 +132,7 @@ def test_submit_wait_success_and_failure(cli, worker):
     worker()
     r = cli("submit", "t.add", "--args", "[20, 22]", "--wait")
     assert r.exit_code == 0, r.output
-    assert "completed after 1 attempt(s); result: 42" in r.stdout
+    assert "completed on attempt 1 of 5; result: 42" in r.stdout
 
     r = cli("submit", "t.retry_once", "--wait", "--json")
     assert r.exit_code == 0, r.output
@@ -138,7 +141,7 @@ def test_submit_wait_success_and_failure(cli, worker):
 
     r = cli("submit", "t.boom", "--arg", "message=kaput", "--max-attempts", "1", "--wait")
     assert r.exit_code == 1
-    assert "discarded after 1 attempt(s)" in r.stdout and "kaput" in r.stdout
+    assert "discarded on attempt 1 of 1" in r.stdout and "kaput" in r.stdout
 
 
 def test_submit_wait_timeout(cli, worker):

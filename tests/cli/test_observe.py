@@ -10,14 +10,14 @@ import sys
 import threading
 from pathlib import Path
 
-from .conftest import cli_json, one_error_line, submit, wait_state, wait_until
+from .conftest import cli_json, items, one_error_line, submit, wait_state, wait_until
 
 
 def test_workers_empty_then_live(cli, worker):
     assert cli("workers").stdout.strip() == "no workers"
-    assert cli_json(cli, "workers") == []
+    assert items(cli, "workers") == []
     w = worker(concurrency=3)
-    beats = wait_until(lambda: cli_json(cli, "workers"), what="a heartbeat")
+    beats = wait_until(lambda: items(cli, "workers"), what="a heartbeat")
     assert beats[0]["id"] == w.id
     assert beats[0]["slots_total"] == 3
     assert "t.add" in beats[0]["tasks"]
@@ -98,10 +98,14 @@ def test_logs_history_and_filters(cli, worker):
     failed = logged("--state", "failed")
     assert bad in failed and ok not in failed
     assert ok not in logged("--task", "t.boom")
-    events = [json.loads(line) for line in logged("--job", ok, "--json").splitlines()]
+    page = json.loads(logged("--job", ok, "--json"))
+    events = page["items"]
+    assert page["count"] == len(events) and page["next"] is None
     assert {e["kind"] for e in events} >= {"available", "completed"}
     assert all(e["job_id"] == ok for e in events)
-    assert logged("--since", "1s", "--job", "nope").strip() == ""
+    assert logged("--job", ok[:20]).count(ok) >= 2  # a unique prefix works too
+    r = cli("logs", "--job", "nope")
+    assert r.exit_code == 4 and "no job id starts with 'nope'" in one_error_line(r)
 
 
 def test_logs_follow_until_ctrl_c(cli, config_file, register_tasks):

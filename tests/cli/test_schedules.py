@@ -12,7 +12,7 @@ import pytest
 
 from chronos.embedded import free_port
 
-from .conftest import cli_json, one_error_line
+from .conftest import cli_json, items, one_error_line
 
 
 def iso(t: float) -> str:
@@ -34,7 +34,7 @@ def test_add_list_get_remove(cli, tasks):
     assert (added["every"], added["args"], added["cron"], added["paused"]) == (300.0, {"a": 1, "b": 2}, None, False)
     assert added["next_fire_time"] == added["anchor"] + 300
 
-    listing = cli_json(cli, "schedules", "list")
+    listing = items(cli, "schedules", "list")
     assert [s["name"] for s in listing] == ["nightly", "tick"]
     nightly = listing[0]
     # Stable keys: the stored fields, then what is computed.
@@ -62,16 +62,16 @@ def test_add_list_get_remove(cli, tasks):
 
     assert cli("schedules", "remove", "tick").stdout.strip() == "removed schedule tick"
     assert cli_json(cli, "schedules", "remove", "nightly") == {"removed": "nightly"}
-    assert cli_json(cli, "schedules", "list") == []
+    assert items(cli, "schedules", "list") == []
     assert cli("schedules", "list").stdout.strip() == "no schedules"
 
 
 def test_list_by_pattern_and_global_json(cli, tasks):
     for name in ("report-a", "report-b", "cleanup"):
         assert cli("schedules", "add", name, "t.add", "--every", "1h").exit_code == 0
-    assert [s["name"] for s in cli_json(cli, "schedules", "list", "--match", "report-*")] == ["report-a", "report-b"]
+    assert [s["name"] for s in items(cli, "schedules", "list", "--match", "report-*")] == ["report-a", "report-b"]
     r = cli("--json", "schedules", "list")
-    assert [s["name"] for s in json.loads(r.stdout)] == ["cleanup", "report-a", "report-b"]
+    assert [s["name"] for s in json.loads(r.stdout)["items"]] == ["cleanup", "report-a", "report-b"]
     assert cli("schedules", "list", "--match", "x*").stdout.strip() == "no schedule matches 'x*'"
 
 
@@ -129,7 +129,7 @@ def test_pause_resume_by_name_and_pattern(cli, tasks):
     assert cli_json(cli, "schedules", "get", "mail")["paused_until"] == until
 
     assert [s["name"] for s in cli_json(cli, "schedules", "resume", "--match", "*")] == ["etl-a", "etl-b", "mail"]
-    assert not any(s["paused"] for s in cli_json(cli, "schedules", "list"))
+    assert not any(s["paused"] for s in items(cli, "schedules", "list"))
     assert cli("schedules", "resume", "mail").stdout.strip() == "resumed mail"
 
 
@@ -266,7 +266,7 @@ def test_user_errors_exit_1_and_store_nothing(cli, tasks):
         r = cli("schedules", *args)
         assert r.exit_code == 1, (args, r.output)
         assert needle in one_error_line(r)
-    assert cli_json(cli, "schedules", "list") == []
+    assert items(cli, "schedules", "list") == []
 
     assert cli("schedules", "add", "dup", "t.add", "--every", "1m").exit_code == 0
     r = cli("schedules", "add", "dup", "t.add", "--every", "1h")
