@@ -35,6 +35,12 @@ class StatusReport(msgspec.Struct):
     queues: dict[str, int]  # waiting messages per "priority.queue"
     dlq: int
     leader: Optional[str]  # None until the scheduler's lease exists
+    # Durability as the server reports it (chronos/durability.py); checked under --strict.
+    nats_server_version: str = ""
+    sync: dict[str, str] = {}  # server name -> "always" or the fsync interval; empty when not readable
+    sync_source: str = "unavailable"
+    replicas: dict[str, int] = {}  # stream -> replicas
+    strict: bool = False
 
 
 @app.command("init")
@@ -89,9 +95,25 @@ def status(
     require_worker: Annotated[
         bool, typer.Option("--require-worker/--no-require-worker", help="Fail without a live worker.")
     ] = True,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Also fail when the server is less durable than documented: "
+                           "sync_interval not always, fewer stream replicas than nats.replicas, an old nats-server.")
+    ] = False,
+    monitor: Annotated[
+        Optional[list[str]], typer.Option("--monitor", metavar="URL",
+                                          help="A server's monitoring URL (http://host:8222) to read its fsync "
+                                               "setting from when this user is not in the system account; repeat per node.")
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Health check: exits 1 when no scheduler leads or no worker is alive (for systemd, cron, load balancers)."""
+    """Health check: exits 1 when no scheduler leads or no worker is alive (for systemd, cron, load balancers).
+
+    It also shows the server's durability: its fsync setting (sync_interval), the replicas of every
+    stream and the nats-server version; --strict fails when they are weaker than deploy/README.md
+    documents, one line per problem.
+    """
+    from chronos.durability import inspect, problems as durability_problems
+
     st = state(ctx)
 
     async def go(client: Client) -> StatusReport:
@@ -105,9 +127,14 @@ def status(
             problems.append("no live worker")
         if require_leader and leader is None:
             problems.append("no scheduler leader")
+        dur = await inspect(client, monitor or ())
+        if strict:
+            problems += durability_problems(dur)
         return StatusReport(namespace=st.settings.namespace, server=st.settings.nats.url, healthy=not problems,
                             problems=problems, workers_live=len(live), workers_total=len(beats), queues=depths,
-                            dlq=dlq, leader=leader)
+                            dlq=dlq, leader=leader, nats_server_version=dur.version,
+                            sync={s.server: s.sync for s in dur.servers}, sync_source=dur.sync_source,
+                            replicas=dur.replicas, strict=strict)
 
     report = run_client(st, go)
     if wants_json(ctx, json_):
@@ -121,10 +148,41 @@ def status(
             ("waiting", ", ".join(f"{k}={v}" for k, v in sorted(report.queues.items()) if v) or "0"),
             ("dlq", str(report.dlq)),
             ("leader", report.leader or "none"),
+            ("nats-server", report.nats_server_version or "unknown"),
+            ("sync_interval", _sync_text(report)),
+            ("replicas", _replicas_text(report.replicas)),
             ("health", "ok" if report.healthy else "UNHEALTHY: " + "; ".join(report.problems)),
         ]
         out.console().print(out.key_values(rows))
     if not report.healthy:
         if not wants_json(ctx, json_):
-            typer.echo(f"error: unhealthy: {'; '.join(report.problems)}", err=True)
+            health = [p for p in report.problems if p in _HEALTH_PROBLEMS]
+            if health:
+                typer.echo(f"error: unhealthy: {'; '.join(health)}", err=True)
+            for p in report.problems:  # durability problems (--strict): one line each
+                if p not in _HEALTH_PROBLEMS:
+                    typer.echo(f"error: {p}", err=True)
         raise typer.Exit(1)
+
+
+_HEALTH_PROBLEMS = ("no live worker", "no scheduler leader")
+
+
+def _sync_text(report: StatusReport) -> str:
+    if not report.sync:
+        return "unknown (use a system-account user or --monitor URL)"
+    values = set(report.sync.values())
+    if len(values) == 1:
+        (value,) = values
+        where = f"{len(report.sync)} server(s)" if len(report.sync) > 1 else next(iter(report.sync))
+        return f"{value} ({where}, from {report.sync_source})"
+    return ", ".join(f"{k}={v}" for k, v in report.sync.items()) + f" (from {report.sync_source})"
+
+
+def _replicas_text(replicas: dict[str, int]) -> str:
+    if not replicas:
+        return "-"
+    values = set(replicas.values())
+    if len(values) == 1:
+        return f"{values.pop()} (all {len(replicas)} streams)"
+    return ", ".join(f"{k}={v}" for k, v in replicas.items())
