@@ -23,7 +23,7 @@ _EXPORTS = {
     "Retry": ".errors",
     "SchedulerService": ".scheduler",
     "Settings": ".config",
-    "SyncClient": ".sync_client",
+    "SyncClient": ".sync",
     "SyncJobRef": ".tasks",
     "Task": ".tasks",
     "WorkerService": ".worker.service",
@@ -31,7 +31,7 @@ _EXPORTS = {
     "current_job": ".worker.context",
     "load_settings": ".config",
     "set_client": ".tasks",
-    "sync_client": ".sync_client",
+    "sync_client": ".sync",
     "task": ".tasks",
 }
 
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .models import Backoff, JobRecord, JobSpec
     from .scheduler import SchedulerService
     from .states import JobState
-    from .sync_client import SyncClient, sync_client
+    from .sync import SyncClient, sync_client
     from .tasks import JobFailedError, JobRef, SyncJobRef, Task, close_client, set_client, task
     from .worker.context import current_job
     from .worker.registry import Registry

@@ -33,7 +33,7 @@ from .worker.registry import Registry, TaskDef, default_registry, default_task_n
 if TYPE_CHECKING:
     from .client import Client
     from .models import JobRecord
-    from .sync_client import SyncClient
+    from .sync import SyncClient
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -287,7 +287,7 @@ class TaskCall(Generic[P, R]):
         return JobRef(job_id, self.task, client)
 
     def submit_sync(self, *args: P.args, **kwargs: P.kwargs) -> SyncJobRef[R]:
-        from .sync_client import sync_client
+        from .sync import sync_client
 
         job_args = self.task.bind(*args, **kwargs)
         client = sync_client()

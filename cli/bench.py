@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
+import msgspec
 import typer
 
 from . import _output as out
@@ -18,29 +19,46 @@ def throughput(
     n: Annotated[int, typer.Option("--n", min=1, help="Jobs to run.")] = 20000,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Worker slots.")] = 256,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Give up after this many seconds.")] = 300.0,
+    sync: Annotated[str, typer.Option("--sync", help="The server's sync_interval: always (fsync every write, "
+                                      "the production setting), default (lazy, every 2m), or both (one run each; --json gives a list).")] = "always",
+    count_fsyncs: Annotated[bool, typer.Option("--count-fsyncs", help="Also a run per mode under strace, "
+                                               "counting the server's fsyncs per job (slower; its jobs/s not shown).")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Enqueue and end-to-end jobs/s of N no-op jobs through one worker process."""
+    """Enqueue and end-to-end jobs/s of N no-op jobs through one worker process, per server sync mode."""
     from chronos.bench.throughput import run_throughput
 
+    if sync not in ("always", "default", "both"):
+        raise typer.BadParameter(f"{sync!r} is not always, default or both", param_hint="--sync")
     st = state(ctx)
-    result = run_async(st, run_throughput(n=n, concurrency=concurrency, timeout=timeout))
+    modes = ["always", "default"] if sync == "both" else [sync]
+    results = []
+    for mode in modes:
+        result = run_async(st, run_throughput(n=n, concurrency=concurrency, timeout=timeout, sync=mode))
+        if count_fsyncs:
+            traced = run_async(st, run_throughput(n=n, concurrency=concurrency, timeout=timeout, sync=mode,
+                                                  count_fsyncs=True))
+            result = msgspec.structs.replace(result, fsyncs_per_job=traced.fsyncs_per_job)
+        results.append(result)
     if wants_json(ctx, json_):
-        out.print_json(result)
+        out.print_json(results if len(results) > 1 else results[0])
     else:
-        rows = [
-            ("jobs", result.n),
-            ("enqueue", f"{result.enqueue_jobs_per_s:,.0f} jobs/s ({result.enqueue_seconds:.2f}s)"),
-            ("end to end", f"{result.end_to_end_jobs_per_s:,.0f} jobs/s ({result.end_to_end_seconds:.2f}s)"),
-            ("completed", result.completed),
-            ("lost", result.lost),
-            ("duplicated", result.duplicated),
-            ("server msgs/job", f"{result.server_msgs_in_per_job} in, {result.server_msgs_out_per_job} out"),
-            ("concurrency", result.concurrency),
-            ("cpu per job", ", ".join(f"{k} {v:.0f} µs" for k, v in result.cpu_us_per_job.items())),
-        ]
-        out.console().print(out.key_values([(k, str(v)) for k, v in rows]))
-    if result.lost:
+        for result in results:
+            rows = [
+                ("server sync", "always (fsync every write)" if result.sync == "always" else "default (fsync every 2m)"),
+                ("jobs", result.n),
+                ("enqueue", f"{result.enqueue_jobs_per_s:,.0f} jobs/s ({result.enqueue_seconds:.2f}s)"),
+                ("end to end", f"{result.end_to_end_jobs_per_s:,.0f} jobs/s ({result.end_to_end_seconds:.2f}s)"),
+                ("completed", result.completed),
+                ("lost", result.lost),
+                ("duplicated", result.duplicated),
+                ("server msgs/job", f"{result.server_msgs_in_per_job} in, {result.server_msgs_out_per_job} out"),
+                ("fsyncs/job", "-" if result.fsyncs_per_job is None else f"{result.fsyncs_per_job}"),
+                ("concurrency", result.concurrency),
+                ("cpu per job", ", ".join(f"{k} {v:.0f} µs" for k, v in result.cpu_us_per_job.items())),
+            ]
+            out.console().print(out.key_values([(k, str(v)) for k, v in rows]))
+    if any(r.lost for r in results):
         raise typer.Exit(1)
 
 
@@ -160,3 +178,26 @@ def crash(
         out.console().print(out.key_values([(k, str(v)) for k, v in rows]))
     if not result.target_met:
         raise typer.Exit(1)
+
+
+@app.command("sync-submit")
+def sync_submit(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option("--n", min=10, help="Submits from one thread.")] = 5000,
+    threads: Annotated[int, typer.Option("--threads", min=1, max=256, help="Threads for the concurrent run.")] = 8,
+    json_: JsonOpt = False,
+) -> None:
+    """Submit latency from synchronous code (SyncClient), against asyncio.run per call."""
+    from chronos.bench.sync_submit import run_sync_submit
+
+    result = run_sync_submit(n=n, threads=threads)
+    if wants_json(ctx, json_):
+        out.print_json(result)
+        return
+    rows = [
+        ("one thread", f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, max {result.max_ms:.1f} ms ({result.n} submits)"),
+        (f"{result.threads} threads", f"{result.threaded_jobs_per_s:,.0f} jobs/s, p50 {result.threaded_p50_ms:.2f} ms, "
+                                      f"p99 {result.threaded_p99_ms:.2f} ms"),
+        ("asyncio.run per call", f"p50 {result.asyncio_run_p50_ms:.1f} ms ({result.asyncio_run_calls} calls)"),
+    ]
+    out.console().print(out.key_values(rows))
