@@ -167,7 +167,7 @@ def test_backfill_many_with_progress_and_the_limit(cli, tasks):
     assert "60 fire times" in r.stdout or "61 fire times" in r.stdout
     # Over scheduler.max_backfill: refused, nothing made.
     r = cli("schedules", "backfill", "fast", "--since", "2h", "--until", "1h", env={"CHRONOS_SCHEDULER__MAX_BACKFILL": "100"})
-    assert r.exit_code == 1
+    assert r.exit_code == 2  # a value the server refuses: bad input
     line = one_error_line(r)
     assert line.startswith("error: since: the window") and "scheduler.max_backfill = 100" in line
 
@@ -255,7 +255,7 @@ def test_click_usage_errors(cli, args, needle):
     assert needle in one_error_line(r)
 
 
-def test_user_errors_exit_1_and_store_nothing(cli, tasks):
+def test_refused_values_exit_2_taken_names_5_and_store_nothing(cli, tasks):
     cases = [
         (["add", "q", "t.add", "--every", "1m", "--queue", "nobody-serves-this"], "queue: unknown queue 'nobody-serves-this'"),
         (["add", "q", "t.add", "--every", "1m", "--queue", "bad queue"], "queue: 'bad queue' is not a valid name"),
@@ -264,20 +264,20 @@ def test_user_errors_exit_1_and_store_nothing(cli, tasks):
     ]
     for args, needle in cases:
         r = cli("schedules", *args)
-        assert r.exit_code == 1, (args, r.output)
+        assert r.exit_code == 2, (args, r.output)
         assert needle in one_error_line(r)
     assert items(cli, "schedules", "list") == []
 
     assert cli("schedules", "add", "dup", "t.add", "--every", "1m").exit_code == 0
     r = cli("schedules", "add", "dup", "t.add", "--every", "1h")
-    assert r.exit_code == 1 and "name: a schedule named 'dup' already exists" in one_error_line(r)
+    assert r.exit_code == 5 and "a schedule named 'dup' already exists" in one_error_line(r)
     assert cli_json(cli, "schedules", "get", "dup")["every"] == 60.0
     r = cli("schedules", "edit", "dup", "--queue", "nobody-serves-this")
-    assert r.exit_code == 1 and "queue: unknown queue" in one_error_line(r)
+    assert r.exit_code == 2 and "queue: unknown queue" in one_error_line(r)
     r = cli("schedules", "backfill", "dup", "--since", "1h", "--until", "2999-01-01T00:00:00+00:00")
-    assert r.exit_code == 1 and "until: 2999-01-01T00:00:00+00:00 is in the future" in one_error_line(r)
+    assert r.exit_code == 2 and "until: 2999-01-01T00:00:00+00:00 is in the future" in one_error_line(r)
     r = cli("schedules", "pause", "--match", "nothing-*")
-    assert r.exit_code == 1 and "no schedule matches 'nothing-*'" in one_error_line(r)
+    assert r.exit_code == 4 and "no schedule matches 'nothing-*'" in one_error_line(r)
 
 
 @pytest.mark.parametrize(
@@ -285,9 +285,9 @@ def test_user_errors_exit_1_and_store_nothing(cli, tasks):
     [["get", "ghost"], ["next", "ghost"], ["pause", "ghost"], ["resume", "ghost"], ["remove", "ghost"],
      ["backfill", "ghost", "--since", "1h"], ["edit", "ghost", "--priority", "low"], ["get", "no.such"]],
 )
-def test_unknown_schedule_is_a_user_error(cli, args):
+def test_unknown_schedule_is_not_found(cli, args):
     r = cli("schedules", *args)
-    assert r.exit_code == 1
+    assert r.exit_code == 4
     assert "no schedule named" in one_error_line(r)
 
 
