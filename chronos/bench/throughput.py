@@ -3,11 +3,21 @@
 An embedded nats-server, one worker process, N no-op jobs submitted while the
 worker runs. End to end = N / (last completion - first submit). Lost = jobs not
 completed; duplicated = job ids the task saw more than once.
+
+``sync`` is the server's JetStream ``sync_interval``: ``"always"`` (fsync every write, the
+documented production setting) or ``"default"`` (the server's lazy 2-minute fsync).
+``count_fsyncs`` attaches strace to the server for the run and reports fsync calls per job;
+ptrace slows the server, so the jobs/s of such a run are not comparable and are reported apart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -42,10 +52,42 @@ class ThroughputResult(msgspec.Struct):
     concurrency: int
     # CPU time per job in each process over the run (µs): where the 2 cores went.
     cpu_us_per_job: dict[str, float] = {}
+    sync: str = "default"  # the server's sync_interval: "always" or "default" (2m)
+    fsyncs_per_job: float | None = None  # fsync + fdatasync calls of the server (count_fsyncs runs only)
 
 
-async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float = 300.0) -> ThroughputResult:
-    with tempfile.TemporaryDirectory(prefix="chronos-bench-") as tmp, EmbeddedServer(Path(tmp) / "js") as server:
+def _strace(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
+    """strace counting the fsyncs of every thread of ``pid``; None when strace is missing or refused."""
+    exe = shutil.which("strace")
+    if exe is None:
+        return None
+    proc = subprocess.Popen([exe, "-f", "-qq", "-c", "-e", "trace=fsync,fdatasync", "-o", str(out), "-p", str(pid)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    time.sleep(0.5)  # attached to every thread before the run starts
+    return None if proc.poll() is not None else proc
+
+
+def _fsyncs(proc: subprocess.Popen[bytes] | None, out: Path) -> int | None:
+    if proc is None:
+        return None
+    os.kill(proc.pid, signal.SIGINT)  # strace detaches and writes its summary
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
+    text = out.read_text() if out.exists() else ""
+    return sum(int(m.group(1)) for m in re.finditer(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?f(?:data)?sync$",
+                                                     text, re.MULTILINE))
+
+
+async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float = 300.0, *,
+                         sync: str = "default", count_fsyncs: bool = False) -> ThroughputResult:
+    if sync not in ("always", "default"):
+        raise ValueError(f"sync: {sync!r} is not always or default")
+    with tempfile.TemporaryDirectory(prefix="chronos-bench-") as tmp, \
+            EmbeddedServer(Path(tmp) / "js", sync="always" if sync == "always" else None) as server:
         ns = "bench"
         settings = load_settings(overrides={"namespace": ns, "nats": {"url": server.url}}, read_env=False)
         client = await Client.connect(settings)
@@ -72,6 +114,7 @@ async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float 
             await asyncio.sleep(0.2)  # let the subscription reach the server before the first job
             before = server_counters(server)
             pids = {"server": server.proc.pid if server.proc else None, "worker": worker.pid}
+            tracer = _strace(server.proc.pid, Path(tmp) / "strace.txt") if count_fsyncs and server.proc else None
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()} | {"client": cpu_seconds()}
             t0 = time.perf_counter()
             ids = await client.submit_specs(specs)
@@ -82,6 +125,7 @@ async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float 
                 pass
             after = server_counters(server)
             cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()} | {"client": cpu_seconds()}
+            fsyncs = _fsyncs(tracer, Path(tmp) / "strace.txt")
             follower.cancel()
             # Completions whose events we missed still count if the record says so.
             missing = [i for i in ids if i not in completed]
@@ -108,6 +152,8 @@ async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float 
             server_msgs_out_per_job=round((after["out_msgs"] - before["out_msgs"]) / n, 2),
             concurrency=concurrency,
             cpu_us_per_job={k: round((cpu1[k] - cpu0[k]) / n * 1e6, 1) for k in cpu0},
+            sync=sync,
+            fsyncs_per_job=None if fsyncs is None else round(fsyncs / n, 2),
         )
 
 
@@ -115,4 +161,5 @@ if __name__ == "__main__":
     import sys
 
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 20000
-    print(msgspec.json.encode(asyncio.run(run_throughput(n))).decode())
+    mode = sys.argv[2] if len(sys.argv) > 2 else "default"
+    print(msgspec.json.encode(asyncio.run(run_throughput(n, sync=mode, count_fsyncs="fsyncs" in sys.argv[3:]))).decode())
