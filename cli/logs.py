@@ -21,6 +21,25 @@ from ._shared import JsonOpt, event_history, run_client, state, wants_json
 STATE_ALIASES = {"failed": ("retryable", "discarded")}
 
 
+def _audit_log(ctx: typer.Context, since: Optional[str], as_json: bool) -> None:
+    """`chronos logs --audit`: the audit stream (chronos/audit.py), oldest first; the last 100 or --since."""
+    from chronos import audit
+
+    st = state(ctx)
+    start = time.time() - parse_duration(since, "--since") if since is not None else None
+    entries = run_client(st, lambda c: audit.read(c.conn, limit=100 if start is None else 1_000_000, since=start))
+    if as_json:
+        out.print_listing(entries)
+        return
+    for e in entries:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at))
+        detail = " ".join(f"{k}={v}" for k, v in (e.detail or {}).items())
+        typer.echo(f"{stamp}  {audit.role_label(e):<10} {e.user:<12} {e.action:<16} {e.target}"
+                   + (f"  {detail}" if detail else ""))
+    if not entries:
+        typer.echo("no operator actions recorded" + (f" in the last {since}" if since else ""), err=True)
+
+
 def _complete_state(incomplete: str) -> list[str]:
     return [s for s in [*(s.value for s in JobState), *STATE_ALIASES] if s.startswith(incomplete)]
 
@@ -41,9 +60,14 @@ def logs(
         Optional[str], typer.Option("--since", help="Start this far back: 10m, 2h (default 10m; with --follow, live only).")
     ] = None,
     json_: JsonOpt = False,
+    audit: Annotated[bool, typer.Option("--audit", help="Operator actions instead (retry, cancel, purge, schedule "
+                                                      "changes): who, as which role, what, when.")] = False,
 ) -> None:
     """Job lifecycle events: the last 10 minutes, or live with --follow (add --since for a backlog first)."""
     st = state(ctx)
+    if audit:
+        _audit_log(ctx, since, wants_json(ctx, json_))
+        return
     kinds: list[str] = []
     for s in state_ or []:
         if s in STATE_ALIASES:

@@ -30,6 +30,7 @@ from .messages import (
     EventsTail,
     StatsChanged,
 )
+from .screens.audit import AuditScreen
 from .screens.confirm import ConfirmScreen
 from .screens.dashboard import DashboardScreen
 from .screens.dlq import DlqScreen
@@ -175,6 +176,8 @@ class ChronosApp(App[None]):
             self.action_help()
         elif word == "failed":
             self.call_later(self.show_jobs, "state:failed")
+        elif word == "audit":
+            self.push_screen(AuditScreen())
         elif word == "job" and rest:
             self.open_job(rest)
         elif word == "jobs":
@@ -213,6 +216,8 @@ class ChronosApp(App[None]):
         yield SystemCommand("View: failed jobs", "jobs that failed, newest first",
                             lambda: self.call_later(self.action_failed))
         yield SystemCommand("Recount", "recount jobs from the KV records", self.action_resync)
+        yield SystemCommand("Audit trail", "the last operator actions: who, as which role, what, when",
+                            lambda: self.push_screen(AuditScreen()))
         if self.readonly:
             return
         hook = getattr(screen, "palette_actions", None)

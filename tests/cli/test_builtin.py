@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import shlex
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -26,36 +27,43 @@ def test_shell_is_off_without_an_allow_list():
         shell_argv(["echo", "hi"], [])
 
 
-def test_allow_list_matches_the_first_word_exactly():
-    assert shell_argv("echo 'a b'", ["echo"]) == ["echo", "a b"]
-    with pytest.raises(Cancel, match="'/tmp/echo' is not in"):
-        shell_argv(["/tmp/echo"], ["echo"])
+def test_allow_list_matches_the_program_by_path_and_each_argument():
+    allow = ["/bin/echo {word}", "/bin/echo -n {int}"]
+    assert shell_argv("/bin/echo hello", allow) == ["/bin/echo", "hello"]
+    assert shell_argv(["/bin/echo", "-n", "42"], allow) == ["/bin/echo", "-n", "42"]
+    with pytest.raises(Cancel, match="'echo' is not in"):
+        shell_argv(["echo", "hi"], allow)  # a bare name is never enough
+    with pytest.raises(Cancel, match="match no worker.shell_allow entry"):
+        shell_argv("/bin/echo 'a b'", allow)  # a space is not a {word}
     with pytest.raises(Cancel, match="cannot parse"):
-        shell_argv("echo 'unterminated", ["echo"])
+        shell_argv("/bin/echo 'unterminated", allow)
     with pytest.raises(Cancel, match="must be a string or a list"):
-        shell_argv(["echo", 3], ["echo"])  # type: ignore[list-item]
+        shell_argv(["/bin/echo", 3], allow)  # type: ignore[list-item]
     with pytest.raises(Cancel, match="empty"):
-        shell_argv("  ", ["echo"])
+        shell_argv("  ", allow)
 
 
 async def test_shell_result_and_tails(tmp_path: Path):
-    res = await run_shell(["sh", "-c", "pwd; seq 1 5000; echo oops >&2"], allow=["sh"], cwd=str(tmp_path), tail=100)
+    script = "pwd; seq 1 5000; echo oops >&2"
+    res = await run_shell(["/bin/sh", "-c", script], allow=[shlex.join(["/bin/sh", "-c", script])],
+                          cwd=str(tmp_path), cwd_allow=[f"{tmp_path}"], tail=100)
     assert res["exit_code"] == 0
     assert res["stdout"].endswith("4999\n5000\n") and len(res["stdout"]) == 100
     assert res["stderr"] == "oops\n"
 
 
 async def test_shell_failure_timeout_and_bad_setup(tmp_path: Path):
+    bad = "/bin/sh -c 'echo bad thing >&2; exit 2'"
     with pytest.raises(ShellError, match="exited with 2: bad thing"):
-        await run_shell("sh -c 'echo bad thing >&2; exit 2'", allow=["sh"])
+        await run_shell(bad, allow=[bad])
     with pytest.raises(ShellError, match="timed out after 0.2s"):
-        await run_shell(["sleep", "5"], allow=["sleep"], timeout=0.2)
+        await run_shell(["/bin/sleep", "5"], allow=["/bin/sleep {int}"], timeout=0.2)
     with pytest.raises(Cancel, match="not found"):
-        await run_shell(["no-such-program-xyz"], allow=["no-such-program-xyz"])
+        await run_shell(["/no/such-program-xyz"], allow=["/no/such-program-xyz"])
     with pytest.raises(Cancel, match="is not a directory"):
-        await run_shell(["true"], allow=["true"], cwd=str(tmp_path / "missing"))
+        await run_shell(["/bin/true"], allow=["/bin/true"], cwd=str(tmp_path / "missing"), cwd_allow=[f"{tmp_path}/*"])
     with pytest.raises(Cancel, match="NAME=string"):
-        await run_shell(["true"], allow=["true"], env={"BAD NAME": "x"})
+        await run_shell(["/bin/true"], allow=["/bin/true"], env={"BAD NAME": "x"})
 
 
 # --- http -----------------------------------------------------------------------------------------------
@@ -87,35 +95,40 @@ def web() -> Iterator[str]:
     server.server_close()
 
 
+LOCAL = ["127.0.0.0/8"]  # the test server is on loopback, which must be listed as a network
+
+
 async def test_http_success(web):
-    res = await call_http(f"{web}/200", json={"a": 1})
+    res = await call_http(f"{web}/200", json={"a": 1}, allow=LOCAL)
     assert res["status"] == 200
     assert res["body"] in ('ok{"a":1}', 'ok{"a": 1}') and res["body_truncated"] is False
-    res = await call_http(f"{web}/201", method="put", expect=[201, 202])
+    res = await call_http(f"{web}/201", method="put", expect=[201, 202], allow=LOCAL)
     assert res["status"] == 201
 
 
 async def test_http_4xx_cancels_5xx_and_timeouts_retry(web):
     with pytest.raises(Cancel, match="answered 404"):
-        await call_http(f"{web}/404")
+        await call_http(f"{web}/404", allow=LOCAL)
     with pytest.raises(Cancel, match=r"answered 200, expected \[204\]"):
-        await call_http(f"{web}/200", expect=204)
+        await call_http(f"{web}/200", expect=204, allow=LOCAL)
     with pytest.raises(HTTPStatusError, match="answered 503"):
-        await call_http(f"{web}/503")
+        await call_http(f"{web}/503", allow=LOCAL)
     with pytest.raises(Retry) as info:
-        await call_http(f"{web}/429/later")
+        await call_http(f"{web}/429/later", allow=LOCAL)
     assert info.value.delay == 7.0
     with pytest.raises(Cancel, match="must start with http"):
-        await call_http("ftp://example.com")
+        await call_http("ftp://example.com", allow=LOCAL)
+    with pytest.raises(Cancel, match="http tasks are off"):
+        await call_http(f"{web}/200")
 
     def hang(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("slow", request=request)
 
     with pytest.raises(TimeoutError, match="timed out"):
-        await call_http("http://example.invalid/", transport=httpx.MockTransport(hang))
+        await call_http("http://127.0.0.1:9/", transport=httpx.MockTransport(hang), allow=LOCAL)
 
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused", request=request)
 
     with pytest.raises(ConnectionError, match="refused"):
-        await call_http("http://example.invalid/", transport=httpx.MockTransport(refuse))
+        await call_http("http://127.0.0.1:9/", transport=httpx.MockTransport(refuse), allow=LOCAL)

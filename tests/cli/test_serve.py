@@ -80,12 +80,14 @@ def test_sigterm_stops_the_worker_gracefully(cli, config_file):
 
 
 def test_builtin_shell_task_end_to_end(cli, settings, tmp_path: Path):
-    allowing = msgspec.structs.replace(settings, worker=msgspec.structs.replace(settings.worker, shell_allow=["echo", "sh"]))
+    script = "/bin/sh -c 'echo $GREETING >&2; exit 3'"
+    allowing = msgspec.structs.replace(settings, worker=msgspec.structs.replace(
+        settings.worker, shell_allow=["/bin/echo {word}", script], shell_env=["GREETING"]))
     cfg = write_config(tmp_path / "shell.toml", allowing)
     r = cli("--config", str(cfg), "serve", "worker", "--burst")  # registers shell and http
     assert r.exit_code == 0, r.output
-    echo = submit(cli, "shell", "--args", json.dumps({"command": ["echo", "hello"]}))
-    env = submit(cli, "shell", "--args", json.dumps({"command": "sh -c 'echo $GREETING >&2; exit 3'",
+    echo = submit(cli, "shell", "--args", json.dumps({"command": ["/bin/echo", "hello"]}))
+    env = submit(cli, "shell", "--args", json.dumps({"command": script,
                                                      "env": {"GREETING": "hi there"}, "check": False}))
     refused = submit(cli, "shell", "--args", json.dumps({"command": "rm -rf /nonexistent"}))
     r = cli("--config", str(cfg), "serve", "worker", "--burst")

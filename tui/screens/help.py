@@ -26,6 +26,7 @@ COMMANDS = (
     (":events", "live event tail (also :logs)"),
     (":dashboard", "dashboard (also :dash)"),
     (":failed", "jobs that failed, newest first"),
+    (":audit", "the last operator actions: who, as which role, what, when"),
     (":job ID", "open one job"),
     (":help", "this screen"),
     (":quit", "leave (also :q)"),
