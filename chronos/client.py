@@ -23,6 +23,7 @@ import nats.js.errors
 from nats.js import api
 
 from . import codec
+from .audit import audited
 from .clock import SYSTEM_CLOCK, Clock
 from .config import Settings, load_settings
 from .connection import Connection, connect, ensure_queue_consumers, ensure_topology
@@ -565,6 +566,7 @@ class Client:
         return await asyncio.wait_for(_wait(), timeout)
 
     # --- cancel / retry ----------------------------------------------------------------
+    @audited("cancel")  # written to the audit stream first (chronos/audit.py)
     async def cancel(self, job_id: str, reason: str = "cancelled by operator") -> JobRecord:
         """Pending jobs are cancelled at once; a running job gets a cancel signal (hard stop after a grace)."""
         now = self.clock.now()
@@ -587,6 +589,7 @@ class Client:
             self.events.emit(job_event(rec, message=reason))
         return rec
 
+    @audited("retry")
     async def retry(self, job_id: str) -> JobRecord:
         """Run a retryable, cancelled or discarded job again now, with a fresh attempt budget."""
 
@@ -606,6 +609,7 @@ class Client:
         self.events.emit(job_event(rec, message="retried by operator"))
         return rec
 
+    @audited("run_now")
     async def run_now(self, job_id: str) -> JobRecord:
         """Promote a scheduled job now; retry a finished one."""
         rec = await self.ops.read(job_id)
@@ -756,6 +760,7 @@ class Client:
             raise ValidationError(f"job id prefix {text!r} is ambiguous: {len(matches)} DLQ entries match ({shown})")
         return await self.dlq_get(matches[0][0])
 
+    @audited("dlq_replay")
     async def dlq_replay(self, ref: str | int) -> JobRecord:
         """Publish a DLQ entry's job again (as a fresh generation of the same job) and remove its entries."""
         entry = await self.dlq_get(ref)
@@ -784,6 +789,7 @@ class Client:
         return [seq for seq, jid, _ in await self._dlq_scan(self.names.dlq_wildcard(), headers_only=True)
                 if jid == job_id]
 
+    @audited("dlq_delete")
     async def dlq_forget(self, job_id: str, seqs: Sequence[int] | None = None) -> int:
         """Delete a job's DLQ entries: ``seqs`` (read with dlq_sequences before the job ran again,
         so a newer failure's entry stays), or all of them. Used after a retry by hand."""
@@ -792,6 +798,7 @@ class Client:
             await self._dlq_delete(seq)
         return len(doomed)
 
+    @audited("dlq_purge")
     async def dlq_purge(self, *, task: str | None = None) -> int:
         """Delete DLQ entries for good (all, or one task's); returns how many live entries went."""
         if task is None:
@@ -942,6 +949,7 @@ class Client:
         validate(new)
         return new
 
+    @audited("schedule_add")
     async def add_schedule(
         self,
         name: str,
@@ -988,6 +996,7 @@ class Client:
         await self._check_task(sched.task)
         return await self._schedules().create(sched)
 
+    @audited("schedule_update")
     async def update_schedule(self, name: str, /, **changes: Any) -> Any:
         """Edit a stored schedule (compare-and-set). Editable: task, args, cron, every, tz, queue,
         priority, timeout, max_attempts, annotations, overlap, misfire, catch_up_max.
@@ -1048,14 +1057,17 @@ class Client:
             out.append(st)
         return out
 
+    @audited("schedule_remove")
     async def remove_schedule(self, name: str) -> None:
         await self._schedules().delete(name)
 
+    @audited("schedule_pause")
     async def pause_schedule(self, name: str, until: float | None = None) -> Any:
         """Pause until ``until`` (epoch seconds), or until resumed when it is None."""
         (s,) = await self._pause([name], until)
         return s
 
+    @audited("schedule_pause")
     async def pause_schedules(self, pattern: str, until: float | None = None) -> list[Any]:
         """Pause every schedule whose name matches the glob (``nightly-*``); ScheduleNotFoundError if none."""
         return await self._pause(await self._schedules().matching(pattern), until)
@@ -1067,11 +1079,13 @@ class Client:
         return [await self._schedules().modify(
             n, lambda s: {"paused": True, "paused_until": until, "updated_at": now}) for n in names]
 
+    @audited("schedule_resume")
     async def resume_schedule(self, name: str) -> Any:
         """Resume; fires missed while paused are not made up (the enqueuer starts from now)."""
         (s,) = await self._resume([name])
         return s
 
+    @audited("schedule_resume")
     async def resume_schedules(self, pattern: str) -> list[Any]:
         """Resume every schedule whose name matches the glob; ScheduleNotFoundError if none."""
         return await self._resume(await self._schedules().matching(pattern))
@@ -1111,6 +1125,7 @@ class Client:
             timing = IntervalSchedule(timing.seconds, interval_anchor(timing.seconds, now))
         return next_n(timing, now, count)
 
+    @audited("schedule_backfill")
     async def backfill_schedule(
         self, name: str, since: float, until: float | None = None,
         *, progress: Callable[[int, int], None] | None = None,
