@@ -238,7 +238,13 @@ def run_client(st: AppState, fn: Callable[[Client], Awaitable[T]], *, ensure: bo
     """
 
     async def go() -> T:
-        client = await Client.connect(st.settings, ensure=ensure)
+        try:
+            client = await Client.connect(st.settings, ensure=ensure)
+        except ConnectionFailedError as exc:
+            if "authorization violation" in str(exc).lower():
+                raise PermissionDenied(f"NATS at {st.settings.nats.url} refused these credentials "
+                                       "(authorization violation)") from None
+            raise
         try:
             if not ensure and not await client.namespace_exists():
                 raise NamespaceMissing(f"namespace {st.settings.namespace} has no chronos streams "
