@@ -423,8 +423,9 @@ class Executor:
             else:
                 rev = new_rev
         for _ in range(5):
+            last = record.attempts[-1] if record.attempts else None
             if record.state is not JobState.RUNNING or record.worker != self.worker_id \
-                    or (record.delivered_gen == record.gen and record.delivered > run.delivered):
+                    or (last is not None and last.delivery not in (0, run.delivered)):
                 # Someone else moved it (cancelled, retried by hand, taken over by a redelivery).
                 return await self._moved_elsewhere(run, record, rev, outcome, now)
             attempts = list(record.attempts)
