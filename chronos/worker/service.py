@@ -109,6 +109,7 @@ class WorkerService:
         self._peers_since = math.inf  # the first read: absence is never counted from before it
         self._task_seen: dict[tuple[str, str], float] = {}  # (task, queue) -> last time a live worker had it
         self._peers_lock = asyncio.Lock()
+        self._peers_failed = False
 
     # --- public -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -249,7 +250,10 @@ class WorkerService:
                 kv = await self.conn.kv(self.conn.names.workers_bucket)
                 entries = await KVStore(kv, self.conn.publisher, self.conn.names.workers_bucket).entries()
             except Exception as exc:  # unknown peers count as alive: nothing is discarded meanwhile
-                log.warning("cannot read worker heartbeats: %s", exc)
+                (log.debug if self._peers_failed else log.warning)(
+                    "cannot read worker heartbeats (jobs of tasks not served here are handed back, never "
+                    "discarded, until it can): %s", exc)
+                self._peers_failed = True
                 self._task_seen = {k: now for k in self._task_seen}
                 return
             peers: dict[str, tuple[WorkerHeartbeat, int, float]] = {}
