@@ -64,6 +64,9 @@ class WorkerSettings(msgspec.Struct, **_STRUCT):
     ack_wait: float = 5.0
     max_deliver: int = 50
     shutdown_grace: float = 10.0
+    # Seconds a running job has, after `chronos cancel`, to stop by itself (current_job().cancelled)
+    # before the worker interrupts its task.
+    cancel_grace: float = 5.0
     heartbeat_interval: float = 2.0
     low_priority_every: int = 8
     poll_expires: float = 2.0
@@ -318,6 +321,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "worker.ack_wait": (1, 3600, "seconds"),
     "worker.max_deliver": (2, 100_000, ""),
     "worker.shutdown_grace": (0, 3600, "seconds"),
+    "worker.cancel_grace": (0, 3600, "seconds"),
     "worker.heartbeat_interval": (0.1, 600, "seconds"),
     "worker.low_priority_every": (1, 10_000, ""),
     "worker.poll_expires": (0.1, 300, "seconds"),

@@ -27,7 +27,8 @@ def _audit_log(ctx: typer.Context, since: Optional[str], as_json: bool) -> None:
 
     st = state(ctx)
     start = time.time() - parse_duration(since, "--since") if since is not None else None
-    entries = run_client(st, lambda c: audit.read(c.conn, limit=100 if start is None else 1_000_000, since=start))
+    entries = run_client(st, lambda c: audit.read(c.conn, limit=100 if start is None else 1_000_000, since=start),
+                         ensure=False)  # a read: never creates streams
     if as_json:
         out.print_listing(entries)
         return

@@ -143,7 +143,7 @@ class WorkerService:
                 ops=ops, registry=self.registry, events=self.events, clock=self.clock, worker_id=self.id,
                 default_timeout=self.settings.jobs.default_timeout,
                 max_result_bytes=self.settings.jobs.max_result_bytes, sync=self.sync,
-                unknown_task_after=w.unknown_task_after,
+                unknown_task_after=w.unknown_task_after, cancel_grace=w.cancel_grace,
             )
             self.executor.is_running_here = self._is_running_here  # type: ignore[method-assign]
             self.executor.adjust_weight = self._adjust_weight  # type: ignore[attr-defined]

@@ -37,7 +37,14 @@ async def slow(seconds: float = 30.0) -> str:
     return "done"
 
 
+async def stubborn(seconds: float = 30.0) -> str:
+    """Ignores cancel requests: only the worker's hard stop after worker.cancel_grace ends it."""
+    await asyncio.sleep(seconds)
+    return "done"
+
+
 registry.register(add, name="t.add")
 registry.register(boom, name="t.boom")
 registry.register(retry_once, name="t.retry_once")
 registry.register(slow, name="t.slow")
+registry.register(stubborn, name="t.stubborn")

@@ -398,3 +398,22 @@ def test_job_events_log_at_debug_service_events_above(caplog):
     caplog.set_level(logging.DEBUG, logger="chronos.events.test")
     log_event(Event(kind="completed", at=time.time(), job_id="j1", task="t", attempt=4), logger)
     assert [r.getMessage() for r in caplog.records] == ["completed j1 t attempt=4"]
+
+
+# --- the cancel grace is a setting ---------------------------------------------------------------------
+def test_cancel_grace_is_a_setting(cli, worker, settings):
+    quick = msgspec.structs.replace(settings, worker=msgspec.structs.replace(settings.worker, cancel_grace=0.5))
+    worker(s=quick)
+    job_id = submit(cli, "t.stubborn", "--arg", "seconds=60")
+    wait_state(cli, job_id, "running")
+    started = time.monotonic()
+    assert cli("cancel", job_id).exit_code == 0
+    wait_state(cli, job_id, "cancelled", timeout=10)
+    assert time.monotonic() - started < 4.0  # the default grace alone is 5 s
+
+
+# --- an unknown CHRONOS_* variable is named --------------------------------------------------------------
+def test_unknown_environment_variable_is_named(config_file):
+    r = CliRunner().invoke(app, ["--config", str(config_file), "workers"], env={"CHRONOS_WORKER__CONCURENCY": "4"})
+    assert r.exit_code == 7
+    assert "CHRONOS_WORKER__CONCURENCY" in one_error_line(r)
