@@ -84,9 +84,9 @@ async def read(conn: Connection, *, limit: int = 100, since: float | None = None
     if info.state.messages == 0:
         return []
     first = max(info.state.first_seq, last - limit + 1) if since is None else info.state.first_seq
+    cfg = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=first)
     sub = await conn.js.subscribe(names.audit_wildcard(), stream=names.audit_stream, ordered_consumer=True,
-                                  deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                                  opt_start_seq=first)
+                                  config=cfg)
     out: list[AuditEntry] = []
     try:
         while True:

@@ -49,7 +49,8 @@ _ENVELOPE_SLACK = 16 * 1024
 # server refuses a longer inactive_threshold (the longest chronos asks for is a 300 s KV watch).
 # A stolen credential can then hold consumers only while its connection lives (security.md).
 _EPHEMERAL_IDLE = 300.0
-_VIOLATION = re.compile(r'Permissions Violation for (Publish|Subscription) to "([^"]+)"')
+# nats-py lower-cases the server's -ERR line, subject included; Denials keeps the real spelling.
+_VIOLATION = re.compile(r'permissions violation for (publish|subscription) to "([^"]+)"', re.IGNORECASE)
 
 
 def role_of(settings: Settings) -> str:
@@ -72,7 +73,8 @@ class Denials:
     def __init__(self, role: str) -> None:
         self.role = role
         self.seen: list[str] = []  # every refused subject, oldest first (bounded)
-        self._waiting: dict[str, list[list[Any]]] = {}
+        self._waiting: dict[str, list[list[Any]]] = {}  # by lower-cased subject
+        self._spelling: dict[str, str] = {}  # lower-cased -> as used, for recent requests and subscriptions
 
     def error(self, subject: str) -> PermissionDeniedError:
         return PermissionDeniedError(f"permission denied: {subject} (role {self.role})")
@@ -81,25 +83,40 @@ class Denials:
         m = _VIOLATION.search(str(exc))
         if m is None:
             return False
-        kind, subject = m.groups()
+        kind, lowered = m.groups()
+        subject = self._spelling.get(lowered.lower(), lowered)
         self.seen.append(subject)
         del self.seen[:-100]
         log.error("permission denied: %s%s (role %s)", "subscribe " if kind == "Subscription" else "", subject,
                   self.role)
-        for entry in self._waiting.get(subject, ()):
+        for entry in self._waiting.get(lowered.lower(), ()):
             if not entry[1]:
                 entry[1] = True
                 entry[0].cancel()
         return True
 
+    def _remember(self, subject: str) -> str:
+        key = subject.lower()
+        if key not in self._spelling:
+            if len(self._spelling) >= 1024:
+                self._spelling.pop(next(iter(self._spelling)))
+            self._spelling[key] = subject
+        return key
+
     def wrap(self, nc: NATS) -> None:
         request = nc.request
+        subscribe = nc.subscribe
+
+        async def remembered(subject: str, *args: Any, **kwargs: Any) -> Any:
+            self._remember(subject)
+            return await subscribe(subject, *args, **kwargs)
 
         async def guarded(subject: str, payload: bytes = b"", timeout: float = 0.5, old_style: bool = False,
                           headers: dict[str, Any] | None = None) -> Any:
             task = asyncio.current_task()
             entry: list[Any] = [task, False]
-            waiting = self._waiting.setdefault(subject, [])
+            key = self._remember(subject)
+            waiting = self._waiting.setdefault(key, [])
             waiting.append(entry)
             try:
                 return await request(subject, payload, timeout=timeout, old_style=old_style, headers=headers)
@@ -110,9 +127,10 @@ class Denials:
             finally:
                 waiting.remove(entry)
                 if not waiting:
-                    self._waiting.pop(subject, None)
+                    self._waiting.pop(key, None)
 
         nc.request = guarded  # type: ignore[method-assign]
+        nc.subscribe = remembered  # type: ignore[method-assign]
 
 
 class Connection:
