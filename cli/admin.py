@@ -72,7 +72,7 @@ async def leader_status(client: Client) -> Optional[str]:
 def leader(ctx: typer.Context, json_: JsonOpt = False) -> None:
     """Which scheduler node leads now (exits 1 when none does)."""
     st = state(ctx)
-    info = run_client(st, lambda c: c.leader())
+    info = run_client(st, lambda c: c.leader(), ensure=False)  # a read: never creates streams
     if wants_json(ctx, json_):
         out.print_json(info)
     elif info is not None:
@@ -136,7 +136,7 @@ def status(
                             sync={s.server: s.sync for s in dur.servers}, sync_source=dur.sync_source,
                             replicas=dur.replicas, strict=strict)
 
-    report = run_client(st, go)
+    report = run_client(st, go, ensure=False)  # a read: never creates streams
     if wants_json(ctx, json_):
         out.print_json(report)
     else:

@@ -27,6 +27,22 @@ def test_workers_empty_then_live(cli, worker):
     assert w.id in human.stdout and "0/3" in human.stdout and "running" in human.stdout
 
 
+def test_admin_status_and_leader_never_create_streams(settings, tmp_path):
+    import msgspec
+    from typer.testing import CliRunner
+
+    from chronos.cli.main import app
+
+    from .conftest import write_config
+
+    typo = f"{settings.namespace}typo"
+    cfg = write_config(tmp_path / "typo.toml", msgspec.structs.replace(settings, namespace=typo))
+    for args in (["admin", "status"], ["admin", "leader"]):
+        r = CliRunner().invoke(app, ["--config", str(cfg), *args])
+        assert r.exit_code == 4, r.output
+        assert "has no chronos streams" in one_error_line(r)
+
+
 def test_admin_init_and_status(cli, worker):
     r = cli("admin", "init")
     assert r.exit_code == 0, r.output
@@ -47,7 +63,7 @@ def test_admin_init_and_status(cli, worker):
     wait_until(lambda: cli("admin", "status", "--no-require-leader").exit_code == 0, what="a healthy status")
     report = cli_json(cli, "admin", "status", "--no-require-leader")
     assert report["healthy"] is True and report["workers_live"] == 1 and report["dlq"] == 0
-    assert set(report) == {"namespace", "server", "healthy", "problems", "workers_live", "workers_total", "queues",
+    assert set(report) >= {"namespace", "server", "healthy", "problems", "workers_live", "workers_total", "queues",
                            "dlq", "leader"}
     assert cli("admin", "status").exit_code == 1  # still no leader
 
