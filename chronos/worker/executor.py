@@ -130,6 +130,9 @@ class Executor:
         self.unknown_task_after = unknown_task_after
         self.handed_back = 0  # deliveries handed back because this worker lacks their task
         self.overlaps = 0  # runs found to have overlapped a redelivery of the same job
+        # Set by the service for a while after its loop was blocked: deliveries may have sat in the
+        # socket past ack_wait, so none takes the unchecked fast path.
+        self.suspect = False
         self.processed = 0
         self.failed = 0
         self.acks = Acks(ops.publisher)
@@ -168,7 +171,7 @@ class Executor:
             await self._hand_back(msg, job.record, job.rev, delivered)
             return False
         self.classify(run, not taskdef.is_async)
-        if (delivered == 1 and job.record.state is JobState.AVAILABLE and self.fast_path_ok()
+        if (delivered == 1 and job.record.state is JobState.AVAILABLE and not self.suspect
                 and self.clock.now() - stored_at < FAST_PATH_MAX_AGE):
             # First delivery of a fresh message: the carried record is current unless someone
             # cancelled it meanwhile (workers learn that from the control watch). Defer the
@@ -360,10 +363,6 @@ class Executor:
     def classify(self, run: Running, is_sync: bool) -> None:
         """The job's task is known: sync (holds a thread or process) or not."""
         run.sync = is_sync
-
-    def fast_path_ok(self) -> bool:
-        """False for a while after the loop was blocked: deliveries may have sat past ack_wait."""
-        return True
 
     async def task_absent_for(self, task: str, queue: str) -> float:
         """Seconds no live worker serving ``queue`` has had ``task``; 0 if one has it now.

@@ -151,10 +151,9 @@ class WorkerService:
             self.executor.released = self._release  # type: ignore[method-assign]
             self.executor.spawn = self._spawn  # type: ignore[method-assign]
             self.executor.classify = self._classify  # type: ignore[method-assign]
-            self.executor.fast_path_ok = self._fast_path_ok  # type: ignore[method-assign]
             self.executor.task_absent_for = self._task_absent_for  # type: ignore[method-assign]
             if w.loop_watchdog:
-                self.watchdog = LoopWatchdog(self.settings, self._held, name=self.id)
+                self.watchdog = LoopWatchdog(self.settings, self._held, name=self.id, on_block=self._on_block)
                 self.watchdog.start()
             await self._register_tasks(conn)
             await self._load_cancels(ops)  # before the first fetch: see executor's fast path
@@ -208,6 +207,12 @@ class WorkerService:
             run.sync = False
             self.sync_held -= 1
             self._wake.set()
+
+    def _on_block(self) -> None:
+        """From the watchdog thread: no delivery takes the unchecked fast path until the service
+        clears this, 2 x ack_wait after the loop runs again (a bool store is atomic)."""
+        if self.executor is not None:
+            self.executor.suspect = True
 
     def _held(self) -> list[tuple[str, str, float]]:
         """For the watchdog thread: a snapshot of held jobs (a dict copy is atomic under the GIL)."""
@@ -268,10 +273,6 @@ class WorkerService:
                 seen = old[2] if old is not None and old[1] == e.revision else now
                 peers[hb.id] = (hb, e.revision, seen)
             self._peers = peers
-
-    def _fast_path_ok(self) -> bool:
-        wd = self.watchdog
-        return wd is None or not wd.recently_blocked(2 * self.settings.worker.ack_wait)
 
     def _take_cancel(self, job_id: str, gen: int) -> str | None:
         found = self._pending_cancels.get(job_id)
@@ -440,6 +441,7 @@ class WorkerService:
             await asyncio.sleep(0.05)
             if wd is not None:
                 wd.beat = time.monotonic()  # the watchdog thread's sign that the loop runs
+                self.executor.suspect = wd.recently_blocked(2 * self.settings.worker.ack_wait)
             now = self.clock.monotonic()
             for run in list(self.running.values()):
                 if run.deferred is not None and run.running_write is None and now - run.started_mono >= defer:

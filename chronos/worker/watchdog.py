@@ -14,7 +14,8 @@ timeout, and a job blocked forever must not be held forever).
 What it cannot cover: messages the server delivered into the socket while the loop
 was blocked are unknown to the worker until it runs again; when it does, deliveries
 taken during ``ack_wait`` after the block go through the checked start path, which
-finds a newer delivery recorded and leaves them to it (``Executor.fast_path_ok``).
+finds a newer delivery recorded and leaves them to it (``Executor.suspect``, set from
+this thread as soon as a block is seen, so it holds before the loop reads the socket).
 """
 
 from __future__ import annotations
@@ -33,9 +34,11 @@ Held = Callable[[], Sequence[tuple[str, str, float]]]  # (job id, ack reply subj
 
 
 class LoopWatchdog:
-    def __init__(self, settings: Settings, held: Held, *, name: str) -> None:
+    def __init__(self, settings: Settings, held: Held, *, name: str,
+                 on_block: Callable[[], None] = lambda: None) -> None:
         self.settings = settings
         self.held = held
+        self.on_block = on_block  # called from this thread when a block begins
         self.name = name
         ack_wait = settings.worker.ack_wait
         self.block_after = max(0.2, ack_wait / 4)  # a loop this late is blocked
@@ -91,6 +94,7 @@ class LoopWatchdog:
                     if self.blocked_since is None:
                         self.blocked_since = self.beat
                         self.blocks += 1
+                        self.on_block()
                         log.error("the worker's event loop is blocked (%.1fs so far): a task blocks it (time.sleep or "
                                   "CPU work in an async def?). Keeping its %d held jobs alive from the watchdog "
                                   "thread; no new work is taken while it is blocked", lag, len(self.held()))
