@@ -74,6 +74,9 @@ async def _varz_from_system_account(nc: Any, timeout: float) -> list[dict[str, A
     got = asyncio.Event()
 
     async def on_msg(msg: Any) -> None:
+        if msg.headers and msg.headers.get("Status") == "503":
+            got.set()  # no responders: this user cannot reach the system account
+            return
         try:
             replies.append(json.loads(msg.data))
         except ValueError:
@@ -88,7 +91,8 @@ async def _varz_from_system_account(nc: Any, timeout: float) -> list[dict[str, A
             await asyncio.wait_for(got.wait(), timeout)
         except TimeoutError:
             return []
-        await asyncio.sleep(min(0.3, timeout))  # the other nodes of a cluster answer too
+        if replies:
+            await asyncio.sleep(min(0.3, timeout))  # the other nodes of a cluster answer too
     finally:
         await sub.unsubscribe()
     return [r for r in replies if isinstance(r.get("data"), dict)]

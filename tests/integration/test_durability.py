@@ -154,3 +154,27 @@ async def test_three_node_cluster_with_fsync_always(tmp_path, start_worker):
             await worker.stop()  # before the cluster goes
     finally:
         cluster.cleanup()
+
+
+async def test_the_fsync_setting_through_the_system_account(tmp_path, namespace):
+    # The CHRONOS-like account imports the system account's VARZ ping: no monitoring port needed.
+    conf = tmp_path / "sys.conf"
+    conf.write_text(
+        'jetstream { sync_interval: always }\n'
+        'accounts {\n'
+        '  SYS: { users: [{user: sys, password: sys}], exports: [{service: "$SYS.REQ.SERVER.PING.VARZ"}] }\n'
+        '  APP: { jetstream: enabled, users: [{user: app, password: app}],\n'
+        '         imports: [{service: {account: SYS, subject: "$SYS.REQ.SERVER.PING.VARZ"}}] }\n'
+        '}\n'
+        'system_account: SYS\n'
+    )
+    server = EmbeddedServer(tmp_path / "js", extra_args=["-c", str(conf)]).start()
+    try:
+        settings = make_settings(server.url, namespace, nats={"url": server.url, "user": "app", "password": "app"})
+        async with await Client.connect(settings) as client:
+            report = await inspect(client)
+        assert report.sync_source == "system account"
+        assert [s.sync for s in report.servers] == ["always"] and report.servers[0].version == report.version
+        assert problems(report) == []
+    finally:
+        server.cleanup()
