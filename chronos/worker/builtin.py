@@ -380,6 +380,8 @@ async def _resolve(url: str, allow: HttpAllow) -> tuple[str, Address]:
     if not host:
         raise Cancel(f"http: no host in {url!r}")
     listed = _host_allowed(url, allow)
+    if not listed and not allow.networks:
+        raise Cancel(f"http: {host} is not in this worker's worker.http_allow")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
