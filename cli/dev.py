@@ -18,7 +18,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import msgspec
 import typer
@@ -39,8 +39,8 @@ READY_LINE = "chronos dev is running"  # printed once everything is up; tests wa
 def dev(
     ctx: typer.Context,
     data_dir: Annotated[Path, typer.Option("--data-dir", help="Where nats-server keeps its data.")] = Path(".chronos-dev"),
-    port: Annotated[int, typer.Option("--port", min=0, max=65535,
-                                      help="NATS port (default: the last run's, else 4222; 0 = any free).")] = -1,
+    port: Annotated[Optional[int], typer.Option("--port", min=0, max=65535,
+                                                help="NATS port (default: the last run's, else 4222; 0 = any free).")] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", "-c", min=1, help="Worker slots.")] = 8,
     seed: Annotated[bool, typer.Option("--seed/--no-seed", help="Submit demo jobs at start.")] = True,
 ) -> None:
@@ -82,6 +82,8 @@ def _run(st: object, server: EmbeddedServer, data_dir: Path, concurrency: int, s
         await scheduler.service.ready.wait()
         n, n_sched = await _seed(settings) if seed else (0, 0)
         log_file = _quiet_terminal(data_dir)
+        logging.getLogger("chronos.dev").info("chronos dev ready on %s (this line goes to %s only)",
+                                              server.url, log_file)
         _banner(settings, server, data_dir, worker.service.id, registry.names(), n, n_sched,
                 log_file=log_file, moved=moved)
 
@@ -105,11 +107,11 @@ def _lock_data_dir(data_dir: Path):  # type: ignore[no-untyped-def]
     return fh
 
 
-def _choose_port(data_dir: Path, port: int) -> int | None:
+def _choose_port(data_dir: Path, port: int | None) -> int | None:
     """The port to listen on: asked for, else the last run's, else 4222; None (any free) if taken."""
     if port == 0:
         return None
-    if port > 0:
+    if port is not None:
         if not _port_free(port):
             raise ChronosError(f"port {port} is in use: pass another --port, or --port 0 for any free one")
         return port
