@@ -404,7 +404,7 @@ def pause(
 
     changed = run_client(st, go, ensure=False)
     if wants_json(ctx, json_):
-        out.print_json(changed)
+        out.print_listing(changed)
         return
     for s in changed:
         typer.echo(f"paused {s.name}" + (f" until {out.when(s.paused_until)}" if s.paused_until else " (until resumed)"))
@@ -423,7 +423,7 @@ def resume(ctx: typer.Context, name: OptName = None, match: MatchOpt = None, jso
 
     changed = run_client(st, go, ensure=False)
     if wants_json(ctx, json_):
-        out.print_json(changed)
+        out.print_listing(changed)
         return
     for s in changed:
         typer.echo(f"resumed {s.name}")

@@ -117,7 +117,7 @@ def test_pause_resume_by_name_and_pattern(cli, tasks):
     assert cli_json(cli, "schedules", "get", "mail")["next_fire_time"] is None
     assert "yes" in next(ln for ln in cli("schedules", "list").stdout.splitlines() if ln.startswith("mail"))
 
-    paused = cli_json(cli, "schedules", "pause", "--match", "etl-*", "--for", "2h")
+    paused = items(cli, "schedules", "pause", "--match", "etl-*", "--for", "2h")
     assert [s["name"] for s in paused] == ["etl-a", "etl-b"]
     assert all(abs(s["paused_until"] - (time.time() + 7200)) < 60 for s in paused)
     row = next(ln for ln in cli("schedules", "list").stdout.splitlines() if ln.startswith("etl-a"))
@@ -128,7 +128,7 @@ def test_pause_resume_by_name_and_pattern(cli, tasks):
     assert r.exit_code == 0 and r.stdout.startswith("paused mail until ")
     assert cli_json(cli, "schedules", "get", "mail")["paused_until"] == until
 
-    assert [s["name"] for s in cli_json(cli, "schedules", "resume", "--match", "*")] == ["etl-a", "etl-b", "mail"]
+    assert [s["name"] for s in items(cli, "schedules", "resume", "--match", "*")] == ["etl-a", "etl-b", "mail"]
     assert not any(s["paused"] for s in items(cli, "schedules", "list"))
     assert cli("schedules", "resume", "mail").stdout.strip() == "resumed mail"
 
