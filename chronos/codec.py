@@ -108,6 +108,10 @@ def cap_result(value: Any, limit: int) -> tuple[Any, bool]:
     if value is None:
         return None, False
     try:
+        if not isinstance(value, (str, int, float, bool, list, dict)):
+            # Structs, dataclasses, datetimes, enums...: stored as their JSON form, so a task
+            # handle's result() converts them back to the declared return type.
+            value = msgspec.to_builtins(value)
         check_json_compatible(value, "result")
         size = len(_encoder.encode(value))
     except (ValidationError, TypeError):

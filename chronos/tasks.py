@@ -47,7 +47,7 @@ class JobFailedError(ChronosError):
 
     def __init__(self, record: "JobRecord") -> None:
         self.record = record
-        last = record.attempts[-1].error if record.attempts else None
+        last = record.error or (record.attempts[-1].error if record.attempts else None)
         super().__init__(f"job {record.id} ({record.spec.task}) ended {record.state.value}"
                          + (f": {last}" if last else ""))
 

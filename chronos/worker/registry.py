@@ -57,7 +57,7 @@ class Registry:
         return d
 
     def add(self, d: TaskDef) -> None:
-        _LOCAL_NAMES.add(d.name)
+        _LOCAL[d.name] = d
         old = self._tasks.get(d.name)
         if old is not None and old.fn is not d.fn and _origin(old.fn) != _origin(d.fn):
             raise ConfigError(f"task {d.name!r} is registered twice: by {_origin(old.fn)} and {_origin(d.fn)}")
@@ -88,12 +88,12 @@ class Registry:
 
 
 default_registry = Registry()
-_LOCAL_NAMES: set[str] = set()
+_LOCAL: dict[str, TaskDef] = {}
 
 
-def local_task_names() -> frozenset[str]:
-    """Every task registered in this process (any registry): a submit of these needs no catalog check."""
-    return frozenset(_LOCAL_NAMES)
+def local_task(name: str) -> TaskDef | None:
+    """A task registered in this process, in any registry: a submit of it needs no catalog."""
+    return _LOCAL.get(name)
 
 
 def default_task_name(fn: Callable[..., Any]) -> str:
