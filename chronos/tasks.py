@@ -21,7 +21,7 @@ import inspect
 import math
 import typing
 import weakref
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, ParamSpec, Protocol, TypeVar, overload
 
 import msgspec
 
@@ -295,6 +295,15 @@ class TaskCall(Generic[P, R]):
         return SyncJobRef(job_id, self.task, client)
 
 
+class _TaskDecorator(Protocol):
+    """What ``@task(...)`` with options returns: typed like ``@task`` itself."""
+
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
 @overload
 def task(fn: Callable[P, Awaitable[R]], /) -> Task[P, R]: ...
 @overload
@@ -304,7 +313,7 @@ def task(
     fn: None = None, /, *, name: str | None = ..., weight: int = ..., registry: Registry | None = ...,
     retry_on: Iterable[type[BaseException]] = ..., queue: str | None = ..., priority: str | None = ...,
     max_attempts: int | None = ..., timeout: float | None = ..., backoff: Backoff | dict[str, Any] | None = ...,
-) -> Callable[[Callable[P, Any]], Task[P, Any]]: ...
+) -> _TaskDecorator: ...
 
 
 def task(
