@@ -28,7 +28,7 @@ from nats.js import api
 
 from . import codec
 from .connection import Connection, role_of
-from .errors import ChronosError
+from .errors import ChronosError, PermissionDeniedError
 from .subjects import user_token
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ async def record(conn: Connection, action: str, target: str = "", **detail: Any)
     subject = conn.names.audit_subject(conn.settings.nats.user)
     try:
         await conn.js.publish(subject, codec.encode(entry), timeout=5.0)
-    except ChronosError as exc:  # PermissionDeniedError from connection.Denials
-        raise AuditError(f"{exc}; {action} {target} not done (operator actions are audited)") from None
+    except PermissionDeniedError as exc:  # from connection.Denials: this user may not act at all
+        raise PermissionDeniedError(f"{exc}: {action} not done (operator actions are audited)") from None
     except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
         raise AuditError(f"cannot write the audit entry for {action} {target} ({exc or type(exc).__name__}); "
                          "not done. Is the audit stream there (`chronos admin init`)?") from None
@@ -131,8 +131,11 @@ def audited(action: str) -> Callable[[F], F]:
         async def inner(self: Any, *args: Any, **kwargs: Any) -> Any:
             if _ACTING.get():
                 return await fn(self, *args, **kwargs)
-            target = ", ".join(str(_short(a)) for a in args)
-            await record(self.conn, action, target, **{k: _short(v) for k, v in kwargs.items()})
+            target = str(_short(args[0])) if args else ""
+            detail = {k: _short(v) for k, v in kwargs.items()}
+            if len(args) > 1:
+                detail["args"] = [_short(a) for a in args[1:]]
+            await record(self.conn, action, target, **detail)
             token = _ACTING.set(True)
             try:
                 return await fn(self, *args, **kwargs)

@@ -179,7 +179,8 @@ async def test_the_viewer_reads_but_writes_nothing(server, admin, before, seeded
         assert await viewer.dlq_list() and await viewer.list_schedules()
         assert await audit.read(viewer.conn)
         started = time.monotonic()
-        with pytest.raises(ChronosError, match=r"permission denied: chronos\.audit\.chronos-viewer \(role viewer\)"):
+        with pytest.raises(PermissionDeniedError,
+                           match=r"permission denied: chronos\.audit\.chronos-viewer \(role viewer\)"):
             await viewer.retry(seeded["jobs"][0])
         with pytest.raises(ChronosError, match="permission denied"):
             await viewer.remove_schedule("nightly")
@@ -266,3 +267,32 @@ async def test_admin_init_switches_rollups_off_on_existing_buckets(server):
         assert await kv.keys() == ["a"]
     finally:
         await conn.close()
+
+
+# --- the command line: `chronos logs --audit`, and a refusal as one line ----------------------------------------------
+def _config(tmp_path, server, role: str):
+    path = tmp_path / f"{role}.toml"
+    path.write_text(f'namespace = "{N.ns}"\n[nats]\nurl = "{server.url}"\nuser = "chronos-{role}"\n'
+                    f'password = "{role}-pw"\nmanage_topology = false\n')
+    return str(path)
+
+
+def test_cli_audit_log_and_a_refused_action(server, seeded, tmp_path):
+    from typer.testing import CliRunner
+
+    from chronos.cli.main import app
+
+    runner = CliRunner()
+    job = seeded["jobs"][2]
+    viewer = runner.invoke(app, ["--config", _config(tmp_path, server, "viewer"), "cancel", job])
+    assert viewer.exit_code == 6, viewer.output
+    assert "permission denied: chronos.audit.chronos-viewer (role viewer)" in viewer.output
+    assert "Traceback" not in viewer.output
+    console = runner.invoke(app, ["--config", _config(tmp_path, server, "console"), "cancel", job])
+    assert console.exit_code == 0, console.output
+    listed = runner.invoke(app, ["--config", _config(tmp_path, server, "viewer"), "logs", "--audit", "--json"])
+    assert listed.exit_code == 0, listed.output
+    items = json.loads(listed.output)["items"]
+    assert (items[-1]["action"], items[-1]["target"], items[-1]["role"]) == ("cancel", job, "chronos-console")
+    text = runner.invoke(app, ["--config", _config(tmp_path, server, "viewer"), "logs", "--audit"])
+    assert f"console    " in text.output and f"cancel           {job}" in text.output
