@@ -37,6 +37,7 @@ from chronos.errors import (
     ConnectionFailedError,
     IllegalTransitionError,
     NotFoundError,
+    PermissionDeniedError,
     ValidationError,
 )
 from chronos.models import Event
@@ -65,7 +66,7 @@ class StateConflict(ConflictError):
     """The job's or schedule's state does not allow what was asked."""
 
 
-class PermissionDenied(ChronosError):
+class PermissionDenied(PermissionDeniedError):
     exit_code = EXIT_PERMISSION
 
 
@@ -80,7 +81,7 @@ class NamespaceMissing(NotFoundError):
 def exit_code_for(exc: BaseException) -> int:
     """The exit code of an error, by its kind (checked most specific first)."""
     text = str(exc).lower()
-    if isinstance(exc, PermissionDenied) or "authorization violation" in text or "permissions violation" in text:
+    if isinstance(exc, PermissionDeniedError) or "authorization violation" in text or "permissions violation" in text:
         return EXIT_PERMISSION
     if isinstance(exc, TopologyMissingError):
         return EXIT_NOT_FOUND
@@ -238,6 +239,17 @@ def run_client(st: AppState, fn: Callable[[Client], Awaitable[T]], *, ensure: bo
     """
 
     async def go() -> T:
+        # The refusal ends the command as its error line; the connection's log line would repeat it.
+        quiet = _DropRepeatedRefusal() if not st.debug else None
+        if quiet is not None:
+            logging.getLogger("chronos.connection").addFilter(quiet)
+        try:
+            return await run(quiet)
+        finally:
+            if quiet is not None:
+                logging.getLogger("chronos.connection").removeFilter(quiet)
+
+    async def run(_: Any) -> T:
         try:
             client = await Client.connect(st.settings, ensure=ensure)
         except ConnectionFailedError as exc:
@@ -262,6 +274,11 @@ def run_client(st: AppState, fn: Callable[[Client], Awaitable[T]], *, ensure: bo
                 log.debug("client close failed: %s", exc)
 
     return run_async(st, go())
+
+
+class _DropRepeatedRefusal(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("permission denied")
 
 
 def _explained(client: Client, exc: Exception) -> Exception:
