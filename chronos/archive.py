@@ -55,6 +55,17 @@ from .errors import ChronosError, ValidationError
 from .events import decode_events
 from .jobs import JobOps
 from .models import JobRecord, JobSpec
+from .readmodel import (
+    CountsQuery,
+    CountsReply,
+    JobIndex,
+    JobsQuery,
+    JobsReply,
+    Op,
+    NOT_READY,
+    make_cursor,
+    parse_cursor,
+)
 from .states import TERMINAL, JobState
 
 log = logging.getLogger(__name__)
@@ -72,6 +83,7 @@ class NoArchiveError(ChronosError):
 
 
 class HistoryQuery(msgspec.Struct, omit_defaults=True):
+    op: str = "history"  # the subject also carries the job index's requests (readmodel.py)
     task: str | None = None
     state: str | None = None
     queue: str | None = None
@@ -79,6 +91,7 @@ class HistoryQuery(msgspec.Struct, omit_defaults=True):
     until: float | None = None  # finished_at < until
     text: str | None = None
     limit: int = 100
+    cursor: str | None = None  # "<finished_at>:<id>" of the last row of the previous page
     v: int = 1
 
 
@@ -105,6 +118,8 @@ def validate_query(q: HistoryQuery) -> None:
         raise ValidationError("since: must be earlier than until")
     if q.text is not None and not q.text:
         raise ValidationError("text: must not be empty")
+    if q.cursor is not None:
+        parse_cursor(q.cursor)
 
 
 async def query_history(
@@ -117,6 +132,7 @@ async def query_history(
     until: float | None = None,
     text: str | None = None,
     limit: int = 100,
+    cursor: str | None = None,
     timeout: float = 5.0,
     gather: float = 0.25,
 ) -> list[JobRecord]:
@@ -127,7 +143,7 @@ async def query_history(
     seconds pass without a new one (or ``timeout`` without any); per job the newest record wins.
     """
     q = HistoryQuery(task=task, state=str(state) if state is not None else None, queue=queue, since=since,
-                     until=until, text=text, limit=limit)
+                     until=until, text=text, limit=limit, cursor=cursor)
     validate_query(q)
     subject = conn.names.history_api()
     nc = conn.nc
@@ -176,8 +192,20 @@ async def query_history(
             have = newest.get(rec.id)
             if have is None or (rec.updated_at, len(rec.attempts)) > (have.updated_at, len(have.attempts)):
                 newest[rec.id] = rec
-    merged = sorted(newest.values(), key=lambda r: (r.finished_at or r.updated_at, r.id), reverse=True)
+    merged = sorted(newest.values(), key=finish_key, reverse=True)
     return merged[:limit]
+
+
+def finish_key(rec: JobRecord) -> tuple[float, str]:
+    """The archive's order (newest finished first) and its cursor: (finished time, id)."""
+    return (rec.finished_at if rec.finished_at is not None else rec.updated_at, rec.id)
+
+
+def history_cursor(rows: Sequence[JobRecord], limit: int) -> str | None:
+    """The cursor of the page after ``rows`` (None when the page was not full: nothing more)."""
+    if len(rows) < limit or not rows:
+        return None
+    return make_cursor(*finish_key(rows[-1]))
 
 
 # --- the SQLite file -------------------------------------------------------------------------------
@@ -198,10 +226,32 @@ CREATE TABLE IF NOT EXISTS jobs (
     record BLOB NOT NULL,
     PRIMARY KEY (ns, id)
 );
-CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (ns, finished_at);
-CREATE INDEX IF NOT EXISTS jobs_task_finished ON jobs (ns, task, finished_at);
+CREATE INDEX IF NOT EXISTS jobs_finished_id ON jobs (ns, finished_at, id);
+CREATE INDEX IF NOT EXISTS jobs_task_finished_id ON jobs (ns, task, finished_at, id);
+CREATE INDEX IF NOT EXISTS jobs_state_finished ON jobs (ns, state, finished_at, id);
+CREATE INDEX IF NOT EXISTS jobs_queue_finished ON jobs (ns, queue, finished_at, id);
+DROP INDEX IF EXISTS jobs_finished;
+DROP INDEX IF EXISTS jobs_task_finished;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+
+# Error text search: an FTS5 trigram index (substring match, case-insensitive) kept by triggers on
+# the jobs table's own rows (external content, so the text is stored once).
+_FTS = """
+CREATE VIRTUAL TABLE IF NOT EXISTS jobs_fts USING fts5(
+    error, traceback, content='jobs', content_rowid='rowid', tokenize='trigram');
+CREATE TRIGGER IF NOT EXISTS jobs_fts_ins AFTER INSERT ON jobs BEGIN
+    INSERT INTO jobs_fts (rowid, error, traceback) VALUES (new.rowid, new.error, new.traceback);
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_fts_del AFTER DELETE ON jobs BEGIN
+    INSERT INTO jobs_fts (jobs_fts, rowid, error, traceback) VALUES ('delete', old.rowid, old.error, old.traceback);
+END;
+CREATE TRIGGER IF NOT EXISTS jobs_fts_upd AFTER UPDATE OF error, traceback ON jobs BEGIN
+    INSERT INTO jobs_fts (jobs_fts, rowid, error, traceback) VALUES ('delete', old.rowid, old.error, old.traceback);
+    INSERT INTO jobs_fts (rowid, error, traceback) VALUES (new.rowid, new.error, new.traceback);
+END;
+"""
+_FTS_CAP = 20_000  # more text matches than this: walk the time index instead (matches are dense)
 
 # Newest record wins; an older event replayed after a newer one changes nothing.
 _UPSERT = """
@@ -213,6 +263,11 @@ ON CONFLICT (ns, id) DO UPDATE SET
     traceback = excluded.traceback, partial = excluded.partial, record = excluded.record
 WHERE excluded.updated_at > jobs.updated_at OR (jobs.partial = 1 AND excluded.partial = 0)
 """
+
+
+def _phrase(text: str) -> str:
+    """An FTS5 phrase (a substring, with the trigram tokenizer) of arbitrary user text."""
+    return '"' + text.replace('"', '""') + '"'
 
 
 def _like(text: str) -> str:
@@ -235,7 +290,13 @@ class ArchiveDB:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint, no fsync per commit
         await db.execute("PRAGMA busy_timeout=5000")
+        await db.execute("PRAGMA cache_size=-65536")
         await db.executescript(_SCHEMA)
+        fresh_fts = not await (await db.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'jobs_fts'")).fetchone()
+        await db.executescript(_FTS)
+        if fresh_fts:  # an archive made before the text index: index what it holds once
+            await db.execute("INSERT INTO jobs_fts (jobs_fts) VALUES ('rebuild')")
         await db.commit()
         self._db = db
         return self
@@ -294,29 +355,60 @@ class ArchiveDB:
         return int(row[0]) if row else 0
 
     async def query(self, q: HistoryQuery) -> list[JobRecord]:
-        where = ["ns = ?"]
+        """Newest finished first; every filter has an index (time, task, state, queue, FTS5 for text)."""
+        where = ["jobs.ns = ?"]
         args: list[Any] = [self.ns]
         for column, value in (("task", q.task), ("state", q.state), ("queue", q.queue)):
             if value is not None:
-                where.append(f"{column} = ?")
+                where.append(f"jobs.{column} = ?")
                 args.append(value)
         if q.since is not None:
-            where.append("finished_at >= ?")
+            where.append("jobs.finished_at >= ?")
             args.append(q.since)
         if q.until is not None:
-            where.append("finished_at < ?")
+            where.append("jobs.finished_at < ?")
             args.append(q.until)
+        if q.cursor is not None:
+            where.append("(jobs.finished_at, jobs.id) < (?, ?)")
+            args += list(parse_cursor(q.cursor))
+        source = "jobs"
         if q.text:
-            where.append("(error LIKE ? ESCAPE '\\' OR traceback LIKE ? ESCAPE '\\')")
-            args += [_like(q.text)] * 2
-        sql = (f"SELECT record FROM jobs WHERE {' AND '.join(where)} "
-               "ORDER BY finished_at DESC, id DESC LIMIT ?")
+            if len(q.text) >= 3 and await self._fts_matches(q.text) < _FTS_CAP:
+                # Few matches: take them from the text index, then order them by time.
+                source = "jobs_fts JOIN jobs ON jobs.rowid = jobs_fts.rowid"
+                where.append("jobs_fts MATCH ?")
+                args.append(_phrase(q.text))
+            else:
+                # Short text, or so many matches that walking the time index finds a page soon.
+                where.append("(jobs.error LIKE ? ESCAPE '\\' OR jobs.traceback LIKE ? ESCAPE '\\')")
+                args += [_like(q.text)] * 2
+        sql = (f"SELECT jobs.record FROM {source} WHERE {' AND '.join(where)} "
+               "ORDER BY jobs.finished_at DESC, jobs.id DESC LIMIT ?")
         args.append(q.limit)
         out = []
         async with self.db.execute(sql, args) as cur:
             async for (blob,) in cur:
                 out.append(codec.decode(blob, JobRecord))
         return out
+
+    async def _fts_matches(self, text: str) -> int:
+        sql = "SELECT count(*) FROM (SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH ? LIMIT ?)"
+        async with self.db.execute(sql, (_phrase(text), _FTS_CAP)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def expire(self, before: float, batch: int = 5000) -> int:
+        """Delete rows finished before ``before`` (archive retention), a batch per transaction."""
+        n = 0
+        while True:
+            cur = await self.db.execute(
+                "DELETE FROM jobs WHERE rowid IN (SELECT rowid FROM jobs WHERE ns = ? AND finished_at < ? "
+                "ORDER BY finished_at LIMIT ?)", (self.ns, before, batch))
+            await self.db.commit()
+            n += cur.rowcount
+            if cur.rowcount < batch:
+                return n
+            await asyncio.sleep(0)  # let requests in between batches
 
 
 def partial_record(event: Any) -> JobRecord:
@@ -377,24 +469,56 @@ class Archiver:
         self.ready = asyncio.Event()  # archive open, consumer bound, responder subscribed
         self.archived = 0  # rows written (full and partial)
         self.written = asyncio.Event()  # pulsed after each committed batch, for tests
+        # The live jobs' index (listings and counts) lives in the same file: readmodel.py.
+        self.index = JobIndex(conn, self.path)
+        self.index_serving = asyncio.Event()  # caught up and answering listings
+        self.retention = conn.settings.scheduler.archive_retention  # 0: keep finished jobs forever
+        self.expired = 0  # rows removed by the archive retention
 
     async def run(self) -> None:
         await self.db.open()
         self.durable = self.names.archive_consumer(await archive_node_key(self.db))
-        sub = None
+        await self.index.open()
+        subs: list[Any] = []
         try:
             psub = await self._bind()
             # No queue group: every node answers and the client merges (see query_history).
-            sub = await self.conn.nc.subscribe(self.names.history_api(), cb=self._on_request)
+            subs.append(await self.conn.nc.subscribe(self.names.history_api(), cb=self._on_request))
             self.ready.set()
-            await self._consume(psub)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self.index.run(), name="archive-index")
+                tg.create_task(self._serve_index(subs), name="archive-index-serve")
+                if self.retention > 0:
+                    tg.create_task(self._expire_loop(), name="archive-expire")
+                await self._consume(psub)
         finally:
-            if sub is not None:
+            for sub in subs:
                 try:
                     await sub.unsubscribe()
                 except nats.errors.Error as exc:
                     log.debug("archive responder unsubscribe: %s", exc)
+            await self.index.close()
             await self.db.close()
+
+    async def _serve_index(self, subs: list[Any]) -> None:
+        """Answer listings and counts once the index has caught up (queue group: one node answers)."""
+        await self.index.caught_up.wait()
+        subs.append(await self.conn.nc.subscribe(self.names.history_api(), queue=f"{self.names.ns}_index",
+                                                 cb=self._on_index_request))
+        self.index_serving.set()
+        log.info("job index caught up (%d rows); answering listings", await self.index.row_count())
+
+    async def _expire_loop(self) -> None:
+        """Archive retention: rows finished longer ago than ``scheduler.archive_retention`` go."""
+        while True:
+            try:
+                n = await self.db.expire(self.clock.now() - self.retention)
+                if n:
+                    self.expired += n
+                    log.info("archive: removed %d row(s) past the %gs archive retention", n, self.retention)
+            except aiosqlite.Error as exc:
+                log.warning("archive: retention pass failed: %r", exc)
+            await asyncio.sleep(min(3600.0, max(1.0, self.retention / 10)))
 
     # --- consuming ---------------------------------------------------------------------------------
     def _consumer_config(self) -> api.ConsumerConfig:
@@ -484,8 +608,49 @@ class Archiver:
         return full, partial
 
     # --- answering ---------------------------------------------------------------------------------
+    async def _on_index_request(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            op = codec.decode(msg.data, Op).op
+        except (ChronosError, msgspec.DecodeError):
+            return
+        if op not in ("jobs", "counts"):
+            return  # a history request: every node's plain subscription answers those
+        reply: JobsReply | CountsReply
+        try:
+            await self.index.sync()
+            if op == "jobs":
+                reply = await self.index.page(codec.decode(msg.data, JobsQuery))
+            else:
+                reply = await self.index.counts(codec.decode(msg.data, CountsQuery).window)
+        except ChronosError as exc:
+            reply = (JobsReply if op == "jobs" else CountsReply)(error=str(exc))
+        except aiosqlite.Error as exc:
+            log.warning("job index: query failed: %r", exc)
+            reply = (JobsReply if op == "jobs" else CountsReply)(error=f"index error: {exc}")
+        reply.node = self.node
+        try:
+            await msg.respond(codec.encode(reply))
+        except nats.errors.Error as exc:
+            log.debug("job index: reply failed: %s", exc)
+
     async def _on_request(self, msg: Msg) -> None:
         if not msg.reply:
+            return
+        try:
+            op = codec.decode(msg.data, Op).op
+        except (ChronosError, msgspec.DecodeError):
+            op = "history"  # answered below with the decode error
+        if op != "history":
+            # A listing or count: the index's queue group answers it once caught up; until then this
+            # node says so, and the client falls back to a scan unless a caught-up node answers.
+            if not self.index_serving.is_set():
+                reply_cls = CountsReply if op == "counts" else JobsReply
+                try:
+                    await msg.respond(codec.encode(reply_cls(node=self.node, error=NOT_READY)))
+                except nats.errors.Error as exc:
+                    log.debug("job index: reply failed: %s", exc)
             return
         try:
             q = codec.decode(msg.data, HistoryQuery)

@@ -514,36 +514,39 @@ class Client:
         tag: str | None = None,
         offset: int = 0,
         limit: int = 50,
+        states: Sequence[str | JobState] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
     ) -> JobPage:
-        """Jobs in the KV, newest first, filtered and paged. (The archive holds older ones.)"""
-        if state is not None:
-            try:
-                state = JobState(state)
-            except ValueError:
-                raise ValidationError(
-                    f"state: {state!r} is not one of {', '.join(s.value for s in JobState)}"
-                ) from None
+        """Jobs in the KV, newest created first, filtered and paged. (The archive holds older ones.)
+
+        ``states``: any of several states; ``since``/``until``: created time; ``cursor``: the
+        ``next`` of the previous page. A scheduler's job index answers (a page costs the same at a
+        million jobs); the records shown are read from the KV. See chronos/listing.py.
+        """
+        from .listing import list_jobs
+        from .readmodel import JobsQuery, validate_jobs_query
+
+        wanted = [state] if state is not None else list(states or [])
+        try:
+            names = [JobState(s).value for s in wanted]
+        except ValueError:
+            bad = next(s for s in wanted if s not in {j.value for j in JobState})
+            raise ValidationError(f"state: {bad!r} is not one of {', '.join(s.value for s in JobState)}") from None
         if offset < 0 or limit < 1:
             raise ValidationError("offset must be >= 0 and limit >= 1")
-        entries = await (await self.ops.store()).entries()
-        jobs: list[JobRecord] = []
-        for e in entries:
-            try:
-                rec = codec.decode(e.value or b"", JobRecord)
-            except ChronosError:
-                continue
-            rec.revision = e.revision
-            if state is not None and rec.state != state:
-                continue
-            if queue is not None and rec.spec.queue != queue:
-                continue
-            if task is not None and rec.spec.task != task:
-                continue
-            if tag is not None and tag not in rec.spec.tags:
-                continue
-            jobs.append(rec)
-        jobs.sort(key=lambda r: (r.created_at, r.id), reverse=True)
-        return JobPage(jobs=jobs[offset : offset + limit], total=len(jobs), offset=offset, limit=limit)
+        q = JobsQuery(states=names, queue=queue, task=task, tag=tag, since=since, until=until, cursor=cursor,
+                      offset=offset, limit=1)
+        validate_jobs_query(q)
+        return await list_jobs(self.conn, self.ops, q, limit)
+
+    async def counts(self) -> Any:
+        """Records per state and per queue (a ``readmodel.Counts``), from a scheduler's job index
+        without reading records (or from a scan when no index answers)."""
+        from .listing import job_counts
+
+        return await job_counts(self.conn, self.ops)
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Wait until the job reaches a terminal state (or ``timeout`` seconds pass)."""
@@ -884,12 +887,14 @@ class Client:
         text: str | None = None,
         limit: int = 100,
         timeout: float = 5.0,
+        cursor: str | None = None,
     ) -> list[JobRecord]:
-        """Finished jobs from the schedulers' archive, asked over NATS (works from any machine)."""
+        """Finished jobs from the schedulers' archive, asked over NATS (works from any machine).
+        ``cursor``: ``archive.history_cursor(previous page, limit)`` for the page after it."""
         from .archive import query_history
 
         return await query_history(self.conn, task=task, state=state, queue=queue, since=since, until=until,
-                                   text=text, limit=limit, timeout=timeout)
+                                   text=text, limit=limit, cursor=cursor, timeout=timeout)
 
     # --- schedules ---------------------------------------------------------------------------
     # CRUD, pause/resume (by name or glob), edit, dry runs, backfill and crontab export over the

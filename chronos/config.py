@@ -108,6 +108,7 @@ class SchedulerSettings(msgspec.Struct, **_STRUCT):
     rescue_after: float = 30.0
     retention: float = 7 * 86400.0
     archive_path: str = "chronos-archive.sqlite3"
+    archive_retention: float = 0.0  # seconds finished jobs stay in the archive; 0: forever
     horizon: float = 120.0
     max_backfill: int = 1000
 
@@ -339,6 +340,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "scheduler.lease_ttl": (2, 300, "seconds"),
     "scheduler.rescue_after": (1, 7 * _DAY, "seconds"),
     "scheduler.retention": (60, 3650 * _DAY, "seconds"),
+    "scheduler.archive_retention": (0, 36500 * _DAY, "seconds"),
     "scheduler.horizon": (1, _DAY, "seconds"),
     "scheduler.max_backfill": (1, 1_000_000, ""),
     "metrics.port": (0, 65535, ""),

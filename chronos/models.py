@@ -233,9 +233,11 @@ class CancelRequest(msgspec.Struct, omit_defaults=True):
 
 class JobPage(msgspec.Struct):
     jobs: list[JobRecord]
-    total: int
+    total: int  # with ``exact`` false, at least this many (a filtered count stops at a cap)
     offset: int
     limit: int
+    next: str | None = None  # cursor of the page after this one (Client.list(cursor=...)); None: last page
+    exact: bool = True
 
 
 class Schedule(msgspec.Struct, omit_defaults=True):

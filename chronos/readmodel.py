@@ -1,0 +1,688 @@
+"""Job index: each scheduler node's read model of the live jobs, for listings and counts.
+
+::
+
+    jobs KV stream ($KV.<ns>_jobs.*, every write of every record, revision = stream sequence)
+        --(ephemeral pull consumer from the last applied sequence + 1, no acks)--> JobIndex
+        -> upsert (id, revision, state, queue, priority, task, tags, created/finished) in SQLite
+           in one transaction per fetched batch, with the applied sequence in the same commit
+        -> triggers keep per (queue, priority, state) counts and per-10s finish buckets
+
+    Client.list / Client.counts --request <ns>.api.history (op "jobs" / "counts"), queue group-->
+        one caught-up node answers: a page of job ids (keyset cursor) or the counts;
+        the client reads the page's records from the KV (the truth) and re-checks the filter.
+
+Why the KV stream and not the events stream: the KV stream is the authoritative change log. A
+record's write *is* its message, so nothing the index needs can be lost the way best-effort
+events can, and each message carries the whole record (no read per event). The KV keeps one
+message per key, so a node that lagged still gets the newest version of every key.
+
+Correctness:
+
+* **Replay** is harmless: a row changes only when the message's revision is newer than the row's
+  (the stream sequence is the revision), and a delete removes only rows older than it.
+* **Lost deletes**: the pruner removes a record's delete marker right after writing it; a node
+  that was not reading at that moment never sees the delete. ``reconcile`` reads from the KV
+  only the rows that are past the retention (the ones the pruner deletes) and drops those whose
+  record is gone, so its cost follows expiring jobs, not all jobs.
+* **Rebuild**: the applied sequence and the stream's creation time are kept in the file. A
+  bucket that was re-created (sequence went back, or another creation time), or a new file,
+  clears this namespace's rows and reads the stream from its first message: one scan of the KV.
+  Deleting the archive file rebuilds too.
+* **Read your writes**: a query first waits (up to ``sync_wait``) until the index has applied
+  the stream's last sequence as of the request, so a job submitted before a listing is in it.
+* A node joins the responders' queue group only once it has caught up; with none (no scheduler,
+  or all still catching up) the client falls back to scanning the KV itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js import api
+
+from . import codec
+from .connection import Connection
+from .errors import ChronosError, ValidationError
+from .models import JobRecord
+from .states import TERMINAL, JobState
+
+log = logging.getLogger(__name__)
+
+NOT_READY = "not ready"  # the error a node whose index is still catching up answers with
+COUNT_CAP = 10_000  # a filtered total is counted up to this many (the index walk stays bounded)
+MAX_PAGE = 1_000
+BUCKET = 10.0  # seconds per finish bucket (the dashboard's 5 min and 1 h windows)
+_STATES = tuple(s.value for s in JobState)
+_TERMINAL = tuple(str(s) for s in TERMINAL)
+_SEP = "\x1f"  # between tags in the row (for deleting their index entries)
+
+
+# --- wire types -----------------------------------------------------------------------------------------
+# Requests share the archive's subject (<ns>.api.history, which every role that reads history may
+# use already); ``op`` tells them apart, and old archives ignore ops they do not know.
+
+
+class Op(msgspec.Struct):
+    op: str = "history"
+
+
+class JobsQuery(msgspec.Struct):  # no omit_defaults: ``op`` must travel
+    op: str = "jobs"
+    states: list[str] = msgspec.field(default_factory=list)
+    queue: str | None = None
+    task: str | None = None
+    tag: str | None = None
+    since: float | None = None  # created_at >= since
+    until: float | None = None  # created_at < until
+    cursor: str | None = None  # "<created_at>:<id>" of the last row of the previous page
+    offset: int = 0
+    limit: int = 50
+    v: int = 1
+
+
+class JobsReply(msgspec.Struct, omit_defaults=True):
+    ids: list[str] = msgspec.field(default_factory=list)
+    next: str | None = None
+    total: int = 0
+    exact: bool = True
+    node: str = ""
+    error: str | None = None
+    v: int = 1
+
+
+class CountsQuery(msgspec.Struct):
+    op: str = "counts"
+    window: float = 3600.0  # finish buckets this far back
+    v: int = 1
+
+
+class CountsReply(msgspec.Struct, omit_defaults=True):
+    rows: list[tuple[str, str, str, int]] = msgspec.field(default_factory=list)  # queue, priority, state, n
+    # queue, priority, state, bucket start, n: jobs that finished in each BUCKET seconds
+    finished: list[tuple[str, str, str, float, int]] = msgspec.field(default_factory=list)
+    at: float = 0.0
+    node: str = ""
+    error: str | None = None
+    v: int = 1
+
+
+class Counts(msgspec.Struct):
+    """What ``Client.counts()`` returns: records per state, per queue and per (queue, priority, state)."""
+
+    by_state: dict[str, int]
+    by_queue: dict[str, dict[str, int]]
+    rows: list[tuple[str, str, str, int]]
+    finished: list[tuple[str, str, str, float, int]]
+    at: float
+    total: int
+
+
+for _t in (Op, JobsQuery, JobsReply, CountsQuery, CountsReply):
+    codec._decoders.setdefault(_t, msgspec.msgpack.Decoder(_t))
+
+
+def make_cursor(created_at: float, job_id: str) -> str:
+    return f"{created_at!r}:{job_id}"
+
+
+def parse_cursor(cursor: str) -> tuple[float, str]:
+    at, sep, job_id = cursor.partition(":")
+    try:
+        value = float(at)
+    except ValueError:
+        value = float("nan")
+    if not sep or not job_id or value != value:
+        raise ValidationError(f"cursor: {cursor!r} is not a cursor of a job listing (a 'next' value it printed)")
+    return value, job_id
+
+
+def validate_jobs_query(q: JobsQuery) -> None:
+    for s in q.states:
+        if s not in _STATES:
+            raise ValidationError(f"state: {s!r} is not one of {', '.join(_STATES)}")
+    if not isinstance(q.limit, int) or not 1 <= q.limit <= MAX_PAGE:
+        raise ValidationError(f"limit: must be between 1 and {MAX_PAGE} per page")
+    if q.offset < 0:
+        raise ValidationError("offset: must be >= 0")
+    if q.cursor is not None:
+        parse_cursor(q.cursor)
+    if q.since is not None and q.until is not None and q.since >= q.until:
+        raise ValidationError("since: must be earlier than until")
+
+
+def record_matches(rec: JobRecord, q: JobsQuery) -> bool:
+    """The query's filter on one record (the KV's copy is re-checked: the index may be a moment old)."""
+    if q.states and str(rec.state) not in q.states:
+        return False
+    if q.queue is not None and rec.spec.queue != q.queue:
+        return False
+    if q.task is not None and rec.spec.task != q.task:
+        return False
+    if q.tag is not None and q.tag not in rec.spec.tags:
+        return False
+    if q.since is not None and rec.created_at < q.since:
+        return False
+    if q.until is not None and rec.created_at >= q.until:
+        return False
+    return True
+
+
+def scan_page(records: list[JobRecord], q: JobsQuery) -> tuple[list[JobRecord], str | None, int]:
+    """The same page from records in hand (the fallback when no index answers): page, next, total."""
+    rows = [r for r in records if record_matches(r, q)]
+    rows.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+    total = len(rows)
+    if q.cursor is not None:
+        key = parse_cursor(q.cursor)
+        rows = [r for r in rows if (r.created_at, r.id) < key]
+    page = rows[q.offset:q.offset + q.limit]
+    more = len(rows) > q.offset + q.limit
+    nxt = make_cursor(page[-1].created_at, page[-1].id) if page and more else None
+    return page, nxt, total
+
+
+# --- the SQLite tables -------------------------------------------------------------------------------------
+
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS live (
+    ns TEXT NOT NULL,
+    id TEXT NOT NULL,
+    rev INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    priority TEXT NOT NULL,
+    task TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL,
+    tags TEXT,
+    PRIMARY KEY (ns, id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS live_created ON live (ns, created_at, id);
+CREATE INDEX IF NOT EXISTS live_state ON live (ns, state, created_at, id);
+CREATE INDEX IF NOT EXISTS live_queue ON live (ns, queue, created_at, id);
+CREATE INDEX IF NOT EXISTS live_task ON live (ns, task, created_at, id);
+CREATE INDEX IF NOT EXISTS live_expiry ON live (ns, finished_at) WHERE finished_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS live_tags (
+    ns TEXT NOT NULL, tag TEXT NOT NULL, created_at REAL NOT NULL, id TEXT NOT NULL,
+    PRIMARY KEY (ns, tag, created_at, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS live_counts (
+    ns TEXT NOT NULL, queue TEXT NOT NULL, priority TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL,
+    PRIMARY KEY (ns, queue, priority, state)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS live_finished (
+    ns TEXT NOT NULL, queue TEXT NOT NULL, priority TEXT NOT NULL, state TEXT NOT NULL, bucket REAL NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (ns, bucket, queue, priority, state)
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS live_ins AFTER INSERT ON live BEGIN
+    INSERT INTO live_counts VALUES (new.ns, new.queue, new.priority, new.state, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+    INSERT INTO live_finished SELECT new.ns, new.queue, new.priority, new.state,
+        new.finished_at - (new.finished_at % {BUCKET}), 1 WHERE new.finished_at IS NOT NULL
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS live_del AFTER DELETE ON live BEGIN
+    UPDATE live_counts SET n = n - 1
+        WHERE ns = old.ns AND queue = old.queue AND priority = old.priority AND state = old.state;
+END;
+CREATE TRIGGER IF NOT EXISTS live_upd AFTER UPDATE ON live BEGIN
+    UPDATE live_counts SET n = n - 1
+        WHERE ns = old.ns AND queue = old.queue AND priority = old.priority AND state = old.state;
+    INSERT INTO live_counts VALUES (new.ns, new.queue, new.priority, new.state, 1)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+    INSERT INTO live_finished SELECT new.ns, new.queue, new.priority, new.state,
+        new.finished_at - (new.finished_at % {BUCKET}), 1
+        WHERE new.finished_at IS NOT NULL AND (old.finished_at IS NULL OR old.finished_at != new.finished_at)
+        ON CONFLICT DO UPDATE SET n = n + 1;
+END;
+"""
+
+_UPSERT = """
+INSERT INTO live (ns, id, rev, state, queue, priority, task, created_at, updated_at, finished_at, tags)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (ns, id) DO UPDATE SET
+    rev = excluded.rev, state = excluded.state, queue = excluded.queue, priority = excluded.priority,
+    task = excluded.task, created_at = excluded.created_at, updated_at = excluded.updated_at,
+    finished_at = excluded.finished_at, tags = excluded.tags
+WHERE excluded.rev > live.rev
+"""
+
+
+async def open_db(path: str) -> aiosqlite.Connection:
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    db = await aiosqlite.connect(path)
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await db.execute("PRAGMA busy_timeout=10000")
+    await db.execute("PRAGMA cache_size=-65536")  # 64 MB: the listing indexes of a million rows stay hot
+    return db
+
+
+class JobIndex:
+    """One node's index of the jobs bucket, in its archive file (two connections: writer and reader)."""
+
+    def __init__(self, conn: Connection, path: str, *, batch: int = 1000, fetch_wait: float = 1.0,
+                 sync_wait: float = 1.0, reconcile_every: float = 60.0, retention: float | None = None) -> None:
+        self.conn = conn
+        self.names = conn.names
+        self.ns = conn.names.ns
+        self.path = path
+        self.batch = batch
+        self.fetch_wait = fetch_wait
+        self.sync_wait = sync_wait
+        self.reconcile_every = reconcile_every
+        self.retention = conn.settings.scheduler.retention if retention is None else retention
+        self.bucket = conn.names.jobs_bucket
+        self.stream = conn.names.kv_stream(self.bucket)
+        self.prefix = conn.names.kv_subject(self.bucket, "")
+        self._w: aiosqlite.Connection | None = None
+        self._r: aiosqlite.Connection | None = None
+        self.applied = 0  # the last stream sequence written to the file
+        self.caught_up = asyncio.Event()  # the stream was read to its end at least once
+        self.applied_event = asyncio.Event()  # pulsed after each committed batch
+        self._tail_at = 0.0  # monotonic time the consumer last saw the stream's end
+        self.ingested = 0  # messages applied since start
+        self.dropped = 0  # rows removed by reconcile (their delete was never seen)
+        self.rebuilds = 0
+
+    # --- life cycle ---------------------------------------------------------------------------------
+    async def open(self) -> JobIndex:
+        self._w = await open_db(self.path)
+        await self._w.executescript(SCHEMA)
+        await self._w.commit()
+        self._r = await open_db(self.path)
+        return self
+
+    async def close(self) -> None:
+        for db in (self._w, self._r):
+            if db is not None:
+                await db.close()
+        self._w = self._r = None
+
+    @property
+    def w(self) -> aiosqlite.Connection:
+        if self._w is None:
+            raise ChronosError("job index is not open")
+        return self._w
+
+    @property
+    def r(self) -> aiosqlite.Connection:
+        if self._r is None:
+            raise ChronosError("job index is not open")
+        return self._r
+
+    async def _meta(self, key: str) -> str | None:
+        async with self.w.execute("SELECT value FROM meta WHERE key = ?", (f"{key}:{self.ns}",)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def _set_meta(self, key: str, value: str) -> None:
+        await self.w.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (f"{key}:{self.ns}", value))
+
+    async def clear(self) -> None:
+        """Forget this namespace's rows: the next run reads the whole stream again (a rebuild)."""
+        for table in ("live", "live_tags", "live_counts", "live_finished"):
+            await self.w.execute(f"DELETE FROM {table} WHERE ns = ?", (self.ns,))
+        await self._set_meta("index_seq", "0")
+        await self.w.commit()
+        self.applied = 0
+        self.rebuilds += 1
+
+    async def _check_stream(self) -> None:
+        """Rebuild when the bucket is not the one the file was built from."""
+        info = await self.conn.js.stream_info(self.stream)
+        created = str(getattr(info, "created", "") or "")
+        seq = int(await self._meta("index_seq") or 0)
+        if seq and (await self._meta("index_stream") != created or info.state.last_seq < seq):
+            log.warning("job index: the jobs bucket was re-created; rebuilding the index from it")
+            await self.clear()
+            seq = 0
+        await self._set_meta("index_stream", created)
+        await self.w.commit()
+        self.applied = seq
+        if info.state.last_seq <= seq:
+            self._tail_at = time.monotonic()
+            self.caught_up.set()
+
+    async def run(self) -> None:
+        """Follow the jobs KV stream forever (and reconcile now and then)."""
+        await self._check_stream()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._reconcile_loop(), name="index-reconcile")
+            await self._follow()
+
+    async def _subscribe(self) -> Any:
+        cfg = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.applied + 1,
+            inactive_threshold=60.0,
+            mem_storage=True,
+            max_waiting=1,
+        )
+        return await self.conn.js.pull_subscribe(self.prefix + ">", stream=self.stream, config=cfg)
+
+    async def _follow(self) -> None:
+        psub = await self._subscribe()
+        try:
+            while True:
+                _raise_if_cancelling()
+                try:
+                    msgs = await psub.fetch(self.batch, timeout=self.fetch_wait)
+                except TimeoutError:
+                    self._tail_at = time.monotonic()
+                    self.caught_up.set()
+                    continue
+                except (nats.errors.Error, nats.js.errors.Error) as exc:
+                    # The ephemeral consumer can vanish (a reconnect longer than its inactivity
+                    # threshold); start a new one where the file stopped.
+                    log.warning("job index: fetch failed (%r); resubscribing from sequence %d", exc,
+                                self.applied + 1)
+                    await _unsubscribe(psub)
+                    await asyncio.sleep(0.5)
+                    psub = await self._subscribe()
+                    continue
+                _raise_if_cancelling()
+                if msgs:
+                    await self.apply(msgs)
+                    if msgs[-1].metadata.num_pending == 0:
+                        self._tail_at = time.monotonic()
+                        self.caught_up.set()
+        finally:
+            await _unsubscribe(psub)
+
+    async def apply(self, msgs: Sequence[Any]) -> None:
+        """One fetched batch -> one transaction (rows, tags, the applied sequence)."""
+        rows: list[tuple[Any, ...]] = []
+        tags: list[tuple[str, str, float, str]] = []
+        deletes: list[tuple[str, int]] = []
+        last = self.applied
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            last = max(last, seq)
+            key = msg.subject[len(self.prefix):]
+            headers = msg.headers or {}
+            if headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers:
+                deletes.append((key, seq))
+                continue
+            try:
+                rec = codec.decode(msg.data, JobRecord)
+            except ChronosError:
+                continue
+            rows.append(self.row(rec, seq))
+            for t in rec.spec.tags:
+                tags.append((self.ns, t, rec.created_at, rec.id))
+        db = self.w
+        if deletes:
+            await self._delete(deletes)
+        if rows:
+            await db.executemany(_UPSERT, rows)
+        if tags:
+            await db.executemany("INSERT OR IGNORE INTO live_tags VALUES (?, ?, ?, ?)", tags)
+        await self._set_meta("index_seq", str(last))
+        await db.commit()
+        self.applied = last
+        self.ingested += len(msgs)
+        self.applied_event.set()
+        self.applied_event.clear()
+
+    def row(self, rec: JobRecord, rev: int) -> tuple[Any, ...]:
+        state = str(rec.state)
+        finished = (rec.finished_at if rec.finished_at is not None else rec.updated_at) \
+            if state in _TERMINAL else None
+        return (self.ns, rec.id, rev, state, rec.spec.queue, rec.spec.priority, rec.spec.task, rec.created_at,
+                rec.updated_at, finished, _SEP.join(rec.spec.tags) or None)
+
+    async def _delete(self, items: Sequence[tuple[str, int]]) -> int:
+        """Remove rows older than the given revisions (a replayed old delete leaves a newer row alone)."""
+        db = self.w
+        gone = 0
+        for start in range(0, len(items), 500):
+            chunk = dict(items[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            async with db.execute(f"SELECT id, rev, created_at, tags FROM live WHERE ns = ? AND id IN ({marks})",
+                                  (self.ns, *chunk)) as cur:
+                found = [r async for r in cur if r[1] < chunk[r[0]]]
+            if not found:
+                continue
+            await db.executemany("DELETE FROM live WHERE ns = ? AND id = ? AND rev = ?",
+                                 [(self.ns, i, rev) for i, rev, _, _ in found])
+            tag_rows = [(self.ns, t, at, i) for i, _, at, tags in found if tags for t in tags.split(_SEP)]
+            if tag_rows:
+                await db.executemany("DELETE FROM live_tags WHERE ns = ? AND tag = ? AND created_at = ? AND id = ?",
+                                     tag_rows)
+            gone += len(found)
+        return gone
+
+    # --- reconcile: rows whose delete this node never saw -----------------------------------------------
+    async def _reconcile_loop(self) -> None:
+        await self.caught_up.wait()
+        while True:
+            await asyncio.sleep(self.reconcile_every)
+            try:
+                await self.reconcile()
+            except (ChronosError, aiosqlite.Error, nats.errors.Error, nats.js.errors.Error) as exc:
+                log.warning("job index: reconcile failed: %r", exc)
+
+    async def expired(self, cutoff: float, after: tuple[float, str] | None = None,
+                      limit: int = 500) -> list[tuple[str, float]]:
+        """(id, finished_at) of finished rows older than ``cutoff``, oldest first, after a keyset mark."""
+        sql = "SELECT id, finished_at FROM live WHERE ns = ? AND finished_at IS NOT NULL AND finished_at < ?"
+        args: list[Any] = [self.ns, cutoff]
+        if after is not None:
+            sql += " AND (finished_at, id) > (?, ?)"
+            args += list(after)
+        sql += " ORDER BY finished_at, id LIMIT ?"
+        args.append(limit)
+        async with self.r.execute(sql, args) as cur:
+            return [(r[0], r[1]) async for r in cur]
+
+    async def forget(self, ids: Sequence[str]) -> int:
+        """Drop rows whose record is gone from the KV (seen by a reader of the KV, not by the stream)."""
+        if not ids:
+            return 0
+        n = await self._delete([(i, 1 << 62) for i in ids])
+        await self.w.commit()
+        self.dropped += n
+        return n
+
+    async def reconcile(self, limit: int = 5000) -> int:
+        """Past the retention the pruner deletes records; drop the rows of those that are gone.
+
+        Only rows finished before ``now - retention`` are read back from the KV, so the cost
+        follows the jobs that expire, not the bucket. Also drops finish buckets older than two hours.
+        """
+        from .jobs import JobOps
+
+        ops = JobOps(self.conn)
+        cutoff = time.time() - self.retention
+        mark: tuple[float, str] | None = None
+        dropped = 0
+        seen = 0
+        while seen < limit:
+            rows = await self.expired(cutoff, mark)
+            if not rows:
+                break
+            seen += len(rows)
+            mark = (rows[-1][1], rows[-1][0])
+            found = await asyncio.gather(*(ops.read_or_none(i) for i, _ in rows))
+            dropped += await self.forget([i for (i, _), rec in zip(rows, found) if rec is None])
+        await self.w.execute("DELETE FROM live_finished WHERE ns = ? AND bucket < ?", (self.ns, time.time() - 7200))
+        await self.w.commit()
+        if dropped:
+            log.info("job index: dropped %d row(s) of pruned jobs whose delete this node did not see", dropped)
+        return dropped
+
+    # --- queries ------------------------------------------------------------------------------------------
+    async def sync(self) -> None:
+        """Wait until the index holds every write made before this call (bounded by ``sync_wait``)."""
+        asked = time.monotonic()
+        try:
+            info = await self.conn.js.stream_info(self.stream)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.debug("job index: stream info for a sync failed: %s", exc)
+            return
+        target = info.state.last_seq
+        deadline = asked + self.sync_wait
+        while self.applied < target and self._tail_at < asked:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.debug("job index: answering %d sequence(s) behind", target - self.applied)
+                return
+            try:
+                await asyncio.wait_for(self.applied_event.wait(), min(left, 0.05))
+            except TimeoutError:
+                pass
+
+    async def page(self, q: JobsQuery) -> JobsReply:
+        validate_jobs_query(q)
+        states = q.states or [None]
+        per: list[list[tuple[float, str]]] = []
+        for s in states:
+            per.append(await self._select(q, s))
+        if len(per) == 1:
+            rows = per[0]
+        else:  # one ordered walk per state, merged: an IN over states would sort every match
+            rows = list(heapq.merge(*per, reverse=True))[:q.offset + q.limit + 1]
+        rows = rows[q.offset:] if len(per) > 1 else rows
+        more = len(rows) > q.limit
+        rows = rows[:q.limit]
+        nxt = make_cursor(*rows[-1]) if rows and more else None
+        total, exact = await self._total(q)
+        return JobsReply(ids=[i for _, i in rows], next=nxt, total=total, exact=exact)
+
+    def _where(self, q: JobsQuery, state: str | None, table: str = "live") -> tuple[str, list[Any]]:
+        where = [f"{table}.ns = ?"]
+        args: list[Any] = [self.ns]
+        if q.tag is not None:
+            where.append("t.tag = ?")
+            args.append(q.tag)
+        for column, value in (("state", state), ("queue", q.queue), ("task", q.task)):
+            if value is not None:
+                where.append(f"live.{column} = ?")
+                args.append(value)
+        key = "t" if q.tag is not None else "live"
+        if q.since is not None:
+            where.append(f"{key}.created_at >= ?")
+            args.append(q.since)
+        if q.until is not None:
+            where.append(f"{key}.created_at < ?")
+            args.append(q.until)
+        return " AND ".join(where), args
+
+    def _from(self, q: JobsQuery) -> str:
+        if q.tag is not None:
+            return "live_tags AS t JOIN live ON live.ns = t.ns AND live.id = t.id"
+        return "live"
+
+    async def _select(self, q: JobsQuery, state: str | None) -> list[tuple[float, str]]:
+        key = "t" if q.tag is not None else "live"
+        where, args = self._where(q, state, key)
+        if q.cursor is not None:
+            where += f" AND ({key}.created_at, {key}.id) < (?, ?)"
+            args += list(parse_cursor(q.cursor))
+        sql = (f"SELECT {key}.created_at, {key}.id FROM {self._from(q)} WHERE {where} "
+               f"ORDER BY {key}.created_at DESC, {key}.id DESC LIMIT ?")
+        # Several states are merged after: each walk brings offset + limit + 1 rows.
+        args.append(q.offset + q.limit + 1 if len(q.states) > 1 else q.limit + 1)
+        if len(q.states) <= 1 and q.offset:
+            sql += " OFFSET ?"
+            args.append(q.offset)
+        async with self.r.execute(sql, args) as cur:
+            return [(r[0], r[1]) async for r in cur]
+
+    async def _total(self, q: JobsQuery) -> tuple[int, bool]:
+        if q.task is None and q.tag is None and q.since is None and q.until is None:
+            sql = "SELECT COALESCE(SUM(n), 0) FROM live_counts WHERE ns = ?"
+            args: list[Any] = [self.ns]
+            if q.states:
+                sql += f" AND state IN ({','.join('?' * len(q.states))})"
+                args += q.states
+            if q.queue is not None:
+                sql += " AND queue = ?"
+                args.append(q.queue)
+            async with self.r.execute(sql, args) as cur:
+                row = await cur.fetchone()
+            return int(row[0] if row else 0), True
+        total = 0
+        for s in q.states or [None]:
+            key = "t" if q.tag is not None else "live"
+            where, args = self._where(q, s, key)
+            sql = f"SELECT count(*) FROM (SELECT 1 FROM {self._from(q)} WHERE {where} LIMIT ?)"
+            async with self.r.execute(sql, [*args, COUNT_CAP + 1 - total]) as cur:
+                row = await cur.fetchone()
+            total += int(row[0] if row else 0)
+            if total > COUNT_CAP:
+                return COUNT_CAP, False
+        return total, True
+
+    async def counts(self, window: float = 3600.0) -> CountsReply:
+        async with self.r.execute("SELECT queue, priority, state, n FROM live_counts WHERE ns = ? AND n > 0",
+                                  (self.ns,)) as cur:
+            rows = [(r[0], r[1], r[2], int(r[3])) async for r in cur]
+        now = time.time()
+        async with self.r.execute(
+                "SELECT queue, priority, state, bucket, n FROM live_finished WHERE ns = ? AND bucket >= ?",
+                (self.ns, now - window - BUCKET)) as cur:
+            finished = [(r[0], r[1], r[2], float(r[3]), int(r[4])) async for r in cur]
+        return CountsReply(rows=rows, finished=finished, at=now)
+
+    async def row_count(self) -> int:
+        async with self.r.execute("SELECT count(*) FROM live WHERE ns = ?", (self.ns,)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+def summarize(reply: CountsReply) -> Counts:
+    by_state: dict[str, int] = {s: 0 for s in _STATES}
+    by_queue: dict[str, dict[str, int]] = {}
+    for queue, _prio, state, n in reply.rows:
+        by_state[state] = by_state.get(state, 0) + n
+        q = by_queue.setdefault(queue, {})
+        q[state] = q.get(state, 0) + n
+    return Counts(by_state=by_state, by_queue=by_queue, rows=list(reply.rows), finished=list(reply.finished),
+                  at=reply.at, total=sum(by_state.values()))
+
+
+def counts_from_records(records: Sequence[JobRecord], now: float, window: float = 3600.0) -> Counts:
+    """The same counts from records in hand (the fallback when no index answers)."""
+    rows: dict[tuple[str, str, str], int] = {}
+    fin: dict[tuple[str, str, str, float], int] = {}
+    for rec in records:
+        key = (rec.spec.queue, rec.spec.priority, str(rec.state))
+        rows[key] = rows.get(key, 0) + 1
+        if rec.state in TERMINAL:
+            at = rec.finished_at if rec.finished_at is not None else rec.updated_at
+            if at >= now - window - BUCKET:
+                b = (*key, at - at % BUCKET)
+                fin[b] = fin.get(b, 0) + 1
+    reply = CountsReply(rows=[(*k, n) for k, n in rows.items()], finished=[(*k, n) for k, n in fin.items()], at=now)
+    return summarize(reply)
+
+
+def _raise_if_cancelling() -> None:
+    me = asyncio.current_task()
+    if me is not None and me.cancelling():  # nats-py's fetch may have swallowed a cancel
+        raise asyncio.CancelledError
+
+
+async def _unsubscribe(psub: Any) -> None:
+    try:
+        await psub.unsubscribe()
+    except Exception as exc:  # connection gone: nothing to release
+        log.debug("job index unsubscribe: %s", exc)
