@@ -1,8 +1,12 @@
 """Pruner: deletes finished job records from the jobs KV once archived. Leader only.
 
-Every ``tick`` it streams the jobs bucket (bounded memory, see ``_scan.py``)
-and picks terminal records (completed, cancelled, discarded) that finished more
-than ``scheduler.retention`` ago. For each batch:
+Every ``tick`` it asks this node's job index (readmodel.py) for the rows that
+finished more than ``scheduler.retention`` ago (an index range, oldest first)
+and reads only those records from the KV, so a pass costs what expires, not
+what the bucket holds: an idle leader with a million finished jobs reads
+nothing. (Until the index has caught up, e.g. when called by hand on an archive
+without one, it streams the whole bucket instead, see ``_scan.py``.) For each
+batch of expired records:
 
 1. the records go into this node's archive (an upsert in one transaction; most
    are there already from the events, but events are a best-effort view, so a
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import nats.js.errors
 
@@ -33,6 +37,7 @@ from ..jobs import JobOps
 from ..models import JobRecord
 from ..publisher import is_wrong_last_sequence
 from ..states import TERMINAL
+from ..store.base import Entry
 from ._scan import paced_passes, scan_entries
 
 log = logging.getLogger(__name__)
@@ -62,27 +67,19 @@ class Pruner:
 
     async def run(self) -> None:
         await self.archiver.ready.wait()
+        await self.archiver.index.caught_up.wait()
         await paced_passes("pruner", self.step, self.clock, self.tick)
 
     async def step(self) -> int:
-        """One pass over the bucket; returns how many records it deleted."""
+        """One pass; returns how many records it deleted."""
         cutoff = self.clock.now() - self.retention
         n = 0
-        async for entries in scan_entries(self.ops.conn, self.ops.names.jobs_bucket):
-            old: list[JobRecord] = []
-            for e in entries:
-                try:
-                    rec = codec.decode(e.value or b"", JobRecord)
-                except ChronosError:
-                    continue
-                finished = rec.finished_at if rec.finished_at is not None else rec.updated_at
-                if rec.state in TERMINAL and finished < cutoff:
-                    rec.revision = e.revision
-                    old.append(rec)
+        async for old in self._expired(cutoff):
             if not old:
                 continue
             await self.archiver.db.add(old)
             held = await self.archiver.db.has([(r.id, r.updated_at) for r in old])
+            deleted = []
             for rec in old:
                 if rec.id not in held:
                     continue
@@ -92,7 +89,10 @@ class Pruner:
                     await self._delete(rec)
                 except ConflictError:
                     continue  # moved since we read it (retried by hand): not ours to delete
-                n += 1
+                deleted.append(rec.id)
+            n += len(deleted)
+            if self._indexed():
+                await self.archiver.index.forget(deleted)  # its delete marker is gone already
         if n:
             log.info("pruner: deleted %d archived job record(s) finished before the %gs retention", n,
                      self.retention)
@@ -100,6 +100,27 @@ class Pruner:
             self.pruned_event.set()
             self.pruned_event.clear()
         return n
+
+    def _indexed(self) -> bool:
+        return self.archiver.index.caught_up.is_set()
+
+    async def _expired(self, cutoff: float) -> AsyncIterator[list[JobRecord]]:
+        """Batches of terminal records finished before ``cutoff``, read from the KV."""
+        if not self._indexed():
+            async for entries in scan_entries(self.ops.conn, self.ops.names.jobs_bucket):
+                yield [r for r in map(_decode, entries) if r is not None and _expired(r, cutoff)]
+            return
+        index = self.archiver.index
+        mark: tuple[float, str] | None = None
+        while True:
+            rows = await index.expired(cutoff, mark, limit=256)
+            if not rows:
+                return
+            mark = (rows[-1][1], rows[-1][0])
+            found = await asyncio.gather(*(self.ops.read_or_none(i) for i, _ in rows))
+            await index.forget([i for (i, _), rec in zip(rows, found) if rec is None])
+            # The KV's copy decides: a job retried since the index saw it is not expired.
+            yield [r for r in found if r is not None and _expired(r, cutoff)]
 
     async def _delete(self, rec: JobRecord) -> None:
         """Delete marker guarded by the revision, then delete that marker message.
@@ -129,3 +150,17 @@ class Pruner:
             pass  # replaced meanwhile (a re-created record): that write removed our marker already
         except nats.js.errors.APIError as exc:
             log.debug("pruner: marker of %s stays until its TTL: %s", rec.id, exc)
+
+
+def _decode(e: Entry) -> JobRecord | None:
+    try:
+        rec = codec.decode(e.value or b"", JobRecord)
+    except ChronosError:
+        return None
+    rec.revision = e.revision
+    return rec
+
+
+def _expired(rec: JobRecord, cutoff: float) -> bool:
+    finished = rec.finished_at if rec.finished_at is not None else rec.updated_at
+    return rec.state in TERMINAL and finished < cutoff
