@@ -120,6 +120,9 @@ def role_permissions(names: Names, users: Mapping[str, str] | None = None) -> di
     worker_pub = _unique([
         *pull, *stream_info, *bucket_info, *job_records,
         *_kv_write(n, n.workers_bucket), *_kv_write(n, n.tasks_bucket),
+        # Peers' heartbeats: a job for a task this worker lacks is discarded only when no live
+        # peer on its queue registers the task (issue 11, mixed fleets).
+        *_kv_read(n, n.workers_bucket),
         *_kv_read(n, n.control_bucket),
         n.events_wildcard(), n.dlq_wildcard(),
     ])

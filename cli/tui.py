@@ -23,9 +23,9 @@ import msgspec
 import typer
 
 from chronos.config import Settings
-from chronos.errors import ChronosError
+from chronos.errors import ChronosError, ConnectionFailedError
 
-from ._shared import AppState, state
+from ._shared import AppState, run_client, state
 
 
 def tui(
@@ -49,7 +49,21 @@ def tui(
     settings = st.settings
     if readonly:
         settings = readonly_settings(settings)
+    _check_namespace(st)
     make_app(settings, None, readonly=readonly).run()
+
+
+def _check_namespace(st: AppState) -> None:
+    """A mistyped --namespace is one line (exit 4), not a console over new empty streams.
+
+    An unreachable server is not an error here: the console opens and shows that it retries."""
+    async def nothing(client: object) -> None:
+        return None
+
+    try:
+        run_client(st, nothing, ensure=False)  # type: ignore[arg-type]
+    except ConnectionFailedError:
+        pass
 
 
 def readonly_settings(settings: Settings) -> Settings:

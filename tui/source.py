@@ -63,7 +63,15 @@ class ClientSource:
 
     @classmethod
     async def connect(cls, settings: Settings, clock: Clock) -> ClientSource:
-        return cls(await Client.connect(settings, clock=clock), owns_client=True)
+        # The console creates nothing (`chronos admin init` does): a mistyped namespace is said, and retried.
+        client = await Client.connect(settings, clock=clock, ensure=False)
+        try:
+            if not await client.namespace_exists():
+                raise NotFoundError(f"namespace {settings.namespace} has no chronos streams (run chronos admin init)")
+        except BaseException:
+            await client.close()
+            raise
+        return cls(client, owns_client=True)
 
     def connected(self) -> bool:
         return console.is_connected(self.client)

@@ -128,3 +128,12 @@ def test_console_reads_and_submits_but_does_not_pull_work():
     assert allowed("console", n.events_wildcard().replace(">", "completed.default"), "subscribe")
     assert not allowed("console", n.consumer_next(n.consumer_name("default", "default")))
     assert not allowed("console", f"$JS.ACK.{n.jobs_stream}.x.1.2.3.4.5")
+
+
+def test_workers_read_their_peers_heartbeats():
+    """A worker hands back a job whose task it lacks and discards it only when no live peer has the
+    task: it must read the workers bucket (mixed fleets, issue 11)."""
+    n = Names("prod")
+    stream = n.kv_stream(n.workers_bucket)
+    assert allowed("worker", f"$JS.API.DIRECT.GET.{stream}") or allowed("worker", f"$JS.API.STREAM.MSG.GET.{stream}")
+    assert allowed("worker", f"$JS.API.CONSUMER.CREATE.{stream}")

@@ -428,6 +428,12 @@ async def test_disconnected_state_recovers_by_itself(namespace, tmp_path):
         async with app.run_test(size=SIZE) as pilot:
             await wait_until(pilot, lambda: "DISCONNECTED, retrying" in banner_text(app), what="disconnected")
             await asyncio.to_thread(server.start)
+            # The console creates no streams: until `admin init` it says so, and keeps trying.
+            await wait_until(pilot, lambda: "has no chronos streams" in banner_text(app), timeout=30,
+                             what="namespace missing")
+            from chronos.client import Client
+
+            await (await Client.connect(settings)).close()  # what `chronos admin init` does
             await wait_until(pilot, lambda: "● connected" in banner_text(app), timeout=30, what="first connect")
             await asyncio.to_thread(server.stop)
             await wait_until(pilot, lambda: "DISCONNECTED, retrying" in banner_text(app), what="lost")
