@@ -39,11 +39,12 @@ def test_burst_worker_on_another_queue_leaves_default_alone(cli, register_tasks)
 
 
 def test_bad_task_module(cli):
+    # A configuration mistake: exit 7 (see the README's exit code table).
     r = cli("serve", "worker", "--burst", "--tasks", "no_such_module_xyz:tasks")
-    assert r.exit_code == 1
+    assert r.exit_code == 7
     assert "cannot import task module 'no_such_module_xyz'" in one_error_line(r)
     r = cli("serve", "worker", "--burst", "--tasks", "tests.cli.tasks:nope")
-    assert r.exit_code == 1
+    assert r.exit_code == 7
     assert "has no attribute 'nope'" in one_error_line(r)
 
 
@@ -64,7 +65,7 @@ def test_sigterm_stops_the_worker_gracefully(cli, config_file):
     reader = threading.Thread(target=lambda: err_lines.extend(iter(proc.stderr.readline, "")), daemon=True)
     reader.start()
     try:
-        wait_until(lambda: [w for w in cli_json(cli, "workers") if w["id"] == "sig-worker"], what="the worker")
+        wait_until(lambda: [w for w in cli_json(cli, "workers")["items"] if w["id"] == "sig-worker"], what="the worker")
         job_id = submit(cli, "t.add", "--args", "[3, 4]")
         wait_until(lambda: cli_json(cli, "jobs", "get", job_id)["state"] == "completed", what="the job to run")
     finally:
@@ -76,7 +77,7 @@ def test_sigterm_stops_the_worker_gracefully(cli, config_file):
     assert "shutting down gracefully" in err and "worker.stopped" in err
     assert "Traceback" not in err
     # It removed its heartbeat on the way out.
-    assert cli_json(cli, "workers") == []
+    assert cli_json(cli, "workers")["items"] == []
 
 
 def test_builtin_shell_task_end_to_end(cli, settings, tmp_path: Path):
