@@ -19,11 +19,21 @@ while the previous fire's job is unfinished (the fire time still advances);
 Pause: a paused schedule fires nothing; when ``paused_until`` passes, the
 enqueuer clears the pause and resumes from that moment (fires inside the pause
 are not made up, whatever the misfire policy).
+
+Cost: the running loop keeps every schedule in memory from a watch of the
+schedules bucket (its current entries first, then each change, this enqueuer's
+own writes included) and their next fire times in a heap. It sleeps until the
+earliest one (or ``tick``, or an edit) and handles only the schedules that are
+due, so 10,000 idle schedules cost nothing between fires. Heap entries carry a
+version per schedule; an edit pushes a new one and the old entry is skipped
+when it surfaces. ``step()`` is the same work as one pass over every schedule
+(tests and tools call it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 from collections.abc import Callable
 
@@ -63,33 +73,108 @@ class Enqueuer:
         self.fired: list[tuple[str, float, str]] = []  # (schedule, fire time, job id), newest last
         self.fired_event = asyncio.Event()  # pulsed after each fire
         self._wake = asyncio.Event()
+        self._known: dict[str, Schedule] = {}  # name -> newest schedule seen (watch or own write)
+        self._heap: list[tuple[float, int, str]] = []  # (due time, version, name)
+        self._version: dict[str, int] = {}
+        self.handled = 0  # schedules handled by the loop (a measure of its work)
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._watch(), name="enqueuer-watch")
             await self._loop()
 
+    # --- the schedules in memory ----------------------------------------------------------------
     async def _watch(self) -> None:
-        # Any edit (add, pause, resume, remove) is looked at at once, not at the next tick.
-        async for _ in (await self.schedules.store()).watch():
+        # Current schedules first, then every edit (add, pause, resume, remove) at once.
+        async for entry in (await self.schedules.store()).watch(include_existing=True):
+            if entry.value is None:
+                self._forget(entry.key)
+            else:
+                try:
+                    s = codec.decode(entry.value, Schedule)
+                except ChronosError as exc:
+                    log.warning("enqueuer: schedule %s unreadable: %s", entry.key, exc)
+                    continue
+                s.revision = entry.revision
+                self._remember(s)
             self._wake.set()
+
+    def _forget(self, name: str) -> None:
+        self._known.pop(name, None)
+        self._version[name] = self._version.get(name, 0) + 1  # its heap entries are stale now
+
+    def _remember(self, s: Schedule) -> None:
+        have = self._known.get(s.name)
+        if have is not None and have.revision >= s.revision:
+            return  # an older version (our own write came back after a newer one)
+        self._known[s.name] = s
+        self._push(s.name, self._due_at(s, self.clock.now()))
+
+    def _push(self, name: str, due: float | None) -> None:
+        version = self._version.get(name, 0) + 1
+        self._version[name] = version
+        if due is not None:
+            heapq.heappush(self._heap, (due, version, name))
+
+    def _due_at(self, s: Schedule, now: float) -> float | None:
+        """When ``s`` next needs handling (a fire, or its pause ending); None: not while it is as it is."""
+        if s.is_paused(now):
+            return s.paused_until
+        if s.paused:
+            return now  # the pause is over: _handle clears it
+        try:
+            timing = timing_of(s)
+        except ChronosError as exc:
+            log.warning("enqueuer: schedule %s: %s", s.name, exc)
+            return None
+        base = s.last_fire_time if s.last_fire_time is not None else s.created_at
+        return timing.next_after(base)
+
+    def _pop_due(self, now: float) -> list[str]:
+        due = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, version, name = heapq.heappop(heap)
+            if self._version.get(name) == version and name in self._known:
+                due.append(name)
+        return due
 
     async def _loop(self) -> None:
         while True:
             self._wake.clear()
-            try:
-                nxt = await self.step()
-            except (ChronosError, OSError) as exc:
-                log.warning("enqueuer: step failed: %r", exc)
-                nxt = None
+            now = self.clock.now()
+            for name in self._pop_due(now):
+                if not self.is_leader():
+                    break
+                await self._handle_due(name, now)
             me = asyncio.current_task()
             if me is not None and me.cancelling():  # nats-py may have swallowed a cancel
                 raise asyncio.CancelledError
-            delay = self.tick if nxt is None else min(self.tick, max(0.0, nxt - self.clock.now()))
+            delay = self.tick if not self._heap else min(self.tick, max(0.0, self._heap[0][0] - self.clock.now()))
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:
                 pass
+
+    async def _handle_due(self, name: str, now: float) -> None:
+        s = self._known[name]
+        self.handled += 1
+        try:
+            nxt = await self._handle(s, now)
+        except ConflictError:
+            # Edited meanwhile (or another enqueuer fired): read it again and look at once.
+            try:
+                self._remember(await self.schedules.get(name))
+            except ChronosError:
+                self._forget(name)
+            self._push(name, self.clock.now())
+            return
+        except (ChronosError, OSError) as exc:
+            log.warning("enqueuer: schedule %s: %s", name, exc)
+            self._push(name, now + self.tick)  # try again next tick
+            return
+        if nxt is not None or name in self._known:
+            self._push(name, nxt)
 
     async def step(self) -> float | None:
         """Fire everything due now; return the earliest next fire time (or None)."""
@@ -117,6 +202,7 @@ class Enqueuer:
             # The pause is over: clear it, and move the mark to its end so fires inside it are never made up.
             base = max(base, s.paused_until)
             s = await self.schedules.update(s, paused=False, paused_until=None, last_fire_time=base)
+            self._known_write(s)
         plan = plan_due_fires(timing, base, now, grace=self.misfire_grace, misfire=s.misfire,
                               catch_up_max=s.catch_up_max, limit=self.max_fires)
         if plan.latest is None:
@@ -132,9 +218,17 @@ class Enqueuer:
             if job_id is not None:
                 changes["last_job_id"] = job_id
             s = await self.schedules.update(s, **changes)
+            self._known_write(s)
         if plan.latest > (s.last_fire_time or 0.0):
             s = await self.schedules.update(s, last_fire_time=plan.latest)
+            self._known_write(s)
         return timing.next_after(plan.latest)
+
+    def _known_write(self, s: Schedule) -> None:
+        """Our own write: the next handling starts from it (the watch brings it back later, ignored)."""
+        have = self._known.get(s.name)
+        if have is None or have.revision < s.revision:
+            self._known[s.name] = s
 
     async def _fire_with_overlap(self, s: Schedule, t: float, now: float) -> str | None:
         if s.overlap != "allow" and s.last_job_id and s.last_job_id != derived_job_id(s.name, str(int(t))):
