@@ -190,7 +190,10 @@ class JobOps:
         headers = None
         if spec.unique_key is not None:
             headers = {"Nats-Msg-Id": f"u:{spec.unique_key}"}
-        elif record.schedule_id is not None:
+        else:
+            # Every generation's message has its own id, so republishing one that may already
+            # have gone out (the orphan repair, a second leader) is a no-op inside the stream's
+            # duplicate window.
             headers = {"Nats-Msg-Id": f"j:{record.id}:{record.gen}"}
         data = codec.encode(JobMessage(record=record, rev=revision)) if encode else b""
         return self.names.job_subject(spec.priority, spec.queue), data, headers

@@ -134,7 +134,7 @@ class Rescuer:
                 break
             for job in marker.jobs if marker is not None else []:
                 try:
-                    n += await self._repair_job(job, now)
+                    n += await self._repair_job(job, now, marker.at)
                 except ConflictError:
                     continue  # it moved meanwhile: someone took care of it
             try:
@@ -143,7 +143,7 @@ class Rescuer:
                 pass  # its writer finished (or reused the slot) meanwhile
         return n
 
-    async def _repair_job(self, job: PendingWrite, now: float) -> int:
+    async def _repair_job(self, job: PendingWrite, now: float, marked_at: float) -> int:
         rec = await self.ops.read_or_none(job.id)
         if rec is None or rec.gen != job.gen or rec.attempt != job.attempt:
             return 0  # never written, or it moved on: its message went out
@@ -162,9 +162,19 @@ class Rescuer:
             return 1
         if rec.spec.unique_key is not None:
             return await self._repair_unique(rec)
-        # A new generation: if the first message did go out and still waits, it is now stale
-        # (skipped by the worker, which compares gens); if it never went out, this one runs.
-        # Not a state change, so no transition(): the same state, one generation on.
+        if now - marked_at < self.ops.conn.settings.jobs.duplicate_window - self.rescue_after:
+            # Inside the duplicate window of the first publish: the same message again, with the
+            # same id (j:<id>:<gen>). If the first one went out, the server drops this one.
+            ack = await self.ops.publish_work(rec, rec.revision)
+            if ack.duplicate:
+                return 0
+            log.warning("repair: job %s had no work message after %.0fs; published it", rec.id, self.rescue_after)
+            self.repaired.append(rec.id)
+            return 1
+        # Past the window (no leader for that long): a new generation. A first message that did
+        # go out and still waits is stale by its gen (a worker that takes it on its fast path
+        # within the same instant may still run it: see docs/runbook.md). Not a state change,
+        # so no transition(): the same state, one generation on.
         new = msgspec.structs.replace(rec, gen=rec.gen + 1, updated_at=now)
         new = await self.ops.write(new, rec.revision)
         await self.ops.publish_work(new, new.revision)
