@@ -15,9 +15,11 @@ stores a pending marker naming the jobs (control bucket, ``pending.<writer>.<slo
 and deletes it once the messages are acknowledged. A marker older than
 ``rescue_after`` means the writer died or failed in between; for each job it
 names whose record is still as the writer left it (same gen and attempt, not
-started), the rescuer writes the record again under ``gen + 1`` and publishes
-its work message (a message that did go out is now stale by its gen and acked
-away unrun), re-parks a scheduled job, and deletes the marker. So a record
+started), the rescuer publishes its work message again under the same message
+id (``j:<id>:<gen>``: the server drops it if the first one went out, inside the
+jobs stream's duplicate window; past the window it writes ``gen + 1`` first, so
+a first message still waiting is stale), re-parks a scheduled job, and deletes
+the marker. So a record
 without its message lives at most ``rescue_after`` + one pass (``tick``, longer
 while a pass over a big bucket rests) while a scheduler leads. Only markers are
 read, never the whole bucket.
