@@ -164,34 +164,50 @@ def list_jobs(
     limit: Annotated[int, typer.Option("--limit", "-l", min=1, help="At most this many.")] = 50,
     offset: Annotated[int, typer.Option("--offset", min=0, help="Skip this many (newest first).")] = 0,
     cursor: Annotated[Optional[str], typer.Option("--cursor", help="Start where a listing's 'next' says.")] = None,
+    since: Annotated[
+        Optional[str], typer.Option("--since", help="Created at or after: a duration ago (2h, 1d) or an ISO time.")
+    ] = None,
+    until: Annotated[
+        Optional[str], typer.Option("--until", help="Created before: a duration ago (30m) or an ISO time.")
+    ] = None,
     json_: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""
+    from chronos.readmodel import parse_cursor
+
+    from ._parse import parse_time_or_ago
+
     st = state(ctx)
     if state_ is not None and state_ not in STATE_CHOICES:
         raise BadOption("--state", f"{state_!r} is not one of {', '.join(STATE_CHOICES)}")
+    now = time.time()
+    since_at = parse_time_or_ago(since, "--since", now) if since is not None else None
+    until_at = parse_time_or_ago(until, "--until", now) if until is not None else None
+    if since_at is not None and until_at is not None and since_at >= until_at:
+        raise BadOption("--since", "must be earlier than --until")
     if cursor is not None:
-        if not cursor.isdigit():
-            raise BadOption("--cursor", f"{cursor!r} is not a cursor of `jobs list` (a 'next' value it printed)")
-        offset = int(cursor)
+        if cursor.isdigit():  # an offset (as older versions printed)
+            offset, cursor = int(cursor), None
+        else:
+            try:
+                parse_cursor(cursor)  # "<created_at>:<id>": the next page starts after that job
+            except ChronosError:
+                raise BadOption("--cursor", f"{cursor!r} is not a cursor of `jobs list` (a 'next' value it printed)") from None
+    states = [s.value for s in FAILED_STATES] if state_ == "failed" else None
 
-    async def go(client: Client) -> tuple[list[JobRecord], int]:
-        if state_ != "failed":
-            page = await client.list(state=state_, queue=queue, task=task, tag=tag, offset=offset, limit=limit)
-            return page.jobs, page.total
-        every = await client.list(queue=queue, task=task, tag=tag, limit=10**9)
-        failed = [r for r in every.jobs if r.state in FAILED_STATES]
-        return failed[offset:offset + limit], len(failed)
+    async def go(client: Client) -> Any:
+        return await client.list(state=None if state_ == "failed" else state_, states=states, queue=queue, task=task,
+                                 tag=tag, since=since_at, until=until_at, offset=offset, limit=limit, cursor=cursor)
 
-    jobs, total = run_client(st, go, ensure=False)
-    shown_to = offset + len(jobs)
+    page = run_client(st, go, ensure=False)
+    jobs, total = page.jobs, page.total
+    of = f"{total}" if page.exact else f"{total}+"
     if wants_json(ctx, json_):
-        out.print_listing(jobs, shown_to if shown_to < total else None)
+        out.print_listing(jobs, page.next)
         return
     if not jobs:
-        typer.echo("no jobs" if total == 0 else f"no jobs at offset {offset} ({total} in all)")
+        typer.echo("no jobs" if total == 0 else f"no jobs at offset {offset} ({of} in all)")
         return
-    now = time.time()
     t = out.table("ID", "TASK", "STATE", "QUEUE", "PRIORITY", "ATTEMPT", "CREATED", "NEXT/ENDED", "ERROR")
     for rec in jobs:
         nxt = rec.finished_at if rec.finished_at else (rec.scheduled_at if rec.state in (JobState.SCHEDULED, JobState.RETRYABLE) else None)
@@ -199,7 +215,8 @@ def list_jobs(
                   out.attempt_text(rec.attempt, rec.spec.max_attempts).removeprefix("attempt "),
                   out.when(rec.created_at, now), out.when(nxt, now), out.cell(out.short(rec.error, 40)))
     out.print_table(t)
-    typer.echo(f"{offset + 1}-{shown_to} of {total}" + (f"; next: --cursor {shown_to}" if shown_to < total else ""))
+    shown = f"{len(jobs)} more" if cursor is not None else f"{offset + 1}-{offset + len(jobs)}"
+    typer.echo(f"{shown} of {of}" + (f"; next: --cursor {page.next}" if page.next else ""))
 
 
 @app.command("get")

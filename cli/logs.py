@@ -167,15 +167,27 @@ def history(
     until_at = parse_time_or_ago(until, "--until", now) if until is not None else None
     if since_at is not None and until_at is not None and since_at >= until_at:
         raise BadOption("--since", "must be earlier than --until")
+    keyset = None
     if cursor is not None:
+        # "<finished_at>:<id>" (a keyset: jobs that finished at the same moment are not skipped);
+        # a bare time is an older cursor, read as --until.
+        from chronos.errors import ChronosError
+        from chronos.readmodel import parse_cursor
+
         try:
-            until_at = float(cursor)
-        except ValueError:
+            if ":" in cursor:
+                parse_cursor(cursor)
+                keyset = cursor
+            else:
+                until_at = float(cursor)
+        except (ValueError, ChronosError):
             raise BadOption("--cursor", f"{cursor!r} is not a cursor of `history` (a 'next' value it printed)") from None
     rows = run_client(st, lambda c: c.history(task=task, state=state_, queue=queue, since=since_at, until=until_at,
-                                              text=grep, limit=limit), ensure=False)
-    # A full page may have more behind it: the next page ends where this one did (finished before it).
-    next_cursor = repr(rows[-1].finished_at) if len(rows) == limit and rows[-1].finished_at else None
+                                              text=grep, limit=limit, cursor=keyset), ensure=False)
+    # A full page may have more behind it: the next page starts after its last row.
+    from chronos.archive import history_cursor
+
+    next_cursor = history_cursor(rows, limit)
     if wants_json(ctx, json_):
         out.print_listing(rows, next_cursor)
         return

@@ -64,10 +64,10 @@ def test_list_filters_and_paging(cli, register_tasks):
     assert [j["id"] for j in page["items"]] == [b, a]
     assert (page["count"], page["next"]) == (2, None)
     first = listed(cli, "--limit", "2")
-    assert [j["id"] for j in first["items"]] == [c, b] and first["next"] == "2"
+    assert [j["id"] for j in first["items"]] == [c, b] and first["next"] is not None
     assert [j["id"] for j in listed(cli, "--limit", "2", "--cursor", first["next"])["items"]] == [a]
     human = wait_until(lambda: "of 3" in (r := cli("jobs", "list", "--limit", "1")).stdout and r, timeout=5)
-    assert "1-1 of 3; next: --cursor 1" in human.stdout
+    assert "1-1 of 3; next: --cursor " in human.stdout
     assert cli("jobs", "list", "--state", "completed").stdout.strip() == "no jobs"
 
 
