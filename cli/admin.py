@@ -11,6 +11,7 @@ import typer
 from chronos.client import Client
 
 from . import _output as out
+from ._parse import BadOption
 from ._shared import JsonOpt, run_client, state, wants_json
 from .logs import live_workers
 
@@ -44,9 +45,27 @@ class StatusReport(msgspec.Struct):
 
 
 @app.command("init")
-def init(ctx: typer.Context, json_: JsonOpt = False) -> None:
+def init(
+    ctx: typer.Context,
+    json_: JsonOpt = False,
+    signing_keys: Annotated[Optional[str], typer.Option(
+        "--signing-keys", help="Also write a job-signing key pair (signing.key, signing.pub) into this directory.",
+    )] = None,
+) -> None:
     """Create (or update) the streams, buckets and consumers of the namespace. Safe to repeat."""
     st = state(ctx)
+    if signing_keys is not None:
+        from chronos.signing import write_keypair
+
+        try:
+            key_path, public = write_keypair(signing_keys)
+        except FileExistsError:
+            raise BadOption("--signing-keys", f"{signing_keys}/signing.key exists already; not overwriting it") from None
+        except OSError as exc:
+            raise BadOption("--signing-keys", f"cannot write there: {exc.strerror or exc}") from None
+        typer.echo(f"wrote {key_path} (keep it on console and scheduler hosts only); in the settings:\n"
+                   f"  [security]\n  signing_key_file = \"{key_path}\"   # console users, the scheduler\n"
+                   f"  trusted_keys = [\"{public}\"]   # workers and the scheduler", err=True)
 
     async def go(client: Client) -> InitReport:
         for q in st.settings.worker.queues:
