@@ -38,6 +38,10 @@ class SyncClient:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._run, name="chronos-sync-client", daemon=True)
         self._closed = False
+        self._pending: list[tuple[str, Any, dict[str, Any], Future[str]]] = []
+        self._pending_lock = threading.Lock()
+        self._drain_scheduled = False
+        self._batches: set[asyncio.Task[None]] = set()
         self._thread.start()
         try:
             self._client: Client = self._call(Client.connect(settings or load_settings()), connect_timeout)
@@ -63,8 +67,61 @@ class SyncClient:
 
     # --- the Client's calls, blocking ----------------------------------------------------------
     def submit(self, task: str, args: Any = None, **options: Any) -> str:
-        """Submit one job; returns its id once the server has it (see ``Client.submit``)."""
-        return self._call(self._client.submit(task, args, **options))
+        """Submit one job; returns its id once the server has it (see ``Client.submit``).
+
+        Submits from many threads at once are gathered into one pipelined ``submit_specs`` per
+        loop turn: one coroutine per batch instead of one per job, which is what bounds the
+        loop thread when eight request threads submit together.
+        """
+        if self._closed:
+            raise ChronosError("this SyncClient is closed")
+        fut: Future[str] = Future()
+        with self._pending_lock:
+            self._pending.append((task, args, options, fut))
+            schedule = not self._drain_scheduled
+            self._drain_scheduled = True
+        if schedule:
+            self._loop.call_soon_threadsafe(self._drain)
+        return fut.result()
+
+    def _drain(self) -> None:
+        with self._pending_lock:
+            batch, self._pending = self._pending, []
+            self._drain_scheduled = False
+        if batch:
+            t = self._loop.create_task(self._submit_batch(batch), name="chronos-sync-submit")
+            self._batches.add(t)
+            t.add_done_callback(self._batches.discard)
+
+    async def _submit_batch(self, batch: list[tuple[str, Any, dict[str, Any], "Future[str]"]]) -> None:
+        client = self._client
+        specs: list[Any] = []
+        futs: list[Future[str]] = []
+        for task, args, options, fut in batch:
+            try:
+                if options.get("queue") is None and isinstance(task, str):
+                    options = {**options, "queue": await client.task_queue(task)}
+                specs.append(client.build_spec(task, args, **options))
+                futs.append(fut)
+            except BaseException as exc:  # this caller's mistake only
+                fut.set_exception(exc)
+        if not specs:
+            return
+        try:
+            ids = await client.submit_specs(specs)
+        except BaseException as exc:
+            if len(specs) == 1:
+                futs[0].set_exception(exc)
+                return
+            # A batch is all or nothing (nothing written): find whose job it was, one by one.
+            for spec, fut in zip(specs, futs):
+                try:
+                    fut.set_result((await client.submit_specs([spec]))[0])
+                except BaseException as one:
+                    fut.set_exception(one)
+            return
+        for job_id, fut in zip(ids, futs):
+            fut.set_result(job_id)
 
     def submit_specs(self, specs: Any) -> list[str]:
         return self._call(self._client.submit_specs(specs))

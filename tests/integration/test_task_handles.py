@@ -129,3 +129,32 @@ async def test_a_submit_by_name_goes_to_the_queue_the_catalog_gives(client: Clie
         assert rec.spec.queue == "far" and rec.result == "ok"
     finally:
         await fresh.close()
+
+
+async def test_a_bad_submit_among_concurrent_ones_fails_alone(settings: Settings, client: Client) -> None:
+    """Concurrent sync submits are gathered into batches; one caller's mistake is that caller's error only."""
+    outcomes: dict[int, object] = {}
+
+    def scenario() -> None:
+        with SyncClient(settings) as sync:
+            barrier = threading.Barrier(6)
+
+            def one(i: int) -> None:
+                barrier.wait()
+                try:
+                    outcomes[i] = sync.submit("h.sync", [i], queue="hq", priority="bogus" if i == 3 else "high")
+                except ValidationError as exc:
+                    outcomes[i] = exc
+
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+
+    await asyncio.to_thread(scenario)
+    assert isinstance(outcomes[3], ValidationError) and "priority" in str(outcomes[3])
+    ok = [v for i, v in outcomes.items() if i != 3]
+    assert len(ok) == 5 and all(isinstance(v, str) for v in ok)
+    for job_id in ok:
+        assert (await client.get(job_id)).spec.priority == "high"
