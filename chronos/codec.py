@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from .errors import MalformedMessageError, UnsupportedVersionError, ValidationError
+from .lease import LeaseHolder
 from .models import (
     CancelRequest,
     DLQEntry,
@@ -19,7 +20,6 @@ from .models import (
     TaskInfo,
     WorkerHeartbeat,
 )
-from .leadership import LeaseHolder  # leadership imports codec only at call time, so no cycle at import
 
 CURRENT_VERSION = 1
 

@@ -68,9 +68,11 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api
 
+from . import codec
 from .clock import SYSTEM_CLOCK, Clock
 from .connection import Connection
 from .errors import ConflictError, MalformedMessageError, UnsupportedVersionError
+from .lease import LeaderInfo, LeaseHolder
 from .models import Event
 
 __all__ = [
@@ -94,18 +96,7 @@ _KV_OP = "KV-Operation"
 _DELETE_OPS = ("DEL", "PURGE")
 
 
-# --- stored and reported types -------------------------------------------------
-
-
-class LeaseHolder(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The value stored under the lease key."""
-
-    node: str
-    host: str
-    pid: int
-    acquired_at: float  # the holder's wall clock; for display, never compared across hosts
-    term: int = 0  # revision of the create that began the term; 0 in that first entry itself
-    v: int = 1
+# --- what a backend read returns (LeaseHolder and LeaderInfo live in lease.py) ----
 
 
 class LeaseRecord(msgspec.Struct, frozen=True):
@@ -115,20 +106,6 @@ class LeaseRecord(msgspec.Struct, frozen=True):
     revision: int
     stored_at: float | None = None  # server wall time of the last write
     ttl: float | None = None  # seconds, from the write's Nats-TTL
-
-
-class LeaderInfo(msgspec.Struct, frozen=True):
-    """Who holds the lease, for a banner or ``chronos admin leader``."""
-
-    node: str
-    host: str
-    pid: int
-    acquired_at: float
-    term: int
-    revision: int
-    ttl: float | None = None
-    # Approximate: server write time + TTL - this host's wall clock. Display only.
-    expires_in: float | None = None
 
 
 # --- trust arithmetic ----------------------------------------------------------
@@ -191,14 +168,6 @@ class LeaseBackend(Protocol):
     async def watch(self, on_release: Callable[[], None]) -> None:
         """Call ``on_release`` whenever the key may have been deleted; run until cancelled."""
         ...
-
-
-def _codec() -> Any:
-    # codec.py imports LeaseHolder from this module for its typed decoder; importing codec at call
-    # time keeps both import orders working.
-    from . import codec
-
-    return codec
 
 
 def _is_wrong_last(exc: BaseException) -> bool:
@@ -367,7 +336,7 @@ def _default_node_id() -> str:
 
 def _holder_of(record: LeaseRecord) -> LeaseHolder | None:
     try:
-        holder = _codec().decode(record.data, LeaseHolder)
+        holder = codec.decode(record.data, LeaseHolder)
     except (MalformedMessageError, UnsupportedVersionError) as exc:  # show nothing rather than guess
         log.warning("unreadable lease value at revision %d: %s", record.revision, exc)
         return None
@@ -509,7 +478,7 @@ class LeaderLease:
         )
         started = self._trust.start()
         try:
-            rev = await self._within(self._backend.create(_codec().encode(value), self.ttl), self.ttl - self.margin)
+            rev = await self._within(self._backend.create(codec.encode(value), self.ttl), self.ttl - self.margin)
         except ConflictError:
             return False
         except _Expired:
@@ -539,7 +508,7 @@ class LeaderLease:
         # The next renewal is scheduled from this attempt, so a slow reply does not stretch the period.
         self._next_renew = started + self.renew_every
         try:
-            rev = await self._within(self._backend.renew(_codec().encode(self._value), self._revision, self.ttl), budget)
+            rev = await self._within(self._backend.renew(codec.encode(self._value), self._revision, self.ttl), budget)
         except ConflictError:
             self._step_down("refused: the lease moved to another revision")
             return False
