@@ -43,6 +43,9 @@ class NatsSettings(msgspec.Struct, **_STRUCT):
     # Reply inboxes: empty means "_INBOX_<user>" (each user may read its own replies only, see
     # chronos/permissions.py); set it for nkey/creds users, whose name chronos does not know.
     inbox_prefix: str = ""
+    # How chronos drives nats-py (chronos/transport): "fast" reaches into nats-py internals for the
+    # hot path, "stock" uses its public API only, "auto" probes at connect and falls back to stock.
+    transport: str = "auto"  # one of TRANSPORTS
 
 
 class JobSettings(msgspec.Struct, **_STRUCT):
@@ -390,6 +393,7 @@ def _check_ranges(s: Settings) -> None:
 
 
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+TRANSPORTS = ("auto", "fast", "stock")  # nats.transport; chronos/transport
 
 
 def _validate(s: Settings) -> None:
@@ -400,6 +404,8 @@ def _validate(s: Settings) -> None:
     if s.log_level.upper() not in _LOG_LEVELS:
         raise ConfigError(f"log_level: must be one of {', '.join(_LOG_LEVELS)}, got {s.log_level!r}")
     _check_ranges(s)
+    if s.nats.transport not in TRANSPORTS:
+        raise ConfigError(f"nats.transport: must be one of {', '.join(TRANSPORTS)}, got {s.nats.transport!r}")
     for q in s.worker.queues:
         if not is_valid_token(q):
             raise ConfigError(f"worker.queues: {q!r} is not a valid queue name")

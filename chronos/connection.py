@@ -23,6 +23,7 @@ from .config import Settings
 from .errors import ConfigError, ConnectionFailedError, PermissionDeniedError
 from .publisher import Publisher
 from .subjects import Names, inbox_prefix
+from .transport import Transport, select_transport
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,9 @@ class Connection:
         self.denials = denials or Denials(role_of(settings))
         self.names = Names(settings.namespace)
         self.js = nc.jetstream(timeout=10.0)
-        self.publisher = Publisher(nc)
+        # The probe of nats-py's internals (nats.transport; chronos/transport): fast or stock.
+        self.transport: Transport = select_transport(settings, nc)
+        self.publisher = Publisher(nc, transport=self.transport)
         self._kv: dict[str, KeyValue] = {}
 
     async def kv(self, bucket: str) -> KeyValue:
@@ -170,15 +173,11 @@ class Connection:
         drain timeout (5 s) on that subscription, which can eat a service's shutdown margin.
         Callback subscriptions are left to drain: their callbacks still run.
         """
-        subs = getattr(self.nc, "_subs", None)  # nats-py 2.16 keeps them here (private)
-        if not isinstance(subs, dict):
-            return
-        for sub in list(subs.values()):
-            if getattr(sub, "_cb", None) is None:
-                try:
-                    await sub.unsubscribe()
-                except Exception as exc:  # already gone or connection closing: nothing to drain then
-                    log.debug("unsubscribe before drain: %s", exc)
+        for sub in self.transport.iterator_subscriptions():
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # already gone or connection closing: nothing to drain then
+                log.debug("unsubscribe before drain: %s", exc)
 
 
 def _tls_context(settings: Settings) -> ssl.SSLContext | None:

@@ -4,15 +4,19 @@ nats-py's ``publish_async`` costs a NUID, a random token, an ``asyncio.wait_for`
 and a done-callback per message; on the hot path that overhead is the limit.
 This publisher sends every message with a reply subject under one wildcard
 inbox, names each by a counter, and bounds what is in flight with a window.
-PubAcks are parsed with msgspec. One round trip is ~0.25 ms here, so the
-throughput comes from never awaiting one per message.
+PubAcks are parsed with msgspec; one timer (the sweeper) fails those that never
+come. One round trip is ~0.25 ms here, so the throughput comes from never
+awaiting one per message.
 
-While connected it writes the PUB/HPUB frame itself into nats-py's outgoing
-buffer (``_send_command``), skipping the per-call header re-encoding and subject
-checks of ``Client.publish`` (our subjects come from subjects.py, built from
-validated tokens). Disconnected, it falls back to ``Client.publish`` so
-nats-py's reconnect buffering rules apply unchanged. This leans on a private
-nats-py method; tests/integration pins the behaviour against nats-py 2.16.
+It builds each PUB/HPUB frame itself (our subjects come from subjects.py, built
+from validated tokens; header blocks are encoded once by the caller) and hands it
+to the connection's transport (chronos/transport): the fast one queues it without
+a coroutine and delivers PubAcks from the read loop; when it refuses (the stock
+transport always, the fast one while disconnected or at nats-py's pending-bytes
+limit) the message goes through ``Client.publish``, so nats-py's reconnect
+buffering and flush rules apply. A message over the server's ``max_payload``
+(headers included) fails its own call with PayloadTooLargeError, whatever the
+transport, instead of reaching the server, which would close the connection.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from . import fastpath
+from .errors import PayloadTooLargeError
+from .transport import Transport, select_transport
 
 
 class PubAck(msgspec.Struct):
@@ -50,7 +55,6 @@ class _Reply(msgspec.Struct):
 
 
 _reply_decoder = msgspec.json.Decoder(_Reply)
-_CONNECTED = NATS.CONNECTED
 log = logging.getLogger(__name__)
 
 # Called with (PubAck, None) or (None, exception) when a publish sent with publish_cb settles.
@@ -69,8 +73,11 @@ class PublishError(Exception):
 
 
 class Publisher:
-    def __init__(self, nc: NATS, window: int = 4096, timeout: float = 10.0) -> None:
+    def __init__(self, nc: NATS, window: int = 4096, timeout: float = 10.0, *,
+                 transport: Transport | None = None) -> None:
         self._nc = nc
+        self._transport = transport or select_transport("auto", nc)
+        self._write = self._transport.write_nowait
         self._window = window
         self._timeout = timeout
         self._prefix = ""
@@ -126,7 +133,7 @@ class Publisher:
             self._sweeper.cancel()
             self._sweeper = None
         if self._sub is not None:
-            fastpath.unregister(self._nc, getattr(self._sub, "_id", None))
+            self._transport.undeliver(self._sub)
             try:
                 await self._sub.unsubscribe()
             except Exception:  # connection already closed; nothing left to release server-side
@@ -136,6 +143,14 @@ class Publisher:
         self._pending.clear()
         for entry in pending:
             _settle(entry, None, nats.errors.ConnectionClosedError())
+
+    @property
+    def nc(self) -> NATS:
+        return self._nc
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
 
     @property
     def in_flight(self) -> int:
@@ -153,7 +168,7 @@ class Publisher:
             await self._space.wait()
 
     def _install_fast_path(self) -> None:
-        """PubAcks resolve straight from the parser (chronos/fastpath.py); ``_on_reply`` is the fallback."""
+        """PubAcks resolve from the read loop where the transport offers it; else ``_on_reply`` does."""
         cut = len(self._prefix_b)
         resolve = self._resolve
         pending = self._pending
@@ -177,7 +192,7 @@ class Publisher:
             resolve(token, data)
             return True
 
-        fastpath.register(self._nc, getattr(self._sub, "_id", None), on_ack)
+        self._transport.deliver_raw(self._sub, on_ack)
 
     async def _on_reply(self, msg: Msg) -> None:
         self._resolve(msg.subject[len(self._prefix) :].encode(), msg.data)
@@ -203,19 +218,13 @@ class Publisher:
         else:
             _settle(entry, PubAck(reply.stream, reply.seq, reply.duplicate), None)
 
-    def _write_nowait(self, frame: bytes) -> bool:
-        """Append a frame to nats-py's outgoing buffer and wake its flusher, without a coroutine.
-        False while not connected (draining counts as not): then nats-py's own publish (and its
-        reconnect buffer) must be used."""
-        nc = self._nc
-        if nc._status != _CONNECTED:
-            return False
-        nc._pending.append(frame)
-        nc._pending_data_size += len(frame)
-        queue = nc._flush_queue
-        if queue is not None and queue.empty():
-            queue.put_nowait((self._loop or asyncio.get_running_loop()).create_future())  # the flusher resolves it
-        return True
+    def _too_large(self, subject: str, payload: bytes, hdr: bytes | None) -> PayloadTooLargeError | None:
+        size = len(payload) + (len(hdr) if hdr else 0)
+        limit = self._nc.max_payload
+        if size > limit > 0:
+            return PayloadTooLargeError(f"message to {subject} is {size} bytes (headers included); "
+                                        f"the server's max_payload is {limit}")
+        return None
 
     def _frame(self, subject: str, token: bytes, payload: bytes, hdr: bytes | None) -> bytes:
         if hdr:
@@ -232,9 +241,11 @@ class Publisher:
         """
         if len(self._pending) >= self._window:
             return False
+        if len(payload) + (len(hdr) if hdr else 0) > self._nc.max_payload:
+            return False  # the awaitable path raises PayloadTooLargeError
         self._counter += 1
         token = b"%d" % self._counter
-        if not self._write_nowait(self._frame(subject, token, payload, hdr)):
+        if not self._write(self._frame(subject, token, payload, hdr), len(payload)):
             return False
         self._pending[token] = callback
         return True
@@ -242,7 +253,13 @@ class Publisher:
     async def publish(
         self, subject: str, payload: bytes, headers: dict[str, str] | None = None, *, hdr: bytes | None = None
     ) -> asyncio.Future[PubAck]:
-        """Send now; return a future for the PubAck. Waits only when the window is full."""
+        """Send now; return a future for the PubAck. Waits only when the window is full.
+        Raises PayloadTooLargeError (nothing sent) for a message over the server's max_payload."""
+        if headers and hdr is None:
+            hdr = encode_headers(headers)
+        too_large = self._too_large(subject, payload, hdr)
+        if too_large is not None:
+            raise too_large
         while len(self._pending) >= self._window:
             self._space.clear()
             self._room_below = self._window
@@ -252,15 +269,20 @@ class Publisher:
         loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[PubAck] = loop.create_future()
         self._pending[token] = fut
-        if headers and hdr is None:
-            hdr = encode_headers(headers)
-        if not self._write_nowait(self._frame(subject, token, payload, hdr)):
-            await self._nc.publish(subject, payload, reply=self._prefix + token.decode(), headers=headers or _parse_hdr(hdr))
+        if not self._write(self._frame(subject, token, payload, hdr), len(payload)):
+            try:
+                await self._nc.publish(subject, payload, reply=self._prefix + token.decode(),
+                                       headers=headers or _parse_hdr(hdr))
+            except BaseException:
+                self._pending.pop(token, None)  # never sent: nothing will settle it
+                if len(self._pending) < self._room_below:
+                    self._space.set()
+                raise
         return fut
 
     def send_nowait(self, subject: str, payload: bytes) -> bool:
         """Fire-and-forget publish from synchronous code; False (nothing sent) while disconnected."""
-        return self._write_nowait(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload))
+        return self._write(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload), len(payload))
 
     async def send(self, subject: str, payload: bytes) -> None:
         """Fire-and-forget publish (acks, naks, in-progress), through the same lean path."""

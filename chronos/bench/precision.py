@@ -28,7 +28,7 @@ from pathlib import Path
 
 import msgspec
 
-from .. import codec, fastpath
+from .. import codec
 from ..client import Client
 from ..config import load_settings
 from ..embedded import EmbeddedServer
@@ -91,8 +91,9 @@ async def run_precision(n: int = 2000, spread: float = 10.0, lead: float = 2.0, 
         done = asyncio.Event()
 
         def on_raw(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
-            # Stamped in the read loop, as a worker's puller takes a job (chronos/fastpath.py):
-            # no Msg, no queue hop, so the number is the job's, not this subscriber's.
+            # Stamped in the read loop on the fast transport, as a worker's puller takes a job
+            # (chronos/transport/fast.py): no Msg, no queue hop, so the number is the job's, not
+            # this subscriber's. On the stock transport on_work stamps it, a queue hop later.
             t = time.time()
             job = codec.decode(data, JobMessage).record
             if job.id not in seen:
@@ -106,7 +107,7 @@ async def run_precision(n: int = 2000, spread: float = 10.0, lead: float = 2.0, 
             on_raw(b"", b"", msg.data, None)
 
         sub = await client.conn.nc.subscribe(client.names.jobs_wildcard(), cb=on_work)
-        fastpath.register(client.conn.nc, getattr(sub, "_id", None), on_raw)
+        client.conn.transport.deliver_raw(sub, on_raw)
         # This process's own collector pauses would be counted as the scheduler's lateness.
         gc_threshold = gc.get_threshold()
         gc.collect()

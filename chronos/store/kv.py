@@ -12,7 +12,7 @@ import logging
 from typing import AsyncIterator, Awaitable
 
 import nats.js.errors
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.kv import KeyValue
 
 from ..errors import ConflictError
@@ -29,6 +29,12 @@ class KVStore:
         self._pub = publisher
         self._bucket = bucket
         self._prefix = f"$KV.{bucket}."
+        self._js: JetStreamContext | None = None  # for ordered consumers; made on first use
+
+    def _jetstream(self) -> JetStreamContext:
+        if self._js is None:
+            self._js = self._pub.nc.jetstream(timeout=10.0)
+        return self._js
 
     @property
     def bucket(self) -> str:
@@ -111,7 +117,7 @@ class KVStore:
         delivered nothing at all, and otherwise we read until a message reports
         num_pending 0.
         """
-        sub = await self._kv._js.subscribe(
+        sub = await self._jetstream().subscribe(
             self._prefix + pattern, stream=f"KV_{self._bucket}", ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=60.0,
         )
@@ -144,7 +150,7 @@ class KVStore:
     async def watch(self, pattern: str = ">", *, include_existing: bool = False) -> AsyncIterator[Entry]:
         """Changes to keys matching ``pattern`` (a key, or NATS wildcards like ``cancel.>``)."""
         policy = api.DeliverPolicy.LAST_PER_SUBJECT if include_existing else api.DeliverPolicy.NEW
-        sub = await self._kv._js.subscribe(
+        sub = await self._jetstream().subscribe(
             self._prefix + pattern, stream=f"KV_{self._bucket}", ordered_consumer=True,
             deliver_policy=policy, inactive_threshold=300.0,
         )

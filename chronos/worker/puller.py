@@ -16,7 +16,6 @@ from typing import Callable
 
 from nats.aio.msg import Msg
 
-from .. import fastpath
 from ..connection import Connection
 
 log = logging.getLogger(__name__)
@@ -44,18 +43,13 @@ class Puller:
 
     async def start(self) -> None:
         self._sub = await self.conn.nc.subscribe(self.inbox, cb=self._on_msg)
-        fastpath.register(self.conn.nc, getattr(self._sub, "_id", None), self._on_raw)
-
-    def _on_raw(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
-        """Job messages (no headers) straight from the parser; status and headed messages take ``_on_msg``."""
-        if headers is not None:
-            return False
-        self._take(Msg(_client=self.conn.nc, subject=subject.decode(), reply=reply.decode(), data=data))
-        return True
+        # Job messages (no headers) straight from the read loop where the transport offers it;
+        # status and headed messages (and all of them on the stock transport) take ``_on_msg``.
+        self.conn.transport.deliver_plain(self._sub, self._take)
 
     async def stop(self) -> None:
         if self._sub is not None:
-            fastpath.unregister(self.conn.nc, getattr(self._sub, "_id", None))
+            self.conn.transport.undeliver(self._sub)
             try:
                 await self._sub.unsubscribe()
             except Exception as exc:  # connection closing; the server drops the interest anyway

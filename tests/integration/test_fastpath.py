@@ -1,4 +1,5 @@
-"""chronos/fastpath.py: handlers run inside nats-py's read loop, so one must never end it."""
+"""chronos/transport/fast.py: handlers run inside nats-py's read loop, so one must never end it;
+what a handler declines, and everything on the stock transport, reaches the ordinary callback."""
 
 from __future__ import annotations
 
@@ -6,18 +7,21 @@ import asyncio
 
 import nats
 
-from chronos import fastpath
+from chronos.transport import select_transport
+from chronos.transport.fast import FastTransport
+from chronos.transport.stock import StockTransport
 
 
 async def test_a_failing_handler_does_not_deafen_the_connection(nats_server):
     nc = await nats.connect(nats_server.url)
     try:
+        transport = FastTransport(nc)
         bad = await nc.subscribe("fp.bad")
 
         def explode(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
             raise RuntimeError("handler bug")
 
-        assert fastpath.register(nc, bad._id, explode)
+        assert transport.deliver_raw(bad, explode)
         got = asyncio.get_running_loop().create_future()
 
         async def on_good(msg) -> None:  # type: ignore[no-untyped-def]
@@ -35,6 +39,7 @@ async def test_a_failing_handler_does_not_deafen_the_connection(nats_server):
 async def test_a_declining_handler_leaves_the_message_to_nats_py(nats_server):
     nc = await nats.connect(nats_server.url)
     try:
+        transport = FastTransport(nc)
         sub = await nc.subscribe("fp.slow")
         taken: list[bytes] = []
 
@@ -44,10 +49,48 @@ async def test_a_declining_handler_leaves_the_message_to_nats_py(nats_server):
                 return True
             return False
 
-        fastpath.register(nc, sub._id, only_small)
+        assert transport.deliver_raw(sub, only_small)
         await nc.publish("fp.slow", b"ab")
         await nc.publish("fp.slow", b"abcdef")
         msg = await sub.next_msg(timeout=5)
         assert msg.data == b"abcdef" and taken == [b"ab"]
+    finally:
+        await nc.close()
+
+
+async def test_plain_delivery_builds_msgs_and_leaves_headed_ones_to_the_callback(nats_server):
+    nc = await nats.connect(nats_server.url)
+    try:
+        transport = FastTransport(nc)
+        sub = await nc.subscribe("fp.plain")
+        plain: list[tuple[str, str, bytes]] = []
+        assert transport.deliver_plain(sub, lambda m: plain.append((m.subject, m.reply, m.data)))
+        before = nc.stats["in_msgs"]
+        await nc.publish("fp.plain", b"job", reply="fp.reply")
+        await nc.publish("fp.plain", b"", headers={"Status": "404"})
+        headed = await sub.next_msg(timeout=5)
+        assert headed.headers == {"Status": "404"}
+        assert plain == [("fp.plain", "fp.reply", b"job")]
+        assert nc.stats["in_msgs"] - before == 2  # the one taken in the read loop counts too
+        # After undeliver, the callback (here the iterator) gets every message again.
+        transport.undeliver(sub)
+        await nc.publish("fp.plain", b"again")
+        assert (await sub.next_msg(timeout=5)).data == b"again" and len(plain) == 1
+    finally:
+        await nc.close()
+
+
+async def test_the_stock_transport_never_takes_a_message(nats_server):
+    nc = await nats.connect(nats_server.url)
+    try:
+        transport = select_transport("stock", nc)
+        assert isinstance(transport, StockTransport) and transport.name == "stock"
+        sub = await nc.subscribe("fp.stock")
+        assert not transport.deliver_raw(sub, lambda *a: True)
+        assert not transport.deliver_plain(sub, lambda m: None)
+        assert not transport.write_nowait(b"PUB fp.stock 1\r\nx\r\n", 1)
+        assert not hasattr(nc, "_chronos_fast_handlers")  # no nats-py internals touched
+        await nc.publish("fp.stock", b"to the callback")
+        assert (await sub.next_msg(timeout=5)).data == b"to the callback"
     finally:
         await nc.close()

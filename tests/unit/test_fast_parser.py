@@ -1,4 +1,4 @@
-"""chronos/fastpath.py's parser must read the wire exactly as nats-py's does, however it is split."""
+"""chronos/transport/fast.py's parser must read the wire exactly as nats-py's does, however it is split."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from nats.errors import ProtocolError
 from nats.protocol.parser import Parser
 
-from chronos.fastpath import _ATTR, _FastParser
+from chronos.transport.fast import _ATTR, _FastParser
 
 
 def hmsg(subject: bytes, sid: int, reply: bytes, headers: bytes, payload: bytes) -> bytes:
@@ -44,6 +44,7 @@ EXPECTED = [
 class FakeConn:
     def __init__(self, handled_sids: set[int]) -> None:
         self.seen: list[tuple[Any, ...]] = []
+        self.stats = {"in_msgs": 0, "in_bytes": 0}
         handlers = {sid: self._handler(sid) for sid in handled_sids}
         setattr(self, _ATTR, handlers)
 
@@ -105,3 +106,12 @@ async def test_a_malformed_msg_line_is_a_protocol_error() -> None:
     parser = _FastParser(FakeConn(set()))
     with pytest.raises(ProtocolError):
         await parser.parse(b"MSG onlysubject\r\n")
+
+
+async def test_messages_a_handler_takes_count_in_the_connection_stats() -> None:
+    nc = FakeConn({7})
+    wire = (b"MSG a 7 5\r\nhello\r\n" + hmsg(b"b", 7, b"r", b"NATS/1.0\r\nA: b\r\n\r\n", b"xy")
+            + b"MSG c 8 3\r\nabc\r\n")  # sid 8 has no handler: nats-py's _process_msg counts it
+    await _FastParser(nc).parse(wire)
+    assert nc.stats == {"in_msgs": 2, "in_bytes": 7}
+    assert [m[1] for m in nc.seen] == [7, 7, 8]
