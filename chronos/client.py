@@ -541,12 +541,12 @@ class Client:
         validate_jobs_query(q)
         return await list_jobs(self.conn, self.ops, q, limit)
 
-    async def counts(self) -> Any:
+    async def counts(self, *, fallback: bool = True, timeout: float = 5.0) -> Any:
         """Records per state and per queue (a ``readmodel.Counts``), from a scheduler's job index
-        without reading records (or from a scan when no index answers)."""
+        without reading records; when no index answers, from a scan (or None without ``fallback``)."""
         from .listing import job_counts
 
-        return await job_counts(self.conn, self.ops)
+        return await job_counts(self.conn, self.ops, fallback=fallback, timeout=timeout)
 
     async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
         """Wait until the job reaches a terminal state (or ``timeout`` seconds pass)."""
