@@ -135,8 +135,11 @@ async def _all_records(ops: JobOps) -> list[JobRecord]:
     return out
 
 
-async def job_counts(conn: Connection, ops: JobOps, window: float = 3600.0) -> Counts:
-    reply = await ask_index(conn, CountsQuery(window=window), CountsReply)
+async def job_counts(conn: Connection, ops: JobOps, window: float = 3600.0, *, fallback: bool = True,
+                     timeout: float = 5.0) -> Counts | None:
+    reply = await ask_index(conn, CountsQuery(window=window), CountsReply, timeout=timeout)
     if reply is None:
+        if not fallback:
+            return None
         return counts_from_records(await _all_records(ops), time.time(), window)
     return summarize(reply)

@@ -126,6 +126,7 @@ class Counts(msgspec.Struct):
     finished: list[tuple[str, str, str, float, int]]
     at: float
     total: int
+    source: str = "scan"  # "index <node>" when a scheduler's job index answered, "scan" when the KV was read
 
 
 for _t in (Op, JobsQuery, JobsReply, CountsQuery, CountsReply):
@@ -656,7 +657,7 @@ def summarize(reply: CountsReply) -> Counts:
         q = by_queue.setdefault(queue, {})
         q[state] = q.get(state, 0) + n
     return Counts(by_state=by_state, by_queue=by_queue, rows=list(reply.rows), finished=list(reply.finished),
-                  at=reply.at, total=sum(by_state.values()))
+                  at=reply.at, total=sum(by_state.values()), source=f"index {reply.node}".strip())
 
 
 def counts_from_records(records: Sequence[JobRecord], now: float, window: float = 3600.0) -> Counts:
@@ -672,7 +673,7 @@ def counts_from_records(records: Sequence[JobRecord], now: float, window: float 
                 b = (*key, at - at % BUCKET)
                 fin[b] = fin.get(b, 0) + 1
     reply = CountsReply(rows=[(*k, n) for k, n in rows.items()], finished=[(*k, n) for k, n in fin.items()], at=now)
-    return summarize(reply)
+    return msgspec.structs.replace(summarize(reply), source="scan")
 
 
 def _raise_if_cancelling() -> None:

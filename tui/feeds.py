@@ -3,8 +3,10 @@
 Every network call runs in a Textual worker started here, and every result
 reaches the UI as a message from ``messages.py``:
 
-* the supervisor connects (retrying until it can), subscribes to events, seeds
-  the tally from one scan of the job records, then polls the cluster
+* the supervisor connects (retrying until it can), subscribes to events, takes
+  the counts from a scheduler's job index (polled every ``counts_every`` seconds;
+  no record is read) or, with no index answering, seeds the tally from one scan
+  of the job records; then it polls the cluster
   (consumers, workers, leader, DLQ depths) every ``interval`` seconds and
   reports connection losses and recoveries;
 * the event follower feeds every lifecycle event into the Tally and a tail
@@ -83,6 +85,9 @@ class Feeds:
         self.connected = False
         self.polls = 0  # cluster polls done, and record scans (seeds) done: for tests and tools
         self.seeds = 0
+        self.counts_every = 1.0
+        self._indexed = False  # the counts come from a job index (polled), not from records and events
+        self._counts_at = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -132,6 +137,8 @@ class Feeds:
                     raise
                 except Exception as exc:
                     ok, detail = False, describe(exc)
+            if ok and self._indexed and loop.time() - self._counts_at >= self.counts_every:
+                await self._seed()
             if ok != self.connected:
                 if not ok:
                     since = self.clock.now()
@@ -149,6 +156,25 @@ class Feeds:
 
     async def _seed(self, fresh: bool = False) -> None:
         assert self.source is not None
+        counts = getattr(self.source, "counts", None)
+        if counts is not None:
+            self._counts_at = asyncio.get_running_loop().time()
+            try:
+                found = await counts()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("job index counts failed: %s", exc)
+                found = None
+            if found is not None:
+                self.tally.set_counts(found)
+                self._indexed = True
+                self.seeds += 1
+                return
+            if self._indexed:  # the index went away: count from records and events again
+                self._indexed = False
+                self.tally.set_counts(None)
+                fresh = True
         try:
             records = await self.source.records()
         except asyncio.CancelledError:

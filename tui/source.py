@@ -16,8 +16,12 @@ from chronos.clock import Clock
 from chronos.config import Settings
 from chronos.errors import ChronosError, NotFoundError
 from chronos.models import DLQEntry, Event, JobRecord
+from chronos.readmodel import Counts
+
+LOCAL_WINDOW = 2000  # jobs a free-text filter or a sort other than by creation looks through
 
 from .data import (
+    FAILED_STATES,
     SORT_KEYS,
     Cluster,
     JobDetail,
@@ -98,13 +102,23 @@ class ClientSource:
             except (TimeoutError, ImportError, ChronosError) as exc:
                 return JobsPage(query, (), 0, error=f"archive unavailable: {exc or type(exc).__name__}")
         else:
-            single = query.state if query.state not in (None, "failed") else None
-            page = await self.client.list(state=single, queue=query.queue, task=query.task, tag=query.tag,
-                                          limit=1 << 40)
+            states = list(FAILED_STATES) if query.state == "failed" else [query.state] if query.state else None
+            if query.sort == "created" and query.descending and not query.text:
+                # The index's own order: one page, whatever the number of jobs (chronos/listing.py).
+                page = await self.client.list(states=states, queue=query.queue, task=query.task, tag=query.tag,
+                                              offset=query.offset, limit=query.limit)
+                return JobsPage(query, tuple(page.jobs), page.total)
+            # Free text or another order: the newest LOCAL_WINDOW matches of the indexed filters, here.
+            page = await self.client.list(states=states, queue=query.queue, task=query.task, tag=query.tag,
+                                          limit=LOCAL_WINDOW)
             recs = page.jobs
         recs = [r for r in recs if job_matches(r, query)]
         recs.sort(key=SORT_KEYS.get(query.sort, SORT_KEYS["created"]), reverse=query.descending)
         return JobsPage(query, tuple(recs[query.offset : query.offset + query.limit]), len(recs))
+
+    async def counts(self) -> Counts | None:
+        """Counts from a scheduler's job index; None when no index answers (then the feed counts records)."""
+        return await self.client.counts(fallback=False, timeout=2.0)
 
     async def job(self, job_id: str) -> JobDetail:
         rec = await self.client.get(job_id)

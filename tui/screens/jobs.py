@@ -69,7 +69,7 @@ class JobsScreen(ChronosScreen):
             self.reload()
 
     def _stale(self) -> bool:
-        """Due for a reload: a listing scans the whole KV, so a slow one spaces the next out."""
+        """Due for a reload: a slow listing (a KV scan, when no scheduler index answers) spaces the next out."""
 
         return time.monotonic() - self._loaded_at >= max(self.RELOAD_EVERY, 5 * self._load_cost)
 
