@@ -24,6 +24,37 @@ from chronos.worker.service import WorkerService
 
 _counter = itertools.count()
 
+# The transport switch (chronos/transport). CHRONOS_TEST_TRANSPORT=stock (or fast) runs every test's
+# settings on that transport; unset ("auto"), the modules in _BOTH_TRANSPORTS also run once more on
+# stock, so the public-API path is exercised end to end in every run. Set through the environment
+# (CHRONOS_NATS__TRANSPORT too) so worker processes a test spawns use it as well.
+TRANSPORT_ENV = "CHRONOS_TEST_TRANSPORT"
+_BOTH_TRANSPORTS = {"test_worker.py", "test_client.py", "test_publisher.py", "test_crash.py",
+                    "test_store_conformance.py"}
+
+
+def test_transport() -> str:
+    return os.environ.get(TRANSPORT_ENV, "auto")
+
+
+test_transport.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if ("chronos_transport" in metafunc.fixturenames and test_transport() == "auto"
+            and metafunc.definition.path.name in _BOTH_TRANSPORTS
+            and metafunc.definition.path.parent.name == "integration"):
+        metafunc.parametrize("chronos_transport", ["auto", "stock"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def chronos_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    choice = getattr(request, "param", None) or test_transport()
+    if choice != "auto":
+        monkeypatch.setenv(TRANSPORT_ENV, choice)
+        monkeypatch.setenv("CHRONOS_NATS__TRANSPORT", choice)
+    return choice
+
 
 @pytest.fixture(scope="session")
 def nats_server() -> Any:
@@ -34,14 +65,14 @@ def nats_server() -> Any:
 
 
 def make_settings(url: str, namespace: str, **sections: dict[str, Any]) -> Settings:
-    overrides: dict[str, Any] = {"namespace": namespace, "nats": {"url": url}}
+    overrides: dict[str, Any] = {"namespace": namespace, "nats": {"url": url, "transport": test_transport()}}
     base_worker = {"ack_wait": 2.0, "shutdown_grace": 2.0, "heartbeat_interval": 0.5, "poll_expires": 1.0}
     overrides["worker"] = {**base_worker, **sections.pop("worker", {})}
     # Stream byte limits are reservations on the shared server: keep each test's small.
     overrides["streams"] = {"dlq_max_bytes": 8 * 1024**2, "events_max_bytes": 8 * 1024**2,
                             **sections.pop("streams", {})}
     for k, v in sections.items():
-        overrides[k] = v
+        overrides[k] = {**overrides["nats"], **v} if k == "nats" else v
     return load_settings(overrides=overrides, read_env=False)
 
 
@@ -51,7 +82,8 @@ def namespace() -> str:
 
 
 @pytest.fixture
-async def settings(nats_server: EmbeddedServer, namespace: str, tmp_path: Path) -> AsyncIterator[Settings]:
+async def settings(nats_server: EmbeddedServer, namespace: str, tmp_path: Path,
+                   chronos_transport: str) -> AsyncIterator[Settings]:
     # A scheduler's archive goes to the test's directory, never the working directory.
     s = make_settings(nats_server.url, namespace, scheduler={"archive_path": str(tmp_path / "archive.sqlite3")})
     yield s
