@@ -3,6 +3,10 @@
 Each function takes a Client and uses only its public attributes, so nothing here
 needs a change to client.py. ``run_schedule_now`` is the one writer: it submits a
 one-off job with a schedule's task and arguments through ``Client.submit``.
+
+The console (chronos.tui) imports the client side only: ``Client``, this module and the pure
+types. What it needs from wire or record modules (an event's one-line summary, a schedule's
+timing, the audit trail) it gets here (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -15,12 +19,19 @@ from typing import Any
 
 import msgspec
 
+from . import audit
 from .client import Client
 from .errors import ChronosError
 from .events import decode_events
-from .leadership import LeaderInfo, read_leader
+from .leadership import read_leader
 from .models import Event, JobRecord, Schedule
 from .states import JobState
+
+# Re-exported for the console, which imports no wire module itself.
+from .audit import AuditEntry as AuditEntry, role_label as role_label
+from .events import event_summary as event_summary
+from .lease import LeaderInfo as LeaderInfo
+from .readmodel import Counts as Counts
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +155,18 @@ async def job_timeline(client: Client, record: JobRecord, *, budget: float = 2.0
         await it.aclose()
     out.sort(key=lambda e: e.at)  # events from different publishers reach the stream in any order
     return out
+
+
+def describe_timing(schedule: Schedule) -> str:
+    """The schedule's timing in words; ChronosError when it does not parse."""
+    from .schedules import timing_of
+
+    return timing_of(schedule).describe()
+
+
+async def audit_trail(client: Client, limit: int = 100) -> list[AuditEntry]:
+    """The last ``limit`` operator actions, oldest first."""
+    return await audit.read(client.conn, limit=limit)
 
 
 def next_fire(schedule: Schedule, now: float) -> float | None:

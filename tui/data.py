@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from chronos.console import ConsumerStat
-from chronos.leadership import LeaderInfo
+from chronos.lease import LeaderInfo
 from chronos.models import DLQEntry, Event, JobRecord, Schedule, WorkerHeartbeat
 from chronos.states import JobState
 

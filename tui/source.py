@@ -16,7 +16,7 @@ from chronos.clock import Clock
 from chronos.config import Settings
 from chronos.errors import ChronosError, NotFoundError
 from chronos.models import DLQEntry, Event, JobRecord
-from chronos.readmodel import Counts
+from chronos.console import Counts
 
 LOCAL_WINDOW = 2000  # jobs a free-text filter or a sort other than by creation looks through
 
@@ -132,13 +132,11 @@ class ClientSource:
         return JobDetail(rec, tuple(timeline), entry)
 
     async def schedules(self) -> list[ScheduleRow]:
-        from chronos.schedules import timing_of
-
         now = self.clock.now()
         out = []
         for s in await self.client.list_schedules():
             try:
-                timing = timing_of(s).describe()
+                timing = console.describe_timing(s)
             except ChronosError as exc:
                 timing = f"invalid: {exc}"
             last = await console.last_outcome(self.client, s)

@@ -19,7 +19,7 @@ from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 
 from chronos.models import Event, JobRecord
-from chronos.readmodel import Counts
+from chronos.console import Counts
 
 from .data import Failure, QueueRow, Stats
 

@@ -35,7 +35,7 @@ class AuditScreen(ModalScreen[None]):
 
     @work(exclusive=True, group="audit")
     async def load(self) -> None:
-        from chronos import audit
+        from chronos import console
 
         view = self.query_one("#audit", Static)
         client = getattr(getattr(self.app, "feeds", None) and self.app.feeds.source, "client", None)  # type: ignore[attr-defined]
@@ -43,7 +43,7 @@ class AuditScreen(ModalScreen[None]):
             view.update("the audit trail needs a live connection")
             return
         try:
-            entries = await audit.read(client.conn, limit=LIMIT)
+            entries = await console.audit_trail(client, limit=LIMIT)
         except Exception as exc:  # shown, not raised: a console must stay up
             view.update(f"cannot read the audit trail: {exc}")
             return
@@ -56,7 +56,7 @@ def render(entries: list[Any]) -> Any:
     table = Table(title=f"last {len(entries)} operator actions (newest first)", expand=True)
     for col in ("when", "role", "user", "action", "target"):
         table.add_column(col)
-    from chronos.audit import role_label
+    from chronos.console import role_label
 
     for e in reversed(entries):
         table.add_row(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.at)), role_label(e), e.user,

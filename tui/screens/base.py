@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from textual.screen import Screen
 
@@ -10,7 +10,36 @@ from ..data import Cluster, Connection, Stats
 from ..widgets.leader_banner import LeaderBanner
 
 if TYPE_CHECKING:
-    from ..app import ChronosApp
+    from textual.signal import Signal
+
+    from chronos.clock import Clock
+    from chronos.config import Settings
+
+    from ..feeds import Feeds
+    from ..messages import EventsTail
+
+
+class ConsoleApp(Protocol):
+    """What a screen needs from the app. ``ChronosApp`` (app.py) provides it; screens depend on
+    this, not on app.py, because app.py imports every screen (no import cycle)."""
+
+    settings: Settings
+    readonly: bool
+    clock: Clock
+    feeds: Feeds
+    latest_stats: Stats | None
+    latest_cluster: Cluster | None
+    latest_connection: Connection | None
+    latest_tail: EventsTail | None
+    stats_signal: Signal[Stats]
+    cluster_signal: Signal[Cluster]
+    connection_signal: Signal[Connection]
+    events_signal: Signal[EventsTail]
+    actions_signal: Signal[Any]
+
+    def open_job(self, job_id: str) -> None: ...
+
+    def job_action(self, verb: str, job_id: str) -> None: ...
 
 
 class ChronosScreen(Screen[None]):
@@ -19,7 +48,7 @@ class ChronosScreen(Screen[None]):
     VIEW: ClassVar[str] = ""
 
     @property
-    def capp(self) -> ChronosApp:
+    def capp(self) -> ConsoleApp:
         return self.app  # type: ignore[return-value]
 
     def banner(self) -> LeaderBanner:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from textual.widgets import Log
 
-from chronos.events import event_summary
+from chronos.console import event_summary
 from chronos.models import Event
 
 from ..format import duration, stamp
