@@ -163,6 +163,51 @@ def test_every_module_is_in_a_part() -> None:
     assert set(split_packages) <= {"chronos", "chronos.worker"}, split_packages
 
 
+def _module_path(module: str) -> tuple[str, bool]:
+    """(path in the repository, is a package) for a module of the graph."""
+    parts = module.split(".")
+    folder = {"cli": "cli", "tui": "tui"}.get(parts[1], "") if len(parts) > 1 else ""
+    rel = [folder, *parts[2:]] if folder else parts
+    path = ROOT.joinpath(*rel)
+    if path.is_dir():
+        return "/".join(rel) + "/", True
+    return "/".join(rel) + ".py", False
+
+
+def _documented_paths() -> set[str]:
+    """Paths the parts table of docs/architecture.md names; ``x.py`` after ``dir/y.py`` in a row is ``dir/x.py``."""
+    import re
+
+    named: set[str] = set()
+    for line in (ROOT / "docs" / "architecture.md").read_text().splitlines():
+        if not line.startswith("|"):
+            continue
+        folder = ""
+        for token in re.findall(r"`([\w./]+)`", line):
+            if "/" in token:
+                folder = token.rsplit("/", 1)[0] + "/" if not token.endswith("/") else ""
+                named.add(token)
+            elif token.endswith(".py") and folder:
+                named.add(folder + token)
+    return named
+
+
+def test_the_architecture_doc_names_every_module_and_only_real_files() -> None:
+    graph = build_graph()
+    named = _documented_paths()
+    missing = []
+    for m in sorted(graph.modules):
+        if not m.startswith("chronos.") or m in ("chronos.worker",):
+            continue
+        path, _ = _module_path(m)
+        folders = {path.rsplit("/", i)[0] + "/" for i in range(1, path.count("/") + 1)}
+        if path not in named and not folders & named:
+            missing.append(path)
+    assert missing == [], f"docs/architecture.md does not place {missing} in a part"
+    stale = sorted(p for p in named if (p.endswith(".py") or p.endswith("/")) and not (ROOT / p).exists())
+    assert stale == [], f"docs/architecture.md names files that do not exist: {stale}"
+
+
 def test_a_forbidden_import_breaks_the_contracts() -> None:
     """The check can fail: each rule, broken once on a copy of the real graph."""
     breaches = [
