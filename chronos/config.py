@@ -163,9 +163,10 @@ _SECTION_TYPES: dict[str, type] = {name: type(getattr(Settings(), name)) for nam
 # Shortcuts that operators expect to set without a section.
 _ENV_ALIASES = {"CHRONOS_SERVER": ("nats", "url"), "CHRONOS_URL": ("nats", "url")}
 # Not settings: where the settings come from, or read by other layers (the nats-server passwords of
-# deploy/nats/nats.env.example, which an operator may have in the same environment).
+# deploy/nats/nats.env.example, which an operator may have in the same environment; the test
+# suite's transport switch, read by tests/conftest.py).
 _ENV_IGNORED = {"CHRONOS_CONFIG", "CHRONOS_ADMIN_PASSWORD", "CHRONOS_SCHEDULER_PASSWORD",
-                "CHRONOS_WORKER_PASSWORD", "CHRONOS_CONSOLE_PASSWORD"}
+                "CHRONOS_WORKER_PASSWORD", "CHRONOS_CONSOLE_PASSWORD", "CHRONOS_TEST_TRANSPORT"}
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

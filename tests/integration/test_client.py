@@ -46,6 +46,7 @@ async def queue_depth(client) -> int:
     ],
 )
 async def test_bad_input_is_refused_and_nothing_is_published(known, kwargs, error, text):
+    kwargs = dict(kwargs)  # the parameters are shared by every run of this test (conftest runs it twice)
     task = kwargs.pop("task")
     args = kwargs.pop("args", None)
     with pytest.raises(error, match=text):
