@@ -23,6 +23,8 @@ def throughput(
                                       "the production setting), default (lazy, every 2m), or both (one run each; --json gives a list).")] = "always",
     count_fsyncs: Annotated[bool, typer.Option("--count-fsyncs", help="Also a run per mode under strace, "
                                                "counting the server's fsyncs per job (slower; its jobs/s not shown).")] = False,
+    transport: Annotated[str, typer.Option("--transport", help="nats.transport of the submitter and the worker: "
+                                           "auto, fast or stock.")] = "auto",
     json_: JsonOpt = False,
 ) -> None:
     """Enqueue and end-to-end jobs/s of N no-op jobs through one worker process, per server sync mode."""
@@ -30,11 +32,14 @@ def throughput(
 
     if sync not in ("always", "default", "both"):
         raise typer.BadParameter(f"{sync!r} is not always, default or both", param_hint="--sync")
+    if transport not in ("auto", "fast", "stock"):
+        raise typer.BadParameter(f"{transport!r} is not auto, fast or stock", param_hint="--transport")
     st = state(ctx)
     modes = ["always", "default"] if sync == "both" else [sync]
     results = []
     for mode in modes:
-        result = run_async(st, run_throughput(n=n, concurrency=concurrency, timeout=timeout, sync=mode))
+        result = run_async(st, run_throughput(n=n, concurrency=concurrency, timeout=timeout, sync=mode,
+                                              transport=transport))
         if count_fsyncs:
             traced = run_async(st, run_throughput(n=n, concurrency=concurrency, timeout=timeout, sync=mode,
                                                   count_fsyncs=True))

@@ -83,16 +83,19 @@ def _fsyncs(proc: subprocess.Popen[bytes] | None, out: Path) -> int | None:
 
 
 async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float = 300.0, *,
-                         sync: str = "default", count_fsyncs: bool = False) -> ThroughputResult:
+                         sync: str = "default", count_fsyncs: bool = False,
+                         transport: str = "auto") -> ThroughputResult:
     if sync not in ("always", "default"):
         raise ValueError(f"sync: {sync!r} is not always or default")
     with tempfile.TemporaryDirectory(prefix="chronos-bench-") as tmp, \
             EmbeddedServer(Path(tmp) / "js", sync="always" if sync == "always" else None) as server:
         ns = "bench"
-        settings = load_settings(overrides={"namespace": ns, "nats": {"url": server.url}}, read_env=False)
+        settings = load_settings(overrides={"namespace": ns, "nats": {"url": server.url, "transport": transport}},
+                                 read_env=False)
         client = await Client.connect(settings)
         stats_file = Path(tmp) / "worker.json"
-        worker = spawn_worker(server.url, ns, concurrency=concurrency, stats_file=stats_file)
+        worker = spawn_worker(server.url, ns, concurrency=concurrency, stats_file=stats_file,
+                              extra_env={"CHRONOS_NATS__TRANSPORT": transport})
         try:
             await wait_for_workers(client, 1)
             specs = [client.build_spec("bench.noop") for _ in range(n)]
