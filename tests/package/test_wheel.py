@@ -41,6 +41,9 @@ def test_cli_runs_from_the_wheel_with_no_project_folder(wheel_env: WheelEnv, tmp
 def test_console_runs_headless_from_the_wheel(wheel_env: WheelEnv, nats_server: EmbeddedServer,
                                               namespace: str, tmp_path: Path) -> None:
     """`chronos tui` in a pseudo-terminal for a few seconds against a real server, then `q`."""
+    init = wheel_env.run([wheel_env.chronos, "--server", nats_server.url, "--namespace", namespace, "admin", "init"],
+                         cwd=tmp_path)
+    assert init.returncode == 0, init.stdout + init.stderr
     master, slave = pty.openpty()
     proc = subprocess.Popen([wheel_env.chronos, "--server", nats_server.url, "--namespace", namespace, "tui"],
                             stdin=slave, stdout=slave, stderr=slave, cwd=tmp_path, start_new_session=True,
@@ -76,3 +79,18 @@ def test_console_runs_headless_from_the_wheel(wheel_env: WheelEnv, nats_server: 
     text = out.decode(errors="replace")
     assert "Traceback" not in text, text[-3000:]
     assert proc.returncode == 0
+
+
+def test_every_package_folder_is_listed_in_pyproject() -> None:
+    import tomllib
+
+    root = Path(__file__).parents[2]
+    config = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    dirs = {"chronos": root / "chronos", **{k: root / v for k, v in config["package-dir"].items()}}
+    found = set()
+    for base_name, base in (("chronos", root / "chronos"), ("chronos.cli", root / "cli"), ("chronos.tui", root / "tui")):
+        for init in base.rglob("__init__.py"):
+            rel = init.parent.relative_to(base)
+            found.add(".".join([base_name, *rel.parts]))
+    assert dirs and found - listed == set(), "add these to [tool.setuptools] packages"
