@@ -8,15 +8,17 @@ PubAcks are parsed with msgspec; one timer (the sweeper) fails those that never
 come. One round trip is ~0.25 ms here, so the throughput comes from never
 awaiting one per message.
 
-It builds each PUB/HPUB frame itself (our subjects come from subjects.py, built
-from validated tokens; header blocks are encoded once by the caller) and hands it
-to the connection's transport (chronos/transport): the fast one queues it without
-a coroutine and delivers PubAcks from the read loop; when it refuses (the stock
-transport always, the fast one while disconnected or at nats-py's pending-bytes
-limit) the message goes through ``Client.publish``, so nats-py's reconnect
-buffering and flush rules apply. A message over the server's ``max_payload``
-(headers included) fails its own call with PayloadTooLargeError, whatever the
-transport, instead of reaching the server, which would close the connection.
+Subjects come from subjects.py, built from validated tokens, and header blocks are
+encoded once by the caller. Each message goes to the connection's transport
+(chronos/transport) without a coroutine: the fast one writes the frame into
+nats-py's buffer and delivers PubAcks from the read loop; the stock one queues the
+message for ``Client.publish`` in a writer task. When the fast one refuses
+(disconnected, or at nats-py's pending-bytes limit), awaitable calls use
+``Client.publish`` themselves and synchronous ones return False, so nats-py's
+reconnect buffering and flush rules apply. A message over the server's
+``max_payload`` (headers included) fails its own call with PayloadTooLargeError,
+whatever the transport, instead of reaching the server, which would close the
+connection.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from .errors import PayloadTooLargeError
-from .transport import Transport, select_transport
+from .transport import Transport, parse_headers, select_transport
 
 
 class PubAck(msgspec.Struct):
@@ -77,7 +79,7 @@ class Publisher:
                  transport: Transport | None = None) -> None:
         self._nc = nc
         self._transport = transport or select_transport("auto", nc)
-        self._write = self._transport.write_nowait
+        self._send = self._transport.send_nowait
         self._window = window
         self._timeout = timeout
         self._prefix = ""
@@ -102,6 +104,7 @@ class Publisher:
         self._prefix_b = self._prefix.encode()
         self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._on_reply, pending_msgs_limit=-1,
                                              pending_bytes_limit=-1)
+        self._transport.add_error_handler(self._on_send_error)
         self._install_fast_path()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
@@ -132,6 +135,11 @@ class Publisher:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        try:  # what the transport still holds (acks, commits) goes out before the connection drains
+            await asyncio.wait_for(self._transport.flush_queued(), self._timeout)
+        except Exception as exc:
+            log.debug("flushing queued messages: %s", exc)
+        self._transport.remove_error_handler(self._on_send_error)
         if self._sub is not None:
             self._transport.undeliver(self._sub)
             try:
@@ -194,6 +202,14 @@ class Publisher:
 
         self._transport.deliver_raw(self._sub, on_ack)
 
+    def _on_send_error(self, reply: bytes, exc: BaseException) -> None:
+        if reply.startswith(self._prefix_b):
+            entry = self._pending.pop(reply[len(self._prefix_b):], None)
+            if len(self._pending) < self._room_below:
+                self._space.set()
+            if entry is not None:
+                _settle(entry, None, exc)
+
     async def _on_reply(self, msg: Msg) -> None:
         self._resolve(msg.subject[len(self._prefix) :].encode(), msg.data)
 
@@ -226,12 +242,6 @@ class Publisher:
                                         f"the server's max_payload is {limit}")
         return None
 
-    def _frame(self, subject: str, token: bytes, payload: bytes, hdr: bytes | None) -> bytes:
-        if hdr:
-            return b"HPUB %s %s%s %d %d\r\n%s%s\r\n" % (
-                subject.encode(), self._prefix_b, token, len(hdr), len(hdr) + len(payload), hdr, payload)
-        return b"PUB %s %s%s %d\r\n%s\r\n" % (subject.encode(), self._prefix_b, token, len(payload), payload)
-
     def publish_cb(self, subject: str, payload: bytes, hdr: bytes | None, callback: AckCallback) -> bool:
         """Send now and call ``callback`` when the PubAck (or a failure) arrives, from the read loop.
 
@@ -245,7 +255,7 @@ class Publisher:
             return False  # the awaitable path raises PayloadTooLargeError
         self._counter += 1
         token = b"%d" % self._counter
-        if not self._write(self._frame(subject, token, payload, hdr), len(payload)):
+        if not self._send(subject, self._prefix_b + token, payload, hdr):
             return False
         self._pending[token] = callback
         return True
@@ -269,10 +279,10 @@ class Publisher:
         loop = self._loop or asyncio.get_running_loop()
         fut: asyncio.Future[PubAck] = loop.create_future()
         self._pending[token] = fut
-        if not self._write(self._frame(subject, token, payload, hdr), len(payload)):
+        if not self._send(subject, self._prefix_b + token, payload, hdr):
             try:
                 await self._nc.publish(subject, payload, reply=self._prefix + token.decode(),
-                                       headers=headers or _parse_hdr(hdr))
+                                       headers=headers or parse_headers(hdr))
             except BaseException:
                 self._pending.pop(token, None)  # never sent: nothing will settle it
                 if len(self._pending) < self._room_below:
@@ -282,7 +292,7 @@ class Publisher:
 
     def send_nowait(self, subject: str, payload: bytes) -> bool:
         """Fire-and-forget publish from synchronous code; False (nothing sent) while disconnected."""
-        return self._write(b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload), len(payload))
+        return self._send(subject, b"", payload, None)
 
     async def send(self, subject: str, payload: bytes) -> None:
         """Fire-and-forget publish (acks, naks, in-progress), through the same lean path."""
@@ -325,13 +335,6 @@ def is_wrong_last_sequence(exc: BaseException) -> bool:
 
 def cas_header(revision: int) -> bytes:
     return b"NATS/1.0\r\nNats-Expected-Last-Subject-Sequence: %d\r\n\r\n" % revision
-
-
-def _parse_hdr(hdr: bytes | None) -> dict[str, str] | None:
-    if not hdr:
-        return None
-    lines = hdr.decode().split("\r\n")[1:]
-    return dict(line.split(": ", 1) for line in lines if ": " in line)
 
 
 def encode_headers(headers: dict[str, str]) -> bytes:

@@ -4,8 +4,8 @@ The rest of chronos talks to nats-py through its public API, plus the few hooks 
 which a ``Transport`` provides. Two implementations:
 
 - ``stock`` (stock.py): public API only. Raw delivery is refused (callers keep their
-  subscription callback), nothing is written without a coroutine (callers take the
-  awaitable ``Client.publish`` path). Correct with any nats-py.
+  subscription callback); ``send_nowait`` queues the message for a writer task that
+  calls ``Client.publish`` in order, so callers stay pipelined. Correct with any nats-py.
 - ``fast`` (fast.py): today's hot path. Hot subscriptions are delivered from inside
   nats-py's read loop (its ``_process_msg`` and a parser subclass), and frames go
   straight into its outgoing buffer (``_pending``, ``_flush_queue``). It keeps what
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 RawHandler = Callable[[bytes, bytes, bytes, "bytes | None"], bool]
 # A message without headers, built for the handler, from the read loop.
 PlainHandler = Callable[[Msg], None]
+# (the reply subject of a message that could not be sent, why)
+SendErrorHandler = Callable[[bytes, BaseException], None]
 
 CHOICES = TRANSPORTS
 # nats-py releases (major.minor) whose internals fast.py was read and tested against.
@@ -67,9 +69,17 @@ class Transport(Protocol):
     def undeliver(self, sub: Subscription) -> None:
         """Stop what ``deliver_raw``/``deliver_plain`` started (before unsubscribing)."""
 
-    def write_nowait(self, frame: bytes, payload_size: int) -> bool:
-        """Queue a complete PUB/HPUB frame without a coroutine. False, nothing queued: the caller
-        must use ``Client.publish`` (stock, disconnected, draining, or the pending-bytes limit)."""
+    def send_nowait(self, subject: str, reply: bytes, payload: bytes, hdr: bytes | None) -> bool:
+        """Send a message without a coroutine, in call order (``reply`` and ``hdr`` may be empty).
+        False, nothing sent: the caller must use ``Client.publish`` itself."""
+
+    def add_error_handler(self, handler: SendErrorHandler) -> None:
+        """``handler(reply, exc)`` hears of a message ``send_nowait`` accepted but could not send."""
+
+    def remove_error_handler(self, handler: SendErrorHandler) -> None: ...
+
+    async def flush_queued(self) -> None:
+        """Return once everything ``send_nowait`` accepted is in nats-py's hands."""
 
     def iterator_subscriptions(self) -> list[Subscription]:
         """Live subscriptions made without a callback (read through ``sub.messages``)."""
@@ -91,6 +101,14 @@ def probe(nc: NATS) -> tuple[list[str], str | None]:
     if ".".join(version.split(".")[:2]) not in TESTED_NATS_PY:
         untested = f"nats-py {version} is not a version the fast transport was tested with ({', '.join(TESTED_NATS_PY)})"
     return missing(nc), untested
+
+
+def parse_headers(hdr: bytes | None) -> dict[str, str] | None:
+    """A NATS/1.0 header block (as chronos encodes it) as the dict ``Client.publish`` takes."""
+    if not hdr:
+        return None
+    lines = hdr.decode().split("\r\n")[1:]
+    return dict(line.split(": ", 1) for line in lines if ": " in line)
 
 
 def _warn_once(message: str) -> None:
@@ -133,5 +151,5 @@ def select_transport(settings: Settings | str, nc: NATS) -> Transport:
     return transport
 
 
-__all__ = ["CHOICES", "PlainHandler", "RawHandler", "TESTED_NATS_PY", "Transport", "nats_py_version", "probe",
-           "select_transport"]
+__all__ = ["CHOICES", "PlainHandler", "RawHandler", "SendErrorHandler", "TESTED_NATS_PY", "Transport",
+           "nats_py_version", "parse_headers", "probe", "select_transport"]

@@ -112,9 +112,21 @@ class FastTransport(StockTransport):
     def undeliver(self, sub: Subscription) -> None:
         getattr(self._nc, _ATTR).pop(getattr(sub, "_id", None), None)
 
+    def send_nowait(self, subject: str, reply: bytes, payload: bytes, hdr: bytes | None) -> bool:
+        if hdr:
+            frame = b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+                subject.encode(), reply, len(hdr), len(hdr) + len(payload), hdr, payload)
+        elif reply:
+            frame = b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply, len(payload), payload)
+        else:
+            frame = b"PUB %s %d\r\n%s\r\n" % (subject.encode(), len(payload), payload)
+        return self.write_nowait(frame, len(payload))
+
     def write_nowait(self, frame: bytes, payload_size: int) -> bool:
+        """Queue a ready PUB/HPUB frame in nats-py's outgoing buffer; False (nothing queued) while not
+        connected (draining counts as not) or when it would pass nats-py's pending-bytes limit."""
         nc = self._nc
-        if nc._status != _CONNECTED:  # draining counts as not connected
+        if nc._status != _CONNECTED:
             return False
         size = nc._pending_data_size + len(frame)
         if size > self._max_pending:  # Client.publish would force a flush here: let the caller take it

@@ -29,11 +29,7 @@ async def test_futures_and_callbacks_settle_from_pubacks(nats_server, chronos_tr
     pub = await _publisher(nc, chronos_transport)
     try:
         got: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
-        fast = pub.transport.name == "fast"
-        # publish_cb sends only where it needs no coroutine (the fast transport); else the caller awaits.
-        assert pub.publish_cb("pubtest.a", b"1", None, lambda ack, exc: got.set_result(ack)) is fast
-        if not fast:
-            got = await pub.publish("pubtest.a", b"1")
+        assert pub.publish_cb("pubtest.a", b"1", None, lambda ack, exc: got.set_result(ack))
         fut = await pub.publish("pubtest.b", b"2", {"Nats-Msg-Id": "x"})
         first, second = await asyncio.wait_for(asyncio.gather(got, fut), 5)
         assert (first.stream, first.seq) == ("PUBTEST", 1) and second.seq == 2
@@ -51,9 +47,7 @@ async def test_an_unanswered_publish_times_out(nats_server, chronos_transport):
     pub = await _publisher(nc, chronos_transport, timeout=0.4)
     try:
         failed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
-        if not pub.publish_cb("nobody.acks", b"x", None, lambda ack, exc: failed.set_result(exc)):
-            first = await pub.publish("nobody.acks", b"x")
-            first.add_done_callback(lambda f: failed.set_result(f.exception()))
+        assert pub.publish_cb("nobody.acks", b"x", None, lambda ack, exc: failed.set_result(exc))
         fut = await pub.publish("nobody.acks", b"y")
         exc = await asyncio.wait_for(failed, 5)
         assert isinstance(exc, nats.errors.TimeoutError)
@@ -107,4 +101,31 @@ async def test_the_connection_stats_count_what_the_publisher_sent_and_received(n
     finally:
         await pub.close()
         await js.delete_stream("PUBSTATS")
+        await nc.close()
+
+
+async def test_messages_sent_without_a_coroutine_keep_their_order(nats_server, chronos_transport):
+    nc = await nats.connect(nats_server.url)
+    js = nc.jetstream()
+    await js.add_stream(name="PUBORDER", subjects=["puborder.>"])
+    pub = await _publisher(nc, chronos_transport)
+    try:
+        seqs: dict[int, int] = {}
+        done = asyncio.Event()
+
+        def on_ack(i: int, ack: PubAck | None, exc: BaseException | None) -> None:
+            seqs[i] = ack.seq if ack is not None else -1
+            if len(seqs) == 300:
+                done.set()
+
+        for i in range(300):  # interleaved with awaited publishes, which must not overtake them
+            if i % 50 == 0:
+                seqs[i] = (await pub.request("puborder.a", b"%d" % i)).seq
+            else:
+                assert pub.publish_cb("puborder.a", b"%d" % i, None, lambda a, e, i=i: on_ack(i, a, e))
+        await asyncio.wait_for(done.wait(), 10)
+        assert [seqs[i] for i in range(300)] == list(range(1, 301))
+    finally:
+        await pub.close()
+        await js.delete_stream("PUBORDER")
         await nc.close()
