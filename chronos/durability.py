@@ -22,6 +22,8 @@ from typing import Any
 import msgspec
 from nats.js.errors import NotFoundError
 
+from .transport import server_version
+
 log = logging.getLogger(__name__)
 
 MIN_SERVER_VERSION = (2, 11, 0)  # per-message TTLs (leases, heartbeats); chronos is tested on 2.15.1
@@ -108,8 +110,7 @@ async def inspect(client: Any, monitor_urls: list[str] | tuple[str, ...] = (), t
     """The durability facts of the server ``client`` is connected to (see the module docstring)."""
     conn = client.conn
     nc = conn.nc
-    # The INFO handshake (nats-py keeps it as _server_info; connected_server_version wraps the same string).
-    version = str((getattr(nc, "_server_info", None) or {}).get("version", ""))
+    version = server_version(nc)  # the INFO handshake's, through nats-py's public API
     servers: list[ServerSync] = []
     source = "unavailable"
     for reply in await _varz_from_system_account(nc, timeout):

@@ -103,6 +103,19 @@ def probe(nc: NATS) -> tuple[list[str], str | None]:
     return missing(nc), untested
 
 
+def server_version(nc: NATS) -> str:
+    """The connected server's version as its INFO gave it ("2.15.1"); empty when unknown."""
+    v = nc.connected_server_version
+    if (v.major, v.minor, v.patch, v.prerelease) == (0, 0, 0, "unknown"):  # nats-py's "not known" value
+        return ""
+    text = f"{v.major}.{v.minor}.{v.patch}"
+    if v.prerelease:
+        text += f"-{v.prerelease}"
+    if v.build:
+        text += f"+{v.build}"
+    return text
+
+
 def parse_headers(hdr: bytes | None) -> dict[str, str] | None:
     """A NATS/1.0 header block (as chronos encodes it) as the dict ``Client.publish`` takes."""
     if not hdr:
@@ -152,4 +165,4 @@ def select_transport(settings: Settings | str, nc: NATS) -> Transport:
 
 
 __all__ = ["CHOICES", "PlainHandler", "RawHandler", "SendErrorHandler", "TESTED_NATS_PY", "Transport",
-           "nats_py_version", "parse_headers", "probe", "select_transport"]
+           "nats_py_version", "parse_headers", "probe", "select_transport", "server_version"]

@@ -13,7 +13,7 @@ import chronos.transport as transport_mod
 from chronos.client import Client
 from chronos.config import load_settings
 from chronos.errors import ConfigError
-from chronos.transport import nats_py_version, probe, select_transport
+from chronos.transport import nats_py_version, probe, select_transport, server_version
 from chronos.transport.fast import FastTransport, missing
 from chronos.transport.stock import StockTransport
 
@@ -124,5 +124,17 @@ async def test_stock_tracks_iterator_subscriptions_for_the_drain(nats_server):
         positional = await nc.subscribe("it.c", "", cb)
         assert t.iterator_subscriptions() == [iterator]
         assert with_cb is not None and positional is not None
+    finally:
+        await nc.close()
+
+
+async def test_the_server_version_comes_from_the_public_api(nats_server):
+    import json
+    import urllib.request
+
+    nc = await nats.connect(nats_server.url)
+    try:
+        with urllib.request.urlopen(f"http://{nats_server.host}:{nats_server.monitor_port}/varz", timeout=5) as r:
+            assert server_version(nc) == json.load(r)["version"]
     finally:
         await nc.close()
