@@ -202,12 +202,18 @@ class JobOps:
                    encoded_record: bytes | None = None) -> tuple[str, bytes, bytes | None]:
         """``work_message`` with the header block encoded; ``encoded_record`` (the bytes just written
         to the KV) is spliced in as is rather than encoded a second time."""
-        subject, _, headers = self.work_message(record, revision, encode=False)
+        spec = record.spec
+        if spec.unique_key is None:  # the common case, without building and encoding a dict
+            subject = self.names.job_subject(spec.priority, spec.queue)
+            hdr: bytes | None = b"NATS/1.0\r\nNats-Msg-Id: j:%s:%d\r\n\r\n" % (record.id.encode(), record.gen)
+        else:
+            subject, _, headers = self.work_message(record, revision, encode=False)
+            hdr = encode_headers(headers) if headers else None
         if encoded_record is None:
             data = codec.encode(JobMessage(record=record, rev=revision))
         else:
             data = codec.encode(_JobMessageOut(record=msgspec.Raw(encoded_record), rev=revision))
-        return subject, data, encode_headers(headers) if headers else None
+        return subject, data, hdr
 
     async def publish_work_nowait(self, record: JobRecord, revision: int) -> asyncio.Future[PubAck]:
         subject, data, headers = self.work_message(record, revision)
