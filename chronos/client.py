@@ -158,6 +158,7 @@ class Client:
         self.ops = JobOps(conn, clock)
         self.events = EventPublisher(conn.nc, conn.names)
         self._known_tasks: set[str] = set()
+        self._task_queues: dict[str, str] = {}
         self._known_queues: set[str] = set(conn.settings.worker.queues)
 
     # --- lifecycle -------------------------------------------------------------
@@ -199,16 +200,46 @@ class Client:
 
     async def tasks(self) -> list[str]:
         kv = await self.conn.kv(self.names.tasks_bucket)
-        keys = [e.key for e in await KVStore(kv, self.conn.publisher, self.names.tasks_bucket).entries()]
+        entries = await KVStore(kv, self.conn.publisher, self.names.tasks_bucket).entries()
+        for e in entries:
+            try:
+                info = codec.decode(e.value or b"", TaskInfo)
+            except ChronosError:
+                continue
+            if info.queue:
+                self._task_queues[e.key] = info.queue
+        keys = [e.key for e in entries]
         self._known_tasks.update(keys)
         return sorted(keys)
 
+    async def task_queue(self, task: str) -> str:
+        """The queue a submit of ``task`` goes to when it names none: the task's declared queue
+        (a handle imported here, else the catalog its workers wrote), else jobs.default_queue."""
+        from .worker.registry import local_task
+
+        d = local_task(task)
+        if d is not None and d.queue:
+            return d.queue
+        if task not in self._task_queues and task not in self._known_tasks:
+            try:
+                await self.tasks()
+            except Exception as exc:  # the catalog is a convenience: fall back to the default queue
+                log.debug("task catalog unreadable: %s", exc)
+            # Read once per task and client: a task the catalog lacks is not looked up per submit.
+            self._task_queues.setdefault(task, "")
+        return self._task_queues.get(task) or self.settings.jobs.default_queue
+
     async def _check_task(self, task: str) -> None:
+        """Refuse a task no worker registered (a typo would wait forever). Tasks registered in this
+        process (imported task handles) count as known, so a submitter may start before its workers."""
         if not self.settings.jobs.check_task_names or task in self._known_tasks:
+            return
+        from .worker.registry import local_task
+
+        if local_task(task) is not None:
             return
         known = await self.tasks()
         if task not in known:
-            hint = ""
             import difflib
 
             close = difflib.get_close_matches(task, known, n=1)
@@ -216,7 +247,12 @@ class Client:
                 hint = f" (did you mean {close[0]!r}?)"
             elif not known:
                 hint = " (no worker has registered any task yet)"
-            raise UnknownTaskError(f"unknown task {task!r}{hint}")
+            else:
+                hint = " (no worker has registered it)"
+            raise UnknownTaskError(
+                f"unknown task {task!r}{hint}; to submit before a worker registers it, import its "
+                "@chronos.task handle here, or set jobs.check_task_names = false "
+                "(CHRONOS_JOBS__CHECK_TASK_NAMES=false)")
 
     # --- submit ------------------------------------------------------------------
     def build_spec(
@@ -290,7 +326,11 @@ class Client:
         return spec
 
     async def submit(self, task: str, args: Any = None, **options: Any) -> str:
-        """Submit one job; returns its id (or the first job's id for a duplicate unique key)."""
+        """Submit one job; returns its id (or the first job's id for a duplicate unique key).
+
+        Without ``queue``, the job goes to the task's declared queue (``task_queue``)."""
+        if options.get("queue") is None and isinstance(task, str):
+            options["queue"] = await self.task_queue(task)
         spec = self.build_spec(task, args, **options)
         return (await self.submit_specs([spec]))[0]
 

@@ -91,16 +91,22 @@ class Running:
         return True
 
 
+def type_name(error: str | None) -> str:
+    """The exception type at the head of a short error line ("KeyError: 'x'" -> "KeyError")."""
+    return (error or "error").split(":", 1)[0]
+
+
 class _Outcome:
     """What happened to one attempt; ``apply(record)`` gives the next state and changes."""
 
     def __init__(self, kind: str, *, result: Any = None, error: str | None = None, tb: str | None = None,
-                 delay: float = 0.0) -> None:
+                 delay: float = 0.0, final: bool = False) -> None:
         self.kind = kind  # completed | retry | error | timeout | cancelled | shutdown | superseded
         self.result = result
         self.error = error
         self.tb = tb
         self.delay = delay
+        self.final = final  # an error the task's retry_on does not cover: no further attempt
 
 
 class Executor:
@@ -396,7 +402,8 @@ class Executor:
         except Cancel as c:
             return _Outcome("cancelled", error=c.reason)
         except Exception as exc:
-            return _Outcome("error", error=_short(exc), tb=_tb(exc))
+            final = bool(taskdef.retry_on) and not isinstance(exc, taskdef.retry_on)
+            return _Outcome("error", error=_short(exc), tb=_tb(exc), final=final)
         finally:
             run.call_task = None  # from here on the job cannot be interrupted
             reset_current(token)
@@ -443,8 +450,10 @@ class Executor:
             elif outcome.kind == "shutdown":
                 new = transition(record, JobState.AVAILABLE, now, attempts=attempts, worker=None)
                 ack = functools.partial(self.acks.nak, msg)
-            elif runs >= record.spec.max_attempts:
-                reason = f"attempts exhausted ({runs}/{record.spec.max_attempts}): {outcome.error}"
+            elif outcome.final or runs >= record.spec.max_attempts:
+                reason = (f"not retried ({type_name(outcome.error)} is not in the task's retry_on): {outcome.error}"
+                          if outcome.final else
+                          f"attempts exhausted ({runs}/{record.spec.max_attempts}): {outcome.error}")
                 await self._discard(msg, record, rev, reason, outcome.tb, attempts=attempts, duration=duration)
                 self.failed += 1
                 return False
