@@ -67,6 +67,7 @@ def worker(
         declared = [d.queue for d in registry.defs() if d.queue]
         queue_list = list(dict.fromkeys([*settings.worker.queues, *declared]))
     log.info("serving %d tasks on queues %s: %s", len(registry), ",".join(queue_list), ", ".join(registry.names()))
+    _warn_unsigned(settings)
     if not specs:
         log.warning("no --tasks given: this worker serves only the built-in tasks (%s)", ", ".join(registry.names()))
     main = runtime.with_metrics(
@@ -96,6 +97,7 @@ def scheduler(
     st = state(ctx)
     settings = st.settings
     setup_logging("DEBUG" if st.debug else settings.log_level)
+    _warn_unsigned(settings)
     main = runtime.with_metrics(runtime.SchedulerMain(settings, tune_gc=True, node_id=node_id), settings, metrics_port)
 
     notifier = Notifier.from_env(systemd_env())
@@ -106,3 +108,23 @@ def scheduler(
     outcome = run_async(st, go())
     if outcome is runtime.Outcome.FORCED:
         raise typer.Exit(130)
+
+
+def _warn_unsigned(settings: object) -> None:
+    """Say loudly when a service that runs or republishes jobs checks no signatures outside a dev box.
+
+    With per-role credentials but no [security] keys, a stolen worker credential can forge a job
+    record that this service would run (docs/security.md, "Job authenticity")."""
+    from urllib.parse import urlsplit
+
+    from chronos.signing import from_settings
+
+    if from_settings(settings).verifier is not None:
+        return
+    nats = settings.nats  # type: ignore[attr-defined]
+    host = urlsplit(nats.url.split(",")[0]).hostname or ""
+    roles = bool(nats.user or nats.creds_file or nats.nkey_seed_file or nats.token)
+    if roles or host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("job signatures are not checked (no [security] trusted_keys): whoever can write the jobs "
+                    "bucket can get code run here; create keys with `chronos admin init --signing-keys DIR` "
+                    "(docs/security.md)")

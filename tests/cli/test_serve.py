@@ -129,3 +129,19 @@ def test_serve_scheduler_promotes_delayed_jobs_and_resigns_on_sigterm(cli, confi
     err = "".join(err_lines)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_services_warn_when_signatures_are_off_outside_a_dev_box(caplog):
+    import logging
+
+    from chronos.cli.serve import _warn_unsigned
+    from chronos.config import load_settings
+
+    with caplog.at_level(logging.WARNING, logger="chronos.serve"):
+        _warn_unsigned(load_settings(overrides={"nats": {"url": "nats://127.0.0.1:4222"}}, read_env=False))
+        assert caplog.records == []  # a dev box
+        _warn_unsigned(load_settings(overrides={"nats": {"url": "nats://nats.internal:4222"}}, read_env=False))
+        _warn_unsigned(load_settings(overrides={"nats": {"url": "nats://127.0.0.1:4222", "user": "chronos-worker",
+                                                         "password": "x"}}, read_env=False))
+    assert len(caplog.records) == 2
+    assert all("job signatures are not checked" in r.getMessage() for r in caplog.records)
