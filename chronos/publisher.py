@@ -32,6 +32,7 @@ import msgspec
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from .errors import PayloadTooLargeError
 from .transport import Transport, parse_headers, select_transport
@@ -91,7 +92,7 @@ class Publisher:
         self._space = asyncio.Event()
         self._space.set()
         self._room_below = window  # _space is set once fewer than this are in flight
-        self._sub = None
+        self._sub: Subscription | None = None
         self._sweeper: asyncio.Task[None] | None = None
         # Bound at start(): asyncio.get_running_loop() costs a getpid() syscall per call on 3.11.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -200,6 +201,7 @@ class Publisher:
             resolve(token, data)
             return True
 
+        assert self._sub is not None
         self._transport.deliver_raw(self._sub, on_ack)
 
     def _on_send_error(self, reply: bytes, exc: BaseException) -> None:
@@ -405,7 +407,7 @@ def delivery_info(msg: Msg) -> tuple[int, float]:
     if len(tokens) >= 12:
         return int(tokens[6]), int(tokens[9]) / 1e9
     meta = msg.metadata
-    return meta.num_delivered, meta.timestamp
+    return meta.num_delivered, meta.timestamp.timestamp()  # nats-py gives a datetime
 
 
 def delivery_count(msg: Msg) -> int:

@@ -167,7 +167,7 @@ def _install(nc: NATS) -> None:
                 # after ack_wait; a lost PubAck times out in the publisher's sweeper.
                 log.exception("fast path handler for sid %s failed on %r", sid, subject[:120])
                 return
-        await original(sid, subject, reply, data, headers)
+        await original(sid, subject, reply, data, headers)  # type: ignore[arg-type]  # nats-py types it bytes, passes None
 
     setattr(nc, _ATTR, table)
     setattr(nc, _STOCK, original)

@@ -15,6 +15,7 @@ import logging
 from typing import Callable
 
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from ..connection import Connection
 
@@ -39,7 +40,7 @@ class Puller:
         self.request_done = asyncio.Event()
         self.request_done.set()
         self._deadline = 0.0
-        self._sub = None
+        self._sub: Subscription | None = None
 
     async def start(self) -> None:
         self._sub = await self.conn.nc.subscribe(self.inbox, cb=self._on_msg)
