@@ -3,10 +3,12 @@ forces either, and the fast writer's pending-bytes rule, against a real server."
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import types
 
 import nats
+import nats.errors
 import pytest
 
 import chronos.transport as transport_mod
@@ -137,4 +139,21 @@ async def test_the_server_version_comes_from_the_public_api(nats_server):
         with urllib.request.urlopen(f"http://{nats_server.host}:{nats_server.monitor_port}/varz", timeout=5) as r:
             assert server_version(nc) == json.load(r)["version"]
     finally:
+        await nc.close()
+
+
+async def test_a_message_the_stock_writer_cannot_send_fails_its_own_publish(nats_server):
+    from chronos.publisher import Publisher
+
+    nc = await nats.connect(nats_server.url)
+    pub = Publisher(nc, timeout=30, transport=select_transport("stock", nc))
+    await pub.start()
+    try:
+        failed = asyncio.get_running_loop().create_future()
+        # Accepted without a coroutine; nats-py's own publish then refuses the empty subject.
+        assert pub.publish_cb("", b"x", None, lambda ack, exc: failed.set_result(exc))
+        assert isinstance(await asyncio.wait_for(failed, 5), nats.errors.BadSubjectError)
+        assert pub.in_flight == 0 and nc.is_connected  # settled at once, not by the 30 s sweeper
+    finally:
+        await pub.close()
         await nc.close()
