@@ -296,7 +296,10 @@ class JobIndex:
         self.applied = 0  # the last stream sequence written to the file
         self.caught_up = asyncio.Event()  # the stream was read to its end at least once
         self.applied_event = asyncio.Event()  # pulsed after each committed batch
-        self._tail_at = 0.0  # monotonic time the consumer last saw the stream's end
+        self._sub: Any = None
+        self._buf: list[Any] = []
+        self._more = asyncio.Event()
+        self._probe_at = 0.0
         self.ingested = 0  # messages applied since start
         self.dropped = 0  # rows removed by reconcile (their delete was never seen)
         self.rebuilds = 0
@@ -357,7 +360,6 @@ class JobIndex:
         await self.w.commit()
         self.applied = seq
         if info.state.last_seq <= seq:
-            self._tail_at = time.monotonic()
             self.caught_up.set()
 
     async def run(self) -> None:
@@ -368,44 +370,50 @@ class JobIndex:
             await self._follow()
 
     async def _subscribe(self) -> Any:
-        cfg = api.ConsumerConfig(
-            ack_policy=api.AckPolicy.NONE,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=self.applied + 1,
-            inactive_threshold=60.0,
-            mem_storage=True,
-            max_waiting=1,
-        )
-        return await self.conn.js.pull_subscribe(self.prefix + ">", stream=self.stream, config=cfg)
+        # An ordered push consumer: nats-py hands each message to the callback without a timer per
+        # message (a pull fetch awaits each one with wait_for, which capped ingest near 2,000/s), and
+        # it re-creates the consumer from the next sequence by itself after a gap or a reconnect.
+        cfg = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied + 1)
+        return await self.conn.js.subscribe(self.prefix + ">", stream=self.stream, ordered_consumer=True,
+                                            config=cfg, cb=self._on_msg, inactive_threshold=300.0)
+
+    async def _on_msg(self, msg: Any) -> None:
+        self._buf.append(msg)
+        if len(self._buf) >= self.batch:
+            self._more.set()
+            if len(self._buf) >= 8 * self.batch:
+                # SQLite is behind: stop taking messages; the server's flow control then pauses delivery.
+                self._room.clear()
+                await self._room.wait()
 
     async def _follow(self) -> None:
-        psub = await self._subscribe()
+        self._buf = []
+        self._more = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._sub = await self._subscribe()
         try:
             while True:
-                _raise_if_cancelling()
                 try:
-                    msgs = await psub.fetch(self.batch, timeout=self.fetch_wait)
+                    await asyncio.wait_for(self._more.wait(), 0.05)
                 except TimeoutError:
-                    self._tail_at = time.monotonic()
+                    pass
+                self._more.clear()
+                if not self._buf:
+                    if not self.caught_up.is_set() and time.monotonic() >= self._probe_at:
+                        # The stream may end on messages no consumer delivers (removed delete markers).
+                        self._probe_at = time.monotonic() + 0.5
+                        if await self._drained():
+                            self.caught_up.set()
+                    continue
+                msgs, self._buf = self._buf, []
+                self._room.set()
+                await self.apply(msgs)
+                if msgs[-1].metadata.num_pending == 0:
                     self.caught_up.set()
-                    continue
-                except (nats.errors.Error, nats.js.errors.Error) as exc:
-                    # The ephemeral consumer can vanish (a reconnect longer than its inactivity
-                    # threshold); start a new one where the file stopped.
-                    log.warning("job index: fetch failed (%r); resubscribing from sequence %d", exc,
-                                self.applied + 1)
-                    await _unsubscribe(psub)
-                    await asyncio.sleep(0.5)
-                    psub = await self._subscribe()
-                    continue
-                _raise_if_cancelling()
-                if msgs:
-                    await self.apply(msgs)
-                    if msgs[-1].metadata.num_pending == 0:
-                        self._tail_at = time.monotonic()
-                        self.caught_up.set()
         finally:
-            await _unsubscribe(psub)
+            await _unsubscribe(self._sub)
+            self._sub = None
 
     async def apply(self, msgs: Sequence[Any]) -> None:
         """One fetched batch -> one transaction (rows, tags, the applied sequence)."""
@@ -530,23 +538,46 @@ class JobIndex:
         return dropped
 
     # --- queries ------------------------------------------------------------------------------------------
-    async def sync(self) -> None:
-        """Wait until the index holds every write made before this call (bounded by ``sync_wait``)."""
-        asked = time.monotonic()
+    async def _drained(self) -> bool:
+        """Nothing pending for our consumer at the server, and all it delivered applied."""
+        sub = self._sub
+        if sub is None:
+            return False
         try:
-            info = await self.conn.js.stream_info(self.stream)
+            info = await sub.consumer_info()
         except (nats.errors.Error, nats.js.errors.Error) as exc:
-            log.debug("job index: stream info for a sync failed: %s", exc)
-            return
-        target = info.state.last_seq
-        deadline = asked + self.sync_wait
-        while self.applied < target and self._tail_at < asked:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                log.debug("job index: answering %d sequence(s) behind", target - self.applied)
+            log.debug("job index: consumer info failed: %s", exc)
+            return False
+        delivered = info.delivered.stream_seq if info.delivered else 0
+        return not info.num_pending and self.applied >= (delivered or 0)
+
+    async def sync(self) -> None:
+        """Wait until the index holds every write made before this call (bounded by ``sync_wait``).
+
+        The consumer's own state says it: nothing pending at the server, and everything it
+        delivered applied. (The stream's last sequence would not do: a pruned record's delete
+        marker is removed right away, so the stream can end on a message no consumer delivers.)
+        """
+        deadline = time.monotonic() + self.sync_wait
+        while True:
+            sub = self._sub
+            if sub is None:
                 return
             try:
-                await asyncio.wait_for(self.applied_event.wait(), min(left, 0.05))
+                info = await sub.consumer_info()
+            except (nats.errors.Error, nats.js.errors.Error) as exc:
+                log.debug("job index: consumer info for a sync failed: %s", exc)
+                return
+            delivered = info.delivered.stream_seq if info.delivered else 0
+            if not info.num_pending and self.applied >= (delivered or 0):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.debug("job index: answering with %s message(s) still to apply", info.num_pending)
+                return
+            self._more.set()  # apply what is buffered now
+            try:
+                await asyncio.wait_for(self.applied_event.wait(), min(left, 0.02))
             except TimeoutError:
                 pass
 
