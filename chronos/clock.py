@@ -1,4 +1,10 @@
-"""Time, injected. Anything that compares against now takes a Clock."""
+"""Time, injected. Anything that compares against now, sleeps, or waits with a timeout takes a Clock.
+
+Services and their tests share one rule: no ``asyncio.sleep(n)``, ``asyncio.wait_for(..., n)``,
+``loop.call_later`` or ``time.time()`` outside this module (``asyncio.sleep(0)``, a yield, is
+not a wait). So a test can hand a ``FakeClock`` to a worker or a stager and move time by hand:
+a one-hour backoff or run_at is then a millisecond test.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,9 @@ class Clock(Protocol):
 
     async def sleep(self, seconds: float) -> None: ...
 
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        """Wait until ``event`` is set or ``timeout`` seconds pass on this clock; True if it is set."""
+
 
 class SystemClock:
     def now(self) -> float:
@@ -26,6 +35,18 @@ class SystemClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        if event.is_set():
+            return True
+        # asyncio.timeout, not wait_for: no task per call, and (unlike 3.11's wait_for) it never
+        # swallows a cancel that lands as the event is set.
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                await event.wait()
+        except TimeoutError:
+            return event.is_set()
+        return True
 
 
 class FakeClock:
@@ -46,6 +67,26 @@ class FakeClock:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._sleepers.append((self._mono + max(0.0, seconds), fut))
         await fut
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> bool:
+        if event.is_set():
+            return True
+        timer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (self._mono + max(0.0, timeout), timer)
+        self._sleepers.append(entry)
+        waiter = asyncio.ensure_future(event.wait())  # a test clock: a task per wait is fine
+        try:
+            await asyncio.wait((timer, waiter), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+        return event.is_set()
+
+    @property
+    def sleepers(self) -> int:
+        """How many sleeps and waits are pending: a test advances once the code under test waits."""
+        return sum(1 for _, fut in self._sleepers if not fut.done())
 
     def advance(self, seconds: float) -> None:
         self._now += seconds

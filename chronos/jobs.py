@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Sequence
 
 import msgspec
 
-from . import codec
+from . import cas, codec
 from .clock import SYSTEM_CLOCK, Clock
 from .connection import Connection
 from .errors import ConflictError, JobNotFoundError
@@ -106,24 +106,21 @@ class JobOps:
     async def move_and_publish(self, job_id: str, decide: Any, by: str) -> JobRecord:
         """``move_with_retry`` whose result gets a fresh work message, under a pending marker:
         a writer that dies between the two writes leaves a marker the leader repairs from."""
-        for _ in range(5):
-            record = await self.read(job_id)
-            decision = decide(record)
-            if decision is None:
-                return record
-            to, changes = decision
-            new = transition(record, to, self.clock.now(), **changes)
+
+        async def write(new: JobRecord, revision: int) -> JobRecord:
             key, marked = await self.mark_pending([PendingWrite(new.id, new.gen, new.attempt)], by)
             marker_rev = (await self.publisher.wait(marked)).seq
             try:
-                new = await self.write(new, record.revision)
+                new = await self.write(new, revision)
             except ConflictError:
                 await self.publisher.wait(await self.unmark(key, marker_rev))
-                continue
+                raise
             await self.publish_work(new, new.revision)
             await self.publisher.wait(await self.unmark(key, marker_rev))
             return new
-        raise ConflictError(f"job {job_id} kept changing; try again")
+
+        return await cas.update(lambda: self.read_versioned(job_id), self._decider(decide), write,
+                                what=f"job {job_id}")
 
     # --- records --------------------------------------------------------------
     async def read(self, job_id: str) -> JobRecord:
@@ -133,6 +130,11 @@ class JobOps:
         record = codec.decode(entry.value, JobRecord)
         record.revision = entry.revision
         return record
+
+    async def read_versioned(self, job_id: str) -> tuple[JobRecord, int]:
+        """``read`` for ``cas.update``: the record and the revision it was read at."""
+        record = await self.read(job_id)
+        return record, record.revision
 
     async def read_or_none(self, job_id: str) -> JobRecord | None:
         try:
@@ -169,19 +171,22 @@ class JobOps:
         new = transition(record, to, self.clock.now(), **changes)
         return await self.write(new, record.revision)
 
-    async def move_with_retry(self, job_id: str, decide: Any, attempts: int = 5) -> JobRecord:
+    async def move_with_retry(self, job_id: str, decide: Any, attempts: int = cas.DEFAULT_ATTEMPTS) -> JobRecord:
         """Read, let ``decide(record)`` return (state, changes) or None, write; re-read on conflict."""
-        for _ in range(attempts):
-            record = await self.read(job_id)
-            decision = decide(record)
-            if decision is None:
-                return record
-            to, changes = decision
-            try:
-                return await self.move(record, to, **changes)
-            except ConflictError:
-                continue
-        raise ConflictError(f"job {job_id} kept changing; try again")
+        return await cas.update(lambda: self.read_versioned(job_id), self._decider(decide), self.write,
+                                attempts=attempts, what=f"job {job_id}")
+
+    def _decider(self, decide: Any) -> Any:
+        """(state, changes) or None -> the transitioned record to write, or Stop(record)."""
+
+        def decision(record: JobRecord, revision: int) -> JobRecord | cas.Stop[JobRecord]:
+            d = decide(record)
+            if d is None:
+                return cas.Stop(record)
+            to, changes = d
+            return transition(record, to, self.clock.now(), **changes)
+
+        return decision
 
     # --- work messages ------------------------------------------------------------
     def work_message(self, record: JobRecord, revision: int,

@@ -69,6 +69,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from . import codec
+from .cancellation import raise_if_cancelling
 from .clock import SYSTEM_CLOCK, Clock
 from .connection import Connection
 from .errors import ConflictError, MalformedMessageError, UnsupportedVersionError
@@ -555,12 +556,9 @@ class LeaderLease:
 
     async def _elect(self) -> None:
         failing = False
-        me = asyncio.current_task()
         while True:
-            # Python 3.11's wait_for (inside nats-py) can swallow a cancel that lands as its reply
-            # arrives; a task that was asked to stop must not go on to win or hold a lease.
-            if me is not None and me.cancelling():
-                raise asyncio.CancelledError
+            # A task that was asked to stop must not go on to win or hold a lease (cancellation.py).
+            raise_if_cancelling()
             try:
                 if self._leading:
                     await self._lead_step()

@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 import nats.js.errors
 
-from . import codec
+from . import cas, codec
 from .connection import Connection
 from .cron import (
     CronSchedule,
@@ -372,13 +372,13 @@ class ScheduleStore:
 
     async def modify(self, name: str, change: Callable[[Schedule], dict[str, Any]], attempts: int = 5) -> Schedule:
         """Read, ``change(schedule) -> dict of changes``, compare-and-set; re-read on conflict."""
-        for _ in range(attempts):
+        async def read() -> tuple[Schedule, int]:
             s = await self.get(name)
-            try:
-                return await self.update(s, **change(s))
-            except ConflictError:
-                continue
-        raise ConflictError(f"schedule {name} kept changing; try again")
+            return s, s.revision
+
+        return await cas.update(read, lambda s, _rev: (s, change(s)),
+                                lambda d, _rev: self.update(d[0], **d[1]),
+                                attempts=attempts, what=f"schedule {name}")
 
     async def delete(self, name: str) -> None:
         await self.get(name)  # not found -> ScheduleNotFoundError

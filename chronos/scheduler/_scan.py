@@ -8,13 +8,13 @@ once. This reads the bucket's stream through an ephemeral pull consumer
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats.errors
 from nats.js import api
 
+from ..cancellation import raise_if_cancelling
 from ..clock import Clock
 from ..connection import Connection
 from ..errors import ChronosError
@@ -42,9 +42,7 @@ async def scan_entries(conn: Connection, bucket: str, *, batch: int = 128,
                 msgs = await psub.fetch(batch, timeout=wait)
             except TimeoutError:  # nats-py raises its own subclass or, at times, the builtin one
                 return
-            me = asyncio.current_task()
-            if me is not None and me.cancelling():  # nats-py may have swallowed a cancel
-                raise asyncio.CancelledError
+            raise_if_cancelling()
             out = []
             for msg in msgs:
                 headers = msg.headers or {}
@@ -73,7 +71,5 @@ async def paced_passes(name: str, step: Callable[[], Awaitable[object]], clock: 
             await step()
         except (ChronosError, OSError) as exc:
             log_.warning("%s: step failed: %r", name, exc)
-        me = asyncio.current_task()
-        if me is not None and me.cancelling():  # nats-py may have swallowed a cancel
-            raise asyncio.CancelledError
-        await asyncio.sleep(max(tick, 4 * (clock.monotonic() - began)))
+        raise_if_cancelling()
+        await clock.sleep(max(tick, 4 * (clock.monotonic() - began)))

@@ -42,6 +42,7 @@ from ..errors import ChronosError, ConflictError
 from ..delayed import park
 from ..jobs import PENDING_PREFIX, JobOps, decode_marker, job_event
 from ..models import DLQEntry, Event, JobRecord, PendingWrite, WorkerHeartbeat
+from ..outcomes import Outcome
 from ..states import JobState, transition
 from ..store.kv import KVStore
 from ._scan import paced_passes, scan_entries
@@ -225,7 +226,7 @@ class Rescuer:
             return rec
         attempts = list(rec.attempts)
         if attempts and attempts[-1].ended_at is None:
-            attempts[-1] = msgspec.structs.replace(attempts[-1], ended_at=now, outcome="lost", error=LOST)
+            attempts[-1] = msgspec.structs.replace(attempts[-1], ended_at=now, outcome=Outcome.LOST, error=LOST)
         if rec.attempt >= rec.spec.max_attempts:
             reason = f"attempts exhausted ({rec.attempt}/{rec.spec.max_attempts}): {LOST}"
             new = transition(rec, JobState.DISCARDED, now, attempts=attempts, error=reason, worker=None)

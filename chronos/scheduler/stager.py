@@ -38,13 +38,15 @@ import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import api
 
-from .. import codec
+from .. import cas, codec
+from ..cancellation import raise_if_cancelling
 from ..clock import SYSTEM_CLOCK, Clock
 from ..delayed import minute_of
 from ..errors import ChronosError, ConflictError, IllegalTransitionError
@@ -67,6 +69,15 @@ class _Parked:
     fired: bool = False
 
 
+class _Promotion(NamedTuple):
+    """The decision on one parked job: the record to publish (or None), whether this call
+    promoted it, and (record, revision, reason) when its signature is refused instead."""
+
+    record: JobRecord | None
+    won: bool
+    refuse: tuple[JobRecord, int, str] | None = None
+
+
 @dataclass
 class StagerStats:
     promoted: int = 0
@@ -75,14 +86,6 @@ class StagerStats:
     refused: int = 0  # the spec's signature did not verify (signing.py): never published
     lateness: list[float] = field(default_factory=list)  # seconds past due at promotion (CAS done)
     fire_lateness: list[float] = field(default_factory=list)  # seconds past due when the timer fired
-
-
-def _raise_if_cancelling() -> None:
-    """Python 3.11's wait_for (inside nats-py) can swallow a cancel that lands as a reply arrives;
-    a loop that was asked to stop must stop anyway."""
-    me = asyncio.current_task()
-    if me is not None and me.cancelling():
-        raise asyncio.CancelledError
 
 
 def _key_of(msg: Msg) -> Key | None:
@@ -152,7 +155,7 @@ class Stager:
         sub = await self.conn.nc.subscribe(self.names.delayed_wildcard(), cb=self._on_live)
         try:
             await self._initial_load()
-            _raise_if_cancelling()
+            raise_if_cancelling()
             self.ready.set()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._load_loop(tg), name="stager-load")
@@ -188,8 +191,8 @@ class Stager:
     async def _load_loop(self, tg: asyncio.TaskGroup) -> None:
         last_rescan = self.clock.monotonic()
         while True:
-            _raise_if_cancelling()
-            await asyncio.sleep(self.tick)
+            raise_if_cancelling()
+            await self.clock.sleep(self.tick)
             try:
                 last_rescan = await self._load_step(last_rescan)
             except (nats.errors.Error, nats.js.errors.Error, ChronosError) as exc:
@@ -199,7 +202,7 @@ class Stager:
         wm = self._horizon_minute()
         for minute in range(self._watermark + 1, wm + 1):
             await self._scan(minute)
-            _raise_if_cancelling()
+            raise_if_cancelling()
         self._watermark = max(self._watermark, wm)
         if self._done:
             # Handled jobs whose parked message's sequence was unknown (came in live): delete them now.
@@ -229,9 +232,9 @@ class Stager:
                 try:
                     msgs = await psub.fetch(128, timeout=0.5)  # small: a big batch is parsed in one go
                 except TimeoutError:  # nats-py raises its own subclass or, at times, the builtin one
-                    _raise_if_cancelling()  # the fetch may have swallowed our cancel
+                    raise_if_cancelling()  # the fetch may have swallowed our cancel
                     break
-                _raise_if_cancelling()
+                raise_if_cancelling()
                 for i, msg in enumerate(msgs):
                     await self._on_stored(msg, minute)
                     if i % 16 == 15:
@@ -300,7 +303,6 @@ class Stager:
 
     # --- firing --------------------------------------------------------------------------
     async def _fire_loop(self, tg: asyncio.TaskGroup) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             if not self._heap:
                 self._wake.clear()
@@ -312,11 +314,7 @@ class Stager:
             if delay > self.spin:
                 # Sleep until just before the earliest due time; an earlier arrival wakes us sooner.
                 self._wake.clear()
-                timer = loop.call_later(delay - self.spin, self._wake.set)
-                try:
-                    await self._wake.wait()
-                finally:
-                    timer.cancel()
+                await self.clock.wait(self._wake, delay - self.spin)
                 continue
             if delay > 0:
                 # The last stretch: epoll sleeps in whole milliseconds (rounded up), so yield instead.
@@ -378,36 +376,44 @@ class Stager:
         """scheduled -> available with compare-and-set: (record, True) when this call promoted it;
         (record, False) when it is available but never attempted (publish again, deduped);
         (None, False) when it is no longer ours to promote."""
-        rec, rev = entry.record, entry.rev
-        for _ in range(3):
-            if rec.gen != entry.record.gen:
-                return None, False
+        parked = entry.record
+
+        async def read() -> tuple[JobRecord | None, int]:
+            fresh = await self.ops.read_or_none(parked.id)
+            return fresh, 0 if fresh is None else fresh.revision
+
+        def decide(rec: JobRecord | None, rev: int) -> JobRecord | cas.Stop[_Promotion]:
+            if rec is None or rec.gen != parked.gen:
+                return cas.Stop(_Promotion(None, False))
             refusal = self.ops.auth.check(rec)
             if refusal is not None:
-                await self._refuse(rec, rev, refusal)
-                return None, False
-            if rec.state is JobState.AVAILABLE and rec.attempt == 0 and rec is not entry.record:
+                return cas.Stop(_Promotion(None, False, (rec, rev, refusal)))
+            if rec.state is JobState.AVAILABLE and rec.attempt == 0 and rec is not parked:
                 # Promoted by a leader that may have died before publishing: publish (deduped) again.
-                return rec, False
+                return cas.Stop(_Promotion(rec, False))
             if rec.state is not JobState.SCHEDULED:
-                return None, False
+                return cas.Stop(_Promotion(None, False))
             try:
-                new = transition(rec, JobState.AVAILABLE, self.clock.now())
+                return transition(rec, JobState.AVAILABLE, self.clock.now())
             except IllegalTransitionError:
-                return None, False
-            try:
-                sent = self.clock.monotonic()
-                new.revision = await (await self.ops.write_nowait(new, rev))
-                rtt = self.clock.monotonic() - sent
-                self._rtt_dev += 0.25 * (abs(rtt - self._rtt) - self._rtt_dev)
-                self._rtt += 0.125 * (rtt - self._rtt)
-                return new, True
-            except ConflictError:
-                fresh = await self.ops.read_or_none(rec.id)
-                if fresh is None:
-                    return None, False
-                rec, rev = fresh, fresh.revision
-        return None, False
+                return cas.Stop(_Promotion(None, False))
+
+        async def write(new: JobRecord, rev: int) -> _Promotion:
+            sent = self.clock.monotonic()
+            new.revision = await (await self.ops.write_nowait(new, rev))
+            rtt = self.clock.monotonic() - sent
+            self._rtt_dev += 0.25 * (abs(rtt - self._rtt) - self._rtt_dev)
+            self._rtt += 0.125 * (rtt - self._rtt)
+            return _Promotion(new, True)
+
+        try:
+            out = await cas.update(read, decide, write, seen=(parked, entry.rev), attempts=3,
+                                   what=f"job {parked.id}")
+        except ConflictError:
+            return None, False
+        if out.refuse is not None:
+            await self._refuse(*out.refuse)
+        return out.record, out.won
 
     async def _refuse(self, rec: JobRecord, rev: int, reason: str) -> None:
         """Not vouched for by a trusted key: cancelled (or discarded) with the reason, never published."""
@@ -425,7 +431,10 @@ class Stager:
     async def _until(self, due: float) -> None:
         """Wait for ``due`` on the wall clock: sleep most of a long wait, yield through the last ms."""
         while (left := due - self.clock.now()) > 0:
-            await asyncio.sleep(left - 0.001 if left > 0.0015 else 0)
+            if left > 0.0015:
+                await self.clock.sleep(left - 0.001)
+            else:
+                await asyncio.sleep(0)  # a yield, not a wait: the last millisecond is spun
 
     async def _delete(self, seq: int) -> None:
         try:

@@ -29,17 +29,19 @@ import logging
 import math
 import traceback
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Coroutine
+from typing import Any, Awaitable, Callable, Coroutine, Literal, NamedTuple, Protocol
 
 import msgspec
 from nats.aio.msg import Msg
 
-from .. import codec
+from .. import cas, codec
+from ..cancellation import take_interrupt
 from ..clock import Clock
 from ..errors import Cancel, ChronosError, ConflictError, JobNotFoundError, MalformedMessageError, Retry
 from ..events import EventPublisher
 from ..jobs import JobOps, job_event
 from ..models import Attempt, DLQEntry, JobMessage, JobRecord
+from ..outcomes import Outcome
 from ..publisher import Acks, delivery_info, is_wrong_last_sequence
 from ..states import TERMINAL, JobState, transition
 from .context import JobContext, reset_current, set_current
@@ -57,6 +59,9 @@ MAX_ATTEMPTS_KEPT = 20  # older attempts stay in the archive, not in the KV reco
 OVERLAP_NOTE = "ran concurrently with a redelivery of this job (its worker did not ack within ack_wait)"
 
 
+Interrupt = Literal["timeout", "cancel", "shutdown", "superseded"]  # why the service stopped a call
+
+
 @dataclass(slots=True)
 class Running:
     """A job this worker holds right now."""
@@ -72,7 +77,7 @@ class Running:
     call_task: asyncio.Task[Any] | None = None  # set only while the task function runs
     deadline: float = float("inf")
     cancel_deadline: float = float("inf")  # a cancel was signalled: hard stop at this monotonic time
-    interrupt: str | None = None  # timeout | cancel | shutdown: why the service interrupted it
+    interrupt: Interrupt | None = None  # why the service interrupted it
     gen: int = 0
     deferred: tuple[JobRecord, int] | None = None  # running record not yet written, and the revision under it
     running_write: asyncio.Task[int | None] | None = None
@@ -82,7 +87,7 @@ class Running:
     sync: bool = False  # runs in a thread or a process: holds one of the sync slots
     stuck: str | None = None  # set when an interrupted sync call could not be stopped (see Executor)
 
-    def interrupt_with(self, why: str) -> bool:
+    def interrupt_with(self, why: Interrupt) -> bool:
         """Interrupt the running call (no-op outside it). True if it was interrupted."""
         if self.call_task is None or self.interrupt is not None:
             return False
@@ -97,16 +102,93 @@ def type_name(error: str | None) -> str:
 
 
 class _Outcome:
-    """What happened to one attempt; ``apply(record)`` gives the next state and changes."""
+    """What happened to one attempt, with what ``_finish`` needs to write it."""
 
-    def __init__(self, kind: str, *, result: Any = None, error: str | None = None, tb: str | None = None,
+    __slots__ = ("kind", "result", "error", "tb", "delay", "final")
+
+    def __init__(self, kind: Outcome, *, result: Any = None, error: str | None = None, tb: str | None = None,
                  delay: float = 0.0, final: bool = False) -> None:
-        self.kind = kind  # completed | retry | error | timeout | cancelled | shutdown | superseded
+        self.kind = kind
         self.result = result
         self.error = error
         self.tb = tb
         self.delay = delay
         self.final = final  # an error the task's retry_on does not cover: no further attempt
+
+
+class _Write(NamedTuple):
+    """``_finish``'s decision to write ``new`` over ``seen``, then ``ack`` the message."""
+
+    seen: JobRecord
+    new: JobRecord
+    ack: Callable[[], Any]
+
+
+class _Elsewhere(NamedTuple):
+    """``_finish``'s decision not to write: the record moved elsewhere (``discard`` None), or the
+    job goes to the DLQ with that reason and these attempts."""
+
+    record: JobRecord
+    rev: int
+    discard: str | None
+    attempts: list[Attempt] | None
+
+
+class Host(Protocol):
+    """What the executor needs from whoever holds its jobs (the WorkerService: slots, peers,
+    cancels, its task group). ``Alone`` is the stand-in for an executor used by itself."""
+
+    def is_running_here(self, job_id: str) -> bool:
+        """Another delivery of ``job_id`` runs on this worker right now."""
+
+    def released(self, run: Running) -> None:
+        """A job whose ``execute`` returned True is finished with (its slot is free)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run ``coro`` as a task the host owns (its task group)."""
+
+    def adjust_weight(self, run: Running, weight: int) -> None:
+        """The job's task is known: it holds ``weight`` slots."""
+
+    def pending_cancel(self, job_id: str, gen: int) -> str | None:
+        """The reason of a cancel of (job, gen) that arrived before its delivery, taken once."""
+
+    def classify(self, run: Running, is_sync: bool) -> None:
+        """The job's task is known: sync (holds a thread or process) or not."""
+
+    async def task_absent_for(self, task: str, queue: str) -> float:
+        """Seconds no live worker serving ``queue`` has had ``task``; 0 if one has it now."""
+
+
+class Alone:
+    """The host of an executor used by itself: no peers, no slots, its own set of tasks."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def is_running_here(self, job_id: str) -> bool:
+        return False
+
+    def released(self, run: Running) -> None:
+        pass
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)  # owned until done: the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
+
+    def adjust_weight(self, run: Running, weight: int) -> None:
+        run.weight = weight
+
+    def pending_cancel(self, job_id: str, gen: int) -> str | None:
+        return None
+
+    def classify(self, run: Running, is_sync: bool) -> None:
+        run.sync = is_sync
+
+    async def task_absent_for(self, task: str, queue: str) -> float:
+        """Nothing is known of peers: infinite, so an unknown task is discarded at once."""
+        return math.inf
 
 
 class Executor:
@@ -123,7 +205,9 @@ class Executor:
         sync: SyncRunner,
         cancel_grace: float = 5.0,
         unknown_task_after: float = 300.0,
+        host: Host | None = None,
     ) -> None:
+        self.host: Host = host if host is not None else Alone()
         self.ops = ops
         self.registry = registry
         self.events = events
@@ -142,7 +226,6 @@ class Executor:
         self.processed = 0
         self.failed = 0
         self.acks = Acks(ops.publisher)
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     # --- entry -------------------------------------------------------------------------
     async def execute(self, run: Running) -> bool:
@@ -176,7 +259,7 @@ class Executor:
         if taskdef is None:  # before any state change: another worker may have it
             await self._hand_back(msg, job.record, job.rev, delivered)
             return False
-        self.classify(run, not taskdef.is_async)
+        self.host.classify(run, not taskdef.is_async)
         if (delivered == 1 and job.record.state is JobState.AVAILABLE and not self.suspect
                 and self.clock.now() - stored_at < FAST_PATH_MAX_AGE):
             # First delivery of a fresh message: the carried record is current unless someone
@@ -201,13 +284,13 @@ class Executor:
                 "(earlier attempts were lost with their worker)", None,
             )
             return False
-        self.adjust_weight(run, taskdef.weight)
+        self.host.adjust_weight(run, taskdef.weight)
         if run.deferred is None:  # a deferred running state is announced when it is written
             self.events.emit(job_event(record))
         run.gen = record.gen
-        reason = self.pending_cancel(record.id, record.gen)
+        reason = self.host.pending_cancel(record.id, record.gen)
         if reason is not None:  # cancelled between delivery and start: never call the task
-            outcome = _Outcome("cancelled", error=reason)
+            outcome = _Outcome(Outcome.CANCELLED, error=reason)
         else:
             outcome = await self._call(run, record, taskdef)
         return await self._finish(run, record, rev, outcome, runs)
@@ -218,35 +301,41 @@ class Executor:
         The first try uses the record carried in the message (no read); a conflict means it
         moved (a retry, a cancel, a lost worker), so read it and decide again.
         """
-        msg_gen = record.gen
-        fresh = False
-        for _ in range(5):
-            if record.gen != msg_gen or record.state in TERMINAL or record.state is JobState.SCHEDULED:
+        carried, msg_gen = record, record.gen
+
+        def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[str]:
+            if rec.gen != msg_gen or rec.state in TERMINAL or rec.state is JobState.SCHEDULED:
                 # A newer message exists for this job, or it is finished: this delivery is stale.
-                await self.acks.ack(msg)
-                return None
-            if fresh and record.state is JobState.RUNNING and record.worker == self.worker_id \
-                    and self.is_running_here(record.id):
-                return None  # redelivered while it still runs here; the running attempt acks it
-            if fresh and record.delivered_gen == record.gen and record.delivered >= delivered:
+                return cas.Stop("stale")
+            fresh = rec is not carried
+            if fresh and rec.state is JobState.RUNNING and rec.worker == self.worker_id \
+                    and self.host.is_running_here(rec.id):
+                return cas.Stop("here")  # redelivered while it still runs here; the running attempt acks it
+            if fresh and rec.delivered_gen == rec.gen and rec.delivered >= delivered:
                 # A later delivery of this message is already recorded (this one sat in a buffer
                 # past ack_wait, e.g. behind a blocked loop): it runs there. Not acked: that would
                 # ack the other worker's delivery.
                 log.warning("job %s: delivery %d is superseded by delivery %d (worker %s); not running it",
-                            record.id, delivered, record.delivered, record.worker)
-                return None
-            new = self._running(record, delivered)
-            try:
-                return new, await (await self.ops.write_nowait(new, rev))
-            except ConflictError:
-                try:
-                    record = await self.ops.read(record.id)
-                except JobNotFoundError:
-                    log.info("job message for %s has no record (pruned or withdrawn); dropping it", record.id)
-                    await self.acks.ack(msg)
-                    return None
-                rev, fresh = record.revision, True
-        raise ConflictError(f"job {record.id}: record kept changing while starting")
+                            rec.id, delivered, rec.delivered, rec.worker)
+                return cas.Stop("superseded")
+            return self._running(rec, delivered)
+
+        async def write(new: JobRecord, rev: int) -> tuple[JobRecord, int]:
+            return new, await (await self.ops.write_nowait(new, rev))
+
+        try:
+            started = await cas.update(lambda: self.ops.read_versioned(carried.id), decide, write,
+                                       seen=(record, rev), what=f"job {record.id}")
+        except JobNotFoundError:
+            log.info("job message for %s has no record (pruned or withdrawn); dropping it", record.id)
+            await self.acks.ack(msg)
+            return None
+        if started == "stale":
+            await self.acks.ack(msg)
+            return None
+        if isinstance(started, str):
+            return None
+        return started
 
     def _running(self, record: JobRecord, delivered: int) -> JobRecord:
         """The record moved to running for delivery ``delivered``, with every earlier run counted."""
@@ -254,7 +343,7 @@ class Executor:
         attempts = list(record.attempts)
         if record.state is JobState.RUNNING and attempts and attempts[-1].ended_at is None:
             attempts[-1] = _end_attempt(
-                attempts[-1], now, "lost",
+                attempts[-1], now, Outcome.LOST,
                 "its worker did not ack within ack_wait (lost, or its event loop was blocked); redelivered")
         same_gen = record.delivered_gen == record.gen
         attempt_no = _add_unrecorded(attempts, record, delivered, now)
@@ -271,7 +360,7 @@ class Executor:
         Recorded (a compare-and-set, no state change, no attempt) so the run count stays exact;
         not on the hot path: only a mixed fleet's foreign jobs come here."""
         task, queue = record.spec.task, record.spec.queue
-        absent = await self.task_absent_for(task, queue)
+        absent = await self.host.task_absent_for(task, queue)
         if absent >= self.unknown_task_after:
             bound = self.unknown_task_after
             reason = (f"unknown task {task!r}: no live worker on queue {queue!r} has registered it "
@@ -279,32 +368,38 @@ class Executor:
                       if math.isfinite(absent) else f"unknown task {task!r}: no worker registers it")
             await self._discard(msg, record, rev, reason, None)
             return
-        msg_gen, fresh, handed = record.gen, False, 0
-        for _ in range(5):
-            if record.gen != msg_gen or record.state in TERMINAL or record.state is JobState.SCHEDULED:
-                await self.acks.ack(msg)  # stale delivery
-                return
-            same_gen = record.delivered_gen == record.gen
-            accounted = record.delivered if same_gen else 0
-            handed = (record.handed_back if same_gen else 0) + 1
-            if fresh and accounted >= delivered:
-                break  # already accounted for (a later delivery is recorded): nothing to write
+        carried, msg_gen = record, record.gen
+
+        def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[int | None]:
+            if rec.gen != msg_gen or rec.state in TERMINAL or rec.state is JobState.SCHEDULED:
+                return cas.Stop(None)  # stale delivery
+            same_gen = rec.delivered_gen == rec.gen
+            accounted = rec.delivered if same_gen else 0
+            handed = (rec.handed_back if same_gen else 0) + 1
+            if rec is not carried and accounted >= delivered:
+                return cas.Stop(handed)  # already accounted for (a later delivery is recorded): nothing to write
             now = self.clock.now()
-            attempts = list(record.attempts)
-            attempt_no = _add_unrecorded(attempts, record, delivered, now)
-            new = msgspec.structs.replace(record, delivered=delivered, delivered_gen=record.gen,
-                                          handed_back=handed, updated_at=now, attempt=attempt_no,
-                                          attempts=attempts[-MAX_ATTEMPTS_KEPT:])
-            try:
-                await (await self.ops.write_nowait(new, rev))
-                break
-            except ConflictError:
-                try:
-                    record = await self.ops.read(record.id)
-                except JobNotFoundError:
-                    await self.acks.ack(msg)
-                    return
-                rev, fresh = record.revision, True
+            attempts = list(rec.attempts)
+            attempt_no = _add_unrecorded(attempts, rec, delivered, now)
+            return msgspec.structs.replace(rec, delivered=delivered, delivered_gen=rec.gen,
+                                           handed_back=handed, updated_at=now, attempt=attempt_no,
+                                           attempts=attempts[-MAX_ATTEMPTS_KEPT:])
+
+        async def write(new: JobRecord, rev: int) -> int | None:
+            await (await self.ops.write_nowait(new, rev))
+            return new.handed_back
+
+        try:
+            handed = await cas.update(lambda: self.ops.read_versioned(carried.id), decide, write,
+                                      seen=(record, rev), what=f"job {record.id}")
+        except JobNotFoundError:
+            await self.acks.ack(msg)
+            return
+        except ConflictError:  # kept changing: hand it back unrecorded; a later delivery counts it
+            handed = record.handed_back + 1
+        if handed is None:
+            await self.acks.ack(msg)  # stale delivery
+            return
         self.handed_back += 1
         if absent > 0:
             # Nobody has it right now: come back about when the bound runs out (never past 30 s,
@@ -347,34 +442,6 @@ class Executor:
         self.events.emit(job_event(record))
         return new_rev
 
-    # Hooks the service replaces; defaults keep the executor usable alone.
-    def is_running_here(self, job_id: str) -> bool:
-        return False
-
-    def released(self, run: Running) -> None:
-        """A job whose ``execute`` returned True is finished with (its slot is free)."""
-
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run ``coro`` as a task of its own (the service puts it in its task group)."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def adjust_weight(self, run: Running, weight: int) -> None:
-        run.weight = weight
-
-    def pending_cancel(self, job_id: str, gen: int) -> str | None:
-        return None
-
-    def classify(self, run: Running, is_sync: bool) -> None:
-        """The job's task is known: sync (holds a thread or process) or not."""
-        run.sync = is_sync
-
-    async def task_absent_for(self, task: str, queue: str) -> float:
-        """Seconds no live worker serving ``queue`` has had ``task``; 0 if one has it now.
-        Alone (no service), nothing is known: infinite, so an unknown task is discarded at once."""
-        return math.inf
-
     async def _call(self, run: Running, record: JobRecord, taskdef: TaskDef) -> _Outcome:
         spec = record.spec
         ctx = JobContext(record.id, spec.task, record.attempt, spec.max_attempts, self.worker_id)
@@ -395,19 +462,19 @@ class Executor:
             why = run.interrupt
             if why is None:
                 raise
-            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            take_interrupt()
             return _interrupted(why, run, timeout, ctx)
         except Retry as r:
-            return _Outcome("retry", error=r.reason, delay=r.delay)
+            return _Outcome(Outcome.RETRY, error=r.reason, delay=r.delay)
         except Cancel as c:
-            return _Outcome("cancelled", error=c.reason)
+            return _Outcome(Outcome.CANCELLED, error=c.reason)
         except Exception as exc:
             final = bool(taskdef.retry_on) and not isinstance(exc, taskdef.retry_on)
-            return _Outcome("error", error=_short(exc), tb=_tb(exc), final=final)
+            return _Outcome(Outcome.ERROR, error=_short(exc), tb=_tb(exc), final=final)
         finally:
             run.call_task = None  # from here on the job cannot be interrupted
             reset_current(token)
-        return _Outcome("completed", result=result)
+        return _Outcome(Outcome.COMPLETED, result=result)
 
     async def _finish(self, run: Running, record: JobRecord, rev: int, outcome: _Outcome, runs: int,
                       *, commit_in_callback: bool = True) -> bool:
@@ -428,51 +495,51 @@ class Executor:
                 rev = record.revision
             else:
                 rev = new_rev
-        for _ in range(5):
-            last = record.attempts[-1] if record.attempts else None
-            if record.state is not JobState.RUNNING or record.worker != self.worker_id \
+        job_id = record.id
+
+        def decide(rec: JobRecord, rev: int) -> _Write | cas.Stop[_Elsewhere]:
+            last = rec.attempts[-1] if rec.attempts else None
+            if rec.state is not JobState.RUNNING or rec.worker != self.worker_id \
                     or (last is not None and last.delivery not in (0, run.delivered)):
                 # Someone else moved it (cancelled, retried by hand, taken over by a redelivery).
-                return await self._moved_elsewhere(run, record, rev, outcome, now)
-            attempts = list(record.attempts)
+                return cas.Stop(_Elsewhere(rec, rev, None, None))
+            attempts = list(rec.attempts)
             if attempts:
                 attempts[-1] = _end_attempt(attempts[-1], now, outcome.kind, outcome.error, outcome.tb)
             ack: Callable[[], Any]
-            if outcome.kind == "completed":
+            kind = outcome.kind
+            if kind is Outcome.COMPLETED:
                 value, truncated = codec.cap_result(outcome.result, self.max_result_bytes)
-                new = transition(record, JobState.COMPLETED, now, attempts=attempts, result=value,
+                new = transition(rec, JobState.COMPLETED, now, attempts=attempts, result=value,
                                  result_truncated=truncated, error=None)
                 ack = functools.partial(self.acks.ack, msg)
-            elif outcome.kind == "cancelled" or (record.cancel_requested and outcome.kind != "completed"):
-                reason = outcome.error if outcome.kind == "cancelled" else (record.cancel_reason or "cancelled")
-                new = transition(record, JobState.CANCELLED, now, attempts=attempts, error=reason)
+            elif kind is Outcome.CANCELLED or rec.cancel_requested:
+                reason = outcome.error if kind is Outcome.CANCELLED else (rec.cancel_reason or "cancelled")
+                new = transition(rec, JobState.CANCELLED, now, attempts=attempts, error=reason)
                 ack = functools.partial(self.acks.term, msg)
-            elif outcome.kind == "shutdown":
-                new = transition(record, JobState.AVAILABLE, now, attempts=attempts, worker=None)
+            elif kind is Outcome.SHUTDOWN:
+                new = transition(rec, JobState.AVAILABLE, now, attempts=attempts, worker=None)
                 ack = functools.partial(self.acks.nak, msg)
-            elif outcome.final or runs >= record.spec.max_attempts:
+            elif outcome.final or runs >= rec.spec.max_attempts:
                 reason = (f"not retried ({type_name(outcome.error)} is not in the task's retry_on): {outcome.error}"
                           if outcome.final else
-                          f"attempts exhausted ({runs}/{record.spec.max_attempts}): {outcome.error}")
-                await self._discard(msg, record, rev, reason, outcome.tb, attempts=attempts, duration=duration)
-                self.failed += 1
-                return False
+                          f"attempts exhausted ({runs}/{rec.spec.max_attempts}): {outcome.error}")
+                return cas.Stop(_Elsewhere(rec, rev, reason, attempts))
             else:
-                delay = outcome.delay if outcome.kind == "retry" else record.spec.backoff.delay(runs)
-                new = transition(record, JobState.RETRYABLE, now, attempts=attempts, error=outcome.error,
+                delay = outcome.delay if kind is Outcome.RETRY else rec.spec.backoff.delay(runs)
+                new = transition(rec, JobState.RETRYABLE, now, attempts=attempts, error=outcome.error,
                                  scheduled_at=now + delay)
                 ack = functools.partial(self.acks.nak, msg, delay)
+            return _Write(rec, new, ack)
+
+        async def write(w: _Write, rev: int) -> bool | _Elsewhere:
+            new = w.new
             if commit_in_callback and new.state is JobState.COMPLETED:
-                on_ack = functools.partial(self._committed, run, record, new, outcome, runs, duration)
+                on_ack = functools.partial(self._committed, run, w.seen, new, outcome, runs, duration)
                 if self.ops.write_cb(new, rev, on_ack):
                     return True
-            try:
-                await (await self.ops.write_nowait(new, rev))
-            except ConflictError:
-                record = await self.ops.read(record.id)
-                rev = record.revision
-                continue
-            await ack()
+            await (await self.ops.write_nowait(new, rev))
+            await w.ack()
             if new.state is JobState.COMPLETED:
                 self.processed += 1
             elif new.state is not JobState.AVAILABLE:
@@ -480,7 +547,20 @@ class Executor:
             self.events.emit(job_event(new, error=new.error if new.state is not JobState.COMPLETED else None,
                                        duration=duration))
             return False
-        log.warning("job %s: record kept changing; leaving the message for redelivery", record.id)
+
+        try:
+            done = await cas.update(lambda: self.ops.read_versioned(job_id), decide, write,
+                                    seen=(record, rev), what=f"job {job_id}")
+        except ConflictError:
+            log.warning("job %s: record kept changing; leaving the message for redelivery", job_id)
+            return False
+        if isinstance(done, bool):
+            return done
+        if done.discard is None:
+            return await self._moved_elsewhere(run, done.record, done.rev, outcome, now)
+        await self._discard(msg, done.record, done.rev, done.discard, outcome.tb, attempts=done.attempts,
+                            duration=duration)
+        self.failed += 1
         return False
 
     def _committed(self, run: Running, record: JobRecord, new: JobRecord, outcome: _Outcome, runs: int,
@@ -488,14 +568,14 @@ class Executor:
         """The completed write's PubAck (or failure), in the read loop: ack, count, announce, release.
         A conflict (the record moved) or a failure continues in a task, as ``_finish`` would."""
         if exc is not None:
-            self.spawn(self._commit_failed(run, record, outcome, runs, exc))
+            self.host.spawn(self._commit_failed(run, record, outcome, runs, exc))
             return
         try:
             self.acks.ack_nowait(run.msg)
             self.processed += 1
             self.events.emit(job_event(new, duration=duration))
         finally:
-            self.released(run)
+            self.host.released(run)
 
     async def _commit_failed(self, run: Running, record: JobRecord, outcome: _Outcome, runs: int,
                              exc: BaseException) -> None:
@@ -510,7 +590,7 @@ class Executor:
             log.exception("job %s: writing its outcome failed; it will be reruns", record.id)
             await self.acks.nak(run.msg, 1.0)
         finally:
-            self.released(run)
+            self.host.released(run)
 
     async def _moved_elsewhere(self, run: Running, record: JobRecord, rev: int, outcome: _Outcome,
                                now: float) -> bool:
@@ -519,10 +599,11 @@ class Executor:
         count), marked as concurrent, so the record shows both runs. The state is not ours to set."""
         msg = run.msg
         other_delivery = record.state is JobState.RUNNING and record.gen == run.gen and record.worker != self.worker_id
-        for _ in range(5):
-            if record.gen != run.gen or record.delivered_gen != record.gen or record.delivered <= run.delivered:
-                break  # a cancel or a manual retry: this run's outcome is simply dropped
-            attempts = list(record.attempts)
+
+        def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[None]:
+            if rec.gen != run.gen or rec.delivered_gen != rec.gen or rec.delivered <= run.delivered:
+                return cas.Stop(None)  # a cancel or a manual retry: this run's outcome is simply dropped
+            attempts = list(rec.attempts)
             for i in range(len(attempts) - 1, -1, -1):
                 a = attempts[i]
                 if a.delivery == run.delivered and a.worker in ("", self.worker_id):
@@ -530,22 +611,24 @@ class Executor:
                     attempts[i] = Attempt(number=a.number, started_at=run.started_at, worker=self.worker_id,
                                           ended_at=now, outcome=outcome.kind, error=note[:MAX_ERROR],
                                           traceback=outcome.tb, delivery=run.delivered)
-                    break
-            else:
-                break
-            new = msgspec.structs.replace(record, attempts=attempts)
-            try:
-                await (await self.ops.write_nowait(new, rev))
-            except ConflictError:
-                record = await self.ops.read(record.id)
-                rev = record.revision
-                continue
+                    return msgspec.structs.replace(rec, attempts=attempts)
+            return cas.Stop(None)
+
+        async def write(new: JobRecord, rev: int) -> JobRecord | None:
+            await (await self.ops.write_nowait(new, rev))
+            return new
+
+        try:
+            wrote = await cas.update(lambda: self.ops.read_versioned(record.id), decide, write,
+                                     seen=(record, rev), what=f"job {record.id}")
+        except ConflictError:
+            log.warning("job %s: record kept changing; this run's outcome was not recorded", record.id)
+            wrote = None
+        if wrote is not None:
+            record = wrote
             self.overlaps += 1
             log.warning("job %s: delivery %d (%s here) overlapped delivery %d on %s; recorded as a concurrent run",
                         record.id, run.delivered, outcome.kind, record.delivered, record.worker)
-            break
-        else:
-            log.warning("job %s: record kept changing; this run's outcome was not recorded", record.id)
         if other_delivery:
             return False  # not acked: that would ack the other worker's delivery, which still runs
         log.info("job %s is %s, changed elsewhere during this attempt; dropping the attempt's outcome",
@@ -561,19 +644,24 @@ class Executor:
         entry = DLQEntry(reason=reason, at=now, job_id=record.id, spec=record.spec, traceback=tb, auth=record.auth,
                          attempts=record.attempt, subject=msg.subject)
         await self.ops.publish_dlq(entry, record.spec.queue)
-        for _ in range(5):
-            if record.state in TERMINAL:
-                break
-            new = transition(record, JobState.DISCARDED, now, error=reason,
-                             attempts=attempts if attempts is not None else record.attempts)
-            try:
-                await (await self.ops.write_nowait(new, rev))
-            except ConflictError:
-                record = await self.ops.read(record.id)
-                rev = record.revision
-                continue
+
+        def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[None]:
+            if rec.state in TERMINAL:
+                return cas.Stop(None)
+            return transition(rec, JobState.DISCARDED, now, error=reason,
+                              attempts=attempts if attempts is not None else rec.attempts)
+
+        async def write(new: JobRecord, rev: int) -> JobRecord:
+            await (await self.ops.write_nowait(new, rev))
+            return new
+
+        try:
+            new = await cas.update(lambda: self.ops.read_versioned(record.id), decide, write,
+                                   seen=(record, rev), what=f"job {record.id}")
+        except ConflictError:
+            new = None  # kept changing: whoever moved it decides; the DLQ entry is written
+        if new is not None:
             self.events.emit(job_event(new, error=reason, duration=duration))
-            break
         await self.acks.term(msg)
         log.warning("job %s (%s) moved to the DLQ: %s", record.id, record.spec.task, reason)
 
@@ -587,7 +675,7 @@ class Executor:
         log.warning("malformed message on %s moved to the DLQ: %s", msg.subject, reason)
 
 
-def _end_attempt(a: Attempt, now: float, outcome: str, error: str | None, tb: str | None = None) -> Attempt:
+def _end_attempt(a: Attempt, now: float, outcome: Outcome, error: str | None, tb: str | None = None) -> Attempt:
     return Attempt(number=a.number, started_at=a.started_at, worker=a.worker, ended_at=now, outcome=outcome,
                    error=error, traceback=tb[-MAX_TRACEBACK:] if tb else None, delivery=a.delivery)
 
@@ -599,7 +687,7 @@ def _add_unrecorded(attempts: list[Attempt], record: JobRecord, delivered: int, 
     accounted = record.delivered if record.delivered_gen == record.gen else 0
     for d in range(accounted + 1, delivered):
         attempt_no += 1
-        attempts.append(Attempt(number=attempt_no, started_at=now, worker="", ended_at=now, outcome="lost",
+        attempts.append(Attempt(number=attempt_no, started_at=now, worker="", ended_at=now, outcome=Outcome.LOST,
                                 error=f"delivery {d} was never recorded: its worker was lost in the job's "
                                       "first moments (the task may have started)", delivery=d))
     return attempt_no
@@ -617,20 +705,20 @@ def _short(exc: BaseException) -> str:
     return text[:MAX_ERROR]
 
 
-def _interrupted(why: str, run: Running, timeout: float, ctx: JobContext) -> _Outcome:
+def _interrupted(why: Interrupt, run: Running, timeout: float, ctx: JobContext) -> _Outcome:
     """The outcome of a call the service interrupted, saying what became of a sync call's thread."""
     note = f"; {run.stuck}" if run.stuck and run.stuck != "finished" else ""
     if run.stuck == NOT_STARTED:
         if why == "shutdown":
-            return _Outcome("shutdown", error=f"worker shut down before the job started ({NOT_STARTED})")
-        return _Outcome("cancelled", error=f"{ctx.cancel_reason or 'cancelled'}; {NOT_STARTED}")
+            return _Outcome(Outcome.SHUTDOWN, error=f"worker shut down before the job started ({NOT_STARTED})")
+        return _Outcome(Outcome.CANCELLED, error=f"{ctx.cancel_reason or 'cancelled'}; {NOT_STARTED}")
     if why == "timeout":
-        return _Outcome("timeout", error=f"timed out after {timeout:g}s{note}")
+        return _Outcome(Outcome.TIMEOUT, error=f"timed out after {timeout:g}s{note}")
     if why == "shutdown":
-        return _Outcome("shutdown", error=f"worker shut down before the job finished{note}")
+        return _Outcome(Outcome.SHUTDOWN, error=f"worker shut down before the job finished{note}")
     if why == "superseded":
-        return _Outcome("superseded", error=f"stopped: a redelivery of this job runs on another worker{note}")
-    return _Outcome("cancelled", error=f"{ctx.cancel_reason or 'cancelled by operator'}{note}")
+        return _Outcome(Outcome.SUPERSEDED, error=f"stopped: a redelivery of this job runs on another worker{note}")
+    return _Outcome(Outcome.CANCELLED, error=f"{ctx.cancel_reason or 'cancelled by operator'}{note}")
 
 
 def _tb(exc: BaseException) -> str:

@@ -20,11 +20,14 @@ Sync tasks: when the registry has any, a fetch also never asks for more than the
 free threads (or processes) of the sync runner, less those still held by calls
 that were interrupted but could not be stopped (sync_exec.py).
 
-Peers: the worker watches the workers bucket (heartbeats with each worker's task
-list and queues) to know whether a live worker has a task it lacks (executor's
-hand-back) and for how long none has had it.
+Beside the fetch loop: the heartbeat and the view of peers (heartbeat.py), the
+operator-cancel watch (cancels.py), and one ticker here for in_progress and
+timeouts. The service is the executor's ``Host`` (slots, peers, pending cancels,
+its task group). A thread (watchdog.py) keeps held jobs alive while a task blocks
+the event loop.
 
-A thread (watchdog.py) keeps held jobs alive while a task blocks the event loop.
+Tasks: every task belongs to the service's TaskGroup, or, once that group is
+closing, to a tracked set awaited before the service returns.
 """
 
 from __future__ import annotations
@@ -32,26 +35,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import math
 import socket
-import time
+from collections.abc import Coroutine
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from .. import codec
+from ..cancellation import raise_if_cancelling
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import Settings
 from ..connection import Connection, connect, ensure_queue_consumers, ensure_topology
-from ..errors import ChronosError
 from ..events import EventPublisher, log_event
 from ..ids import new_job_id
 from ..jobs import JobOps
-from ..models import CancelRequest, Event, RunningJob, TaskInfo, WorkerHeartbeat
-from ..store.kv import KVStore
+from ..models import Event, RunningJob, TaskInfo, WorkerHeartbeat
 from ..subjects import PRIORITIES
 from .advisories import MaxDeliveriesHandler
+from .cancels import CancelWatch
 from .executor import Executor, Running
+from .heartbeat import Heartbeat, Peers
 from .puller import Puller
 from .registry import Registry, default_registry
 from .sync_exec import SyncRunner
@@ -92,8 +95,8 @@ class WorkerService:
         self.ready = asyncio.Event()
         self.pullers: list[Puller] = []
         self._log_events = log_events
-        self._pending_cancels: dict[str, tuple[int, str]] = {}
         self._tg: asyncio.TaskGroup | None = None
+        self._stray: set[asyncio.Task[Any]] = set()  # tasks started once the group was closing
         self._seq = 0
         self.started_at = clock.now()
         self.events: EventPublisher | None = None
@@ -102,14 +105,9 @@ class WorkerService:
         self.watchdog: LoopWatchdog | None = None
         self._sync_cap = any(not d.is_async for d in map(self.registry.get, self.registry.names()) if d)
         self.sync_held = 0  # held jobs that are (or may be, not yet decoded) sync: each takes a thread
-        # Peers, read from the workers bucket on demand (only a foreign job asks): worker id ->
-        # (heartbeat, its KV revision, local monotonic time that revision was first seen).
-        self._peers: dict[str, tuple[WorkerHeartbeat, int, float]] = {}
-        self._peers_read = -math.inf
-        self._peers_since = math.inf  # the first read: absence is never counted from before it
-        self._task_seen: dict[tuple[str, str], float] = {}  # (task, queue) -> last time a live worker had it
-        self._peers_lock = asyncio.Lock()
-        self._peers_failed = False
+        self.peers: Peers | None = None
+        self.cancels: CancelWatch | None = None
+        self.beat: Heartbeat | None = None
 
     # --- public -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -139,24 +137,20 @@ class WorkerService:
             self.events = EventPublisher(conn.nc, conn.names)
             if self._log_events:
                 self.events.bus.subscribe(log_event)
+            self.peers = Peers(conn, self.id, w.heartbeat_interval, self.clock)
+            self.cancels = CancelWatch(ops, self.clock, w.cancel_grace, lambda: list(self.running.values()))
+            self.beat = Heartbeat(conn, self.id, w.heartbeat_interval, self.clock, self.heartbeat)
             self.executor = Executor(
                 ops=ops, registry=self.registry, events=self.events, clock=self.clock, worker_id=self.id,
                 default_timeout=self.settings.jobs.default_timeout,
                 max_result_bytes=self.settings.jobs.max_result_bytes, sync=self.sync,
-                unknown_task_after=w.unknown_task_after, cancel_grace=w.cancel_grace,
+                unknown_task_after=w.unknown_task_after, cancel_grace=w.cancel_grace, host=self,
             )
-            self.executor.is_running_here = self._is_running_here  # type: ignore[method-assign]
-            self.executor.adjust_weight = self._adjust_weight  # type: ignore[attr-defined]
-            self.executor.pending_cancel = self._take_cancel  # type: ignore[method-assign]
-            self.executor.released = self._release  # type: ignore[method-assign]
-            self.executor.spawn = self._spawn  # type: ignore[method-assign]
-            self.executor.classify = self._classify  # type: ignore[method-assign]
-            self.executor.task_absent_for = self._task_absent_for  # type: ignore[method-assign]
             if w.loop_watchdog:
                 self.watchdog = LoopWatchdog(self.settings, self._held, name=self.id, on_block=self._on_block)
                 self.watchdog.start()
             await self._register_tasks(conn)
-            await self._load_cancels(ops)  # before the first fetch: see executor's fast path
+            await self.cancels.load()  # before the first fetch: see executor's fast path
             advisories = await MaxDeliveriesHandler(ops, self.clock).subscribe()
             self.pullers = [
                 Puller(conn, p, q, self._on_message, self._wake.set) for p in PRIORITIES for q in self.queues
@@ -166,11 +160,11 @@ class WorkerService:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 background = [
-                    tg.create_task(self._heartbeat_loop(conn)),
-                    tg.create_task(self._progress_loop()),
-                    tg.create_task(self._cancel_watch(ops)),
+                    tg.create_task(self.beat.run(), name=f"worker-heartbeat-{self.id}"),
+                    tg.create_task(self._progress_loop(), name=f"worker-progress-{self.id}"),
+                    tg.create_task(self.cancels.run(), name=f"worker-cancels-{self.id}"),
                 ]
-                fetch = tg.create_task(self._fetch_loop())
+                fetch = tg.create_task(self._fetch_loop(), name=f"worker-fetch-{self.id}")
                 self.ready.set()
                 self.events.emit(Event(kind="worker.started", at=self.clock.now(), worker=self.id,
                                        queue=",".join(self.queues), message=f"{self.slots} slots"))
@@ -178,10 +172,15 @@ class WorkerService:
                 await self._drain_running()
                 for t in background:
                     t.cancel()
+            self._tg = None
+            await self._settle_stray()
             await advisories.unsubscribe()  # type: ignore[attr-defined]
-            await self._deregister(conn)
+            await self.beat.remove()
             self.events.emit(Event(kind="worker.stopped", at=self.clock.now(), worker=self.id))
         finally:
+            self._tg = None
+            for t in self._stray:
+                t.cancel()
             for p in self.pullers:
                 await p.stop()
             if self.events is not None:
@@ -202,12 +201,6 @@ class WorkerService:
             free = min(free, self.sync.size - self.sync_held - self.sync.stuck - outstanding)
         return free
 
-    def _classify(self, run: Running, is_sync: bool) -> None:
-        if run.sync and not is_sync:
-            run.sync = False
-            self.sync_held -= 1
-            self._wake.set()
-
     def _on_block(self) -> None:
         """From the watchdog thread: no delivery takes the unchecked fast path until the service
         clears this, 2 x ack_wait after the loop runs again (a bool store is atomic)."""
@@ -226,69 +219,53 @@ class WorkerService:
             return []
         return [(r.job_id, r.msg.reply, r.deadline) for r in runs if r.msg.reply]
 
-    async def _task_absent_for(self, task: str, queue: str) -> float:
-        """Seconds no live worker serving ``queue`` has registered ``task`` (0: one has it now).
+    # --- the executor's Host ----------------------------------------------------------------
+    def classify(self, run: Running, is_sync: bool) -> None:
+        if run.sync and not is_sync:
+            run.sync = False
+            self.sync_held -= 1
+            self._wake.set()
 
-        Live: its heartbeat entry changed within three heartbeat intervals (seen from here, so no
-        clock is compared across hosts), or was first seen less than that ago (so a worker just
-        started never calls a peer dead early), and it is not draining."""
-        await self._read_peers()
-        now = self.clock.monotonic()
-        live_window = 3 * self.settings.worker.heartbeat_interval + 2.0
-        key = (task, queue)
-        for hb, _rev, seen in self._peers.values():
-            if now - seen <= live_window and hb.state == "running" and queue in hb.queues and task in hb.tasks:
-                self._task_seen[key] = now
-                return 0.0
-        since = max(self._task_seen.get(key, -math.inf), self._peers_since)
-        return max(0.0, now - since)
+    async def task_absent_for(self, task: str, queue: str) -> float:
+        assert self.peers is not None
+        return await self.peers.task_absent_for(task, queue)
 
-    async def _read_peers(self) -> None:
-        async with self._peers_lock:
-            now = self.clock.monotonic()
-            if now - self._peers_read < min(1.0, self.settings.worker.heartbeat_interval):
-                return
-            self._peers_read = now
-            if self._peers_since == math.inf:
-                self._peers_since = now
-            try:
-                kv = await self.conn.kv(self.conn.names.workers_bucket)
-                entries = await KVStore(kv, self.conn.publisher, self.conn.names.workers_bucket).entries()
-            except Exception as exc:  # unknown peers count as alive: nothing is discarded meanwhile
-                (log.debug if self._peers_failed else log.warning)(
-                    "cannot read worker heartbeats (jobs of tasks not served here are handed back, never "
-                    "discarded, until it can): %s", exc)
-                self._peers_failed = True
-                self._task_seen = {k: now for k in self._task_seen}
-                return
-            peers: dict[str, tuple[WorkerHeartbeat, int, float]] = {}
-            for e in entries:
-                try:
-                    hb = codec.decode(e.value or b"", WorkerHeartbeat)
-                except ChronosError:
-                    continue
-                if hb.id == self.id:
-                    continue
-                old = self._peers.get(hb.id)
-                seen = old[2] if old is not None and old[1] == e.revision else now
-                peers[hb.id] = (hb, e.revision, seen)
-            self._peers = peers
+    def pending_cancel(self, job_id: str, gen: int) -> str | None:
+        assert self.cancels is not None
+        return self.cancels.take(job_id, gen)
 
-    def _take_cancel(self, job_id: str, gen: int) -> str | None:
-        found = self._pending_cancels.get(job_id)
-        if found is None or found[0] != gen:
-            return None
-        del self._pending_cancels[job_id]
-        return found[1]
-
-    def _adjust_weight(self, run: Running, weight: int) -> None:
+    def adjust_weight(self, run: Running, weight: int) -> None:
         self.used += weight - run.weight
         run.weight = weight
         if self.used > self.peak_used:
             self.peak_used = self.used
 
-    def _is_running_here(self, job_id: str) -> bool:
+    def is_running_here(self, job_id: str) -> bool:
         return any(r.job_id == job_id for r in self.running.values())
+
+    def released(self, run: Running) -> None:
+        if self.running.pop(run.key, None) is not None:
+            self.used -= run.weight
+            if run.sync:
+                self.sync_held -= 1
+            self._wake.set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        tg = self._tg
+        if tg is not None:
+            try:
+                tg.create_task(coro)
+                return
+            except RuntimeError:  # the group is closing (rare; a commit that failed)
+                pass
+        # Beside the group, still owned: run() awaits these before it returns.
+        task = asyncio.get_running_loop().create_task(coro)
+        self._stray.add(task)
+        task.add_done_callback(self._stray.discard)
+
+    async def _settle_stray(self) -> None:
+        while self._stray:
+            await asyncio.gather(*list(self._stray), return_exceptions=True)
 
     # --- fetching --------------------------------------------------------------------------
     def _order(self, round_no: int) -> list[Puller]:
@@ -323,9 +300,7 @@ class WorkerService:
                     if p.busy:
                         continue
                     await p.request(free, no_wait=True, expires=5.0)
-                    try:
-                        await asyncio.wait_for(p.request_done.wait(), 7.0)
-                    except asyncio.TimeoutError:
+                    if not await self.clock.wait(p.request_done, 7.0):
                         log.warning("no answer to a pull request on %s; is the server there?", p.consumer)
                     got += p.delivered
                     if p.delivered == 0 and not self.burst and standing_ok and self.free() > len(self.pullers):
@@ -352,10 +327,7 @@ class WorkerService:
             self._fetch_done.set()
 
     async def _wait_wake(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+        await self.clock.wait(self._wake, timeout)
         self._wake.clear()
 
     def _on_message(self, msg: Msg, puller: Puller) -> None:
@@ -363,7 +335,7 @@ class WorkerService:
         if tg is None or self._stopping.is_set():
             # Arrived after we stopped fetching: hand it straight back.
             assert self.executor is not None
-            asyncio.get_running_loop().create_task(self.executor.acks.nak(msg))
+            self.spawn(self.executor.acks.nak(msg))
             return
         now_mono = self.clock.monotonic()
         run = Running(msg=msg, job_id="", task="", weight=1, started_mono=now_mono,
@@ -380,9 +352,9 @@ class WorkerService:
         try:
             run.runner = tg.create_task(self._execute(run))
         except RuntimeError:  # the task group is shutting down: hand the job back
-            self._release(run)
+            self.released(run)
             assert self.executor is not None
-            asyncio.get_running_loop().create_task(self.executor.acks.nak(msg))
+            self.spawn(self.executor.acks.nak(msg))
 
     async def _execute(self, run: Running) -> None:
         assert self.executor is not None
@@ -391,23 +363,7 @@ class WorkerService:
             in_flight = await self.executor.execute(run)
         finally:
             if not in_flight:  # otherwise its PubAck callback releases it
-                self._release(run)
-
-    def _release(self, run: Running) -> None:
-        if self.running.pop(run.key, None) is not None:
-            self.used -= run.weight
-            if run.sync:
-                self.sync_held -= 1
-            self._wake.set()
-
-    def _spawn(self, coro: Any) -> None:
-        tg = self._tg
-        try:
-            if tg is None:
-                raise RuntimeError("no task group")
-            tg.create_task(coro)
-        except RuntimeError:  # the group is closing: run it beside it (rare; a commit that failed)
-            asyncio.get_running_loop().create_task(coro)
+                self.released(run)
 
     # --- shutdown ------------------------------------------------------------------------------
     async def _drain_running(self) -> None:
@@ -438,9 +394,9 @@ class WorkerService:
         assert tg is not None
         wd = self.watchdog
         while True:
-            await asyncio.sleep(0.05)
+            await self.clock.sleep(0.05)
+            raise_if_cancelling()
             if wd is not None:
-                wd.beat = time.monotonic()  # the watchdog thread's sign that the loop runs
                 self.executor.suspect = wd.recently_blocked(2 * self.settings.worker.ack_wait)
             now = self.clock.monotonic()
             for run in list(self.running.values()):
@@ -469,22 +425,6 @@ class WorkerService:
             state="draining" if self._stopping.is_set() else "running",
         )
 
-    async def _heartbeat_loop(self, conn: Connection) -> None:
-        subject = conn.names.kv_subject(conn.names.workers_bucket, self.id)
-        while True:
-            try:
-                await conn.publisher.request(subject, codec.encode(self.heartbeat()))
-            except Exception as exc:  # a missed heartbeat is logged, never fatal
-                log.warning("heartbeat failed: %s", exc)
-            await asyncio.sleep(self.settings.worker.heartbeat_interval)
-
-    async def _deregister(self, conn: Connection) -> None:
-        try:
-            kv = await conn.kv(conn.names.workers_bucket)
-            await kv.delete(self.id)  # a marker, not a purge: buckets refuse rollups
-        except Exception as exc:  # the heartbeat's TTL removes it anyway
-            log.debug("heartbeat removal failed: %s", exc)
-
     async def _register_tasks(self, conn: Connection) -> None:
         now = self.clock.now()
         futs = []
@@ -494,47 +434,6 @@ class WorkerService:
             futs.append(await conn.publisher.publish(conn.names.kv_subject(conn.names.tasks_bucket, name), data))
         for f in futs:
             await conn.publisher.wait(f)
-
-    async def _load_cancels(self, ops: JobOps) -> None:
-        control = await ops.control()
-        for entry in await control.entries("cancel.>"):
-            try:
-                req = codec.decode(entry.value or b"", CancelRequest)
-            except ChronosError:
-                continue
-            self._remember_cancel(req)
-
-    def _remember_cancel(self, req: CancelRequest) -> None:
-        # Not running here (yet): remember it so a delivery of this job is skipped, boundedly.
-        self._pending_cancels[req.job_id] = (req.gen, req.reason)
-        while len(self._pending_cancels) > 100_000:
-            self._pending_cancels.pop(next(iter(self._pending_cancels)))
-
-    async def _cancel_watch(self, ops: JobOps) -> None:
-        """Operator cancels of running jobs: signal the task, hard-stop it after the grace."""
-        control = await ops.control()
-        # include_existing: cancels written before this worker started must be known too.
-        async for entry in control.watch("cancel.>", include_existing=True):
-            if entry.value is None:
-                continue
-            try:
-                req = codec.decode(entry.value, CancelRequest)
-            except ChronosError:
-                continue
-            for run in list(self.running.values()):
-                if run.job_id == req.job_id and run.gen == req.gen:
-                    self._signal_cancel(run, req.reason)
-                    break
-            else:
-                self._remember_cancel(req)
-
-    def _signal_cancel(self, run: Running, reason: str) -> None:
-        if run.ctx is not None:
-            run.ctx.cancel_reason = reason
-            run.ctx.cancel_requested.set()
-        assert self.executor is not None
-        # The sweeper hard-stops it after the grace; no timer task that outlives the job.
-        run.cancel_deadline = min(run.cancel_deadline, self.clock.monotonic() + self.executor.cancel_grace)
 
 
 async def run_worker(settings: Settings, registry: Registry | None = None, **kwargs: Any) -> WorkerService:

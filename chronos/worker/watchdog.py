@@ -4,12 +4,16 @@ An ``async def`` task that blocks the loop (``time.sleep``, CPU work) stops ever
 coroutine of the worker, including the in-progress acks that hold its jobs. Past
 ``ack_wait`` JetStream would hand those jobs to another worker while they still run
 here: a double run. This thread does not depend on the loop: the loop stamps
-``beat`` every 50 ms (the progress ticker); when the stamp is older than a quarter
+``beat`` every 50 ms (a timer of its own, started by ``start()``); when the stamp is older than a quarter
 of ``ack_wait`` the loop is called blocked, an error is logged, and the thread
 sends ``+WPI`` for every held job over a connection of its own (nats-py is not
 thread-safe, so it has its own event loop and client), until the loop runs again
 or a job passes its timeout (then it is let go: a blocked loop cannot enforce the
 timeout, and a job blocked forever must not be held forever).
+
+Real time, not the injected Clock, on purpose: what is measured is how long the real event
+loop did not run, and the thread has no loop of the worker's to sleep on. A test on a fake
+clock therefore still has a working watchdog.
 
 What it cannot cover: messages the server delivered into the socket while the loop
 was blocked are unknown to the worker until it runs again; when it does, deliveries
@@ -54,8 +58,17 @@ class LoopWatchdog:
         self._ready = threading.Event()
         self.error: BaseException | None = None
         self._let_go: set[str] = set()
+        self._stamper: asyncio.TimerHandle | None = None
+
+    def _stamp(self) -> None:
+        """On the worker's loop, every 50 ms: the sign that the loop runs."""
+        self.beat = time.monotonic()
+        if not self._stop.is_set():
+            self._stamper = asyncio.get_running_loop().call_later(0.05, self._stamp)
 
     def start(self, timeout: float = 10.0) -> None:
+        """Start the thread; called on the worker's loop, which it then watches."""
+        self._stamp()
         self._thread = threading.Thread(target=self._main, name="chronos-watchdog", daemon=True)
         self._thread.start()
         self._ready.wait(timeout)
@@ -64,6 +77,8 @@ class LoopWatchdog:
 
     def stop(self) -> None:
         self._stop.set()
+        if self._stamper is not None:
+            self._stamper.cancel()
         if self._thread is not None:
             self._thread.join(5.0)
 
