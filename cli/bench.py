@@ -206,3 +206,91 @@ def sync_submit(
         ("asyncio.run per call", f"p50 {result.asyncio_run_p50_ms:.1f} ms ({result.asyncio_run_calls} calls)"),
     ]
     out.console().print(out.key_values(rows))
+
+
+def _sizes(value: str, option: str) -> list[int]:
+    from ._parse import BadOption
+
+    try:
+        sizes = [int(v.replace("_", "")) for v in value.split(",") if v.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(n < 1 for n in sizes):
+        raise BadOption(option, f"{value!r} is not a comma-separated list of positive counts (100000,300000)")
+    return sizes
+
+
+@app.command("listing")
+def listing(
+    ctx: typer.Context,
+    records: Annotated[str, typer.Option("--records", help="Sizes of the jobs bucket, cumulative.")]
+    = "100000,300000,1000000",
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Calls per measured listing (median).")] = 5,
+    idle: Annotated[float, typer.Option("--idle", min=1, help="Seconds the idle scheduler's CPU is measured.")] = 20.0,
+    json_: JsonOpt = False,
+) -> None:
+    """Listing first page per filter, counts, index catch-up and the idle scheduler's CPU as the bucket grows."""
+    from chronos.bench.listing import FILTERS, run_listing
+
+    st = state(ctx)
+    result = run_async(st, run_listing(_sizes(records, "--records"), repeat=repeat, idle=idle))
+    if wants_json(ctx, json_):
+        out.print_json(result)
+        return
+    t = out.table("RECORDS", *(k.upper() for k in FILTERS), "PAGE 2", "COUNTS", "CLIENT KB", "IDLE CPU",
+                  "SCHED RSS", "INDEX ROWS/S")
+    for p in result.points:
+        t.add_row(f"{p.records:,}", *(f"{p.first_page_ms[k]:.0f} ms" for k in FILTERS), f"{p.second_page_ms:.0f} ms",
+                  f"{p.counts_ms:.0f} ms", f"{p.client_peak_kb:.0f}", f"{p.idle_cpu_percent:.1f} %",
+                  f"{p.scheduler_rss_mb:.0f} MB", f"{p.index_rows_per_s:,.0f}")
+    out.print_table(t)
+    if result.archiver_events_per_s is not None:
+        typer.echo(f"archiver ingest (terminal events, KV read per event): {result.archiver_events_per_s:,.0f} events/s")
+
+
+@app.command("schedules")
+def schedules(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option("--n", min=1, help="Idle schedules (each fires once a day).")] = 10000,
+    idle: Annotated[float, typer.Option("--idle", min=1, help="Seconds the idle scheduler's CPU is measured.")] = 20.0,
+    delayed: Annotated[int, typer.Option("--delayed", min=1, help="Delayed jobs for the precision check.")] = 500,
+    json_: JsonOpt = False,
+) -> None:
+    """Idle scheduler CPU, per-second fire lateness and delayed-job precision with 0 and N schedules."""
+    from chronos.bench.schedules import run_schedules
+
+    st = state(ctx)
+    result = run_async(st, run_schedules(n, idle=idle, delayed=delayed))
+    if wants_json(ctx, json_):
+        out.print_json(result)
+        return
+    t = out.table("SCHEDULES", "IDLE CPU", "RSS", "FIRE P50", "FIRE MAX", "DELAYED P50", "DELAYED P99", "DELAYED MAX")
+    for p in result.points:
+        t.add_row(f"{p.schedules:,}", f"{p.idle_cpu_percent:.1f} %", f"{p.scheduler_rss_mb:.0f} MB",
+                  f"{p.fire_p50_ms:.1f} ms", f"{p.fire_max_ms:.1f} ms", f"{p.delayed_p50_ms:.1f} ms",
+                  f"{p.delayed_p99_ms:.1f} ms", f"{p.delayed_max_ms:.1f} ms")
+    out.print_table(t)
+
+
+@app.command("history")
+def history(
+    ctx: typer.Context,
+    rows: Annotated[int, typer.Option("--rows", min=1000, help="Archived rows to query.")] = 10_000_000,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Runs per query (median).")] = 5,
+    archive: Annotated[str | None, typer.Option("--archive", help="Reuse (or keep) this archive file.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """History queries (task, state, time, error text) on an archive of ROWS finished jobs."""
+    from chronos.bench.history import run_history
+
+    st = state(ctx)
+    result = run_async(st, run_history(rows, repeat=repeat, path=archive))
+    if wants_json(ctx, json_):
+        out.print_json(result)
+        return
+    typer.echo(f"{result.rows:,} rows, built in {result.build_seconds:.0f} s, {result.file_mb:,.0f} MB")
+    t = out.table("QUERY", "ROWS", "MEDIAN", "MAX", "END TO END")
+    for q in result.queries:
+        t.add_row(q.query, str(q.rows), f"{q.median_ms:.1f} ms", f"{q.max_ms:.1f} ms",
+                  "" if q.end_to_end_ms is None else f"{q.end_to_end_ms:.1f} ms")
+    out.print_table(t)
