@@ -56,6 +56,7 @@ class FakeClock:
         self._now = start
         self._mono = 0.0
         self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+        self._registered: asyncio.Event | None = None  # set whenever a sleep or wait begins
 
     def now(self) -> float:
         return self._now
@@ -65,15 +66,20 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self._mono + max(0.0, seconds), fut))
+        self._add((self._mono + max(0.0, seconds), fut))
         await fut
+
+    def _add(self, entry: tuple[float, asyncio.Future[None]]) -> None:
+        self._sleepers.append(entry)
+        if self._registered is not None:
+            self._registered.set()
 
     async def wait(self, event: asyncio.Event, timeout: float) -> bool:
         if event.is_set():
             return True
         timer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (self._mono + max(0.0, timeout), timer)
-        self._sleepers.append(entry)
+        self._add(entry)
         waiter = asyncio.ensure_future(event.wait())  # a test clock: a task per wait is fine
         try:
             await asyncio.wait((timer, waiter), return_when=asyncio.FIRST_COMPLETED)
@@ -87,6 +93,15 @@ class FakeClock:
     def sleepers(self) -> int:
         """How many sleeps and waits are pending: a test advances once the code under test waits."""
         return sum(1 for _, fut in self._sleepers if not fut.done())
+
+    async def until_waiting(self, n: int = 1, timeout: float = 10.0) -> None:
+        """Return once at least ``n`` sleeps or waits are pending on this clock (real ``timeout``):
+        a test advances time only after the code under test has started waiting for it."""
+        async with asyncio.timeout(timeout):
+            while self.sleepers < n:
+                self._registered = self._registered or asyncio.Event()
+                self._registered.clear()
+                await self._registered.wait()
 
     def advance(self, seconds: float) -> None:
         self._now += seconds

@@ -200,9 +200,13 @@ class Stager:
 
     async def _load_step(self, last_rescan: float) -> float:
         wm = self._horizon_minute()
-        for minute in range(self._watermark + 1, wm + 1):
-            await self._scan(minute)
-            raise_if_cancelling()
+        if wm > self._watermark:
+            # Only minutes that hold anything: an empty one costs a fetch timeout, and a clock that
+            # jumps (a fake one, a long pause) brings many minutes into the horizon at once.
+            for minute in await self._minutes_present():
+                if self._watermark < minute <= wm:
+                    await self._scan(minute)
+                    raise_if_cancelling()
         self._watermark = max(self._watermark, wm)
         if self._done:
             # Handled jobs whose parked message's sequence was unknown (came in live): delete them now.
