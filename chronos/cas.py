@@ -22,17 +22,22 @@ from .errors import ConflictError
 T = TypeVar("T")  # the stored value as read
 N = TypeVar("N")  # what decide asks to write
 R = TypeVar("R")  # what update returns
+V = TypeVar("V", covariant=True)  # what a Stop carries: one kind of R
 
 DEFAULT_ATTEMPTS = 5
 
 
-class Stop(Generic[R]):
+class Stop(Generic[V]):
     """A decision to write nothing; ``update`` returns ``value``."""
 
-    __slots__ = ("value",)
+    __slots__ = ("_value",)
 
-    def __init__(self, value: R) -> None:
-        self.value = value
+    def __init__(self, value: V) -> None:
+        self._value = value
+
+    @property
+    def value(self) -> V:
+        return self._value
 
 
 async def update(

@@ -411,7 +411,8 @@ class Stager:
             return _Promotion(new, True)
 
         try:
-            out = await cas.update(read, decide, write, seen=(parked, entry.rev), attempts=3,
+            seen: tuple[JobRecord | None, int] = (parked, entry.rev)
+            out = await cas.update(read, decide, write, seen=seen, attempts=3,
                                    what=f"job {parked.id}")
         except ConflictError:
             return None, False

@@ -203,7 +203,6 @@ class Executor:
         default_timeout: float,
         max_result_bytes: int,
         sync: SyncRunner,
-        cancel_grace: float = 5.0,
         unknown_task_after: float = 300.0,
         host: Host | None = None,
     ) -> None:
@@ -216,7 +215,6 @@ class Executor:
         self.default_timeout = default_timeout
         self.max_result_bytes = max_result_bytes
         self.sync = sync
-        self.cancel_grace = cancel_grace
         self.unknown_task_after = unknown_task_after
         self.handed_back = 0  # deliveries handed back because this worker lacks their task
         self.overlaps = 0  # runs found to have overlapped a redelivery of the same job
@@ -320,7 +318,7 @@ class Executor:
                 return cas.Stop("superseded")
             return self._running(rec, delivered)
 
-        async def write(new: JobRecord, rev: int) -> tuple[JobRecord, int]:
+        async def write(new: JobRecord, rev: int) -> tuple[JobRecord, int] | str:
             return new, await (await self.ops.write_nowait(new, rev))
 
         try:
@@ -413,7 +411,7 @@ class Executor:
                  "a live worker has it" if absent <= 0 else f"no live worker has it for {absent:.0f}s")
         await self.acks.nak(msg, delay)
 
-    def persist_running(self, run: Running) -> Awaitable[int | None]:
+    def persist_running(self, run: Running) -> Coroutine[Any, Any, int | None]:
         """The job outlived the deferral: write ``running`` now. None if the record moved
         (cancelled before it started, or another delivery runs it): then the call is interrupted.
 
@@ -651,7 +649,7 @@ class Executor:
             return transition(rec, JobState.DISCARDED, now, error=reason,
                               attempts=attempts if attempts is not None else rec.attempts)
 
-        async def write(new: JobRecord, rev: int) -> JobRecord:
+        async def write(new: JobRecord, rev: int) -> JobRecord | None:
             await (await self.ops.write_nowait(new, rev))
             return new
 

@@ -28,13 +28,14 @@ class Heartbeat:
     """Writes this worker's heartbeat; ``run()`` until cancelled, ``remove()`` at the end."""
 
     def __init__(self, conn: Connection, worker_id: str, interval: float, clock: Clock,
-                 snapshot: Callable[[], WorkerHeartbeat]) -> None:
+                 snapshot: Callable[[], WorkerHeartbeat], on_sent: Callable[[], None] = lambda: None) -> None:
         self.conn = conn
         self.worker_id = worker_id
         self.interval = interval
         self.clock = clock
         self.snapshot = snapshot
-        self.sent = 0  # heartbeats written, for tests to wait on
+        self.sent = 0  # heartbeats written
+        self.on_sent = on_sent
 
     async def run(self) -> None:
         subject = self.conn.names.kv_subject(self.conn.names.workers_bucket, self.worker_id)
@@ -42,6 +43,7 @@ class Heartbeat:
             try:
                 await self.conn.publisher.request(subject, codec.encode(self.snapshot()))
                 self.sent += 1
+                self.on_sent()
             except Exception as exc:  # a missed heartbeat is logged, never fatal
                 log.warning("heartbeat failed: %s", exc)
             raise_if_cancelling()

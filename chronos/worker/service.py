@@ -36,7 +36,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from nats.aio.msg import Msg
@@ -61,6 +61,35 @@ from .sync_exec import SyncRunner
 from .watchdog import LoopWatchdog
 
 log = logging.getLogger(__name__)
+
+
+class Changes:
+    """A count of the service's state changes (a job released, a heartbeat sent, a thread freed)
+    that anyone may wait on with a predicate: unlike an event pulsed set-then-clear, a change
+    that lands before the wait begins is never missed, because the predicate is checked first."""
+
+    __slots__ = ("count", "_waiters")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def bump(self) -> None:
+        self.count += 1
+        if self._waiters:
+            for fut in self._waiters:
+                if not fut.done():
+                    fut.set_result(None)
+            self._waiters.clear()
+
+    async def until(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Return once ``predicate()`` holds, checked now and after each change; TimeoutError after
+        ``timeout`` seconds of real time (a test's bound, not the service's clock)."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                fut = asyncio.get_running_loop().create_future()
+                self._waiters.append(fut)
+                await fut
 
 
 class WorkerService:
@@ -90,6 +119,7 @@ class WorkerService:
         self.used = 0
         self.peak_used = 0  # the most slots held at once: what the heartbeat reports as slots_peak
         self._wake = asyncio.Event()
+        self.changed = Changes()
         self._stopping = asyncio.Event()
         self._fetch_done = asyncio.Event()
         self.ready = asyncio.Event()
@@ -125,7 +155,7 @@ class WorkerService:
             self._conn = await connect(self.settings, name=f"chronos-worker-{self.id}")
         conn = self._conn
         w = self.settings.worker
-        self.sync = SyncRunner(w.sync_executor, w.thread_pool_size, self.clock, on_free=self._wake.set,
+        self.sync = SyncRunner(w.sync_executor, w.thread_pool_size, self.clock, on_free=self._on_sync_free,
                                preload=[d.fn.__module__ for d in map(self.registry.get, self.registry.names())
                                         if d and not d.is_async])
         try:
@@ -139,12 +169,13 @@ class WorkerService:
                 self.events.bus.subscribe(log_event)
             self.peers = Peers(conn, self.id, w.heartbeat_interval, self.clock)
             self.cancels = CancelWatch(ops, self.clock, w.cancel_grace, lambda: list(self.running.values()))
-            self.beat = Heartbeat(conn, self.id, w.heartbeat_interval, self.clock, self.heartbeat)
+            self.beat = Heartbeat(conn, self.id, w.heartbeat_interval, self.clock, self.heartbeat,
+                                  on_sent=self.changed.bump)
             self.executor = Executor(
                 ops=ops, registry=self.registry, events=self.events, clock=self.clock, worker_id=self.id,
                 default_timeout=self.settings.jobs.default_timeout,
                 max_result_bytes=self.settings.jobs.max_result_bytes, sync=self.sync,
-                unknown_task_after=w.unknown_task_after, cancel_grace=w.cancel_grace, host=self,
+                unknown_task_after=w.unknown_task_after, host=self,
             )
             if w.loop_watchdog:
                 self.watchdog = LoopWatchdog(self.settings, self._held, name=self.id, on_block=self._on_block)
@@ -249,6 +280,11 @@ class WorkerService:
             if run.sync:
                 self.sync_held -= 1
             self._wake.set()
+            self.changed.bump()
+
+    def _on_sync_free(self) -> None:
+        self._wake.set()
+        self.changed.bump()
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         tg = self._tg

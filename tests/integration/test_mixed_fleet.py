@@ -82,11 +82,7 @@ async def test_a_job_waits_for_a_worker_that_starts_within_the_bound(client, set
     await client.register_tasks(["other", "late.task"])
     job = await client.submit("late.task", [1], max_attempts=1)
 
-    async def handed_back():
-        while first.service.executor.handed_back == 0:
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(handed_back(), 15)
+    await first.service.changed.until(lambda: first.service.executor.handed_back > 0, 15)
     assert (await client.get(job)).state == JobState.AVAILABLE
     await start_worker(registry(["late.task"], ran, "late"), s)
     rec = await client.wait(job, timeout=40)

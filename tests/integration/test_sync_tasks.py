@@ -73,7 +73,7 @@ async def test_a_full_pool_never_times_out_a_job_that_has_not_started(client, se
     spans.sort()
     assert all(b[0] >= a[1] for a, b in zip(spans, spans[1:])), "one thread: runs never overlap"
     # A slot is released when the worker reads the completed write's PubAck, after the record says so.
-    await wait_until(lambda: handle.service.sync_held == 0, 10, "the sync slots to be released")
+    await handle.service.changed.until(lambda: handle.service.sync_held == 0, 10)  # the sync slots released
 
 
 async def test_a_timed_out_thread_is_reported_and_keeps_its_slot(client, settings, start_worker):
@@ -114,7 +114,7 @@ async def test_cancel_of_a_running_thread_says_the_thread_still_runs(client, set
 
     reg.register(ignores_cancel, name="ignores_cancel")
     handle = await start_worker(reg, with_worker(settings, thread_pool_size=2))
-    handle.service.executor.cancel_grace = 0.2
+    handle.service.cancels.grace = 0.2
     job = await client.submit("ignores_cancel", max_attempts=1)
     await wait_until(started.is_set, 15, "the thread to start")
     await wait_for_state(client, job, "running")
@@ -124,11 +124,7 @@ async def test_cancel_of_a_running_thread_says_the_thread_still_runs(client, set
     assert rec.error == "stop it; the thread could not be stopped and may still be running"
     assert handle.service.sync.stuck == 1
 
-    async def thread_done():
-        while handle.service.sync.stuck:
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(thread_done(), 10)
+    await handle.service.changed.until(lambda: not handle.service.sync.stuck, 10)  # the thread returned
 
 
 async def test_the_process_executor_kills_a_timed_out_task(client, settings, start_worker, tmp_path):
@@ -151,7 +147,7 @@ async def test_the_process_executor_runs_and_cancels(client, settings, start_wor
     reg = Registry()
     reg.register(write_pid_then_sleep, name="write_pid_then_sleep")
     handle = await start_worker(reg, with_worker(settings, sync_executor="process", thread_pool_size=2))
-    handle.service.executor.cancel_grace = 0.2
+    handle.service.cancels.grace = 0.2
     quick = await client.submit("write_pid_then_sleep", [str(tmp_path / "quick"), 0.0], max_attempts=1)
     rec = await client.wait(quick, timeout=30)
     assert rec.state == JobState.COMPLETED and rec.result == "slept"

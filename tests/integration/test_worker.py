@@ -164,7 +164,7 @@ async def test_cancel_pending_job_never_runs(client, start_worker):
 async def test_cancel_running_job(client, start_worker):
     reg, seen = registry()
     handle = await start_worker(reg)
-    handle.service.executor.cancel_grace = 0.2
+    handle.service.cancels.grace = 0.2
     job = await client.submit("blocks_until_released", max_attempts=3)
     await asyncio.wait_for(seen["started"].wait(), 15)
     await wait_for_state(client, job, "running")
@@ -290,13 +290,8 @@ async def test_priorities_are_served_in_order(client, settings, start_worker):
     await client.register_tasks(["record"])
     for prio in ("low", "default", "high", "critical"):
         await client.submit("record", [prio], priority=prio)
-    await start_worker(reg, concurrency=1)
-
-    async def all_done():
-        while len(order) < 4:
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(all_done(), 15)
+    handle = await start_worker(reg, concurrency=1)
+    await handle.service.changed.until(lambda: len(order) >= 4, 15)
     assert order == ["critical", "high", "default", "low"]
 
 
@@ -317,14 +312,8 @@ async def test_worker_heartbeat_is_visible(client, start_worker):
     reg, seen = registry()
     handle = await start_worker(reg)
 
-    async def find():
-        while True:
-            workers = await client.workers()
-            if workers:
-                return workers
-            await asyncio.sleep(0.05)
-
-    workers = await asyncio.wait_for(find(), 10)
+    await handle.service.changed.until(lambda: handle.service.beat is not None and handle.service.beat.sent > 0, 10)
+    workers = await client.workers()  # the heartbeat's write was acknowledged: it is there
     assert workers[0].id == handle.service.id
     assert workers[0].slots_total == handle.service.slots
     assert "ok" in workers[0].tasks
@@ -371,9 +360,6 @@ async def test_a_record_that_moved_under_a_finished_job_keeps_its_state(client, 
     assert (await client.wait(marker, timeout=15)).state == JobState.COMPLETED
     assert (await client.get(job)).state == JobState.CANCELLED
     service = handle.service
-    for _ in range(100):
-        if not service.running:
-            break
-        await asyncio.sleep(0.05)
+    await service.changed.until(lambda: not service.running, 5)
     assert not service.running and service.used == 0
     assert service.executor.processed == 1  # the marker; the cancelled job's outcome was dropped
