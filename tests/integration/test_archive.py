@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from chronos import Registry, codec
-from chronos.archive import ArchiveDB, HistoryQuery, NoArchiveError
+from chronos.archive import ArchiveDB, HistoryQuery, NoArchiveError, history_cursor
 from chronos.errors import ValidationError
 from chronos.models import Event, EventBatch
 from chronos.states import JobState
@@ -210,3 +210,96 @@ async def test_history_merges_every_nodes_archive(client, start_scheduler, tmp_p
     for _ in range(4):  # with one answering node per request, half of these would miss a job
         assert [r.id for r in await client.history(task="t.merge")] == ["only-b", "only-a"]
     assert [r.id for r in await client.history(task="t.merge", limit=1)] == ["only-b"]
+
+
+# --- indexes, text search, cursor, retention (issue 15) ------------------------------------------------
+
+
+def _done_record(job_id: str, at: float, *, task: str = "t", error: str | None = None, traceback: str | None = None):  # type: ignore[no-untyped-def]
+    from chronos.jobs import new_record
+    from chronos.models import Attempt, JobSpec
+    from chronos.states import transition
+
+    rec = new_record(job_id, JobSpec(task=task), at - 1, JobState.AVAILABLE)
+    running = transition(rec, JobState.RUNNING, at - 0.5)
+    attempts = [Attempt(number=1, started_at=at - 0.5, ended_at=at, outcome="error", error=error,
+                        traceback=traceback)]
+    state = JobState.DISCARDED if error else JobState.COMPLETED
+    return transition(running, state, at, attempts=attempts, error=error)
+
+
+async def test_text_search_uses_the_index_and_keeps_substring_semantics(tmp_path):
+    db = await ArchiveDB(tmp_path / "fts.sqlite3", "ns").open()
+    try:
+        rows = [_done_record(f"j{i}", 1000.0 + i, error=f"KeyError: 'user_{i}'" if i % 2 else None,
+                          traceback=f'File "x.py", line {i}\nKeyError' if i % 2 else None) for i in range(40)]
+        rows.append(_done_record("quoted", 2000.0, error='ValueError: say "hi" 50%_done'))
+        await db.add(rows)
+        plan = await (await db.db.execute(
+            "EXPLAIN QUERY PLAN SELECT rowid FROM jobs_fts WHERE jobs_fts MATCH ?", ('"user_7"',))).fetchall()
+        assert any("VIRTUAL TABLE INDEX" in str(r) for r in plan)  # the trigram index, not a scan
+        assert [r.id for r in await db.query(HistoryQuery(text="USER_7'"))] == ["j7"]  # case-insensitive
+        assert {r.id for r in await db.query(HistoryQuery(text="line 3"))} == {"j3", "j31", "j33", "j35", "j37", "j39"}
+        assert [r.id for r in await db.query(HistoryQuery(text='"hi" 50%_'))] == ["quoted"]  # quotes, % and _
+        assert [r.id for r in await db.query(HistoryQuery(text="hi"))] == ["quoted"]  # under 3 characters: LIKE
+        assert await db.query(HistoryQuery(text="user_8")) == []  # even jobs have no error
+        # Newest finished first, and the cursor pages through without a gap or a repeat.
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await db.query(HistoryQuery(text="KeyError", limit=7, cursor=cursor))
+            seen += [r.id for r in page]
+            cursor = history_cursor(page, 7)
+            if cursor is None:
+                break
+        assert seen == [f"j{i}" for i in range(39, 0, -2)]
+        # Replaced (a retried job finished again): the text index follows the row.
+        await db.add([_done_record("j7", 3000.0, error="TimeoutError: slow")])
+        assert await db.query(HistoryQuery(text="user_7'")) == []
+        assert [r.id for r in await db.query(HistoryQuery(text="slow"))] == ["j7"]
+        # Retention: rows finished before the cutoff go, from the text index too.
+        assert await db.expire(1020.0) == 19  # j0..j19, but j7 finished again later
+        assert await db.count() == 22
+        assert {r.id for r in await db.query(HistoryQuery(text="KeyError"))} == {f"j{i}" for i in range(21, 40, 2)}
+    finally:
+        await db.close()
+
+
+async def test_an_archive_made_before_the_text_index_gets_one(tmp_path):
+    import aiosqlite
+
+    path = tmp_path / "old.sqlite3"
+    db = await ArchiveDB(path, "ns").open()
+    await db.add([_done_record("a", 10.0, error="OSError: disk full"), _done_record("b", 11.0)])
+    await db.close()
+    async with aiosqlite.connect(path) as raw:  # as an older chronos left it: no FTS table, no triggers
+        for name in ("jobs_fts_ins", "jobs_fts_del", "jobs_fts_upd"):
+            await raw.execute(f"DROP TRIGGER {name}")
+        await raw.execute("DROP TABLE jobs_fts")
+        await raw.commit()
+    db = await ArchiveDB(path, "ns").open()
+    try:
+        assert [r.id for r in await db.query(HistoryQuery(text="disk full"))] == ["a"]
+    finally:
+        await db.close()
+
+
+async def test_history_pages_with_the_cursor_through_nats(client, start_worker, start_scheduler, tmp_path):  # noqa: F811
+    await start_worker(registry())
+    sched = await start_scheduler(lead=False, archive_path=str(tmp_path / "p.sqlite3"))
+    ids = [await client.submit("a.ok", [i]) for i in range(7)]
+    for i in ids:
+        assert (await client.wait(i, 15)).state == JobState.COMPLETED
+    await until_archived(sched, lambda n: n >= 7)
+    everything = [r.id for r in await client.history()]
+    pages: list[str] = []
+    cursor = None
+    while True:
+        page = await client.history(limit=3, cursor=cursor)
+        pages += [r.id for r in page]
+        cursor = history_cursor(page, 3)
+        if cursor is None:
+            break
+    assert pages == everything and sorted(pages) == sorted(ids)
+    with pytest.raises(ValidationError, match="cursor"):
+        await client.history(cursor="yesterday")
