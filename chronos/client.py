@@ -831,9 +831,12 @@ class Client:
         doomed = await self.dlq_sequences(entry.job_id)
         rec = await self.ops.read_or_none(entry.job_id)
         if rec is None:
-            # The record was pruned: bring the job back under its id.
-            rec = new_record(entry.job_id, entry.spec, self.clock.now(), JobState.AVAILABLE, gen=2)
-            rev = await (await self.ops.create_nowait(rec))
+            # The record was pruned: bring the job back under its id, with the signature the entry
+            # kept and never a new one (workers write DLQ entries: signing here would turn a
+            # forged entry into a job this console vouches for).
+            rec = new_record(entry.job_id, entry.spec, self.clock.now(), JobState.AVAILABLE, gen=2,
+                             auth=entry.auth)
+            rev = await (await self.ops.create_nowait(rec, sign=False))
             await self.ops.publish_work(rec, rev)
         elif rec.state not in TERMINAL:
             raise ConflictError(f"job {entry.job_id} is {rec.state} already; not replaying")

@@ -143,6 +143,9 @@ def role_permissions(names: Names, users: Mapping[str, str] | None = None) -> di
         # Bucket scans name their consumer (scheduler/_scan.py); the bucket's consumer_limits
         # still expire it, durable or not, after _EPHEMERAL_IDLE without interest.
         *(f"$JS.API.CONSUMER.CREATE.{n.kv_stream(b)}.*.>" for b in _buckets(n)),
+        # The stager's scan of one minute of parked jobs: nats-py names a filtered consumer
+        # (seven tokens); the delayed stream's consumer_limits expire it like the bucket scans.
+        f"$JS.API.CONSUMER.CREATE.{n.delayed_stream}.*.>",
         # The pruner deletes a pruned record's delete marker: one message per request, by sequence.
         f"$JS.API.STREAM.MSG.DELETE.{n.kv_stream(n.jobs_bucket)}",
         # History answers go to the asker's single-token inbox (never to its JetStream API inbox).

@@ -17,7 +17,7 @@ import pytest
 
 from chronos import codec
 from chronos.client import Client
-from chronos.models import JobAuth, JobRecord, JobSpec
+from chronos.models import DLQEntry, JobAuth, JobRecord, JobSpec
 from chronos.runtime import SchedulerMain, WorkerMain, run_service
 from chronos.signing import Signer, generate_keypair, parse_key, write_keypair
 from chronos.states import JobState
@@ -170,4 +170,26 @@ async def test_worker_cannot_publish_work_or_pending_markers(deployment):
 
     await wait_until(both_refused, 10, "the server to refuse both publishes")
     assert await console.ops.read_or_none("f0rged00000000000000000005") is None
+    assert ran == []
+
+
+async def test_forged_dlq_entry_replayed_by_an_operator_never_runs(deployment):
+    """A worker may write DLQ entries. One for a job with no record (as if pruned), carrying a spec
+    of its choosing: a replay must bring it back with the signature the entry had (none), never a
+    new one, so the worker refuses it."""
+    server, console, attacker, ran, _ = deployment
+    job_id = "f0rged00000000000000000006"
+    entry = DLQEntry(reason="attempts exhausted", at=time.time(), job_id=job_id,
+                     spec=JobSpec(task="sec.pwn", args=["touch /tmp/pwned"], queue="other"))
+    ack = await attacker.jetstream().publish(f"{NS}.dlq.other", codec.encode(entry),
+                                             headers={"Chronos-Job-Id": job_id})
+    assert ack.seq > 0
+    rec = await console.dlq_replay(job_id)
+    assert rec.auth is None  # not signed by the console's key
+
+    async def worker_refused() -> bool:
+        got = await console.ops.read_or_none(job_id)
+        return got is not None and got.state == JobState.DISCARDED and (got.error or "").startswith("refused:")
+
+    await wait_until(worker_refused, 20, "the worker to refuse the replayed forged job")
     assert ran == []
