@@ -132,7 +132,8 @@ def audited(action: str) -> Callable[[F], F]:
             if _ACTING.get():
                 return await fn(self, *args, **kwargs)
             target = str(_short(args[0])) if args else ""
-            detail = {k: _short(v) for k, v in kwargs.items()}
+            # Callables (a progress callback) say nothing about what was asked.
+            detail = {k: _short(v) for k, v in kwargs.items() if not callable(v)}
             if len(args) > 1:
                 detail["args"] = [_short(a) for a in args[1:]]
             await record(self.conn, action, target, **detail)
