@@ -6,6 +6,8 @@ import math
 import time
 from typing import Annotated, Any, Optional
 
+import logging
+
 import typer
 
 from chronos.client import Client
@@ -17,6 +19,8 @@ from chronos.subjects import PRIORITIES
 from . import _output as out
 from ._parse import BadOption, is_job_id, parse_duration, parse_json, parse_pairs, parse_time
 from ._shared import JsonOpt, StateConflict, run_client, state, wants_json
+
+log = logging.getLogger(__name__)
 
 app = typer.Typer(help="List, inspect, cancel and retry jobs.", no_args_is_help=True)
 
@@ -92,6 +96,7 @@ def submit(
             task, payload, queue=queue, priority=priority, run_at=run_at, delay=delay,
             max_attempts=max_attempts, timeout=timeout_s, unique_key=unique, tags=tag or (),
         )
+        await _warn_if_unserved(client, job_id)
         if not wait:
             return await client.get(job_id)
         if not as_json:
@@ -111,6 +116,22 @@ def submit(
     _print_submitted(rec, as_json, waited=wait)
     if wait and rec.state != JobState.COMPLETED:
         raise typer.Exit(1)
+
+
+async def _warn_if_unserved(client: Client, job_id: str) -> None:
+    """A job on a queue no live worker serves waits, silently, until one does: say so (stderr)."""
+    try:
+        rec = await client.get(job_id)
+        workers = await client.workers()
+    except Exception as exc:  # the warning is a courtesy; the job is submitted either way
+        log.debug("could not check the queue's workers: %s", exc)
+        return
+    if any(rec.spec.queue in w.queues for w in workers):
+        return
+    served = sorted({q for w in workers for q in w.queues})
+    typer.echo(f"warning: no live worker serves queue {rec.spec.queue!r}"
+               + (f" (served: {', '.join(served)})" if served else " (no worker is running)")
+               + "; the job waits until one does", err=True)
 
 
 def _parse_args(text: str) -> Any:

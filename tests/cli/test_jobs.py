@@ -156,3 +156,16 @@ def test_submit_wait_timeout(cli, worker):
     assert "cancel requested" in r.stdout
     wait_state(cli, job_id, "cancelled")
     assert job_state(cli, job_id) == "cancelled"
+
+
+def test_submit_to_a_queue_no_worker_serves_says_so(cli, register_tasks, worker):
+    """Issue 13: `--queue` that no worker serves used to wait forever, silently."""
+    register_tasks()
+    r = cli("submit", "t.add", "--args", "[1, 2]")
+    assert r.exit_code == 0 and "no worker is running" in r.stderr
+    worker()
+    r = cli("submit", "t.add", "--args", "[1, 2]", "--queue", "nowhere")
+    assert r.exit_code == 0, r.output
+    assert "warning: no live worker serves queue 'nowhere'" in r.stderr and "default" in r.stderr
+    r = cli("submit", "t.add", "--args", "[1, 2]")  # the fixture's worker serves `default`
+    assert r.exit_code == 0 and "warning" not in r.stderr
