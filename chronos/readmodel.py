@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -297,9 +298,14 @@ class JobIndex:
         self.caught_up = asyncio.Event()  # the stream was read to its end at least once
         self.applied_event = asyncio.Event()  # pulsed after each committed batch
         self._sub: Any = None
+        self._inbox = ""
+        self._consumer = ""
         self._buf: list[Any] = []
-        self._more = asyncio.Event()
-        self._probe_at = 0.0
+        self._done = asyncio.Event()
+        self._outstanding = 0
+        self._deadline = 0.0
+        self._idle = False
+        self._lost = False
         self.ingested = 0  # messages applied since start
         self.dropped = 0  # rows removed by reconcile (their delete was never seen)
         self.rebuilds = 0
@@ -369,51 +375,104 @@ class JobIndex:
             tg.create_task(self._reconcile_loop(), name="index-reconcile")
             await self._follow()
 
-    async def _subscribe(self) -> Any:
-        # An ordered push consumer: nats-py hands each message to the callback without a timer per
-        # message (a pull fetch awaits each one with wait_for, which capped ingest near 2,000/s), and
-        # it re-creates the consumer from the next sequence by itself after a gap or a reconnect.
-        cfg = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=self.applied + 1)
-        return await self.conn.js.subscribe(self.prefix + ">", stream=self.stream, ordered_consumer=True,
-                                            config=cfg, cb=self._on_msg, inactive_threshold=300.0)
+    # --- following the stream -------------------------------------------------------------------------
+    # Raw pull requests (CONSUMER.MSG.NEXT) answered into a callback: at most one batch is in
+    # flight, so memory stays bounded when SQLite is slower than the server (a push consumer's
+    # flow control does not wait for our writes: its messages piled up and were dropped), and
+    # no timer per message (nats-py's fetch awaits each message with wait_for, about 2,000/s).
+
+    async def _subscribe(self) -> None:
+        """A new ephemeral consumer from the next sequence to apply, and the inbox for its batches."""
+        cfg = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.NONE,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.applied + 1,
+            filter_subject=self.prefix + ">",
+            inactive_threshold=60.0,
+            mem_storage=True,
+        )
+        info = await self.conn.js.add_consumer(self.stream, cfg)
+        self._consumer = info.name
+        if self._sub is None:
+            self._inbox = self.conn.nc.new_inbox()
+            self._sub = await self.conn.nc.subscribe(self._inbox, cb=self._on_msg)
+
+    async def _request(self) -> None:
+        self._outstanding = self.batch
+        self._done.clear()
+        self._deadline = time.monotonic() + self.fetch_wait + 2.0
+        body = json.dumps({"batch": self.batch, "expires": int(self.fetch_wait * 1e9)}).encode()
+        await self.conn.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self._consumer}", body,
+                                   reply=self._inbox)
 
     async def _on_msg(self, msg: Any) -> None:
+        headers = msg.headers
+        if headers and "Status" in headers and not msg.data:
+            status = headers.get("Status")
+            if status == "100":
+                return  # idle heartbeat
+            if status in ("404", "408"):
+                self._idle = True  # the request ended with nothing more to deliver
+            else:
+                log.debug("job index: pull ended with %s %s", status, headers.get("Description", ""))
+                self._lost = status == "409"  # e.g. the consumer was deleted
+            self._done.set()
+            return
         self._buf.append(msg)
-        if len(self._buf) >= self.batch:
-            self._more.set()
-            if len(self._buf) >= 8 * self.batch:
-                # SQLite is behind: stop taking messages; the server's flow control then pauses delivery.
-                self._room.clear()
-                await self._room.wait()
+        self._outstanding -= 1
+        if self._outstanding <= 0:
+            self._done.set()
 
     async def _follow(self) -> None:
         self._buf = []
-        self._more = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
-        self._sub = await self._subscribe()
+        await self._subscribe()
+        await self._request()
         try:
             while True:
                 try:
-                    await asyncio.wait_for(self._more.wait(), 0.05)
+                    await asyncio.wait_for(self._done.wait(), 0.05)
                 except TimeoutError:
                     pass
-                self._more.clear()
-                if not self._buf:
-                    if not self.caught_up.is_set() and time.monotonic() >= self._probe_at:
-                        # The stream may end on messages no consumer delivers (removed delete markers).
-                        self._probe_at = time.monotonic() + 0.5
-                        if await self._drained():
-                            self.caught_up.set()
-                    continue
-                msgs, self._buf = self._buf, []
-                self._room.set()
-                await self.apply(msgs)
-                if msgs[-1].metadata.num_pending == 0:
-                    self.caught_up.set()
+                _raise_if_cancelling()
+                ended = self._done.is_set()
+                idle, self._idle = self._idle, False
+                if ended:
+                    if self._lost or time.monotonic() > self._deadline:
+                        # No answer (a reconnect outlived the consumer): a new one from where we are.
+                        self._lost = False
+                        await self._apply_buffered()
+                        log.info("job index: consumer lost; resubscribing from sequence %d", self.applied + 1)
+                        await self._subscribe()
+                    else:
+                        # Ask for the next batch before writing this one: the network and SQLite overlap.
+                        msgs, self._buf = self._buf, []
+                        await self._request()
+                        await self._apply_msgs(msgs, idle)
+                        continue
+                    await self._request()
+                elif time.monotonic() > self._deadline:
+                    self._lost = True
+                    self._done.set()
+                else:
+                    # Mid-request: apply what came so far, so a few new records are listed at once.
+                    await self._apply_buffered()
         finally:
-            await _unsubscribe(self._sub)
-            self._sub = None
+            if self._sub is not None:
+                await _unsubscribe(self._sub)
+                self._sub = None
+
+    async def _apply_buffered(self) -> None:
+        if self._buf:
+            msgs, self._buf = self._buf, []
+            await self._apply_msgs(msgs, False)
+
+    async def _apply_msgs(self, msgs: list[Any], idle: bool) -> None:
+        if msgs:
+            await self.apply(msgs)
+            if msgs[-1].metadata.num_pending == 0:
+                self.caught_up.set()
+        elif idle:
+            self.caught_up.set()  # a request expired with nothing for us: we hold the whole stream
 
     async def apply(self, msgs: Sequence[Any]) -> None:
         """One fetched batch -> one transaction (rows, tags, the applied sequence)."""
@@ -538,18 +597,16 @@ class JobIndex:
         return dropped
 
     # --- queries ------------------------------------------------------------------------------------------
-    async def _drained(self) -> bool:
-        """Nothing pending for our consumer at the server, and all it delivered applied."""
-        sub = self._sub
-        if sub is None:
-            return False
+    async def _pending(self) -> tuple[int, int] | None:
+        """(messages pending at the server, last stream sequence delivered) of our consumer."""
+        if not self._consumer:
+            return None
         try:
-            info = await sub.consumer_info()
+            info = await self.conn.js.consumer_info(self.stream, self._consumer)
         except (nats.errors.Error, nats.js.errors.Error) as exc:
             log.debug("job index: consumer info failed: %s", exc)
-            return False
-        delivered = info.delivered.stream_seq if info.delivered else 0
-        return not info.num_pending and self.applied >= (delivered or 0)
+            return None
+        return int(info.num_pending or 0), int(info.delivered.stream_seq if info.delivered else 0)
 
     async def sync(self) -> None:
         """Wait until the index holds every write made before this call (bounded by ``sync_wait``).
@@ -560,22 +617,16 @@ class JobIndex:
         """
         deadline = time.monotonic() + self.sync_wait
         while True:
-            sub = self._sub
-            if sub is None:
+            state = await self._pending()
+            if state is None:
                 return
-            try:
-                info = await sub.consumer_info()
-            except (nats.errors.Error, nats.js.errors.Error) as exc:
-                log.debug("job index: consumer info for a sync failed: %s", exc)
-                return
-            delivered = info.delivered.stream_seq if info.delivered else 0
-            if not info.num_pending and self.applied >= (delivered or 0):
+            pending, delivered = state
+            if not pending and self.applied >= delivered and not self._buf:
                 return
             left = deadline - time.monotonic()
             if left <= 0:
-                log.debug("job index: answering with %s message(s) still to apply", info.num_pending)
+                log.debug("job index: answering with %d message(s) still to apply", pending)
                 return
-            self._more.set()  # apply what is buffered now
             try:
                 await asyncio.wait_for(self.applied_event.wait(), min(left, 0.02))
             except TimeoutError:

@@ -2,8 +2,8 @@
 
 An embedded nats-server; finished job records written straight into the jobs KV
 (pipelined publishes to ``$KV.<bucket>.<id>``, as a busy cluster's history would
-leave them: 20 tasks, 5 queues, 100 tags, 1 % discarded, finished over the last
-six days so nothing is past the retention). One scheduler process (its job index
+leave them: 20 tasks, 5 queues, 100 tags, 1 % discarded, created in order one
+every 0.4 s from six days ago, so nothing is past the retention). One scheduler process (its job index
 builds from the KV stream). At each size (cumulative: 100k, then 200k more, ...):
 
 * index catch-up: how long the index takes to hold the new records, and its rate;
@@ -48,7 +48,7 @@ FILTERS: dict[str, dict[str, Any]] = {
     "queue=q3": {"queue": "q3"},
     "task=bench.t7": {"task": "bench.t7"},
     "tag=tag42": {"tag": "tag42"},
-    "since 1d": {"since": -86400.0},  # relative: filled in at run time
+    "created in 1 h": {"since": 3600.0, "until": 7200.0},  # seconds after the first job: filled in at run time
     "failed (2 states)": {"states": ["retryable", "discarded"]},
 }
 
@@ -75,9 +75,13 @@ class ListingResult(msgspec.Struct):
                  "the listing's records are read from the KV, ids come from the index")
 
 
-def _record(i: int, now: float, rng: random.Random) -> JobRecord:
-    finished = now - rng.uniform(60, 6 * 86400)
-    created = finished - rng.uniform(0.01, 5)
+SPACING = 0.4  # seconds between two jobs' creation: a million jobs span 4.6 days, inside the retention
+
+
+def _record(i: int, base: float, rng: random.Random) -> JobRecord:
+    # Created in order (ids are time-ordered, as a real history's are), finished a few seconds later.
+    created = base + i * SPACING
+    finished = created + rng.uniform(0.01, 5)
     state = JobState.DISCARDED if i % 100 == 0 else JobState.COMPLETED
     spec = JobSpec(task=f"bench.t{i % 20}", args=[i], queue=f"q{i % 5}", tags=[f"tag{i % 100}"])
     attempt = Attempt(number=1, started_at=created, worker="bench", ended_at=finished,
@@ -88,14 +92,14 @@ def _record(i: int, now: float, rng: random.Random) -> JobRecord:
                      else None, error=attempt.error, worker="bench")
 
 
-async def fill(client: Client, start: int, n: int, now: float, rng: random.Random, window: int = 3000) -> list[str]:
+async def fill(client: Client, start: int, n: int, base: float, rng: random.Random, window: int = 3000) -> list[str]:
     """Write ``n`` finished records into the jobs KV with pipelined publishes; returns a sample of ids."""
     js = client.conn.js
     names = client.names
     sample: list[str] = []  # every 10th id (the archiver's ingest is measured on these)
     pending: list[asyncio.Future[Any]] = []
     for i in range(start, start + n):
-        rec = _record(i, now, rng)
+        rec = _record(i, base, rng)
         if i % 10 == 0 and len(sample) < 20000:
             sample.append(rec.id)
         pending.append(await js.publish_async(names.kv_subject(names.jobs_bucket, rec.id), codec.encode(rec)))
@@ -162,7 +166,7 @@ async def run_listing(records: list[int], *, repeat: int = 5, idle: float = 20.0
                       namespace: str = "benchlist") -> ListingResult:
     sizes = sorted(records)
     rng = random.Random(7)
-    now = time.time()
+    base = time.time() - 6 * 86400  # the first job's creation
     points: list[ListingPoint] = []
     archiver_rate: float | None = None
     with tempfile.TemporaryDirectory(prefix="chronos-bench-listing-") as tmp:
@@ -178,7 +182,7 @@ async def run_listing(records: list[int], *, repeat: int = 5, idle: float = 20.0
             sample: list[str] = []
             for size in sizes:
                 t0 = time.monotonic()
-                sample += await fill(client, have, size - have, now, rng)
+                sample += await fill(client, have, size - have, base, rng)
                 fill_s = time.monotonic() - t0
                 t1 = time.monotonic()
                 if proc is None:
@@ -199,7 +203,8 @@ async def run_listing(records: list[int], *, repeat: int = 5, idle: float = 20.0
                 for name, f in FILTERS.items():
                     kw = dict(f)
                     if "since" in kw:
-                        kw["since"] = time.time() + kw["since"]
+                        kw["since"] += base
+                        kw["until"] += base
                     times = await _timed(lambda kw=kw: client.list(limit=50, **kw), repeat)
                     medians[name] = round(statistics.median(times), 1)
                     worst = max(worst, max(times))
