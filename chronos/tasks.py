@@ -113,12 +113,12 @@ def _check_options(name: str, options: dict[str, Any], error: type[ChronosError]
     return out
 
 
-class JobRef(Generic[R]):
-    """A submitted job: its id, and a wait for its typed result (async)."""
+class _Ref(Generic[R]):
+    """A submitted job's id and task; the async and sync refs add the waiting."""
 
     __slots__ = ("id", "task", "_client")
 
-    def __init__(self, job_id: str, task: "Task[..., R]", client: "Client") -> None:
+    def __init__(self, job_id: str, task: "Task[..., R]", client: Any) -> None:
         self.id = job_id
         self.task = task
         self._client = client
@@ -127,7 +127,13 @@ class JobRef(Generic[R]):
         return self.id
 
     def __repr__(self) -> str:
-        return f"JobRef({self.id!r}, task={self.task.name!r})"
+        return f"{type(self).__name__}({self.id!r}, task={self.task.name!r})"
+
+
+class JobRef(_Ref[R]):
+    """A submitted job: its id, and a wait for its typed result (async)."""
+
+    __slots__ = ()
 
     async def get(self) -> "JobRecord":
         return await self._client.get(self.id)
@@ -141,27 +147,16 @@ class JobRef(Generic[R]):
         return self.task.result_of(await self.wait(timeout))
 
 
-class SyncJobRef(Generic[R]):
+class SyncJobRef(_Ref[R]):
     """A submitted job, from synchronous code: its id, and a blocking wait for its typed result."""
 
-    __slots__ = ("id", "task", "_client")
-
-    def __init__(self, job_id: str, task: "Task[..., R]", client: "SyncClient") -> None:
-        self.id = job_id
-        self.task = task
-        self._client = client
-
-    def __str__(self) -> str:
-        return self.id
-
-    def __repr__(self) -> str:
-        return f"SyncJobRef({self.id!r}, task={self.task.name!r})"
+    __slots__ = ()
 
     def get(self) -> "JobRecord":
-        return self._client.get(self.id)
+        return self._client.get(self.id)  # type: ignore[no-any-return]
 
     def wait(self, timeout: float | None = None) -> "JobRecord":
-        return self._client.wait(self.id, timeout)
+        return self._client.wait(self.id, timeout)  # type: ignore[no-any-return]
 
     def result(self, timeout: float | None = None) -> R:
         return self.task.result_of(self.wait(timeout))

@@ -23,23 +23,10 @@ ROOT = Path(__file__).parents[2]
 
 def test_dev_runs_the_demo_and_stops_on_ctrl_c(tmp_path: Path):
     data = tmp_path / "dev-data"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "chronos.cli.main", "--namespace", "devtest", "dev", "--data-dir", str(data), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-        env={k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")},
-    )
-    out: list[str] = []
-    err: list[str] = []
-    threads = [threading.Thread(target=lambda s=s, b=b: b.extend(iter(s.readline, "")), daemon=True)
-               for s, b in ((proc.stdout, out), (proc.stderr, err))]
-    for t in threads:
-        t.start()
+    proc, out, err, threads = _start_dev(data, "--port", "0", namespace="devtest", seed=True)
     runner = CliRunner()
     try:
-        wait_until(lambda: any(READY_LINE in line for line in out) or proc.poll() is not None, timeout=30,
-                   what="the dev banner")
         banner = "".join(out)
-        assert READY_LINE in banner, "".join(err)
         url = re.search(r"server\s+(nats://\S+)", banner).group(1)
         assert f"chronos --server {url} --namespace devtest tui" in banner
         assert (data / "jetstream").is_dir()
@@ -59,19 +46,17 @@ def test_dev_runs_the_demo_and_stops_on_ctrl_c(tmp_path: Path):
         wait_until(lambda: run("jobs", "list", "--task", "demo.flaky", "--state", "completed", "--json")
                    .count('"state": "completed"') == 2, timeout=30, what="the flaky jobs to complete")
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
-        for t in threads:
-            t.join(5)
+        _stop_dev(proc, threads)
     assert proc.returncode == 0, "".join(err)
     assert "chronos dev stopped (stopped)" in "".join(out)
     assert "Traceback" not in "".join(err)
 
 
-def _start_dev(data: Path, *args: str) -> tuple[subprocess.Popen[str], list[str], list[str], list[threading.Thread]]:
+def _start_dev(data: Path, *args: str, namespace: str = "devtest2",
+               seed: bool = False) -> tuple[subprocess.Popen[str], list[str], list[str], list[threading.Thread]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "chronos.cli.main", "--namespace", "devtest2", "dev", "--data-dir", str(data),
-         "--no-seed", *args],
+        [sys.executable, "-m", "chronos.cli.main", "--namespace", namespace, "dev", "--data-dir", str(data),
+         "--seed" if seed else "--no-seed", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         env={k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")},
     )
