@@ -301,7 +301,8 @@ class JobIndex:
         self._inbox = ""
         self._consumer = ""
         self._buf: list[Any] = []
-        self._done = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._ended = False
         self._outstanding = 0
         self._deadline = 0.0
         self._idle = False
@@ -399,7 +400,7 @@ class JobIndex:
 
     async def _request(self) -> None:
         self._outstanding = self.batch
-        self._done.clear()
+        self._ended = False
         self._deadline = time.monotonic() + self.fetch_wait + 2.0
         body = json.dumps({"batch": self.batch, "expires": int(self.fetch_wait * 1e9)}).encode()
         await self.conn.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self._consumer}", body,
@@ -416,12 +417,14 @@ class JobIndex:
             else:
                 log.debug("job index: pull ended with %s %s", status, headers.get("Description", ""))
                 self._lost = status == "409"  # e.g. the consumer was deleted
-            self._done.set()
+            self._ended = True
+            self._wake.set()
             return
         self._buf.append(msg)
         self._outstanding -= 1
         if self._outstanding <= 0:
-            self._done.set()
+            self._ended = True
+        self._wake.set()  # the loop applies what has come (while it writes, more gathers: a batch)
 
     async def _follow(self) -> None:
         self._buf = []
@@ -430,11 +433,12 @@ class JobIndex:
         try:
             while True:
                 try:
-                    await asyncio.wait_for(self._done.wait(), 0.05)
+                    await asyncio.wait_for(self._wake.wait(), 0.5)
                 except TimeoutError:
                     pass
+                self._wake.clear()
                 _raise_if_cancelling()
-                ended = self._done.is_set()
+                ended = self._ended
                 idle, self._idle = self._idle, False
                 if ended:
                     if self._lost or time.monotonic() > self._deadline:
@@ -452,7 +456,8 @@ class JobIndex:
                     await self._request()
                 elif time.monotonic() > self._deadline:
                     self._lost = True
-                    self._done.set()
+                    self._ended = True
+                    self._wake.set()
                 else:
                     # Mid-request: apply what came so far, so a few new records are listed at once.
                     await self._apply_buffered()
@@ -611,21 +616,27 @@ class JobIndex:
     async def sync(self) -> None:
         """Wait until the index holds every write made before this call (bounded by ``sync_wait``).
 
-        The consumer's own state says it: nothing pending at the server, and everything it
-        delivered applied. (The stream's last sequence would not do: a pruned record's delete
-        marker is removed right away, so the stream can end on a message no consumer delivers.)
+        Done when the stream's last sequence as of the call is applied, or when the consumer has
+        nothing pending and all it delivered is applied (the stream can end on a message no
+        consumer delivers: a pruned record's delete marker is removed right away). Writes made
+        after the call do not hold the answer back.
         """
         deadline = time.monotonic() + self.sync_wait
-        while True:
+        try:
+            target = (await self.conn.js.stream_info(self.stream)).state.last_seq
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.debug("job index: stream info for a sync failed: %s", exc)
+            return
+        while self.applied < target:
             state = await self._pending()
             if state is None:
                 return
             pending, delivered = state
-            if not pending and self.applied >= delivered and not self._buf:
+            if not pending and self.applied >= delivered:
                 return
             left = deadline - time.monotonic()
             if left <= 0:
-                log.debug("job index: answering with %d message(s) still to apply", pending)
+                log.debug("job index: answering %d sequence(s) behind", target - self.applied)
                 return
             try:
                 await asyncio.wait_for(self.applied_event.wait(), min(left, 0.02))
@@ -668,8 +679,10 @@ class JobIndex:
             args.append(q.until)
         return " AND ".join(where), args
 
-    def _from(self, q: JobsQuery) -> str:
+    def _from(self, q: JobsQuery, state: str | None = None) -> str:
         if q.tag is not None:
+            if state is None and q.queue is None and q.task is None:
+                return "live_tags AS t"  # the tag table alone has (created_at, id): no row lookups
             return "live_tags AS t JOIN live ON live.ns = t.ns AND live.id = t.id"
         return "live"
 
@@ -679,7 +692,7 @@ class JobIndex:
         if q.cursor is not None:
             where += f" AND ({key}.created_at, {key}.id) < (?, ?)"
             args += list(parse_cursor(q.cursor))
-        sql = (f"SELECT {key}.created_at, {key}.id FROM {self._from(q)} WHERE {where} "
+        sql = (f"SELECT {key}.created_at, {key}.id FROM {self._from(q, state)} WHERE {where} "
                f"ORDER BY {key}.created_at DESC, {key}.id DESC LIMIT ?")
         # Several states are merged after: each walk brings offset + limit + 1 rows.
         args.append(q.offset + q.limit + 1 if len(q.states) > 1 else q.limit + 1)
@@ -706,7 +719,7 @@ class JobIndex:
         for s in q.states or [None]:
             key = "t" if q.tag is not None else "live"
             where, args = self._where(q, s, key)
-            sql = f"SELECT count(*) FROM (SELECT 1 FROM {self._from(q)} WHERE {where} LIMIT ?)"
+            sql = f"SELECT count(*) FROM (SELECT 1 FROM {self._from(q, s)} WHERE {where} LIMIT ?)"
             async with self.r.execute(sql, [*args, COUNT_CAP + 1 - total]) as cur:
                 row = await cur.fetchone()
             total += int(row[0] if row else 0)
@@ -724,6 +737,19 @@ class JobIndex:
                 (self.ns, now - window - BUCKET)) as cur:
             finished = [(r[0], r[1], r[2], float(r[3]), int(r[4])) async for r in cur]
         return CountsReply(rows=rows, finished=finished, at=now)
+
+    async def ids_in_state(self, state: str, *, limit: int = 1000, after: str | None = None) -> list[str]:
+        """Ids of rows in ``state`` (an index range), in id order after ``after``: for loops whose
+        work follows a few states (running jobs, say) rather than the whole bucket."""
+        sql = "SELECT id FROM live WHERE ns = ? AND state = ?"
+        args: list[Any] = [self.ns, state]
+        if after is not None:
+            sql += " AND id > ?"
+            args.append(after)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        async with self.r.execute(sql, args) as cur:
+            return [r[0] async for r in cur]
 
     async def row_count(self) -> int:
         async with self.r.execute("SELECT count(*) FROM live WHERE ns = ?", (self.ns,)) as cur:
