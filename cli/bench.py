@@ -227,13 +227,17 @@ def listing(
     = "100000,300000,1000000",
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Calls per measured listing (median).")] = 5,
     idle: Annotated[float, typer.Option("--idle", min=1, help="Seconds the idle scheduler's CPU is measured.")] = 20.0,
+    tui: Annotated[bool, typer.Option("--tui/--no-tui", help="Also time the console (counts, jobs rows).")] = True,
     json_: JsonOpt = False,
 ) -> None:
     """Listing first page per filter, counts, index catch-up and the idle scheduler's CPU as the bucket grows."""
     from chronos.bench.listing import FILTERS, run_listing
 
+    measure = None
+    if tui:
+        from chronos.tui.measure import measure_paint as measure
     st = state(ctx)
-    result = run_async(st, run_listing(_sizes(records, "--records"), repeat=repeat, idle=idle))
+    result = run_async(st, run_listing(_sizes(records, "--records"), repeat=repeat, idle=idle, tui=measure))
     if wants_json(ctx, json_):
         out.print_json(result)
         return
@@ -244,6 +248,10 @@ def listing(
                   f"{p.counts_ms:.0f} ms", f"{p.client_peak_kb:.0f}", f"{p.idle_cpu_percent:.1f} %",
                   f"{p.scheduler_rss_mb:.0f} MB", f"{p.index_rows_per_s:,.0f}")
     out.print_table(t)
+    for p in result.points:
+        if p.tui_ms:
+            typer.echo(f"console at {p.records:,}: counts shown after {p.tui_ms['counts_ms']:.0f} ms, "
+                       f"jobs rows {p.tui_ms['jobs_rows_ms']:.0f} ms after the key")
     if result.archiver_events_per_s is not None:
         typer.echo(f"archiver ingest (terminal events, KV read per event): {result.archiver_events_per_s:,.0f} events/s")
 

@@ -66,6 +66,7 @@ class ListingPoint(msgspec.Struct):
     idle_cpu_percent: float
     scheduler_rss_mb: float
     archive_file_mb: float
+    tui_ms: dict[str, float] | None = None  # counts shown, jobs rows shown (with --tui)
 
 
 class ListingResult(msgspec.Struct):
@@ -163,7 +164,9 @@ async def _archiver_rate(client: Client, archive: Path, ids: list[str], before: 
 
 
 async def run_listing(records: list[int], *, repeat: int = 5, idle: float = 20.0, measure_archiver: bool = True,
-                      namespace: str = "benchlist") -> ListingResult:
+                      namespace: str = "benchlist", tui: Any = None) -> ListingResult:
+    """``tui``: an ``async (settings, client) -> dict`` that times the console (chronos.tui.measure; passed
+    in by the CLI, since the core library never imports Textual)."""
     sizes = sorted(records)
     rng = random.Random(7)
     base = time.time() - 6 * 86400  # the first job's creation
@@ -221,13 +224,14 @@ async def run_listing(records: list[int], *, repeat: int = 5, idle: float = 20.0
                 await asyncio.sleep(idle)
                 cpu = (cpu_seconds(proc.pid) - c0) / (time.monotonic() - w0) * 100
                 size_mb = sum(p.stat().st_size for p in Path(tmp).glob("node.sqlite3*")) / 1024**2
+                tui_ms = await tui(settings, client) if tui is not None else None
                 points.append(ListingPoint(
                     records=size, fill_seconds=round(fill_s, 1), index_catch_up_seconds=round(catch_up, 1),
                     index_rows_per_s=round(rate), first_page_ms=medians, first_page_max_ms=round(worst, 1),
                     second_page_ms=round(statistics.median(second), 1),
                     counts_ms=round(statistics.median(counts), 1), client_peak_kb=round(peak / 1024, 1),
                     idle_cpu_percent=round(cpu, 1), scheduler_rss_mb=round(_rss_mb(proc.pid), 1),
-                    archive_file_mb=round(size_mb, 1)))
+                    archive_file_mb=round(size_mb, 1), tui_ms=tui_ms))
             await client.close()
         finally:
             if proc is not None:
