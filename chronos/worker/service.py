@@ -184,7 +184,8 @@ class WorkerService:
             await self.cancels.load()  # before the first fetch: see executor's fast path
             advisories = await MaxDeliveriesHandler(ops, self.clock).subscribe()
             self.pullers = [
-                Puller(conn, p, q, self._on_message, self._wake.set) for p in PRIORITIES for q in self.queues
+                Puller(conn, p, q, self._on_message, self._wake.set, self._on_stale)
+                for p in PRIORITIES for q in self.queues
             ]
             for p in self.pullers:
                 await p.start()
@@ -322,11 +323,26 @@ class WorkerService:
         # 8-slot worker with three empty priorities ran 5 jobs at a time (bench crash). Below this,
         # busy rounds ask every priority with no-wait requests instead.
         standing_ok = self.slots >= 8 * len(self.pullers)
+        nc = self.conn.nc
+        reconnects = nc.stats["reconnects"]
         try:
             while not self._stopping.is_set():
+                if nc.stats["reconnects"] != reconnects:
+                    # Requests open before the reconnect died with the old connection (a restarted
+                    # server keeps none): their reserved slots would otherwise never come back.
+                    reconnects = nc.stats["reconnects"]
+                    for p in self.pullers:
+                        p.reset()
                 if self.free() <= 0:
-                    await self._wait_wake(expires)
-                    continue
+                    # Requests lost while the server was away must expire even when they are what
+                    # holds every slot (``busy``, below, is never reached then).
+                    now = asyncio.get_running_loop().time()
+                    for p in self.pullers:
+                        p.expire(now)
+                    if self.free() <= 0:
+                        nearest = min(p.deadline for p in self.pullers) - now
+                        await self._wait_wake(min(expires, max(0.05, nearest + 0.01)))
+                        continue
                 round_no += 1
                 got = 0
                 for p in self._order(round_no):
@@ -391,6 +407,11 @@ class WorkerService:
             self.released(run)
             assert self.executor is not None
             self.spawn(self.executor.acks.nak(msg))
+
+    def _on_stale(self, msg: Msg) -> None:
+        """A job delivered for a pull request released as lost: no slot was reserved, hand it back."""
+        assert self.executor is not None
+        self.spawn(self.executor.acks.nak(msg))
 
     async def _execute(self, run: Running) -> None:
         assert self.executor is not None
