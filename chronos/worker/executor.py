@@ -15,6 +15,12 @@ attempts. A worker that finishes a run and finds its job taken over by a
 redelivery writes its real outcome into its own attempt, marked as a
 concurrent run, instead of dropping it.
 
+A run whose outcome write failed (the server went away between the run and the write) is
+remembered here with its real outcome, and written into the record by the next delivery
+of that job on this worker, before the new attempt. The delivery count alone cannot be
+trusted for it: a server killed before its consumer state reached disk delivers the
+message again as delivery 1, which would otherwise take the fast path and show one run.
+
 Mixed fleets: a job whose task this worker lacks is handed back (nak with a
 short delay) before any state change and without spending an attempt, and
 discarded only once no live worker on its queue has registered the task for
@@ -56,6 +62,7 @@ MAX_TRACEBACK = 16_000
 # before it runs rather than trusted to have its cancel (if any) known to this worker.
 FAST_PATH_MAX_AGE = 43_200.0
 MAX_ATTEMPTS_KEPT = 20  # older attempts stay in the archive, not in the KV record
+MAX_UNRECORDED = 10_000  # runs whose outcome write failed, remembered until their job's next delivery here
 OVERLAP_NOTE = "ran concurrently with a redelivery of this job (its worker did not ack within ack_wait)"
 
 
@@ -86,6 +93,7 @@ class Running:
     delivered: int = 0  # the server's delivery count of this message
     sync: bool = False  # runs in a thread or a process: holds one of the sync slots
     stuck: str | None = None  # set when an interrupted sync call could not be stopped (see Executor)
+    ended: Attempt | None = None  # this run's attempt as ``_finish`` is about to write it
 
     def interrupt_with(self, why: Interrupt) -> bool:
         """Interrupt the running call (no-op outside it). True if it was interrupted."""
@@ -224,6 +232,11 @@ class Executor:
         self.processed = 0
         self.failed = 0
         self.acks = Acks(ops.publisher)
+        # job id -> (gen, the attempt): runs here whose outcome write failed (see the module doc)
+        self.unrecorded: dict[str, tuple[int, Attempt]] = {}
+        # job id -> waiters (or None): outcome writes in flight. A delivery of such a job waits for
+        # the write to settle: the server may redeliver before the write's failure is known.
+        self._writing: dict[str, list[asyncio.Future[None]] | None] = {}
 
     # --- entry -------------------------------------------------------------------------
     async def execute(self, run: Running) -> bool:
@@ -244,6 +257,7 @@ class Executor:
             raise
         except Exception:  # the loop must survive anything; leave the message for redelivery
             log.exception("internal error handling job message %s; it will be redelivered", msg.subject)
+            self._remember_unrecorded(run)
             await self.acks.nak(msg, 1.0)
             return False
 
@@ -258,8 +272,13 @@ class Executor:
             await self._hand_back(msg, job.record, job.rev, delivered)
             return False
         self.host.classify(run, not taskdef.is_async)
-        if (delivered == 1 and job.record.state is JobState.AVAILABLE and not self.suspect
-                and self.clock.now() - stored_at < FAST_PATH_MAX_AGE):
+        settled = False
+        if self._writing and job.record.id in self._writing:
+            await self._write_settled(job.record.id)  # then decide on the stored record, not the carried one
+            settled = True
+        if (not settled and delivered == 1 and job.record.state is JobState.AVAILABLE and not self.suspect
+                and self.clock.now() - stored_at < FAST_PATH_MAX_AGE
+                and not (self.unrecorded and job.record.id in self.unrecorded)):
             # First delivery of a fresh message: the carried record is current unless someone
             # cancelled it meanwhile (workers learn that from the control watch). Defer the
             # running write: a short job gets one compare-and-set, available -> completed.
@@ -309,10 +328,13 @@ class Executor:
             if fresh and rec.state is JobState.RUNNING and rec.worker == self.worker_id \
                     and self.host.is_running_here(rec.id):
                 return cas.Stop("here")  # redelivered while it still runs here; the running attempt acks it
-            if fresh and rec.delivered_gen == rec.gen and rec.delivered >= delivered:
+            mine = self.unrecorded.get(rec.id) if self.unrecorded else None
+            if fresh and rec.delivered_gen == rec.gen and rec.delivered >= delivered \
+                    and not (mine is not None and mine[0] == rec.gen and rec.worker == self.worker_id):
                 # A later delivery of this message is already recorded (this one sat in a buffer
                 # past ack_wait, e.g. behind a blocked loop): it runs there. Not acked: that would
-                # ack the other worker's delivery.
+                # ack the other worker's delivery. Unless that delivery was our own run whose outcome
+                # write failed, and the server counts deliveries from 1 again (its consumer state lost).
                 log.warning("job %s: delivery %d is superseded by delivery %d (worker %s); not running it",
                             rec.id, delivered, rec.delivered, rec.worker)
                 return cas.Stop("superseded")
@@ -329,22 +351,40 @@ class Executor:
             await self.acks.ack(msg)
             return None
         if started == "stale":
+            self.unrecorded.pop(record.id, None)  # finished (its write landed after all) or superseded
             await self.acks.ack(msg)
             return None
         if isinstance(started, str):
             return None
+        if self.unrecorded:
+            self.unrecorded.pop(record.id, None)  # written by _running into this record
         return started
 
     def _running(self, record: JobRecord, delivered: int) -> JobRecord:
         """The record moved to running for delivery ``delivered``, with every earlier run counted."""
         now = self.clock.now()
         attempts = list(record.attempts)
+        found = self.unrecorded.get(record.id) if self.unrecorded else None
+        prior = found[1] if found is not None and found[0] == record.gen else None
         if record.state is JobState.RUNNING and attempts and attempts[-1].ended_at is None:
-            attempts[-1] = _end_attempt(
-                attempts[-1], now, Outcome.LOST,
-                "its worker did not ack within ack_wait (lost, or its event loop was blocked); redelivered")
+            last = attempts[-1]
+            if prior is not None and last.worker == self.worker_id and last.delivery == prior.delivery:
+                # Our own run whose running write landed but whose outcome write did not.
+                attempts[-1] = msgspec.structs.replace(prior, number=last.number)
+                prior = None
+            else:
+                attempts[-1] = _end_attempt(
+                    last, now, Outcome.LOST,
+                    "its worker did not ack within ack_wait (lost, or its event loop was blocked); redelivered")
         same_gen = record.delivered_gen == record.gen
-        attempt_no = _add_unrecorded(attempts, record, delivered, now)
+        attempt_no = record.attempt
+        accounted = record.delivered if same_gen else 0
+        if prior is not None and not any(a.worker == prior.worker and a.started_at == prior.started_at
+                                         for a in attempts):
+            attempt_no += 1
+            attempts.append(msgspec.structs.replace(prior, number=attempt_no))
+            accounted = max(accounted, prior.delivery)
+        attempt_no = _add_unrecorded(attempts, attempt_no, accounted, delivered, now)
         attempt_no += 1
         attempts.append(Attempt(number=attempt_no, started_at=now, worker=self.worker_id, delivery=delivered))
         return transition(record, JobState.RUNNING, now, attempt=attempt_no,
@@ -378,7 +418,7 @@ class Executor:
                 return cas.Stop(handed)  # already accounted for (a later delivery is recorded): nothing to write
             now = self.clock.now()
             attempts = list(rec.attempts)
-            attempt_no = _add_unrecorded(attempts, rec, delivered, now)
+            attempt_no = _add_unrecorded(attempts, rec.attempt, accounted, delivered, now)
             return msgspec.structs.replace(rec, delivered=delivered, delivered_gen=rec.gen,
                                            handed_back=handed, updated_at=now, attempt=attempt_no,
                                            attempts=attempts[-MAX_ATTEMPTS_KEPT:])
@@ -494,6 +534,37 @@ class Executor:
             else:
                 rev = new_rev
         job_id = record.id
+        if job_id not in self._writing:
+            self._writing[job_id] = None
+        in_callback = False
+        try:
+            in_callback = await self._finish_write(run, record, rev, outcome, runs, commit_in_callback, now,
+                                                   duration)
+            return in_callback
+        finally:
+            if not in_callback:  # else _committed or _commit_failed settles it
+                self._settle(job_id)
+
+    def _settle(self, job_id: str) -> None:
+        """The outcome write of ``job_id`` is done with (written, or failed and remembered)."""
+        waiters = self._writing.pop(job_id, None)
+        if waiters:
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
+    async def _write_settled(self, job_id: str) -> None:
+        waiters = self._writing.get(job_id)
+        if waiters is None:
+            self._writing[job_id] = waiters = []
+        fut = asyncio.get_running_loop().create_future()
+        waiters.append(fut)
+        await fut
+
+    async def _finish_write(self, run: Running, record: JobRecord, rev: int, outcome: _Outcome, runs: int,
+                            commit_in_callback: bool, now: float, duration: float) -> bool:
+        msg = run.msg
+        job_id = record.id
 
         def decide(rec: JobRecord, rev: int) -> _Write | cas.Stop[_Elsewhere]:
             last = rec.attempts[-1] if rec.attempts else None
@@ -503,7 +574,7 @@ class Executor:
                 return cas.Stop(_Elsewhere(rec, rev, None, None))
             attempts = list(rec.attempts)
             if attempts:
-                attempts[-1] = _end_attempt(attempts[-1], now, outcome.kind, outcome.error, outcome.tb)
+                attempts[-1] = run.ended = _end_attempt(attempts[-1], now, outcome.kind, outcome.error, outcome.tb)
             ack: Callable[[], Any]
             kind = outcome.kind
             if kind is Outcome.COMPLETED:
@@ -573,6 +644,7 @@ class Executor:
             self.processed += 1
             self.events.emit(job_event(new, duration=duration))
         finally:
+            self._settle(new.id)
             self.host.released(run)
 
     async def _commit_failed(self, run: Running, record: JobRecord, outcome: _Outcome, runs: int,
@@ -585,10 +657,24 @@ class Executor:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("job %s: writing its outcome failed; it will be reruns", record.id)
+            log.exception("job %s: writing its outcome failed; it will be rerun", record.id)
+            self._remember_unrecorded(run)
+            self._settle(record.id)
             await self.acks.nak(run.msg, 1.0)
         finally:
+            self._settle(record.id)
             self.host.released(run)
+
+    def _remember_unrecorded(self, run: Running) -> None:
+        """This run's outcome write failed: keep its attempt for the job's next delivery here."""
+        a = run.ended
+        if a is None or not run.job_id:
+            return  # it never got as far as an outcome: the delivery count shows it, or it never ran
+        note = "its outcome write failed (the server was unreachable); the job was run again"
+        error = f"{a.error}; {note}" if a.error else note
+        self.unrecorded[run.job_id] = (run.gen, msgspec.structs.replace(a, error=error[:MAX_ERROR]))
+        while len(self.unrecorded) > MAX_UNRECORDED:
+            self.unrecorded.pop(next(iter(self.unrecorded)))
 
     async def _moved_elsewhere(self, run: Running, record: JobRecord, rev: int, outcome: _Outcome,
                                now: float) -> bool:
@@ -678,11 +764,11 @@ def _end_attempt(a: Attempt, now: float, outcome: Outcome, error: str | None, tb
                    error=error, traceback=tb[-MAX_TRACEBACK:] if tb else None, delivery=a.delivery)
 
 
-def _add_unrecorded(attempts: list[Attempt], record: JobRecord, delivered: int, now: float) -> int:
-    """Append a ``lost`` attempt for each delivery before ``delivered`` that no write recorded
-    (runs started on a worker lost before its deferred running write); the last attempt number."""
-    attempt_no = record.attempt
-    accounted = record.delivered if record.delivered_gen == record.gen else 0
+def _add_unrecorded(attempts: list[Attempt], attempt_no: int, accounted: int, delivered: int,
+                    now: float) -> int:
+    """Append a ``lost`` attempt for each delivery after ``accounted`` and before ``delivered`` that
+    no write recorded (runs started on a worker lost before its deferred running write); the last
+    attempt number (``attempt_no`` is the record's)."""
     for d in range(accounted + 1, delivered):
         attempt_no += 1
         attempts.append(Attempt(number=attempt_no, started_at=now, worker="", ended_at=now, outcome=Outcome.LOST,

@@ -1,0 +1,68 @@
+"""A run whose outcome write failed is rerun, and the record shows both runs (issue 13).
+
+What a nats-server SIGKILL between a run and its outcome write did (red-team bulk run): the
+write is lost, and the restarted server, whose consumer state had not reached disk, delivers
+the message again as delivery 1. The rerun took the fast path and recorded one attempt.
+
+Here the write fails once through a hook on the worker's write (the PubAck never comes: a
+timeout), and the lost delivery count is the server's own doing: the job's durable consumer
+is deleted and created again before the failure is reported, so the server delivers the
+message afresh with a delivery count of 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.errors
+
+from chronos import Registry
+from chronos.connection import ensure_queue_consumers
+from chronos.outcomes import Outcome
+from chronos.states import JobState
+
+from ..conftest import wait_for_state
+
+
+async def test_a_rerun_after_a_failed_outcome_write_is_recorded(client, settings, start_worker):
+    runs: list[int] = []
+    reg = Registry()
+
+    async def counted(i: int) -> int:
+        runs.append(i)
+        return i
+
+    reg.register(counted, name="counted")
+    h = await start_worker(reg)
+    ex = h.service.executor
+    conn = client.conn
+    names = conn.names
+    real_write_cb = ex.ops.write_cb
+    failed = asyncio.Event()
+
+    def write_cb(record, revision, callback):
+        if failed.is_set() or record.state is not JobState.COMPLETED:
+            return real_write_cb(record, revision, callback)
+        failed.set()
+
+        async def lose() -> None:
+            # The server forgets the delivery (as one restarted from a stale consumer state), then
+            # the write is reported lost: nothing reached the bucket.
+            await conn.js.delete_consumer(names.jobs_stream, names.consumer_name("default", "default"))
+            await ensure_queue_consumers(conn, "default")
+            callback(None, nats.errors.TimeoutError())
+
+        h.service.spawn(lose())
+        return True
+
+    ex.ops.write_cb = write_cb
+    job_id = await client.submit("counted", [7])
+    record = await wait_for_state(client, job_id, "completed", timeout=30)
+    assert failed.is_set()
+    assert runs == [7, 7]
+    assert [a.outcome for a in record.attempts] == [Outcome.COMPLETED, Outcome.COMPLETED], record.attempts
+    first, second = record.attempts
+    assert "outcome write failed" in (first.error or "")
+    assert first.worker == second.worker == h.service.id
+    assert (first.number, second.number) == (1, 2) and record.attempt == 2
+    assert not ex.unrecorded  # written, so forgotten
