@@ -84,6 +84,7 @@ class Ledger:
         assert (await c.conn.js.stream_info(c.names.jobs_stream)).state.messages == available
         assert (await c.conn.js.stream_info(c.names.delayed_stream)).state.messages == scheduled
         control = await c.ops.control()
+        await c.conn.publisher.wait_for_room(1)  # marker deletes are sent, not awaited, by submit
         assert [e.key for e in await control.entries() if e.key.startswith("pending.")] == []
 
 
