@@ -1,0 +1,1 @@
+"""The Client's parts, one module per noun; ``chronos.client.Client`` is the front door over them."""

@@ -1,0 +1,263 @@
+"""Jobs by id: read, list, count, wait, watch, and the operator's cancel, retry and run-now.
+
+Every state change goes through ``states.transition`` and is persisted with compare-and-set
+(via JobOps); the operator actions are audited (chronos/audit.py) before they act.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
+
+import nats.js.errors
+from nats.js import api
+
+from .. import codec
+from ..audit import audited
+from ..clock import Clock
+from ..connection import Connection
+from ..errors import ChronosError, JobNotFoundError, ValidationError
+from ..events import EventPublisher, decode_events
+from ..jobs import JobOps, job_event
+from ..models import CancelRequest, Event, JobPage, JobRecord
+from ..states import PENDING, RETRIABLE_BY_HAND, TERMINAL, JobState
+from ..subjects import is_valid_token
+
+if TYPE_CHECKING:  # readmodel loads aiosqlite: imported where used, so the CLI starts without it
+    from ..readmodel import Counts
+
+log = logging.getLogger("chronos.client")
+
+class Jobs:
+    def __init__(self, conn: Connection, clock: Clock, ops: JobOps, events: EventPublisher) -> None:
+        self.conn = conn
+        self.settings = conn.settings
+        self.names = conn.names
+        self.clock = clock
+        self.ops = ops
+        self.events = events
+
+    async def get(self, job_id: str) -> JobRecord:
+        return await self.ops.read(job_id)
+
+    async def counts(self, *, fallback: bool = True, timeout: float = 5.0) -> Counts | None:
+        """Records per state and per queue (a ``readmodel.Counts``), from a scheduler's job index
+        without reading records; when no index answers, from a scan (or None without ``fallback``)."""
+        from ..listing import job_counts
+
+        return await job_counts(self.conn, self.ops, fallback=fallback, timeout=timeout)
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
+        """Wait until the job reaches a terminal state (or ``timeout`` seconds pass)."""
+
+        async def _wait() -> JobRecord:
+            store = await self.ops.store()
+            watcher = store.watch(job_id, include_existing=True)
+            rec = await self.ops.read(job_id)
+            if rec.state in TERMINAL:
+                return rec
+            async for entry in watcher:
+                if entry.key != job_id or entry.value is None:
+                    continue
+                rec = codec.decode(entry.value, JobRecord)
+                rec.revision = entry.revision
+                if rec.state in TERMINAL:
+                    return rec
+            raise JobNotFoundError(f"job {job_id} disappeared")
+
+        return await asyncio.wait_for(_wait(), timeout)
+
+    @audited("cancel")  # written to the audit stream first (chronos/audit.py)
+    async def cancel(self, job_id: str, reason: str = "cancelled by operator") -> JobRecord:
+        """Pending jobs are cancelled at once; a running job gets a cancel signal (hard stop after a grace)."""
+        now = self.clock.now()
+
+        def decide(rec: JobRecord) -> tuple[JobState, dict[str, Any]] | None:
+            if rec.state in TERMINAL:
+                raise ChronosError(f"job {job_id} is already {rec.state}; nothing to cancel")
+            if rec.state in PENDING:
+                return JobState.CANCELLED, {"cancel_reason": reason, "error": reason}
+            if rec.cancel_requested:
+                return None
+            return JobState.RUNNING, {"cancel_requested": True, "cancel_reason": reason}
+
+        rec = await self.ops.move_with_retry(job_id, decide)
+        # Workers watch these: a running job gets the signal; a pending one is skipped if a
+        # worker already holds its message (a worker defers its running write, see executor.py).
+        control = await self.ops.control()
+        await control.put(self.names.cancel_key(job_id), codec.encode(CancelRequest(job_id, now, reason, rec.gen)))
+        if rec.state is not JobState.RUNNING:
+            self.events.emit(job_event(rec, message=reason))
+        return rec
+
+    @audited("retry")
+    async def retry(self, job_id: str) -> JobRecord:
+        """Run a retryable, cancelled or discarded job again now, with a fresh attempt budget."""
+
+        def decide(rec: JobRecord) -> tuple[JobState, dict[str, Any]]:
+            if rec.state not in RETRIABLE_BY_HAND:
+                raise ChronosError(
+                    f"job {job_id} is {rec.state}; only retryable, cancelled or discarded jobs can be retried"
+                )
+            return JobState.AVAILABLE, {
+                "gen": rec.gen + 1,
+                "cancel_requested": False,
+                "cancel_reason": None,
+                "scheduled_at": self.clock.now(),
+            }
+
+        rec = await self.ops.move_and_publish(job_id, decide, "retry")
+        self.events.emit(job_event(rec, message="retried by operator"))
+        return rec
+
+    @audited("run_now")
+    async def run_now(self, job_id: str) -> JobRecord:
+        """Promote a scheduled job now; retry a finished one."""
+        rec = await self.ops.read(job_id)
+        if rec.state is JobState.SCHEDULED:
+
+            def decide(cur: JobRecord) -> tuple[JobState, dict[str, Any]]:
+                if cur.state is not JobState.SCHEDULED:
+                    raise ChronosError(f"job {job_id} is {cur.state} now, no longer scheduled; nothing to run early")
+                return JobState.AVAILABLE, {"scheduled_at": self.clock.now(), "gen": cur.gen + 1}
+
+            rec = await self.ops.move_and_publish(job_id, decide, "run-now")
+            self.events.emit(job_event(rec, message="run now by operator"))
+            return rec
+        return await self.retry(job_id)
+
+    async def watch(
+        self,
+        *,
+        kinds: Sequence[str] | None = None,
+        queue: str | None = None,
+        job_id: str | None = None,
+        history: float | None = None,
+    ) -> AsyncIterator[Event]:
+        """Live events, optionally starting ``history`` seconds back (from the events stream)."""
+        subject = self.names.events_filter("*" if not kinds or len(kinds) > 1 else kinds[0], queue or "*")
+        wanted = set(kinds) if kinds else None
+        if history:
+            start = time.gmtime(self.clock.now() - history)
+            sub = await self.conn.js.subscribe(
+                subject,
+                ordered_consumer=True,
+                config=api.ConsumerConfig(
+                    deliver_policy=api.DeliverPolicy.BY_START_TIME,
+                    opt_start_time=time.strftime("%Y-%m-%dT%H:%M:%SZ", start),
+                ),
+            )
+        else:
+            sub = await self.conn.nc.subscribe(subject)
+        try:
+            async for msg in sub.messages:
+                try:
+                    events = decode_events(msg.data)
+                except ChronosError:
+                    continue
+                if history:
+                    try:
+                        await msg.ack()
+                    except Exception:  # ordered consumers need no ack; older servers may refuse it
+                        pass
+                for ev in events:
+                    if wanted is not None and ev.kind not in wanted:
+                        continue
+                    if job_id is not None and ev.job_id != job_id:
+                        continue
+                    yield ev
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # connection gone; nothing to release
+                log.debug("unsubscribe failed: %s", exc)
+
+    # --- job-id prefixes (for the CLI) ----------------------------------------------------------
+    async def resolve_job_id(self, prefix: str) -> str:
+        """The job id that ``prefix`` is, or uniquely starts (as git and docker take id prefixes).
+
+        An exact id wins. Otherwise the jobs bucket's keys are listed with headers only (no
+        record is read or decoded) and filtered by the prefix. Ambiguous: a ValidationError
+        naming a few candidates; none: JobNotFoundError.
+        """
+        if not isinstance(prefix, str) or not prefix or not is_valid_token(prefix):
+            raise ValidationError(f"job id: {prefix!r} is not a job id (letters, digits, '-' and '_')")
+        if await self.ops.read_or_none(prefix) is not None:
+            return prefix
+        matches = await self._job_ids_starting(prefix)
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise JobNotFoundError(f"no job with id {prefix}" if len(prefix) >= 28 else f"no job id starts with {prefix!r}")
+        shown = ", ".join(matches[:4]) + (f" and {len(matches) - 4} more" if len(matches) > 4 else "")
+        raise ValidationError(f"job id prefix {prefix!r} is ambiguous: {len(matches)} jobs match ({shown})")
+
+    async def _job_ids_starting(self, prefix: str) -> list[str]:
+        """Live keys of the jobs bucket that start with ``prefix``: one headers-only ordered consumer."""
+        bucket = self.names.jobs_bucket
+        root = f"$KV.{bucket}."
+        try:
+            sub = await self.conn.js.subscribe(
+                root + ">", stream=self.names.kv_stream(bucket), ordered_consumer=True, headers_only=True,
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=60.0,
+            )
+        except nats.js.errors.NotFoundError:
+            return []
+        found: set[str] = set()
+        try:
+            info = await sub.consumer_info()
+            if info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq):
+                return []
+            async for msg in sub.messages:
+                key = msg.subject[len(root):]
+                headers = msg.headers or {}
+                deleted = headers.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in headers
+                if key.startswith(prefix):
+                    (found.discard if deleted else found.add)(key)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # connection already closed
+                log.debug("job id listing unsubscribe: %s", exc)
+        return sorted(found)
+
+    # --- listing (last: below it, ``list`` in this class body would name the method) ------------
+    async def list(
+        self,
+        *,
+        state: str | JobState | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        tag: str | None = None,
+        offset: int = 0,
+        limit: int = 50,
+        states: Sequence[str | JobState] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+    ) -> JobPage:
+        """Jobs in the KV, newest created first, filtered and paged. (The archive holds older ones.)
+
+        ``states``: any of several states; ``since``/``until``: created time; ``cursor``: the
+        ``next`` of the previous page. A scheduler's job index answers (a page costs the same at a
+        million jobs); the records shown are read from the KV. See chronos/listing.py.
+        """
+        from ..listing import list_jobs
+        from ..readmodel import JobsQuery, validate_jobs_query
+
+        wanted = [state] if state is not None else list(states or [])
+        try:
+            names = [JobState(s).value for s in wanted]
+        except ValueError:
+            bad = next(s for s in wanted if s not in {j.value for j in JobState})
+            raise ValidationError(f"state: {bad!r} is not one of {', '.join(s.value for s in JobState)}") from None
+        if offset < 0 or limit < 1:
+            raise ValidationError("offset must be >= 0 and limit >= 1")
+        q = JobsQuery(states=names, queue=queue, task=task, tag=tag, since=since, until=until, cursor=cursor,
+                      offset=offset, limit=1)
+        validate_jobs_query(q)
+        return await list_jobs(self.conn, self.ops, q, limit)
