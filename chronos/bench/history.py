@@ -3,7 +3,7 @@
 Rows are written straight into an archive file (the archive's own schema, indexes
 and FTS5 triggers; big transactions): 20 tasks, 5 queues, finished over the last
 30 days, 1 % discarded with an error and a short traceback (49 kinds of error
-text), the rest completed. Then each query is timed as the archive answers it
+text), the rest completed, written in finish order as a node's archive fills. Then each query is timed as the archive answers it
 (``ArchiveDB.query``, median and max of ``repeat``), and the same queries once
 end to end through NATS (``Client.history`` -> the node's responder -> reply).
 """
@@ -47,10 +47,12 @@ class HistoryResult(msgspec.Struct):
     queries: list[HistoryQueryTime]
 
 
-def _rows(start: int, n: int, now: float, rng: random.Random, ns: str) -> list[tuple[Any, ...]]:
+def _rows(start: int, n: int, now: float, rng: random.Random, ns: str, total: int) -> list[tuple[Any, ...]]:
     out = []
+    step = 30 * 86400 / total
     for i in range(start, start + n):
-        finished = now - rng.uniform(0, 30 * 86400)
+        # In finish order, as an archive fills (rows arrive as jobs finish), over the last 30 days.
+        finished = now - 30 * 86400 + i * step + rng.uniform(0, step)
         failed = i % 100 == 0
         state = JobState.DISCARDED if failed else JobState.COMPLETED
         error = f"ValueError: bad input {i % 49} in step {i % 7}" if failed else None
@@ -77,7 +79,7 @@ async def build(path: Path, rows: int, ns: str, chunk: int = 100_000) -> float:
     sql = ("INSERT INTO jobs (ns, id, task, state, queue, created_at, updated_at, finished_at, error, traceback, "
            "partial, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
     for start in range(0, rows, chunk):
-        con.executemany(sql, _rows(start, min(chunk, rows - start), now, rng, ns))
+        con.executemany(sql, _rows(start, min(chunk, rows - start), now, rng, ns, rows))
         con.commit()
         await asyncio.sleep(0)
     con.execute("ANALYZE")
