@@ -22,7 +22,8 @@ from typing import Any
 import msgspec
 
 from .. import codec
-from ..archive import Archiver, ArchiveDB, HistoryQuery, history_cursor
+from ..archive import ArchiveDB, HistoryQuery, history_cursor
+from ..scheduler.archiver import Archiver
 from ..client import Client
 from ..config import load_settings
 from ..connection import ensure_topology

@@ -25,7 +25,7 @@ class History:
     ) -> list[JobRecord]:
         """Finished jobs from the schedulers' archive, asked over NATS (works from any machine).
         ``cursor``: ``archive.history_cursor(previous page, limit)`` for the page after it."""
-        from ..archive import query_history  # loads aiosqlite: here, so the CLI starts without it
+        from ..history import query_history  # loads aiosqlite: here, so the CLI starts without it
 
         return await query_history(self.conn, task=task, state=state, queue=queue, since=since, until=until,
                                    text=text, limit=limit, cursor=cursor, timeout=timeout)

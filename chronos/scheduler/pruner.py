@@ -18,7 +18,7 @@ batch of expired records:
    the id can be created again (DLQ replay of a pruned job).
 
 Other nodes' archives may still be catching up on events when a record goes;
-they then keep the partial record their event describes (archive.py).
+they then keep the partial record their event describes (scheduler/archiver.py).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 import nats.js.errors
 
 from .. import codec
-from ..archive import Archiver
+from .archiver import Archiver
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ChronosError, ConflictError
 from ..jobs import JobOps

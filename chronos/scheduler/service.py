@@ -7,7 +7,7 @@
        +-------lease lost---------+  (all loops cancelled together)
 
     every node, leader or not: the lease task and the archiver (events -> its own
-    SQLite file; every node answers history requests, the client merges), see archive.py
+    SQLite file; every node answers history requests, the client merges), see archiver.py
 
 A loop that fails ends the term's TaskGroup; the service logs it and starts the
 loops again while it still leads (after a short pause). ``stop()`` cancels the
@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ..archive import Archiver
+from .archiver import Archiver
 from ..clock import SYSTEM_CLOCK, Clock
 from ..config import Settings
 from ..connection import Connection, connect, ensure_topology

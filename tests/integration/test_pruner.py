@@ -7,7 +7,8 @@ import time
 
 import msgspec
 
-from chronos.archive import Archiver, HistoryQuery
+from chronos.archive import HistoryQuery
+from chronos.scheduler.archiver import Archiver
 from chronos.errors import JobNotFoundError
 from chronos.jobs import JobOps
 from chronos.scheduler.pruner import Pruner
