@@ -159,9 +159,9 @@ class SchedulerService:
                              on_event=events.emit)
         self.enqueuer = Enqueuer(ops, clock=self.clock, tick=self._enqueuer_tick, is_leader=is_leader,
                                  on_event=events.emit)
-        self.rescuer = Rescuer(ops, clock=self.clock, tick=self._rescuer_tick or max(1.0, s.rescue_after / 4),
-                               is_leader=is_leader, on_event=events.emit)
         assert self.archiver is not None
+        self.rescuer = Rescuer(ops, clock=self.clock, tick=self._rescuer_tick or max(1.0, s.rescue_after / 4),
+                               is_leader=is_leader, on_event=events.emit, index=self.archiver.index)
         self.pruner = Pruner(ops, self.archiver, clock=self.clock, is_leader=is_leader,
                              tick=self._pruner_tick or min(300.0, max(1.0, s.retention / 10)))
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [

@@ -1,0 +1,45 @@
+"""The rescuer follows running jobs through the job index: a pass reads the running records
+only, not the whole bucket (issue 15: cost follows running jobs, not all jobs)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from chronos.jobs import JobOps, new_record
+from chronos.models import Attempt
+from chronos.states import JobState
+
+from .test_scheduler import start_scheduler  # noqa: F401  (fixture)
+
+
+async def test_a_pass_reads_only_running_records_and_still_rescues(client, start_scheduler):  # noqa: F811
+    sched = await start_scheduler(rescuer_tick=3600.0)  # passes by hand below
+    svc = sched.service
+    await asyncio.wait_for(svc.archiver.index.caught_up.wait(), 20)
+    ops = JobOps(client.conn)
+    await client.register_tasks(["r.noop"])
+    now = time.time()
+    # Finished jobs the rescuer must not read, one by one...
+    for i in range(200):
+        rec = new_record(f"done{i:04d}", client.build_spec("r.noop"), now - 100, JobState.COMPLETED,
+                         finished_at=now - 100)
+        await (await ops.create_nowait(rec))
+    # ...and one job running on a worker that is gone.
+    lost = new_record("lost0001", client.build_spec("r.noop", max_attempts=3), now - 100, JobState.RUNNING,
+                      worker="ghost", attempt=1, attempts=[Attempt(number=1, started_at=now - 100, worker="ghost")])
+    await (await ops.create_nowait(lost))
+    index = svc.archiver.index
+
+    async def indexed() -> None:
+        while await index.row_count() < 201:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(indexed(), 20)
+    rescuer = svc.rescuer
+    assert rescuer is not None and rescuer.index is index
+    rescuer.rescue_after = 5
+    assert await rescuer.step() == 1
+    assert rescuer.scanned == 1  # the one running record, not 201
+    assert dict(rescuer.rescued) == {"lost0001": "retryable"}
+    assert (await client.get("lost0001")).state is JobState.RETRYABLE
