@@ -29,7 +29,7 @@ import msgspec
 from . import codec
 from .errors import ChronosError, ValidationError
 from .models import JobRecord
-from .readmodel import make_cursor, parse_cursor
+from .readmodel import close_db, make_cursor, parse_cursor
 from .states import JobState
 
 log = logging.getLogger(__name__)
@@ -177,6 +177,7 @@ class ArchiveDB:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = await aiosqlite.connect(self.path)
+        self._db = db  # closed by close() whatever happens below (its thread is not a daemon)
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoint, no fsync per commit
         await db.execute("PRAGMA busy_timeout=5000")
@@ -192,9 +193,9 @@ class ArchiveDB:
         return self
 
     async def close(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        db, self._db = self._db, None
+        if db is not None:
+            await close_db(db)
 
     @property
     def db(self) -> aiosqlite.Connection:

@@ -264,14 +264,29 @@ WHERE excluded.rev > live.rev
 """
 
 
+async def close_db(db: aiosqlite.Connection) -> None:
+    """Close ``db``; if the close fails or is cancelled (a shutdown cancels twice), still stop its
+    worker thread. aiosqlite's threads are not daemons: one left running keeps the process from
+    exiting (a `chronos dev` stopped by Ctrl-C hung at interpreter shutdown)."""
+    try:
+        await db.close()
+    except BaseException:
+        db.stop()
+        raise
+
+
 async def open_db(path: str) -> aiosqlite.Connection:
     if path != ":memory:":
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     db = await aiosqlite.connect(path)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=NORMAL")
-    await db.execute("PRAGMA busy_timeout=10000")
-    await db.execute("PRAGMA cache_size=-65536")  # 64 MB: the listing indexes of a million rows stay hot
+    try:
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA busy_timeout=10000")
+        await db.execute("PRAGMA cache_size=-65536")  # 64 MB: the listing indexes of a million rows stay hot
+    except BaseException:
+        db.stop()  # its thread is not a daemon (see close_db)
+        raise
     return db
 
 
@@ -320,10 +335,13 @@ class JobIndex:
         return self
 
     async def close(self) -> None:
-        for db in (self._w, self._r):
-            if db is not None:
-                await db.close()
-        self._w = self._r = None
+        dbs, self._w, self._r = (self._w, self._r), None, None
+        try:
+            if dbs[0] is not None:
+                await close_db(dbs[0])
+        finally:
+            if dbs[1] is not None:
+                await close_db(dbs[1])
 
     @property
     def w(self) -> aiosqlite.Connection:

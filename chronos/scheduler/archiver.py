@@ -126,11 +126,12 @@ class Archiver:
         self.expired = 0  # rows removed by the archive retention
 
     async def run(self) -> None:
-        await self.db.open()
-        self.durable = self.names.archive_consumer(await archive_node_key(self.db))
-        await self.index.open()
         subs: list[Any] = []
         try:
+            # Opened inside the try: a cancel between the opens still closes what was opened.
+            await self.db.open()
+            self.durable = self.names.archive_consumer(await archive_node_key(self.db))
+            await self.index.open()
             psub = await self._bind()
             # No queue group: every node answers and the client merges (see query_history).
             subs.append(await self.conn.nc.subscribe(self.names.history_api(), cb=self._on_request))
@@ -142,13 +143,17 @@ class Archiver:
                     tg.create_task(self._expire_loop(), name="archive-expire")
                 await self._consume(psub)
         finally:
-            for sub in subs:
+            try:
+                for sub in subs:
+                    try:
+                        await sub.unsubscribe()
+                    except nats.errors.Error as exc:
+                        log.debug("archive responder unsubscribe: %s", exc)
+            finally:
                 try:
-                    await sub.unsubscribe()
-                except nats.errors.Error as exc:
-                    log.debug("archive responder unsubscribe: %s", exc)
-            await self.index.close()
-            await self.db.close()
+                    await self.index.close()
+                finally:
+                    await self.db.close()
 
     async def _serve_index(self, subs: list[Any]) -> None:
         """Answer listings and counts once the index has caught up (queue group: one node answers)."""

@@ -303,3 +303,26 @@ async def test_history_pages_with_the_cursor_through_nats(client, start_worker, 
     assert pages == everything and sorted(pages) == sorted(ids)
     with pytest.raises(ValidationError, match="cursor"):
         await client.history(cursor="yesterday")
+
+
+async def test_an_archiver_cancelled_while_starting_stops_its_sqlite_threads(client, tmp_path):
+    """aiosqlite's worker threads are not daemons: one left open kept `chronos dev` from exiting
+    after Ctrl-C (a cancel between the archive's opens skipped their close)."""
+    import threading
+
+    from chronos.scheduler.archiver import Archiver
+
+    def sqlite_threads() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if "_connection_worker_thread" in t.name}
+
+    before = sqlite_threads()
+    archiver = Archiver(client.conn, path=tmp_path / "a.sqlite3")
+    task = asyncio.ensure_future(archiver.run())
+    while archiver.db._db is None:  # cancelled right after the first open, before the rest
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for t in sqlite_threads() - before:
+        t.join(10)
+        assert not t.is_alive()
