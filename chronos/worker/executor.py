@@ -444,9 +444,11 @@ class Executor:
             # so a worker that starts meanwhile gets it soon). Fewer deliveries than max_deliver.
             delay = min(30.0, max(1.0, self.unknown_task_after - absent), 2.0 ** handed)
         else:
-            # A live worker has it: a short delay, growing, so a busy peer is not outrun by this
-            # idle worker's pulls until JetStream's max_deliver ends it.
-            delay = min(30.0, 0.1 * 2.0 ** handed)
+            # A live worker has it: a short delay, growing slowly (x1.5: ten hand-backs wait ~20 s
+            # in all, where doubling waited ~100 s and made a job that kept landing on an idle
+            # foreign worker late), so a busy peer is still not outrun by this idle worker's pulls
+            # before JetStream's max_deliver ends it (50 deliveries: over 20 minutes).
+            delay = min(30.0, 0.2 * 1.5 ** (handed - 1))
         log.info("job %s: task %r is not served here; handed back for %.1fs (%s)", record.id, task, delay,
                  "a live worker has it" if absent <= 0 else f"no live worker has it for {absent:.0f}s")
         await self.acks.nak(msg, delay)
