@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import os
 import threading
 from concurrent.futures import Future
@@ -24,6 +25,7 @@ from .config import Settings, load_settings
 from .errors import ChronosError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _STOP_TIMEOUT = 10.0
 
@@ -148,8 +150,8 @@ class SyncClient:
             return
         try:
             self._call(self._client.close(), _STOP_TIMEOUT)
-        except Exception:  # closing is best effort; the connection dies with the loop anyway
-            pass
+        except Exception as exc:  # closing is best effort; the connection dies with the loop anyway
+            log.debug("closing the SyncClient's connection: %s", exc)
         finally:
             self._closed = True
             self._stop_loop()
