@@ -143,9 +143,14 @@ def test_logs_follow_until_ctrl_c(cli, config_file, register_tasks):
             ids.append(submit(cli, "t.add", "--args", "[1, 1]"))
             return any(i in line for line in list(lines) for i in ids)
 
-        wait_until(seen, timeout=20, what="a live event")
+        wait_until(seen, timeout=60, what="a live event")
     finally:
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # say what it was doing, then end it
+            proc.kill()
+            _, err = proc.communicate()
+            raise AssertionError(f"logs --follow did not stop on Ctrl-C; stderr: {err[-2000:]}") from None
     assert proc.returncode == 130
     assert "Traceback" not in err
