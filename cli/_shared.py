@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 import sys
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -213,10 +215,36 @@ YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confir
 
 
 # --- running coroutines -------------------------------------------------------------------------
+# After Ctrl-C, the longest a command may take to wind down before it is ended anyway.
+FORCE_EXIT_AFTER = 5.0
+
+
+def _force_exit() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # a closed pipe: nothing more to say
+            pass
+    os._exit(EXIT_INTERRUPTED)
+
+
+async def _ends_after_ctrl_c(coro: Coroutine[Any, Any, T]) -> T:
+    """Ctrl-C cancels ``coro``; asyncio.run then waits for every task, and one that swallows its
+    cancel (nats-py's wait_for on Python 3.11 can) kept `logs --follow` alive after Ctrl-C on a
+    loaded host. So from the cancel on, the process ends within FORCE_EXIT_AFTER seconds."""
+    try:
+        return await coro
+    except asyncio.CancelledError:
+        timer = threading.Timer(FORCE_EXIT_AFTER, _force_exit)
+        timer.daemon = True
+        timer.start()
+        raise
+
+
 def run_async(st: AppState, coro: Coroutine[Any, Any, T]) -> T:
     """Run ``coro`` to completion on a fresh event loop (Typer has no native async)."""
     try:
-        return asyncio.run(coro)
+        return asyncio.run(_ends_after_ctrl_c(coro))
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except ChronosError:
