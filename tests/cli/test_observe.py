@@ -153,7 +153,7 @@ def test_logs_follow_until_ctrl_c(cli, config_file, register_tasks):
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            _, err = proc.communicate(timeout=60)
+            _, err = proc.communicate(timeout=20)
         except subprocess.TimeoutExpired:  # say what it was doing, then end it
             proc.kill()
             _, err = proc.communicate()
