@@ -132,7 +132,8 @@ async def inspect(client: Any, monitor_urls: list[str] | tuple[str, ...] = (), t
     streams = [names.jobs_stream, names.delayed_stream, names.dlq_stream, names.events_stream,
                getattr(names, "audit_stream", None)]
     streams += [names.kv_stream(b) for b in (names.jobs_bucket, names.schedules_bucket, names.control_bucket,
-                                             names.lease_bucket, names.workers_bucket, names.tasks_bucket)]
+                                             names.lease_bucket, names.workers_bucket, names.tasks_bucket,
+                                             names.queues_bucket)]
     replicas: dict[str, int] = {}
     for name in filter(None, streams):
         try:

@@ -124,6 +124,8 @@ def role_permissions(names: Names, users: Mapping[str, str] | None = None) -> di
         # peer on its queue registers the task (issue 11, mixed fleets).
         *_kv_read(n, n.workers_bucket),
         *_kv_read(n, n.control_bucket),
+        # Queue pause flags (watched before the first pull); only the console writes them.
+        *_kv_read(n, n.queues_bucket),
         n.events_wildcard(), n.dlq_wildcard(),
     ])
     worker_sub = [inbox("worker"), n.max_deliveries_advisory()]
@@ -173,6 +175,7 @@ def role_permissions(names: Names, users: Mapping[str, str] | None = None) -> di
         *viewer_pub, *_kv_write(n, n.jobs_bucket),
         n.jobs_wildcard(), n.delayed_wildcard(), n.events_wildcard(),
         *_kv_write(n, n.control_bucket), *_kv_write(n, n.schedules_bucket),
+        *_kv_write(n, n.queues_bucket),  # pause/resume a queue: an operator action (audited)
         # dlq replay removes the entry it replayed (one message; purging the stream stays admin-only)
         f"$JS.API.STREAM.MSG.DELETE.{n.dlq_stream}",
         n.audit_subject(user["console"]),
@@ -193,7 +196,8 @@ def _streams(n: Names) -> list[str]:
 
 
 def _buckets(n: Names) -> list[str]:
-    return [n.jobs_bucket, n.workers_bucket, n.tasks_bucket, n.control_bucket, n.schedules_bucket, n.lease_bucket]
+    return [n.jobs_bucket, n.workers_bucket, n.tasks_bucket, n.control_bucket, n.schedules_bucket, n.lease_bucket,
+            n.queues_bucket]
 
 
 def _unique(items: list[str]) -> list[str]:

@@ -41,6 +41,8 @@ class Names:
         self.control_bucket = f"{namespace}_control"
         self.schedules_bucket = f"{namespace}_schedules"
         self.lease_bucket = f"{namespace}_lease"
+        # operator settings per queue (pause flags): no TTL, written by the console role only
+        self.queues_bucket = f"{namespace}_queues"
         # subject roots
         self.jobs_root = f"{namespace}.jobs"
         self.events_root = f"{namespace}.events"
@@ -103,6 +105,13 @@ class Names:
     # --- control / API -------------------------------------------------------
     def cancel_key(self, job_id: str) -> str:
         return f"cancel.{job_id}"
+
+    def pause_key(self, queue: str) -> str:
+        """A queue's pause flag in ``queues_bucket`` (every worker watches ``pause_wildcard``)."""
+        return f"paused.{queue}"
+
+    def pause_wildcard(self) -> str:
+        return "paused.>"
 
     def unique_key(self, digest: str) -> str:
         return f"unique.{digest}"
