@@ -55,6 +55,7 @@ from .advisories import MaxDeliveriesHandler
 from .cancels import CancelWatch
 from .executor import Executor, Running
 from .heartbeat import Heartbeat, Peers
+from .pauses import PauseWatch
 from .puller import Puller
 from .registry import Registry, default_registry
 from .sync_exec import SyncRunner
@@ -138,6 +139,7 @@ class WorkerService:
         self.peers: Peers | None = None
         self.cancels: CancelWatch | None = None
         self.beat: Heartbeat | None = None
+        self.pauses: PauseWatch | None = None
 
     # --- public -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -182,6 +184,9 @@ class WorkerService:
                 self.watchdog.start()
             await self._register_tasks(conn)
             await self.cancels.load()  # before the first fetch: see executor's fast path
+            # Paused queues are known before the first pull, then followed live (pauses.py).
+            self.pauses = PauseWatch(conn, self.queues, self._on_pause_change)
+            await self.pauses.load()
             advisories = await MaxDeliveriesHandler(ops, self.clock).subscribe()
             self.pullers = [
                 Puller(conn, p, q, self._on_message, self._wake.set, self._on_stale)
@@ -195,6 +200,7 @@ class WorkerService:
                     tg.create_task(self.beat.run(), name=f"worker-heartbeat-{self.id}"),
                     tg.create_task(self._progress_loop(), name=f"worker-progress-{self.id}"),
                     tg.create_task(self.cancels.run(), name=f"worker-cancels-{self.id}"),
+                    tg.create_task(self.pauses.run(), name=f"worker-pauses-{self.id}"),
                 ]
                 fetch = tg.create_task(self._fetch_loop(), name=f"worker-fetch-{self.id}")
                 self.ready.set()
@@ -305,12 +311,20 @@ class WorkerService:
             await asyncio.gather(*list(self._stray), return_exceptions=True)
 
     # --- fetching --------------------------------------------------------------------------
+    def _on_pause_change(self) -> None:
+        self._wake.set()
+        self.changed.bump()
+
+    def _paused(self, queue: str) -> bool:
+        return self.pauses is not None and queue in self.pauses.paused
+
     def _order(self, round_no: int) -> list[Puller]:
         every = self.settings.worker.low_priority_every
         rotate = round_no % len(self.queues)
         by_priority: list[Puller] = []
         for p in PRIORITIES:
-            group = [x for x in self.pullers if x.priority == p]
+            # A paused queue's pullers are not asked (an open request of theirs runs out by itself).
+            group = [x for x in self.pullers if x.priority == p and not self._paused(x.queue)]
             by_priority.extend(group[rotate:] + group[:rotate])
         if every > 0 and round_no % every == 0:
             by_priority.reverse()
@@ -384,8 +398,9 @@ class WorkerService:
 
     def _on_message(self, msg: Msg, puller: Puller) -> None:
         tg = self._tg
-        if tg is None or self._stopping.is_set():
-            # Arrived after we stopped fetching: hand it straight back.
+        if tg is None or self._stopping.is_set() or self._paused(puller.queue):
+            # Arrived after we stopped fetching, or for a request opened before its queue was
+            # paused: hand it straight back.
             assert self.executor is not None
             self.spawn(self.executor.acks.nak(msg))
             return
