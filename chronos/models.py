@@ -45,6 +45,26 @@ class Backoff(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
         return (rng or random).uniform(0.0, ceiling)
 
 
+class Uniqueness(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
+    """Unique while active, or debounce (docs/unique-jobs.md). ``key`` is the caller's key, or
+    ``args:<digest>`` when none was given (a digest of the task and its args); the holder of
+    ``<task>\0<key>`` is found in the unique bucket. A debounce holds the key while ``scheduled``."""
+
+    mode: Literal["while_active", "debounce"]
+    key: str
+    debounce: float | None = None  # seconds after the last submit (debounce mode)
+    max_wait: float | None = None  # at most this long after the first submit (debounce mode)
+
+
+class Progress(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
+    """What a running task last reported (``current_job().progress``): fraction 0..1."""
+
+    fraction: float
+    at: float
+    message: str | None = None
+    attempt: int = 0  # the attempt that reported it
+
+
 class JobSpec(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     """What to run: everything a submitter says about a job."""
 
@@ -59,6 +79,7 @@ class JobSpec(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fi
     unique_key: str | None = None
     tags: list[str] = msgspec.field(default_factory=list)
     annotations: dict[str, str] = msgspec.field(default_factory=dict)
+    unique: Uniqueness | None = None  # unique while active or debounce (``unique_key`` alone: the dedupe window)
 
 
 class JobAuth(msgspec.Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True, gc=False):
@@ -116,6 +137,7 @@ class JobRecord(msgspec.Struct, omit_defaults=True, gc=False):
     delivered: int = 0
     handed_back: int = 0
     delivered_gen: int = 0
+    progress: Progress | None = None  # the running task's last report (worker/progress.py)
 
 
 class JobMessage(msgspec.Struct, omit_defaults=True, gc=False):
@@ -159,6 +181,7 @@ class Event(msgspec.Struct, omit_defaults=True, gc=False):
     error: str | None = None
     message: str | None = None
     duration: float | None = None
+    progress: float | None = None  # a ``progress`` event's fraction
 
 
 class EventBatch(msgspec.Struct, omit_defaults=True):
