@@ -372,6 +372,9 @@ async def ensure_topology(conn: Connection) -> None:
         # Operator settings per queue (pause flags): no TTL, a pause lasts until a resume.
         api.KeyValueConfig(bucket=names.queues_bucket, history=1, storage=api.StorageType.FILE,
                            replicas=replicas, direct=True),
+        # Unique-while-active and debounce keys: no TTL, a key is held as long as its job is pending.
+        api.KeyValueConfig(bucket=names.unique_bucket, history=1, storage=api.StorageType.FILE,
+                           replicas=replicas, direct=True),
     ]
     for kv_cfg in buckets:
         # The pruner deletes a pruned record's marker by sequence; no other bucket allows message delete.
@@ -401,7 +404,7 @@ async def verify_topology(conn: Connection) -> None:
     names = conn.names
     streams = [names.jobs_stream, names.dlq_stream, names.events_stream, names.delayed_stream, names.audit_stream]
     buckets = [names.jobs_bucket, names.workers_bucket, names.tasks_bucket, names.control_bucket,
-               names.schedules_bucket, names.lease_bucket, names.queues_bucket]
+               names.schedules_bucket, names.lease_bucket, names.queues_bucket, names.unique_bucket]
     for stream in streams:
         await _require(conn.js.stream_info(stream), f"stream {stream}")
     for bucket in buckets:

@@ -176,6 +176,8 @@ def role_permissions(names: Names, users: Mapping[str, str] | None = None) -> di
         n.jobs_wildcard(), n.delayed_wildcard(), n.events_wildcard(),
         *_kv_write(n, n.control_bucket), *_kv_write(n, n.schedules_bucket),
         *_kv_write(n, n.queues_bucket),  # pause/resume a queue: an operator action (audited)
+        # Submitting a unique-while-active or debounced job takes its key (compare-and-set).
+        *_kv_write(n, n.unique_bucket),
         # dlq replay removes the entry it replayed (one message; purging the stream stays admin-only)
         f"$JS.API.STREAM.MSG.DELETE.{n.dlq_stream}",
         n.audit_subject(user["console"]),
@@ -197,7 +199,7 @@ def _streams(n: Names) -> list[str]:
 
 def _buckets(n: Names) -> list[str]:
     return [n.jobs_bucket, n.workers_bucket, n.tasks_bucket, n.control_bucket, n.schedules_bucket, n.lease_bucket,
-            n.queues_bucket]
+            n.queues_bucket, n.unique_bucket]
 
 
 def _unique(items: list[str]) -> list[str]:

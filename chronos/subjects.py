@@ -43,6 +43,8 @@ class Names:
         self.lease_bucket = f"{namespace}_lease"
         # operator settings per queue (pause flags): no TTL, written by the console role only
         self.queues_bucket = f"{namespace}_queues"
+        # holders of unique-while-active and debounce keys: no TTL (a key is held while its job is)
+        self.unique_bucket = f"{namespace}_unique"
         # subject roots
         self.jobs_root = f"{namespace}.jobs"
         self.events_root = f"{namespace}.events"
@@ -115,6 +117,10 @@ class Names:
 
     def unique_key(self, digest: str) -> str:
         return f"unique.{digest}"
+
+    def active_key(self, digest: str) -> str:
+        """A unique-while-active or debounce key's holder in ``unique_bucket``."""
+        return f"active.{digest}"
 
     def history_api(self) -> str:
         return f"{self.api_root}.history"
