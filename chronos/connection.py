@@ -375,6 +375,10 @@ async def ensure_topology(conn: Connection) -> None:
         # Unique-while-active and debounce keys: no TTL, a key is held as long as its job is pending.
         api.KeyValueConfig(bucket=names.unique_bucket, history=1, storage=api.StorageType.FILE,
                            replicas=replicas, direct=True),
+        # Rate-limit state and concurrency slots: no bucket TTL, each slot expires by its own
+        # per-message TTL (its lease); reads go to the stream leader (no direct), as for the lease.
+        api.KeyValueConfig(bucket=names.limits_bucket, history=1, storage=api.StorageType.FILE,
+                           replicas=replicas),
     ]
     for kv_cfg in buckets:
         # The pruner deletes a pruned record's marker by sequence; no other bucket allows message delete.
@@ -404,7 +408,8 @@ async def verify_topology(conn: Connection) -> None:
     names = conn.names
     streams = [names.jobs_stream, names.dlq_stream, names.events_stream, names.delayed_stream, names.audit_stream]
     buckets = [names.jobs_bucket, names.workers_bucket, names.tasks_bucket, names.control_bucket,
-               names.schedules_bucket, names.lease_bucket, names.queues_bucket, names.unique_bucket]
+               names.schedules_bucket, names.lease_bucket, names.queues_bucket, names.unique_bucket,
+               names.limits_bucket]
     for stream in streams:
         await _require(conn.js.stream_info(stream), f"stream {stream}")
     for bucket in buckets:

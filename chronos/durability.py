@@ -133,7 +133,8 @@ async def inspect(client: Any, monitor_urls: list[str] | tuple[str, ...] = (), t
                getattr(names, "audit_stream", None)]
     streams += [names.kv_stream(b) for b in (names.jobs_bucket, names.schedules_bucket, names.control_bucket,
                                              names.lease_bucket, names.workers_bucket, names.tasks_bucket,
-                                             names.queues_bucket, names.unique_bucket)]
+                                             names.queues_bucket, names.unique_bucket,
+                                             names.limits_bucket)]
     replicas: dict[str, int] = {}
     for name in filter(None, streams):
         try:

@@ -126,6 +126,9 @@ def role_permissions(names: Names, users: Mapping[str, str] | None = None) -> di
         *_kv_read(n, n.control_bucket),
         # Queue pause flags (watched before the first pull); only the console writes them.
         *_kv_read(n, n.queues_bucket),
+        # Rate-limit turns and concurrency slots (take, renew, release); queue limits are in the
+        # queues bucket, which only the console writes.
+        *_kv_read(n, n.limits_bucket), *_kv_write(n, n.limits_bucket),
         n.events_wildcard(), n.dlq_wildcard(),
     ])
     worker_sub = [inbox("worker"), n.max_deliveries_advisory()]
@@ -199,7 +202,7 @@ def _streams(n: Names) -> list[str]:
 
 def _buckets(n: Names) -> list[str]:
     return [n.jobs_bucket, n.workers_bucket, n.tasks_bucket, n.control_bucket, n.schedules_bucket, n.lease_bucket,
-            n.queues_bucket, n.unique_bucket]
+            n.queues_bucket, n.unique_bucket, n.limits_bucket]
 
 
 def _unique(items: list[str]) -> list[str]:

@@ -45,6 +45,8 @@ class Names:
         self.queues_bucket = f"{namespace}_queues"
         # holders of unique-while-active and debounce keys: no TTL (a key is held while its job is)
         self.unique_bucket = f"{namespace}_unique"
+        # rate-limit state, concurrency slots (per-message TTL leases) and waiters: workers write
+        self.limits_bucket = f"{namespace}_limits"
         # subject roots
         self.jobs_root = f"{namespace}.jobs"
         self.events_root = f"{namespace}.events"
@@ -114,6 +116,13 @@ class Names:
 
     def pause_wildcard(self) -> str:
         return "paused.>"
+
+    def queue_limit_key(self, queue: str) -> str:
+        """A queue's rate and concurrency limits in ``queues_bucket`` (chronos/limitstore.py)."""
+        return f"limit.{queue}"
+
+    def queue_limit_wildcard(self) -> str:
+        return "limit.>"
 
     def unique_key(self, digest: str) -> str:
         return f"unique.{digest}"
