@@ -302,3 +302,49 @@ def history(
         t.add_row(q.query, str(q.rows), f"{q.median_ms:.1f} ms", f"{q.max_ms:.1f} ms",
                   "" if q.end_to_end_ms is None else f"{q.end_to_end_ms:.1f} ms")
     out.print_table(t)
+
+
+@app.command("scale")
+def scale(
+    ctx: typer.Context,
+    records: Annotated[str, typer.Option("--records", help="Sizes of the jobs bucket, grown in place.")]
+    = "100000,300000,1000000",
+    schedules: Annotated[int, typer.Option("--schedules", min=0, help="Idle schedules (each fires once a day).")]
+    = 10000,
+    idle: Annotated[float, typer.Option("--idle", min=1, help="Seconds per idle CPU window.")] = 60.0,
+    windows: Annotated[int, typer.Option("--windows", min=1, help="Idle CPU windows per size.")] = 2,
+    repeat: Annotated[int, typer.Option("--repeat", min=1, help="Calls per measured listing (median).")] = 5,
+    tui: Annotated[bool, typer.Option("--tui/--no-tui", help="Also time the console's jobs view.")] = True,
+    json_: JsonOpt = False,
+) -> None:
+    """The cost curve: first page, counts, console jobs view, idle scheduler CPU, RSS and rescuer pass per size."""
+    from chronos.bench.scale import run_scale
+
+    measure = None
+    if tui:
+        from chronos.tui.measure import measure_paint as measure
+    st = state(ctx)
+    quiet = wants_json(ctx, json_)
+    result = run_async(st, run_scale(_sizes(records, "--records"), schedules=schedules, repeat=repeat, idle=idle,
+                                     windows=windows, tui=measure,
+                                     progress=None if quiet else lambda m: typer.echo(m, err=True)))
+    if quiet:
+        out.print_json(result)
+        return
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:,.0f} ms"
+
+    t = out.table("RECORDS", "FIRST PAGE", "DISCARDED", "COUNTS", "CLIENT KB", "TUI JOBS", "TUI AGAIN",
+                  "SCHED CPU", "SERVER CPU", "SCHED RSS", "RESCUER PASS", "INDEX CATCH-UP", "LOADAVG")
+    for p in result.points:
+        t.add_row(f"{p.records:,}", ms(p.first_page_ms), ms(p.first_page_discarded_ms), ms(p.counts_ms),
+                  f"{p.client_peak_kb:,.0f}", ms(p.tui_paint_ms), ms(p.tui_paint_again_ms),
+                  " / ".join(f"{c:.1f} %" for c in p.scheduler_cpu_percent),
+                  " / ".join(f"{c:.1f} %" for c in p.server_cpu_percent), f"{p.scheduler_rss_mb:,.0f} MB",
+                  "-" if p.rescuer_pass_ms is None else f"{p.rescuer_pass_ms:,.1f} ms ({p.rescuer_records_read} read)",
+                  f"{p.index_catch_up_seconds:,.0f} s", p.loadavg)
+    out.print_table(t)
+    typer.echo(f"{result.schedules:,} idle schedules; scheduler CPU per {result.idle_seconds:.0f} s idle window "
+               "(100 % = one core); records written in "
+               + ", ".join(f"{p.fill_seconds:,.0f} s" for p in result.points))

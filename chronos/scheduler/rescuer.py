@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -70,6 +72,8 @@ class Rescuer:
         # records the index says are running, so its cost follows running jobs, not all jobs.
         self.index = index
         self.scanned = 0  # records read by the last pass (for tests and benchmarks)
+        self.passes = 0  # passes done, and the wall time of the latest ones (for `chronos bench scale`)
+        self.pass_seconds: deque[float] = deque(maxlen=100)
         self.clock = clock
         self.tick = tick
         self.is_leader = is_leader
@@ -81,7 +85,15 @@ class Rescuer:
         self.on_event = on_event  # the rescue's outcome as an event (the archive learns of discards from it)
 
     async def run(self) -> None:
-        await paced_passes("rescuer", self.step, self.clock, self.tick)
+        await paced_passes("rescuer", self._timed_step, self.clock, self.tick)
+
+    async def _timed_step(self) -> int:
+        began = time.perf_counter()
+        try:
+            return await self.step()
+        finally:
+            self.passes += 1
+            self.pass_seconds.append(time.perf_counter() - began)
 
     async def _heartbeats(self) -> dict[str, float]:
         conn = self.ops.conn
