@@ -73,3 +73,37 @@ def transition(record: Any, to: JobState, now: float, **changes: Any) -> Any:
         raise IllegalTransitionError(f"job {getattr(record, 'id', '?')}: cannot go from {src} to {to}")
     finished = now if to in TERMINAL else None
     return msgspec.structs.replace(record, state=to, updated_at=now, finished_at=finished, **changes)
+
+
+class WorkflowState(StrEnum):
+    """A workflow's state (its nodes are jobs, with the states above)::
+
+        running ──► completed | failed | cancelled      (failed/cancelled ──► running: retry)
+    """
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+W = WorkflowState
+
+WORKFLOW_TRANSITIONS: dict[WorkflowState, frozenset[WorkflowState]] = {
+    W.PENDING: frozenset({W.RUNNING, W.CANCELLED}),
+    W.RUNNING: frozenset({W.COMPLETED, W.FAILED, W.CANCELLED}),
+    W.COMPLETED: frozenset(),
+    W.FAILED: frozenset({W.RUNNING, W.CANCELLED}),
+    W.CANCELLED: frozenset({W.RUNNING}),
+}
+WORKFLOW_TERMINAL: frozenset[WorkflowState] = frozenset({W.COMPLETED, W.FAILED, W.CANCELLED})
+
+
+def workflow_transition(record: Any, to: WorkflowState, now: float, **changes: Any) -> Any:
+    """``transition`` for a workflow record (``state``, ``updated_at``, ``finished_at``)."""
+    src = WorkflowState(record.state)
+    if to not in WORKFLOW_TRANSITIONS[src]:
+        raise IllegalTransitionError(f"workflow {getattr(record, 'id', '?')}: cannot go from {src} to {to}")
+    finished = now if to in WORKFLOW_TERMINAL else None
+    return msgspec.structs.replace(record, state=to, updated_at=now, finished_at=finished, **changes)
