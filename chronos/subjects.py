@@ -47,6 +47,8 @@ class Names:
         self.unique_bucket = f"{namespace}_unique"
         # rate-limit state, concurrency slots (per-message TTL leases) and waiters: workers write
         self.limits_bucket = f"{namespace}_limits"
+        # workflows: definitions, node specs, state records and fan-in bitmaps (workflows.md)
+        self.workflows_bucket = f"{namespace}_workflows"
         # subject roots
         self.jobs_root = f"{namespace}.jobs"
         self.events_root = f"{namespace}.events"
