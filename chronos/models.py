@@ -107,6 +107,15 @@ class Attempt(msgspec.Struct, omit_defaults=True, gc=False):
     delivery: int = 0  # the work message's delivery count when this attempt started
 
 
+class LimitTicket(msgspec.Struct, frozen=True, gc=False):
+    """A rate-limit turn reserved for a job handed back over its limit: valid for delivery
+    ``delivery`` of the work message of generation ``gen``, to start at ``at`` (chronos/worker/limiter.py)."""
+
+    gen: int
+    delivery: int
+    at: float
+
+
 class JobRecord(msgspec.Struct, omit_defaults=True, gc=False):
     """The authoritative state of one job, stored in the jobs KV bucket under its id."""
 
@@ -138,6 +147,7 @@ class JobRecord(msgspec.Struct, omit_defaults=True, gc=False):
     handed_back: int = 0
     delivered_gen: int = 0
     progress: Progress | None = None  # the running task's last report (worker/progress.py)
+    limit_ticket: LimitTicket | None = None  # a rate-limit turn this job holds (see LimitTicket)
 
 
 class JobMessage(msgspec.Struct, omit_defaults=True, gc=False):
