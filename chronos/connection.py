@@ -379,6 +379,9 @@ async def ensure_topology(conn: Connection) -> None:
         # per-message TTL (its lease); reads go to the stream leader (no direct), as for the lease.
         api.KeyValueConfig(bucket=names.limits_bucket, history=1, storage=api.StorageType.FILE,
                            replicas=replicas),
+        # Workflows: definitions, node specs, state records and fan-in bitmaps (chronos/workflowstore.py).
+        api.KeyValueConfig(bucket=names.workflows_bucket, history=1, storage=api.StorageType.FILE,
+                           replicas=replicas, direct=True),
     ]
     for kv_cfg in buckets:
         # The pruner deletes a pruned record's marker by sequence; no other bucket allows message delete.
@@ -409,7 +412,7 @@ async def verify_topology(conn: Connection) -> None:
     streams = [names.jobs_stream, names.dlq_stream, names.events_stream, names.delayed_stream, names.audit_stream]
     buckets = [names.jobs_bucket, names.workers_bucket, names.tasks_bucket, names.control_bucket,
                names.schedules_bucket, names.lease_bucket, names.queues_bucket, names.unique_bucket,
-               names.limits_bucket]
+               names.limits_bucket, names.workflows_bucket]
     for stream in streams:
         await _require(conn.js.stream_info(stream), f"stream {stream}")
     for bucket in buckets:

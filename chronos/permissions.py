@@ -129,6 +129,11 @@ def role_permissions(names: Names, users: Mapping[str, str] | None = None) -> di
         # Rate-limit turns and concurrency slots (take, renew, release); queue limits are in the
         # queues bucket, which only the console writes.
         *_kv_read(n, n.limits_bucket), *_kv_write(n, n.limits_bucket),
+        # Workflows: a worker advances the workflow of a node it finished (fan-in bitmaps, the
+        # workflow record) and starts the next node: its record, a pending marker while its work
+        # message goes out, and the message itself (signed specs still decide what may run).
+        *_kv_read(n, n.workflows_bucket), *_kv_write(n, n.workflows_bucket),
+        n.kv_subject(n.control_bucket, "pending.>"), n.jobs_wildcard(),
         n.events_wildcard(), n.dlq_wildcard(),
     ])
     worker_sub = [inbox("worker"), n.max_deliveries_advisory()]
@@ -181,6 +186,8 @@ def role_permissions(names: Names, users: Mapping[str, str] | None = None) -> di
         *_kv_write(n, n.queues_bucket),  # pause/resume a queue: an operator action (audited)
         # Submitting a unique-while-active or debounced job takes its key (compare-and-set).
         *_kv_write(n, n.unique_bucket),
+        # Submitting, cancelling and retrying workflows (their records and node specs).
+        *_kv_write(n, n.workflows_bucket),
         # dlq replay removes the entry it replayed (one message; purging the stream stays admin-only)
         f"$JS.API.STREAM.MSG.DELETE.{n.dlq_stream}",
         n.audit_subject(user["console"]),
@@ -202,7 +209,7 @@ def _streams(n: Names) -> list[str]:
 
 def _buckets(n: Names) -> list[str]:
     return [n.jobs_bucket, n.workers_bucket, n.tasks_bucket, n.control_bucket, n.schedules_bucket, n.lease_bucket,
-            n.queues_bucket, n.unique_bucket, n.limits_bucket]
+            n.queues_bucket, n.unique_bucket, n.limits_bucket, n.workflows_bucket]
 
 
 def _unique(items: list[str]) -> list[str]:
