@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import msgspec
+
 from .. import codec
 from ..errors import PayloadTooLargeError, ValidationError
-from ..models import Backoff, JobSpec
+from ..ids import key_digest
+from ..models import Backoff, JobSpec, Uniqueness
 from ..subjects import PRIORITIES, is_valid_token
 
 MAX_TASK_NAME = 256
@@ -19,6 +22,9 @@ MAX_UNIQUE_KEY = 1024  # bytes; it travels in a Nats-Msg-Id header
 MAX_METADATA = 16 * 1024  # tags and annotations together, encoded
 MAX_TIMEOUT = 366 * 86400.0
 LATEST_RUN_AT = 253402128000.0  # 9999-12-30T00:00:00Z: dates show in any local zone up to here
+UNIQUE_MODES = ("while_active",)  # ``unique=``; debounce is its own option (``debounce=``)
+MAX_DEBOUNCE = 366 * 86400.0
+DEBOUNCE_MAX_WAIT_FACTOR = 10  # without ``debounce_max``: a stream of submits postpones a run at most 10 windows
 
 
 def _is_number(v: Any) -> bool:
@@ -45,7 +51,7 @@ _DEFAULT_BACKOFF = Backoff()
 def check_spec(spec: JobSpec) -> None:
     """Everything about one spec that can be checked without the server; ValidationError names
     the field. Run before any write, so a refused job leaves nothing behind."""
-    if (spec.run_at is None and spec.timeout is None and spec.unique_key is None and not spec.tags
+    if (spec.run_at is None and spec.timeout is None and spec.unique_key is None and spec.unique is None and not spec.tags
             and not spec.annotations and spec.backoff == _DEFAULT_BACKOFF and type(spec.max_attempts) is int
             and spec.max_attempts >= 1 and type(spec.args) in (list, dict)
             and (spec.task, spec.queue, spec.priority) in _GOOD_NAMES):
@@ -53,6 +59,53 @@ def check_spec(spec: JobSpec) -> None:
     _check_spec(spec)
     if len(_GOOD_NAMES) < 10_000:
         _GOOD_NAMES.add((spec.task, spec.queue, spec.priority))
+
+
+def uniqueness(task: str, args: Any, *, unique: Any = None, unique_key: str | None = None,
+               debounce: Any = None, debounce_max: Any = None) -> Uniqueness | None:
+    """The ``Uniqueness`` of a submit's ``unique``/``debounce`` options, or None (no such option:
+    ``unique_key`` alone keeps its older meaning, a dedupe inside the duplicate window).
+    Every problem names its field."""
+    if unique is None and debounce is None:
+        if debounce_max is not None:
+            raise ValidationError("debounce_max: only with debounce")
+        return None
+    if unique is not None:
+        mode = unique.replace("-", "_") if isinstance(unique, str) else unique
+        if mode not in UNIQUE_MODES:
+            raise ValidationError(f"unique: {unique!r} is not a mode (one of: {', '.join(UNIQUE_MODES)})")
+        if debounce is not None:
+            raise ValidationError("debounce: give either unique or debounce, not both (a debounce is unique while scheduled)")
+    max_wait = None
+    if debounce is not None:
+        if not _is_number(debounce) or not math.isfinite(debounce) or debounce <= 0:
+            raise ValidationError("debounce: must be a positive number of seconds")
+        if debounce > MAX_DEBOUNCE:
+            raise ValidationError(f"debounce: must be at most {MAX_DEBOUNCE:g} seconds (a year)")
+        if debounce_max is None:
+            max_wait = float(debounce) * DEBOUNCE_MAX_WAIT_FACTOR
+        elif not _is_number(debounce_max) or not math.isfinite(debounce_max) or debounce_max < debounce:
+            raise ValidationError("debounce_max: must be a number of seconds, at least the debounce")
+        else:
+            max_wait = float(debounce_max)
+    elif debounce_max is not None:
+        raise ValidationError("debounce_max: only with debounce")
+    if unique_key is None:
+        if debounce is not None and not args:
+            raise ValidationError("debounce: needs a key: give unique_key, or args to tell submits apart")
+        key = "args:" + key_digest(msgspec.json.encode(args, order="sorted").decode())
+    else:
+        key = unique_key
+    return Uniqueness(mode="debounce" if debounce is not None else "while_active", key=key,
+                      debounce=float(debounce) if debounce is not None else None, max_wait=max_wait)
+
+
+def unique_digest(spec: JobSpec) -> str:
+    """Where the holder of ``spec``'s unique-while-active or debounce key is kept: per mode and task
+    (an explicit key names a job of this task, not of any task)."""
+    u = spec.unique
+    assert u is not None
+    return key_digest(f"{u.mode}\0{spec.task}\0{u.key}")
 
 
 def _check_spec(spec: JobSpec) -> None:
@@ -89,6 +142,22 @@ def _check_spec(spec: JobSpec) -> None:
             raise ValidationError("unique_key: must be printable UTF-8 text (no CR, LF or other control characters)")
         if len(key.encode()) > MAX_UNIQUE_KEY:
             raise ValidationError(f"unique_key: must be at most {MAX_UNIQUE_KEY} bytes")
+    u = spec.unique
+    if u is not None:
+        if spec.unique_key is not None:
+            raise ValidationError("unique_key: with unique or debounce the key is the unique's own")
+        if not isinstance(u, Uniqueness) or u.mode not in (*UNIQUE_MODES, "debounce"):
+            raise ValidationError("unique: not a known mode")
+        if not isinstance(u.key, str) or not u.key or not _printable(u.key) or len(u.key.encode()) > MAX_UNIQUE_KEY:
+            raise ValidationError(f"unique_key: must be 1 to {MAX_UNIQUE_KEY} bytes of printable UTF-8 text")
+        if u.mode == "debounce":
+            if not _is_number(u.debounce) or not math.isfinite(u.debounce) or not 0 < u.debounce <= MAX_DEBOUNCE:
+                raise ValidationError("debounce: must be a positive number of seconds")
+            if u.max_wait is not None and (not _is_number(u.max_wait) or not math.isfinite(u.max_wait)
+                                           or u.max_wait < u.debounce):
+                raise ValidationError("debounce_max: must be a number of seconds, at least the debounce")
+        elif u.debounce is not None or u.max_wait is not None:
+            raise ValidationError("debounce: only in debounce mode")
     for t in spec.tags:
         if not isinstance(t, str) or not t or not _utf8(t):
             raise ValidationError("tags: every tag must be a non-empty UTF-8 string")

@@ -12,7 +12,9 @@ import functools
 import logging
 import math
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, NamedTuple, Sequence
+
+import msgspec
 
 from .. import codec
 from ..clock import Clock
@@ -23,14 +25,17 @@ from ..events import EventPublisher
 from ..ids import key_digest, new_job_id
 from ..jobs import JobOps, job_event, new_record
 from ..models import Backoff, JobRecord, JobSpec, PendingWrite
-from ..publisher import PubAck
-from ..states import JobState
+from ..publisher import PubAck, is_wrong_last_sequence
+from ..states import TERMINAL, JobState
+from ..store.kv import KVStore
 from ..subjects import PRIORITIES, is_valid_token
 from .catalog import TaskCatalog
-from .spec import _is_number, check_spec
+from .spec import _is_number, check_spec, unique_digest, uniqueness
 
 log = logging.getLogger("chronos.client")
 
+_UNIQUE_ROUNDS = 8  # looks at a unique key before giving up (each lost race is someone else's success)
+UNIQUE_GRACE = 2.0  # seconds a key's record may be missing (its submitter mid-write) before it is fenced
 _MARK_CHUNK = 1024  # jobs per pending marker in a bulk submit (about 40 KB of ids)
 _RECORD_SLACK = 16 * 1024  # as connection._ENVELOPE_SLACK: room around the args in a message
 
@@ -41,9 +46,31 @@ def _unmarked(fut: "asyncio.Future[PubAck]") -> None:
         log.debug("deleting a pending marker: %s", fut.exception())
 
 
+class Submitted(NamedTuple):
+    """What ``submit_job`` did: ``outcome`` is ``created`` (a new job), ``active`` (a job holding
+    the unique-while-active key: its id, nothing written) or ``debounced`` (the scheduled job
+    holding the debounce key now has this submit's args and a later run time: its id)."""
+
+    id: str
+    outcome: Literal["created", "active", "debounced"] = "created"
+
+    @property
+    def existing(self) -> bool:
+        return self.outcome != "created"
+
+
+def _holds(holder: JobRecord, mode: str) -> bool:
+    """A unique-while-active key is held while its job is pending or running; a debounce key
+    while its job is still waiting for its window (``scheduled``)."""
+    if mode == "debounce":
+        return holder.state is JobState.SCHEDULED
+    return holder.state not in TERMINAL
+
+
 class Submitter:
     def __init__(self, conn: Connection, clock: Clock, ops: JobOps, events: EventPublisher,
                  catalog: TaskCatalog) -> None:
+        self._unique: KVStore | None = None
         self.conn = conn
         self.settings = conn.settings
         self.names = conn.names
@@ -67,8 +94,15 @@ class Submitter:
         unique_key: str | None = None,
         tags: Sequence[str] = (),
         annotations: dict[str, str] | None = None,
+        unique: str | None = None,
+        debounce: float | None = None,
+        debounce_max: float | None = None,
     ) -> JobSpec:
-        """Validate submit arguments into a JobSpec; every problem names its field."""
+        """Validate submit arguments into a JobSpec; every problem names its field.
+
+        ``unique="while_active"`` or ``debounce=<seconds>`` (docs/unique-jobs.md) take ``unique_key``
+        as their key, or a digest of the task and args without one; ``unique_key`` alone keeps its
+        older meaning (a duplicate inside the jobs stream's duplicate window returns the first job)."""
         js = self.settings.jobs
         if not isinstance(task, str) or not task.strip():
             raise ValidationError("task: must be a non-empty name")
@@ -106,6 +140,14 @@ class Submitter:
             raise ValidationError("annotations: must be an object of string keys and values")
         if backoff is not None and not isinstance(backoff, Backoff):
             raise ValidationError("backoff: must be a Backoff")
+        uniq = uniqueness(task, args, unique=unique, unique_key=unique_key, debounce=debounce,
+                          debounce_max=debounce_max)
+        if uniq is not None:
+            unique_key = None  # the key is the Uniqueness's own
+            if uniq.mode == "debounce":
+                if run_at is not None:
+                    raise ValidationError("debounce: decides when the job runs; give no run_at or delay with it")
+                run_at = self.clock.now() + uniq.debounce  # type: ignore[operator]
         spec = JobSpec(
             task=task,
             args=args,
@@ -118,6 +160,7 @@ class Submitter:
             unique_key=unique_key,
             tags=list(tags),
             annotations=dict(annotations or {}),
+            unique=uniq,
         )
         check_spec(spec)
         return spec
@@ -130,6 +173,19 @@ class Submitter:
             options["queue"] = await self.catalog.task_queue(task)
         spec = self.build_spec(task, args, **options)
         return (await self.submit_specs([spec]))[0]
+
+    async def submit_job(self, task: str, args: Any = None, **options: Any) -> "Submitted":
+        """``submit``, telling whether a job was made: ``Submitted(id, outcome)`` with outcome
+        ``created``, ``active`` (a unique-while-active job holds the key: its id) or ``debounced``
+        (a scheduled debounced job took these args and a later run time: its id)."""
+        if options.get("queue") is None and isinstance(task, str):
+            options["queue"] = await self.catalog.task_queue(task)
+        spec = self.build_spec(task, args, **options)
+        if spec.unique is None:
+            return Submitted((await self.submit_specs([spec]))[0], "created")
+        check_spec(spec)
+        await self.catalog.check_task(spec.task)
+        return await self._submit_one_active(self._new_records([spec], self.clock.now())[0])
 
     async def submit_specs(
         self, specs: Sequence[JobSpec], progress: Callable[[int], None] | None = None
@@ -148,6 +204,21 @@ class Submitter:
             check_spec(spec)
         for task in {s.task for s in specs}:
             await self.catalog.check_task(task)
+        records = self._new_records(specs, now)
+        encoded = [self._encode_checked(rec) for rec in records]
+        if any(s.unique_key or s.unique for s in specs):
+            out = []
+            for rec, data in zip(records, encoded):
+                if rec.spec.unique is not None:
+                    out.append((await self._submit_one_active(rec)).id)
+                else:
+                    out.append(await self._submit_one_unique(rec) if rec.spec.unique_key else
+                               (await self._submit_pipelined([rec], encoded=[data]))[0])
+            return out
+        return await self._submit_pipelined(records, progress, encoded=encoded)
+
+    def _new_records(self, specs: Sequence[JobSpec], now: float) -> list[JobRecord]:
+        """Fresh records (available, or scheduled for a later run_at), signed when signing is configured."""
         records: list[JobRecord] = []
         for spec in specs:
             job_id = new_job_id(now)
@@ -155,14 +226,7 @@ class Submitter:
             records.append(new_record(job_id, spec, now, JobState.SCHEDULED if scheduled else JobState.AVAILABLE,
                                       scheduled_at=spec.run_at if scheduled else now))
         self.ops.auth.sign_records(records)
-        encoded = [self._encode_checked(rec) for rec in records]
-        if any(s.unique_key for s in specs):
-            out = []
-            for rec, data in zip(records, encoded):
-                out.append(await self._submit_one_unique(rec) if rec.spec.unique_key else
-                           (await self._submit_pipelined([rec], encoded=[data]))[0])
-            return out
-        return await self._submit_pipelined(records, progress, encoded=encoded)
+        return records
 
     def _encode_checked(self, rec: JobRecord) -> bytes:
         """The record's bytes, refused when over a limit (naming what is too big)."""
@@ -343,6 +407,131 @@ class Submitter:
                 return entry.value.decode()
             await asyncio.sleep(0.01)  # the first submitter is between its publish and its index write
         raise ChronosError(f"unique key {rec.spec.unique_key!r} is taken but its job id is not recorded yet")
+
+    # --- unique while active, debounce (docs/unique-jobs.md) ------------------------------------
+    async def _unique_store(self) -> KVStore:
+        if self._unique is None:
+            kv = await self.conn.kv(self.names.unique_bucket)
+            self._unique = KVStore(kv, self.conn.publisher, self.names.unique_bucket)
+        return self._unique
+
+    async def _submit_one_active(self, rec: JobRecord) -> "Submitted":
+        """Take the key, then write the job; or return the job that holds it (a debounce moves it).
+
+        The key (``active.<digest>`` in the unique bucket) names its holder's job id. It is taken
+        by compare-and-set only: created when absent, or updated on the revision read when its
+        holder is no longer active (terminal, or for a debounce no longer scheduled), so two
+        submits racing for it make one job and no release step exists to be missed. The key is
+        taken before the record is written; a holder whose record is missing after ``UNIQUE_GRACE``
+        is fenced (``_holder``), so a submitter killed in between never blocks the key for long.
+        """
+        u = rec.spec.unique
+        assert u is not None
+        self._encode_checked(rec)  # refused before the key is taken, not after
+        bucket = await self._unique_store()
+        key = self.names.active_key(unique_digest(rec.spec))
+        for _ in range(_UNIQUE_ROUNDS):
+            entry = await bucket.get(key)
+            if entry is not None:
+                holder = await self._holder(entry.value)
+                if holder is not None and _holds(holder, u.mode):
+                    if u.mode == "while_active":
+                        return Submitted(holder.id, "active")
+                    moved = await self._debounce(holder, rec)
+                    if moved is not None:
+                        return moved
+                    continue  # it stopped being scheduled meanwhile: the key is free now
+            now = self.clock.now()
+            value = f"{rec.id} {now!r}".encode()
+            # The pending marker goes with the key's compare-and-set: one round trip for both.
+            marker, marked = await self.ops.mark_pending([PendingWrite(rec.id, rec.gen, rec.attempt)], "submit")
+            take = await (bucket.create_nowait(key, value) if entry is None
+                          else bucket.update_nowait(key, value, entry.revision))
+            marker_rev = (await self.conn.publisher.wait(marked)).seq
+            try:
+                await take
+            except ConflictError:  # another submit took it first: look again
+                (await self.ops.unmark(marker, marker_rev)).add_done_callback(_unmarked)
+                continue
+            try:
+                await self._write_new(rec)
+            except ConflictError:
+                # Fenced: another submit found the key's record missing past the grace and took
+                # the key over. This id is spent (its key in the jobs bucket is a delete marker).
+                (await self.ops.unmark(marker, marker_rev)).add_done_callback(_unmarked)
+                rec = self._new_records([rec.spec], self.clock.now())[0]
+                continue
+            # (A failure after the record leaves the marker: the leader's rescuer finishes the job.)
+            (await self.ops.unmark(marker, marker_rev)).add_done_callback(_unmarked)
+            return Submitted(rec.id, "created")
+        raise ConflictError(f"unique key {u.key!r} kept changing; try again")
+
+    async def _write_new(self, rec: JobRecord) -> None:
+        """The record (create-if-absent: ConflictError when fenced), then its work message or parked copy."""
+        rev = await (await self.ops.create_nowait(rec))
+        if rec.state is JobState.SCHEDULED:
+            await self._park_scheduled(rec, rev)
+        else:
+            await self.ops.publish_work(rec, rev)
+        self.events.emit(job_event(rec))
+
+    async def _holder(self, value: bytes) -> JobRecord | None:
+        """The record a key names; None when that job can never exist (it was pruned, or its
+        submitter died before writing it: fenced here)."""
+        job_id, _, at = value.decode(errors="replace").partition(" ")
+        rec = await self.ops.read_or_none(job_id) if job_id else None
+        if rec is not None or not job_id:
+            return rec
+        try:
+            taken_at = float(at)
+        except ValueError:
+            taken_at = 0.0
+        # Its submitter may be between the key and the record (about a round trip): wait, up to the
+        # grace after the key was taken (the writer's clock: skew only changes how long this waits).
+        deadline = time.monotonic() + max(0.0, min(UNIQUE_GRACE, taken_at + UNIQUE_GRACE - self.clock.now()))
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            rec = await self.ops.read_or_none(job_id)
+            if rec is not None:
+                return rec
+        # Fence the id: a delete marker written only if the record was never written. Its submitter's
+        # create-if-absent then fails, so it cannot make a job that does not hold the key.
+        store = await self.ops.store()
+        fut = await self.conn.publisher.publish(store.subject(job_id), b"",
+                                                {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": "0"})
+        try:
+            await self.conn.publisher.wait(fut)
+        except Exception as exc:
+            if not is_wrong_last_sequence(exc):
+                raise
+            return await self.ops.read_or_none(job_id)  # written after all (or deleted: None)
+        log.warning("unique key: job %s was never written (its submitter died); the key is free", job_id)
+        return None
+
+    async def _debounce(self, holder: JobRecord, rec: JobRecord) -> "Submitted | None":
+        """A scheduled debounced job takes this submit's spec and runs ``debounce`` from now (but no
+        later than ``max_wait`` after its first submit): a new generation, parked before the record's
+        compare-and-set, so whatever happens in between the old parked copy is stale by its gen and
+        the new one finds either this record or the old one (then it is stale too). None when the
+        holder moved meanwhile (the caller looks at the key again)."""
+        u = rec.spec.unique
+        assert u is not None and u.debounce is not None
+        now = self.clock.now()
+        run_at = now + u.debounce
+        if u.max_wait is not None:
+            run_at = max(now, min(run_at, holder.created_at + u.max_wait))
+        spec = msgspec.structs.replace(rec.spec, run_at=run_at)
+        new = msgspec.structs.replace(holder, spec=spec, gen=holder.gen + 1, scheduled_at=run_at,
+                                      updated_at=now, auth=None, revision=0)
+        self.ops.auth.sign_records([new])  # the spec changed: a new signature over it
+        self._encode_checked(new)
+        await self._park_scheduled(new, holder.revision)
+        try:
+            new = await self.ops.write(new, holder.revision)
+        except ConflictError:
+            return None
+        self.events.emit(job_event(new, message=f"debounced: runs at {run_at:.3f} with the last submit's args"))
+        return Submitted(holder.id, "debounced")
 
     async def _park_scheduled(self, rec: JobRecord, rev: int) -> None:
         """A job for later waits in the delayed store until the scheduler promotes it."""
