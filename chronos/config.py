@@ -94,6 +94,9 @@ class WorkerSettings(msgspec.Struct, **_STRUCT):
     unknown_task_after: float = 300.0
     # A thread keeps held jobs alive while a task blocks the event loop (docs/runbook.md).
     loop_watchdog: bool = True
+    # Seconds a concurrency-limit slot outlives its worker (renewed every third of it while the job
+    # runs; whole seconds, at least 2): a killed worker's slots come back within this.
+    limit_lease: float = 15.0
 
 
 class StreamSettings(msgspec.Struct, **_STRUCT):
@@ -334,6 +337,7 @@ RANGES: dict[str, tuple[float, float, str]] = {
     "worker.thread_pool_size": (1, 4096, ""),
     "worker.http_max_body_bytes": (1, 1024 * _MIB, "bytes"),
     "worker.unknown_task_after": (1, 30 * _DAY, "seconds"),
+    "worker.limit_lease": (2, _DAY, "seconds"),
     "streams.dlq_max_age": (1, 3650 * _DAY, "seconds"),
     "streams.dlq_max_bytes": (1024, 2**53, "bytes"),
     "streams.events_max_age": (1, 3650 * _DAY, "seconds"),
