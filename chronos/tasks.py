@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, P
 import msgspec
 
 from .errors import ChronosError, ConfigError, ValidationError
+from .limits import LimitError, key_of, task_limits
 from .models import Backoff
 from .subjects import PRIORITIES, is_valid_token
 from .worker.registry import Registry, TaskDef, default_registry, default_task_name
@@ -231,6 +232,15 @@ class Task(Generic[P, R]):
                 "(a job carries a list or an object)")
         return list(bound.args)
 
+    def check_limit_key(self, job_args: Any) -> None:
+        """A per-key limit needs its key in the args: ValidationError naming ``limit_key`` if absent."""
+        limits = self.__chronos_taskdef__.limits
+        if limits is not None and limits.key is not None:
+            try:
+                key_of(job_args, limits.key)
+            except LimitError as exc:
+                raise ValidationError(f"task {self.name}: {exc}") from None
+
     def result_of(self, record: "JobRecord") -> R:
         from .states import JobState
 
@@ -277,6 +287,7 @@ class TaskCall(Generic[P, R]):
 
     async def submit(self, *args: P.args, **kwargs: P.kwargs) -> JobRef[R]:
         job_args = self.task.bind(*args, **kwargs)
+        self.task.check_limit_key(job_args)
         client = await get_client()
         job_id = await client.submit(self.task.name, job_args, **self.task._merged(self.options))
         return JobRef(job_id, self.task, client)
@@ -285,6 +296,7 @@ class TaskCall(Generic[P, R]):
         from .sync import sync_client
 
         job_args = self.task.bind(*args, **kwargs)
+        self.task.check_limit_key(job_args)
         client = sync_client()
         job_id = client.submit(self.task.name, job_args, **self.task._merged(self.options))
         return SyncJobRef(job_id, self.task, client)
@@ -308,6 +320,8 @@ def task(
     fn: None = None, /, *, name: str | None = ..., weight: int = ..., registry: Registry | None = ...,
     retry_on: Iterable[type[BaseException]] = ..., queue: str | None = ..., priority: str | None = ...,
     max_attempts: int | None = ..., timeout: float | None = ..., backoff: Backoff | dict[str, Any] | None = ...,
+    rate_limit: str | None = ..., burst: int | None = ..., concurrency: int | None = ...,
+    limit_key: str | int | Callable[[Any], Any] | None = ...,
 ) -> _TaskDecorator: ...
 
 
@@ -324,13 +338,21 @@ def task(
     max_attempts: int | None = None,
     timeout: float | None = None,
     backoff: Backoff | dict[str, Any] | None = None,
+    rate_limit: str | None = None,
+    burst: int | None = None,
+    concurrency: int | None = None,
+    limit_key: str | int | Callable[[Any], Any] | None = None,
 ) -> Any:
     """Register a function as a task and return its handle.
 
     ``@task`` or ``@task(name="emails.send", queue="mail", max_attempts=3, retry_on=(IOError,))``.
     Async functions run on the worker's loop; sync ones in its thread pool. ``weight`` is
     the slots one run takes; ``retry_on`` limits retries to those exceptions (others end
-    the job at once). The rest are submit defaults.
+    the job at once). The rest are submit defaults, except the fleet-wide limits
+    (docs/rate-limits.md, docs/concurrency-limits.md): ``rate_limit="50/s"`` (or ``/m``, ``/h``)
+    with an optional ``burst``, ``concurrency=N`` running at once, and ``limit_key``, which makes
+    them per key: a path into the args (``"customer_id"``, ``"0"``, ``"order.customer.id"``) or a
+    function of the args. A malformed limit raises ConfigError here, naming the field.
     """
 
     def wrap(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -344,8 +366,13 @@ def task(
         options = {k: v for k, v in (("queue", queue), ("priority", priority), ("max_attempts", max_attempts),
                                      ("timeout", timeout), ("backoff", backoff)) if v is not None}
         options = _check_options(task_name, options, ConfigError)
+        try:
+            limits = task_limits(rate_limit, burst, concurrency, limit_key)
+        except LimitError as exc:
+            raise ConfigError(f"task {task_name}: {exc}") from None
         reg = registry if registry is not None else default_registry
-        d = reg.register(f, name=task_name, weight=weight, retry_on=retry_on, queue=options.get("queue"))
+        d = reg.register(f, name=task_name, weight=weight, retry_on=retry_on, queue=options.get("queue"),
+                         limits=limits)
         return Task(f, d, options)
 
     return wrap(fn) if fn is not None else wrap

@@ -213,8 +213,11 @@ class Executor:
         sync: SyncRunner,
         unknown_task_after: float = 300.0,
         host: Host | None = None,
+        limiter: Any = None,
     ) -> None:
         self.host: Host = host if host is not None else Alone()
+        # Fleet-wide rate and concurrency limits (worker/limiter.py); None: no gate at all.
+        self.limiter = limiter
         self.ops = ops
         self.registry = registry
         self.events = events
@@ -272,6 +275,11 @@ class Executor:
             await self._hand_back(msg, job.record, job.rev, delivered)
             return False
         self.host.classify(run, not taskdef.is_async)
+        limiter = self.limiter
+        if limiter is not None and limiter.applies(taskdef, job.record.spec.queue):
+            # Over a limit: handed back without an attempt, before any state change (limiter.py).
+            if not await limiter.gate(self, run, job, taskdef, delivered):
+                return False
         settled = False
         if self._writing and job.record.id in self._writing:
             await self._write_settled(job.record.id)  # then decide on the stored record, not the carried one

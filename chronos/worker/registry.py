@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 import msgspec
 
 from ..errors import ConfigError
+from ..limits import TaskLimits
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,9 @@ class TaskDef(msgspec.Struct, frozen=True):
     # Empty: every exception is retried until attempts run out.
     retry_on: tuple[type[BaseException], ...] = ()
     queue: str | None = None  # the queue submits go to by default (the handle's, and the catalog's)
+    # Fleet-wide rate and concurrency limits, per task or per limit key (chronos/limits.py); None: none,
+    # and the worker's hot path pays nothing for them.
+    limits: TaskLimits | None = None
 
 
 class Registry:
@@ -44,6 +48,7 @@ class Registry:
         weight: int = 1,
         retry_on: Iterable[type[BaseException]] = (),
         queue: str | None = None,
+        limits: TaskLimits | None = None,
     ) -> TaskDef:
         task_name = name or default_task_name(fn)
         if not isinstance(weight, int) or isinstance(weight, bool) or weight < 1:
@@ -52,7 +57,7 @@ class Registry:
         for exc in retry:
             if not (isinstance(exc, type) and issubclass(exc, BaseException)):
                 raise ConfigError(f"task {task_name}: retry_on takes exception classes, not {exc!r}")
-        d = TaskDef(task_name, fn, inspect.iscoroutinefunction(fn), weight, retry, queue)
+        d = TaskDef(task_name, fn, inspect.iscoroutinefunction(fn), weight, retry, queue, limits)
         self.add(d)
         return d
 

@@ -1,0 +1,332 @@
+"""Queue limits (operator settings) and the limits bucket: rate-limit state, concurrency slots, waiters.
+
+A queue's limits are the key ``limit.<queue>`` of the queues bucket (the console writes it;
+every worker watches it). Keys of ``<ns>_limits`` (``chronos/limits.py`` has the value types)::
+
+    rate.<digest>          RateState      GCRA state of one (scope, name, key)   (workers write)
+    slot.<digest>.<n>      SlotHolder     concurrency slot n of one (scope, name, key), with a
+                                          per-message TTL (the lease): a dead worker's slot
+                                          expires on the server's clock       (workers write)
+    wait.<digest>.<job>    Waiter         a job seen waiting for a slot, expires by TTL
+
+Every write is a compare-and-set on the key's revision (``Nats-Expected-Last-Subject-Sequence``),
+so two workers never both take one slot or one rate turn. A slot is taken over an absent key
+(revision 0), over a released one (its delete marker's revision), or never.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import nats.js.errors
+
+from . import cas, codec
+from .clock import SYSTEM_CLOCK, Clock
+from .connection import Connection
+from .errors import ConflictError
+from .limits import (
+    Holder,
+    LimitsSnapshot,
+    LimitView,
+    QueueLimit,
+    Rate,
+    RateState,
+    SlotHolder,
+    Waiter,
+    bump_recent,
+    digest,
+    rate_now,
+    reserve,
+    waiting,
+)
+from .publisher import encode_headers, is_wrong_last_sequence
+from .store.kv import KVStore
+
+log = logging.getLogger(__name__)
+
+RATE_PREFIX = "rate."
+SLOT_PREFIX = "slot."
+WAIT_PREFIX = "wait."
+_DELETE_OPS = ("DEL", "PURGE")
+
+
+@dataclass(slots=True)
+class SlotLease:
+    """A concurrency slot this process holds: renewed by compare-and-set, released by a delete."""
+
+    key: str
+    revision: int
+    holder: SlotHolder
+    lost: bool = False
+
+
+class _Bucket:
+    """Raw reads and compare-and-set writes on one bucket."""
+
+    def __init__(self, conn: Connection, bucket: str) -> None:
+        self.conn = conn
+        self.bucket = bucket
+        self._prefix = f"$KV.{bucket}."
+        self._kv: Any = None
+        self._store: KVStore | None = None
+
+    async def kv(self) -> Any:
+        if self._kv is None:
+            self._kv = await self.conn.kv(self.bucket)
+            self._store = KVStore(self._kv, self.conn.publisher, self.bucket)
+        return self._kv
+
+    async def store(self) -> KVStore:
+        await self.kv()
+        assert self._store is not None
+        return self._store
+
+    def subject(self, key: str) -> str:
+        return self._prefix + key
+
+    async def get(self, key: str) -> tuple[bytes | None, int]:
+        """(value, revision): value None for an absent key (revision 0) or a deleted one (its marker's)."""
+        kv = self._kv or await self.kv()
+        try:
+            e = await kv.get(key)
+        except nats.js.errors.KeyNotFoundError as exc:
+            entry = getattr(exc, "entry", None)
+            return None, (entry.revision or 0) if entry is not None else 0
+        return e.value, e.revision or 0
+
+    async def cas(self, key: str, value: bytes, revision: int, ttl: float | None = None,
+                  delete: bool = False) -> int:
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(revision)}
+        if delete:
+            headers["KV-Operation"] = "DEL"
+        if ttl is not None:
+            headers["Nats-TTL"] = f"{max(1, math.ceil(ttl))}s"
+        try:
+            ack = await self.conn.publisher.request(self.subject(key), value, headers)
+        except Exception as exc:
+            if is_wrong_last_sequence(exc):
+                raise ConflictError(f"{key} changed since it was read") from None
+            raise
+        return ack.seq
+
+
+class LimitStore:
+    """Reads and compare-and-set writes of queue limits (queues bucket) and limit state (limits bucket)."""
+
+    def __init__(self, conn: Connection, clock: Clock = SYSTEM_CLOCK) -> None:
+        self.conn = conn
+        self.clock = clock
+        self.names = conn.names
+        self.state = _Bucket(conn, conn.names.limits_bucket)
+        self.queues = _Bucket(conn, conn.names.queues_bucket)
+        self._rate_cache: dict[str, tuple[RateState, int]] = {}
+        self._free_rev: dict[str, int] = {}  # slot key -> the revision it was last seen free at
+
+    async def _get(self, key: str) -> tuple[bytes | None, int]:
+        return await self.state.get(key)
+
+    async def _cas(self, key: str, value: bytes, revision: int, ttl: float | None = None) -> int:
+        return await self.state.cas(key, value, revision, ttl)
+
+    def subject(self, key: str) -> str:
+        return self.state.subject(key)
+
+    # --- queue limits (operators) --------------------------------------------------------------
+    async def queue_limit(self, queue: str) -> tuple[QueueLimit | None, int]:
+        data, rev = await self.queues.get(self.names.queue_limit_key(queue))
+        return (codec.decode(data, QueueLimit) if data else None), rev
+
+    async def put_queue_limit(self, limit: QueueLimit, revision: int) -> int:
+        """Compare-and-set; a limit with neither rate nor concurrency removes the key."""
+        key = self.names.queue_limit_key(limit.queue)
+        if limit.rate is None and limit.concurrency is None:
+            if revision == 0:
+                return 0
+            return await self.queues.cas(key, b"", revision, delete=True)
+        return await self.queues.cas(key, codec.encode(limit), revision)
+
+    async def queue_limits(self) -> list[QueueLimit]:
+        out = []
+        for e in await (await self.queues.store()).entries(self.names.queue_limit_wildcard()):
+            try:
+                out.append(codec.decode(e.value, QueueLimit))
+            except Exception:  # a foreign value: not ours to show
+                continue
+        return sorted(out, key=lambda q: q.queue)
+
+    async def watch_queue_limits(self) -> AsyncIterator[tuple[str, QueueLimit | None]]:
+        """(queue, its limit or None once removed): every current one first, then changes."""
+        prefix = self.names.queue_limit_key("")
+        async for e in (await self.queues.store()).watch(self.names.queue_limit_wildcard(), include_existing=True):
+            limit = None
+            if e.value:
+                try:
+                    limit = codec.decode(e.value, QueueLimit)
+                except Exception:
+                    limit = None
+            yield e.key[len(prefix):], limit
+
+    # --- rate limits (workers) --------------------------------------------------------------------
+    async def reserve(self, scope: str, name: str, key: str | None, rate: Rate) -> float:
+        """This job's start time under ``rate`` (now, or a later turn reserved for it)."""
+        k = RATE_PREFIX + digest(scope, name, key or "")
+        cached = self._rate_cache.get(k)
+        now_box: list[float] = []
+
+        async def read() -> tuple[RateState | None, int]:
+            data, rev = await self._get(k)
+            return (codec.decode(data, RateState) if data else None), rev
+
+        def decide(state: RateState | None, rev: int) -> RateState:
+            now = self.clock.now()
+            tat = state.tat if state is not None else now
+            start, new_tat = reserve(tat, now, rate)
+            now_box[:] = [start]
+            recent = bump_recent(state.recent if state is not None else [], start)
+            return RateState(tat=new_tat, scope=scope, name=name, key=key, limit=rate.text(), burst=rate.burst,
+                             recent=recent)
+
+        async def write(new: RateState, rev: int) -> float:
+            # The state expires once idle: by then the tat is in the past and absent means the same.
+            ttl = max(60.0, new.tat - self.clock.now() + 60.0)
+            new_rev = await self._cas(k, codec.encode(new), rev, ttl)
+            self._rate_cache[k] = (new, new_rev)
+            return now_box[0]
+
+        try:
+            return await cas.update(read, decide, write, seen=cached, attempts=50, what=f"rate limit {name}")
+        except ConflictError:
+            self._rate_cache.pop(k, None)
+            raise
+
+    # --- concurrency slots (workers) -----------------------------------------------------------------
+    async def acquire(self, scope: str, name: str, key: str | None, limit: int, holder: SlotHolder,
+                      lease: float) -> SlotLease | None:
+        """Take one of ``limit`` slots for ``holder`` (None: all are held). One try per free slot."""
+        base = SLOT_PREFIX + digest(scope, name, key or "") + "."
+        data = codec.encode(holder)
+        if limit == 1:
+            candidates = [(base + "0", self._free_rev.get(base + "0", 0))]
+        else:
+            keys = [base + str(i) for i in range(limit)]
+            seen = await asyncio.gather(*(self._get(k) for k in keys))
+            candidates = [(k, rev) for k, (value, rev) in zip(keys, seen) if value is None]
+            random.shuffle(candidates)  # workers racing for the same free slots spread out
+        for k, rev in candidates:
+            for _ in range(2):
+                try:
+                    new_rev = await self._cas(k, data, rev, lease)
+                except ConflictError:
+                    value, rev = await self._get(k)
+                    if value is not None:
+                        break  # held by someone: try the next slot
+                    continue  # released or expired meanwhile: once more over what is there now
+                self._free_rev.pop(k, None)
+                return SlotLease(k, new_rev, holder)
+        return None
+
+    async def renew(self, slot: SlotLease, lease: float) -> bool:
+        """Set the slot's TTL again (compare-and-set on its revision). False: it was lost (expired, taken)."""
+        if slot.lost:
+            return False
+        slot.holder.renewed = self.clock.now()
+        try:
+            slot.revision = await self._cas(slot.key, codec.encode(slot.holder), slot.revision, lease)
+            return True
+        except ConflictError:
+            slot.lost = True
+            return False
+
+    def release_nowait(self, slot: SlotLease) -> asyncio.Future[Any] | None:
+        """Delete the slot (guarded by its revision) without waiting; the marker expires by TTL."""
+        if slot.lost:
+            return None
+        slot.lost = True
+        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(slot.revision),
+                   "Nats-TTL": "60s"}
+        hdr = encode_headers(headers)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[Any] = loop.create_future()
+
+        def on_ack(ack: Any, exc: BaseException | None) -> None:
+            if exc is None and ack is not None:
+                self._free_rev[slot.key] = ack.seq
+            elif exc is not None and not is_wrong_last_sequence(exc):
+                log.warning("releasing limit slot %s failed (it expires with its lease): %s", slot.key, exc)
+            if not done.done():
+                done.set_result(None)
+
+        if not self.conn.publisher.publish_cb(self.subject(slot.key), b"", hdr, on_ack):
+            async def send() -> None:
+                try:
+                    ack = await self.conn.publisher.request(self.subject(slot.key), b"", headers)
+                    on_ack(ack, None)
+                except Exception as exc:
+                    on_ack(None, exc)
+            asyncio.ensure_future(send()).add_done_callback(lambda _f: None)
+        return done
+
+    async def note_waiting(self, scope: str, name: str, key: str | None, job_id: str, for_seconds: float) -> None:
+        """Record that ``job_id`` waits for a slot (for listings); sent, not awaited."""
+        k = WAIT_PREFIX + digest(scope, name, key or "") + "." + job_id
+        w = Waiter(job_id=job_id, scope=scope, name=name, key=key, since=self.clock.now())
+        headers = {"Nats-TTL": f"{max(1, math.ceil(for_seconds))}s"}
+        try:
+            await self.conn.publisher.publish(self.subject(k), codec.encode(w), headers)
+        except Exception as exc:  # listings only
+            log.debug("waiter note failed: %s", exc)
+
+    # --- the snapshot (consoles) -----------------------------------------------------------------------
+    async def snapshot(self) -> LimitsSnapshot:
+        now = self.clock.now()
+        entries = await (await self.state.store()).entries()
+        queues = await self.queue_limits()
+        rates: list[LimitView] = []
+        slots: dict[str, LimitView] = {}
+        waiters: dict[str, int] = {}
+        for e in entries:
+            try:
+                if e.key.startswith(RATE_PREFIX):
+                    st = codec.decode(e.value, RateState)
+                    r = _rate_of(st)
+                    rates.append(LimitView(
+                        kind="rate", scope=st.scope, name=st.name, key=st.key, limit=st.limit,
+                        waiting=waiting(st.tat, now, r) if r else 0, rate_now=rate_now(st.recent, now),
+                        next_free_in=max(0.0, st.tat - (r.interval * (r.burst - 1) if r else 0.0) - now)))
+                elif e.key.startswith(SLOT_PREFIX):
+                    h = codec.decode(e.value, SlotHolder)
+                    group, _, n = e.key[len(SLOT_PREFIX):].rpartition(".")
+                    view = slots.get(group)
+                    if view is None:
+                        view = slots[group] = LimitView(kind="concurrency", scope=h.scope, name=h.name, key=h.key,
+                                                        limit=str(h.limit))
+                    view.holders.append(Holder(job_id=h.job_id, worker=h.worker, since=h.since,
+                                               expires=(h.renewed or h.since) + h.lease,
+                                               slot=int(n) if n.isdigit() else 0))
+                elif e.key.startswith(WAIT_PREFIX):
+                    group = e.key[len(WAIT_PREFIX):].rpartition(".")[0]
+                    waiters[group] = waiters.get(group, 0) + 1
+                    if group not in slots:
+                        w = codec.decode(e.value, Waiter)
+                        slots[group] = LimitView(kind="concurrency", scope=w.scope, name=w.name, key=w.key)
+            except Exception:  # a value of another version: skipped in the listing
+                continue
+        for group, view in slots.items():
+            view.waiting = waiters.get(group, 0)
+            view.holders.sort(key=lambda h: h.slot)
+        views = sorted([*rates, *slots.values()], key=lambda v: (v.scope, v.name, v.kind, v.key or ""))
+        return LimitsSnapshot(at=now, queues=queues, limits=views)
+
+
+def _rate_of(st: RateState) -> Rate | None:
+    from .limits import parse_rate
+
+    try:
+        return parse_rate(st.limit.split(" ")[0], "rate", st.burst)
+    except Exception:
+        return None

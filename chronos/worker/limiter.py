@@ -1,0 +1,308 @@
+"""Fleet-wide rate and concurrency limits at the worker: the gate a limited job passes before it runs.
+
+Which limits apply to a job: its task's (``TaskDef.limits``, declared on ``@chronos.task``; per
+key when it has a ``limit_key``) and its queue's (operator settings, followed by a KV watch). A
+job with none pays nothing: ``applies()`` is two dictionary lookups, no round trip.
+
+The gate, for a job with limits, before any state change::
+
+    concurrency slots  take one slot per concurrency limit (compare-and-set on a slot key with a
+                       per-message TTL, the lease); all held -> wait
+    rate turns         a valid ticket on the record (a turn reserved at an earlier hand-back) is
+                       used; else reserve a turn by GCRA (compare-and-set on the rate key). A turn
+                       later than now -> wait, holding that turn in a ticket
+    run                the slots go with the job (renewed every lease/3 here, released when the
+                       job is done with: completed, retried, cancelled, discarded, shut down)
+
+Waiting is a hand-back: the record counts the delivery as handed back (so no attempt is spent;
+``_runs_in_gen`` subtracts it), with the ticket if a turn was reserved, and the message is
+nak'ed with the delay (the reserved turn for a rate, a growing poll for a slot). The worker slot
+is free at once. Each hand-back is a delivery: past ``repark_at`` deliveries the job is given a
+fresh generation and work message (under a pending marker, so a worker dying in between leaves
+it to the rescuer) and the old message is terminated, so JetStream's ``max_deliver`` backstop
+never sends a long-waiting job to the DLQ.
+
+A job whose args lack its limit key is discarded with that one-line reason, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from .. import cas
+from ..cancellation import raise_if_cancelling
+from ..clock import Clock
+from ..errors import ConflictError, JobNotFoundError
+from ..limits import LimitError, QueueLimit, Rate, SlotHolder, key_of
+from ..limitstore import LimitStore, SlotLease
+from ..models import JobMessage, JobRecord, LimitTicket, PendingWrite
+from ..states import TERMINAL, JobState
+from .executor import MAX_ATTEMPTS_KEPT, _add_unrecorded
+from .registry import TaskDef
+
+if TYPE_CHECKING:
+    from .executor import Executor, Running
+
+log = logging.getLogger(__name__)
+
+POLL_FIRST = 0.1  # a job waiting for a slot asks again after this, growing x1.5 ...
+POLL_CAP = 2.0  # ... up to this (with jitter, so waiters on one key spread out)
+EARLY = 0.002  # a reserved turn this close is taken now
+
+
+class Limiter:
+    """One per worker: queue limits (watched), slot leases held here, and the gate."""
+
+    def __init__(self, store: LimitStore, clock: Clock, worker_id: str, lease: float, max_deliver: int) -> None:
+        self.store = store
+        self.clock = clock
+        self.worker_id = worker_id
+        self.lease = max(2.0, float(math.ceil(lease)))  # the server's TTLs are whole seconds
+        # Hand-backs of one message before it is re-parked with a fresh generation: well inside
+        # max_deliver, so JetStream never gives up on a job that only waits.
+        self.repark_at = max(2, min(20, max_deliver // 2))
+        self.queue_limits: dict[str, QueueLimit] = {}
+        self._queue_rates: dict[str, Rate | None] = {}
+        self._held: dict[int, list[SlotLease]] = {}  # Running.key -> its slots
+        self.waited = 0  # hand-backs over a limit
+        self.reparked = 0
+        self.loaded = asyncio.Event()
+
+    # --- queue limits ------------------------------------------------------------------------
+    def _set_queue(self, queue: str, limit: QueueLimit | None) -> None:
+        if limit is None or (limit.rate is None and limit.concurrency is None):
+            self.queue_limits.pop(queue, None)
+            self._queue_rates.pop(queue, None)
+            return
+        try:
+            rate = limit.parsed_rate()
+        except LimitError as exc:  # written by something other than the client's checks
+            log.warning("queue %s: ignoring a malformed rate limit: %s", queue, exc)
+            rate = None
+        self.queue_limits[queue] = limit
+        self._queue_rates[queue] = rate
+
+    async def load(self) -> None:
+        """Every queue's limits, before the first fetch."""
+        for q in await self.store.queue_limits():
+            self._set_queue(q.queue, q)
+        self.loaded.set()
+
+    async def watch(self) -> None:
+        """Follow queue limit changes until cancelled (live: no restart needed)."""
+        while True:
+            try:
+                async for queue, limit in self.store.watch_queue_limits():
+                    self._set_queue(queue, limit)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the watch restarts; the limits in hand stay in force
+                log.warning("queue limits watch failed (retrying): %s", exc)
+            raise_if_cancelling()
+            await self.clock.sleep(1.0)
+
+    async def renew_loop(self) -> None:
+        """Renew every slot held here well inside the lease (a lost slot is logged)."""
+        every = self.lease / 3
+        while True:
+            await self.clock.sleep(every)
+            raise_if_cancelling()
+            leases = [s for slots in list(self._held.values()) for s in slots if not s.lost]
+            if not leases:
+                continue
+            results = await asyncio.gather(*(self.store.renew(s, self.lease) for s in leases),
+                                           return_exceptions=True)
+            for s, ok in zip(leases, results):
+                if ok is False:
+                    log.warning("limit slot %s of job %s was lost (its lease ran out); the job runs on "
+                                "and another may start", s.key, s.holder.job_id)
+                elif isinstance(ok, BaseException):
+                    log.warning("renewing limit slot %s failed: %s", s.key, ok)
+
+    # --- the gate -------------------------------------------------------------------------------
+    def applies(self, taskdef: TaskDef, queue: str) -> bool:
+        return taskdef.limits is not None or queue in self.queue_limits
+
+    def release(self, run: "Running") -> None:
+        """The job is done with here: give its slots back (sent, not awaited)."""
+        slots = self._held.pop(run.key, None)
+        if slots:
+            for s in slots:
+                self.store.release_nowait(s)
+
+    def holds(self) -> int:
+        return sum(len(v) for v in self._held.values())
+
+    async def gate(self, ex: "Executor", run: "Running", job: JobMessage, taskdef: TaskDef, delivered: int) -> bool:
+        """True: run the job (its slots are held for ``run``). False: it was handed back, re-parked,
+        discarded or found stale, and the message is dealt with."""
+        record, rev = job.record, job.rev
+        spec = record.spec
+        # (scope, name, key) per limit
+        conc: list[tuple[str, str, str | None, int]] = []
+        rates: list[tuple[str, str, str | None, Rate]] = []
+        tl = taskdef.limits
+        if tl is not None:
+            try:
+                key = key_of(spec.args, tl.key)
+            except LimitError as exc:
+                await ex._discard(run.msg, record, rev, f"unrunnable: {exc}", None)
+                return False
+            if tl.concurrency is not None:
+                conc.append(("task", spec.task, key, tl.concurrency))
+            if tl.rate is not None:
+                rates.append(("task", spec.task, key, tl.rate))
+        ql = self.queue_limits.get(spec.queue)
+        if ql is not None:
+            if ql.concurrency is not None:
+                conc.append(("queue", spec.queue, None, ql.concurrency))
+            qr = self._queue_rates.get(spec.queue)
+            if qr is not None:
+                rates.append(("queue", spec.queue, None, qr))
+        if not conc and not rates:
+            return True
+
+        ticket = None
+        current = record
+        if delivered > 1:
+            # A hand-back may have left a ticket: the record as written then, not as carried.
+            try:
+                fresh = await ex.ops.read(record.id)
+            except JobNotFoundError:
+                await ex.acks.ack(run.msg)
+                return False
+            if fresh.gen != record.gen or fresh.state in TERMINAL or fresh.state is JobState.SCHEDULED:
+                await ex.acks.ack(run.msg)  # stale: a newer message exists, or it is finished
+                return False
+            if fresh.state is JobState.RUNNING and fresh.worker == ex.worker_id and ex.host.is_running_here(fresh.id):
+                return True  # redelivered while it runs here: the executor leaves it to that run
+            current = fresh
+        t = current.limit_ticket
+        if t is not None and t.gen == current.gen and t.delivery == delivered:
+            ticket = t
+        now = self.clock.now()
+        held: list[SlotLease] = []
+        for scope, name, key, limit in conc:
+            holder = SlotHolder(job_id=record.id, worker=self.worker_id, since=now, scope=scope, name=name,
+                                key=key, limit=limit, lease=self.lease, gen=record.gen)
+            lease = await self.store.acquire(scope, name, key, limit, holder, self.lease)
+            if lease is None:
+                for s in held:
+                    self.store.release_nowait(s)
+                n = max(0, delivered - 1)
+                delay = min(POLL_CAP, POLL_FIRST * 1.5 ** n) * random.uniform(0.75, 1.25)
+                carry = LimitTicket(record.gen, delivered + 1, ticket.at) if ticket is not None else None
+                await self.store.note_waiting(scope, name, key, record.id, delay + 2.0)
+                await self._wait(ex, run, record, rev, delivered, delay, carry,
+                                 f"{scope} {name}{f' [{key}]' if key else ''} has all {limit} slots taken")
+                return False
+            held.append(lease)
+        if rates:
+            if ticket is not None:
+                start = ticket.at
+            else:
+                try:
+                    starts = [await self.store.reserve(scope, name, key, rate) for scope, name, key, rate in rates]
+                except ConflictError:
+                    starts = [now + 0.05]  # the rate key kept changing: come back in a moment
+                start = max(starts)
+            delay = start - self.clock.now()
+            if delay > EARLY:
+                for s in held:
+                    self.store.release_nowait(s)
+                carry = LimitTicket(record.gen, delivered + 1, start)
+                await self._wait(ex, run, record, rev, delivered, delay, carry, "over its rate limit")
+                return False
+        if held:
+            self._held[run.key] = held
+        return True
+
+    async def _wait(self, ex: "Executor", run: "Running", record: JobRecord, rev: int, delivered: int,
+                    delay: float, ticket: LimitTicket | None, why: str) -> None:
+        """Hand the job back for ``delay`` seconds without spending an attempt (or re-park it)."""
+        self.waited += 1
+        if delivered >= self.repark_at:
+            if await self._repark(ex, run, record, rev, ticket):
+                return
+        carried, msg_gen = record, record.gen
+
+        def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[str]:
+            if rec.gen != msg_gen or rec.state in TERMINAL or rec.state is JobState.SCHEDULED:
+                return cas.Stop("stale")
+            same_gen = rec.delivered_gen == rec.gen
+            accounted = rec.delivered if same_gen else 0
+            if rec is not carried and accounted >= delivered:
+                return cas.Stop("counted")  # a later delivery is recorded already
+            now = self.clock.now()
+            attempts = list(rec.attempts)
+            attempt_no = _add_unrecorded(attempts, rec.attempt, accounted, delivered, now)
+            return msgspec.structs.replace(
+                rec, delivered=delivered, delivered_gen=rec.gen, handed_back=(rec.handed_back if same_gen else 0) + 1,
+                attempt=attempt_no, attempts=attempts[-MAX_ATTEMPTS_KEPT:], limit_ticket=ticket)
+
+        async def write(new: JobRecord, rev: int) -> str:
+            await (await ex.ops.write_nowait(new, rev))
+            return "written"
+
+        try:
+            done = await cas.update(lambda: ex.ops.read_versioned(record.id), decide, write,
+                                    seen=(record, rev), what=f"job {record.id}")
+        except JobNotFoundError:
+            done = "stale"
+        except ConflictError:
+            done = "unrecorded"  # kept changing: handed back anyway; a later delivery counts it
+        if done == "stale":
+            await ex.acks.ack(run.msg)
+            return
+        log.debug("job %s: %s; handed back for %.3fs", record.id, why, delay)
+        await ex.acks.nak(run.msg, max(0.001, delay))
+
+    async def _repark(self, ex: "Executor", run: "Running", record: JobRecord, rev: int,
+                      ticket: LimitTicket | None) -> bool:
+        """A fresh generation and work message for a job that has waited through many deliveries;
+        the old message is terminated. False when it could not be done (then it is handed back)."""
+        ops = ex.ops
+        msg_gen = record.gen
+
+        def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[None]:
+            if rec.gen != msg_gen or rec.state in TERMINAL or rec.state is JobState.SCHEDULED:
+                return cas.Stop(None)
+            gen = rec.gen + 1
+            t = LimitTicket(gen, 1, ticket.at) if ticket is not None else None
+            return msgspec.structs.replace(rec, gen=gen, delivered=0, handed_back=0, delivered_gen=gen,
+                                           updated_at=self.clock.now(), limit_ticket=t)
+
+        async def write(new: JobRecord, rev: int) -> JobRecord:
+            key, marked = await ops.mark_pending([PendingWrite(new.id, new.gen, new.attempt)], "limit")
+            marker_rev = (await ops.publisher.wait(marked)).seq
+            try:
+                new = await ops.write(new, rev)
+            except ConflictError:
+                await ops.publisher.wait(await ops.unmark(key, marker_rev))
+                raise
+            await ops.publish_work(new, new.revision)
+            await ops.publisher.wait(await ops.unmark(key, marker_rev))
+            return new
+
+        try:
+            new = await cas.update(lambda: ops.read_versioned(record.id), decide, write,
+                                   seen=(record, rev), what=f"job {record.id}")
+        except JobNotFoundError:
+            await ex.acks.ack(run.msg)
+            return True
+        except Exception as exc:  # no permission, server trouble: the plain hand-back still works
+            log.warning("job %s: could not re-park it with a fresh generation (%s); handing it back", record.id, exc)
+            return False
+        await ex.acks.term(run.msg)  # stale now (its generation is old) and never redelivered
+        if new is not None:
+            self.reparked += 1
+            log.info("job %s waited through %d deliveries; re-parked as generation %d", record.id,
+                     record.delivered, new.gen)
+        return True
+
