@@ -6,6 +6,11 @@ node answers through its index's queue group (readmodel.py); a node still catchi
 truth) and checked against the filter again, so a listing never shows a record the index only
 remembers. With no index answering, the KV is scanned here: correct, but its cost grows with the
 bucket (a warning says so when the bucket is big).
+
+A ``--where`` listing (chronos/where.py) may come back short: each request scans for at most its
+time budget and answers what it found with a cursor (``partial``); ``list_jobs`` asks again
+until the page is full or its own budget is spent, and then returns the short page with the
+cursor, never a timeout. ``match_ids`` walks every match for a bulk action, a page at a time.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, TypeVar
+from typing import Any, AsyncIterator, TypeVar
 
 import msgspec
 import nats.errors
@@ -30,6 +35,7 @@ from .readmodel import (
     CountsQuery,
     CountsReply,
     JobsQuery,
+    MAX_BUDGET,
     JobsReply,
     counts_from_records,
     record_matches,
@@ -41,6 +47,7 @@ log = logging.getLogger(__name__)
 
 R = TypeVar("R", JobsReply, CountsReply)
 _NOT_READY_GRACE = 0.1  # after a "not ready", how long a caught-up node gets to answer
+_MIN_BUDGET = 0.02  # a --where request past the listing's budget still gets this long to scan
 
 
 async def ask_index(conn: Connection, query: Any, typ: type[R], timeout: float = 5.0) -> R | None:
@@ -91,14 +98,20 @@ async def ask_index(conn: Connection, query: Any, typ: type[R], timeout: float =
             log.debug("listing inbox unsubscribe: %s", exc)
 
 
-async def list_jobs(conn: Connection, ops: JobOps, q: JobsQuery, limit: int) -> JobPage:
-    """Up to ``limit`` jobs (pages of at most MAX_PAGE are asked one after another)."""
+async def list_jobs(conn: Connection, ops: JobOps, q: JobsQuery, limit: int, budget: float = 2.0) -> JobPage:
+    """Up to ``limit`` jobs (pages of at most MAX_PAGE are asked one after another).
+
+    ``budget``: seconds a ``--where`` listing may spend filling its page; past it the page comes
+    back short, with the cursor where the search stopped."""
     jobs: list[JobRecord] = []
     total, exact, nxt = 0, True, q.cursor
     first = True
+    deadline = time.monotonic() + budget
     while True:
         page_q = msgspec.structs.replace(q, cursor=nxt, offset=q.offset if first else 0,
                                          limit=min(MAX_PAGE, limit - len(jobs)))
+        if q.where:
+            page_q.budget = max(_MIN_BUDGET, min(q.budget, deadline - time.monotonic()))
         reply = await ask_index(conn, page_q, JobsReply)
         if reply is None:
             return await _scan(ops, q, limit)
@@ -111,7 +124,63 @@ async def list_jobs(conn: Connection, ops: JobOps, q: JobsQuery, limit: int) -> 
         nxt = reply.next
         if nxt is None or len(jobs) >= limit:
             break
+        if q.where and time.monotonic() >= deadline:
+            break  # a short page and the cursor: the caller may ask on
+    if q.where:  # the index cannot count a JSON path without a scan: at least what was seen
+        total, exact = q.offset + len(jobs) + (1 if nxt is not None else 0), exact and nxt is None
     return JobPage(jobs=jobs[:limit], total=total, offset=q.offset, limit=limit, next=nxt, exact=exact)
+
+
+async def match_ids(conn: Connection, ops: JobOps, q: JobsQuery, page: int = MAX_PAGE) -> AsyncIterator[list[str]]:
+    """Every job id the filter matches, newest first, a page at a time, resuming by cursor (the
+    index's view: whoever acts on an id re-checks the KV's record). Without an index: one KV scan."""
+    nxt = q.cursor
+    while True:
+        reply = await ask_index(conn, msgspec.structs.replace(q, cursor=nxt, offset=0, limit=page,
+                                                              budget=max(q.budget, 0.5)), JobsReply)
+        if reply is None:
+            if nxt is not None:
+                raise ChronosError("the job index stopped answering part way; run the command again")
+            records = [r for r in await _all_records(ops) if record_matches(r, q)]
+            records.sort(key=lambda r: (r.created_at, r.id), reverse=True)
+            for start in range(0, len(records), page):
+                yield [r.id for r in records[start:start + page]]
+            return
+        if reply.ids:
+            yield reply.ids
+        nxt = reply.next
+        if nxt is None:
+            return
+
+
+async def count_matches(conn: Connection, ops: JobOps, q: JobsQuery, budget: float = 60.0) -> tuple[int, bool]:
+    """How many jobs the filter matches (the index's view) and whether the count is complete
+    (False when ``budget`` seconds ran out first). A --where count resumes by cursor."""
+    if not q.where:
+        reply = await ask_index(conn, msgspec.structs.replace(q, limit=1, offset=0, cursor=None), JobsReply)
+        if reply is not None:
+            if reply.exact:
+                return reply.total, True
+            n = 0  # over the count cap: walk the ids
+            async for ids in match_ids(conn, ops, q):
+                n += len(ids)
+            return n, True
+    else:
+        deadline = time.monotonic() + budget
+        n, nxt = 0, None
+        while True:
+            reply = await ask_index(conn, msgspec.structs.replace(q, count_only=True, cursor=nxt, offset=0,
+                                                                  limit=1, budget=MAX_BUDGET), JobsReply)
+            if reply is None:
+                break
+            n += reply.total
+            nxt = reply.next
+            if nxt is None:
+                return n, True
+            if time.monotonic() >= deadline:
+                return n, False
+    records = await _all_records(ops)
+    return sum(1 for r in records if record_matches(r, q)), True
 
 
 async def _scan(ops: JobOps, q: JobsQuery, limit: int) -> JobPage:

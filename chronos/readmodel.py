@@ -6,6 +6,8 @@
         --(ephemeral pull consumer from the last applied sequence + 1, no acks)--> JobIndex
         -> upsert (id, revision, state, queue, priority, task, tags, created/finished) in SQLite
            in one transaction per fetched batch, with the applied sequence in the same commit
+        -> args and annotations as JSON text in live_args, written once per job (a record's
+           spec does not change, so the many state writes of a job do not rewrite them)
         -> triggers keep per (queue, priority, state) counts and per-10s finish buckets
 
     Client.list / Client.counts --request <ns>.api.history (op "jobs" / "counts"), queue group-->
@@ -33,6 +35,15 @@ Correctness:
   the stream's last sequence as of the request, so a job submitted before a listing is in it.
 * A node joins the responders' queue group only once it has caught up; with none (no scheduler,
   or all still catching up) the client falls back to scanning the KV itself.
+
+Search (``--where``, chronos/where.py): a JSON path into args or annotations has no index of its
+own (any path may be asked). The node walks the index the other filters choose, newest first,
+in windows, and evaluates the path with SQLite's JSON1 on ``live_args``; it stops when the page
+is full or the request's time ``budget`` is spent, and then answers the matches so far with a
+cursor at the position it reached (``partial``). So a page costs bounded work however selective
+the path is; a path that matches little, with no other filter, costs a scan that pages resume.
+Args or annotations over ``MAX_ARGS_TEXT`` are not stored (``big``): such a row is a candidate for
+every path, and the client's check against the KV's record decides.
 """
 
 from __future__ import annotations
@@ -40,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import json
+import math
 import logging
 import time
 from collections.abc import Sequence
@@ -57,6 +69,7 @@ from .connection import Connection
 from .errors import ChronosError, ValidationError
 from .models import JobRecord
 from .states import TERMINAL, JobState
+from .where import Where, matches_all, parse_all
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +80,12 @@ BUCKET = 10.0  # seconds per finish bucket (the dashboard's 5 min and 1 h window
 _STATES = tuple(s.value for s in JobState)
 _TERMINAL = tuple(str(s) for s in TERMINAL)
 _SEP = "\x1f"  # between tags in the row (for deleting their index entries)
+SCHEMA_VERSION = "2"  # 2: live_args (a file built before it is rebuilt from the stream)
+MAX_ARGS_TEXT = 4096  # args or annotations JSON longer than this is not stored (the row is "big")
+DEFAULT_BUDGET = 0.15  # seconds a --where page may scan before it answers what it found
+MAX_BUDGET = 2.0  # a node answers one request at a time: no request may hold it longer
+_WINDOW = 512  # rows per step of a --where scan (doubles up to _MAX_WINDOW)
+_MAX_WINDOW = 16384
 
 
 # --- wire types -----------------------------------------------------------------------------------------
@@ -90,6 +109,9 @@ class JobsQuery(msgspec.Struct):  # no omit_defaults: ``op`` must travel
     offset: int = 0
     limit: int = 50
     v: int = 1
+    where: list[str] = msgspec.field(default_factory=list)  # chronos/where.py filters, ANDed
+    budget: float = DEFAULT_BUDGET  # seconds a --where scan may take before it answers (partial)
+    count_only: bool = False  # --where: count matches from the cursor (no ids); ``next`` resumes
 
 
 class JobsReply(msgspec.Struct, omit_defaults=True):
@@ -97,6 +119,8 @@ class JobsReply(msgspec.Struct, omit_defaults=True):
     next: str | None = None
     total: int = 0
     exact: bool = True
+    partial: bool = False  # the time budget ran out before the page filled: ``next`` resumes the scan
+    scanned: int = 0  # rows a --where scan looked at
     node: str = ""
     error: str | None = None
     v: int = 1
@@ -161,6 +185,11 @@ def validate_jobs_query(q: JobsQuery) -> None:
         parse_cursor(q.cursor)
     if q.since is not None and q.until is not None and q.since >= q.until:
         raise ValidationError("since: must be earlier than until")
+    parse_all(q.where)
+    if not isinstance(q.budget, (int, float)) or not math.isfinite(q.budget) or q.budget <= 0:
+        raise ValidationError("budget: must be a positive number of seconds")
+    if q.count_only and not q.where:
+        raise ValidationError("count_only: only for a --where query")
 
 
 def record_matches(rec: JobRecord, q: JobsQuery) -> bool:
@@ -176,6 +205,8 @@ def record_matches(rec: JobRecord, q: JobsQuery) -> bool:
     if q.since is not None and rec.created_at < q.since:
         return False
     if q.until is not None and rec.created_at >= q.until:
+        return False
+    if q.where and not matches_all(parse_all(q.where), rec.spec.args, rec.spec.annotations):
         return False
     return True
 
@@ -220,6 +251,11 @@ CREATE INDEX IF NOT EXISTS live_expiry ON live (ns, finished_at) WHERE finished_
 CREATE TABLE IF NOT EXISTS live_tags (
     ns TEXT NOT NULL, tag TEXT NOT NULL, created_at REAL NOT NULL, id TEXT NOT NULL,
     PRIMARY KEY (ns, tag, created_at, id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS live_args (
+    ns TEXT NOT NULL, created_at REAL NOT NULL, id TEXT NOT NULL,
+    args TEXT, annotations TEXT, big INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (ns, created_at, id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS live_counts (
     ns TEXT NOT NULL, queue TEXT NOT NULL, priority TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL,
@@ -365,7 +401,7 @@ class JobIndex:
 
     async def clear(self) -> None:
         """Forget this namespace's rows: the next run reads the whole stream again (a rebuild)."""
-        for table in ("live", "live_tags", "live_counts", "live_finished"):
+        for table in ("live", "live_tags", "live_args", "live_counts", "live_finished"):
             await self.w.execute(f"DELETE FROM {table} WHERE ns = ?", (self.ns,))
         await self._set_meta("index_seq", "0")
         await self.w.commit()
@@ -381,6 +417,11 @@ class JobIndex:
             log.warning("job index: the jobs bucket was re-created; rebuilding the index from it")
             await self.clear()
             seq = 0
+        if seq and await self._meta("index_schema") != SCHEMA_VERSION:
+            log.warning("job index: the file predates the args index; rebuilding the index from the stream")
+            await self.clear()
+            seq = 0
+        await self._set_meta("index_schema", SCHEMA_VERSION)
         await self._set_meta("index_stream", created)
         await self.w.commit()
         self.applied = seq
@@ -501,6 +542,7 @@ class JobIndex:
         """One fetched batch -> one transaction (rows, tags, the applied sequence)."""
         rows: list[tuple[Any, ...]] = []
         tags: list[tuple[str, str, float, str]] = []
+        args: list[tuple[Any, ...]] = []
         deletes: list[tuple[str, int]] = []
         last = self.applied
         for msg in msgs:
@@ -516,6 +558,7 @@ class JobIndex:
             except ChronosError:
                 continue
             rows.append(self.row(rec, seq))
+            args.append(self.args_row(rec))
             for t in rec.spec.tags:
                 tags.append((self.ns, t, rec.created_at, rec.id))
         db = self.w
@@ -525,6 +568,9 @@ class JobIndex:
             await db.executemany(_UPSERT, rows)
         if tags:
             await db.executemany("INSERT OR IGNORE INTO live_tags VALUES (?, ?, ?, ?)", tags)
+        if args:
+            # Once per job: a spec does not change with its state (a state write finds the row).
+            await db.executemany("INSERT OR IGNORE INTO live_args VALUES (?, ?, ?, ?, ?, ?)", args)
         await self._set_meta("index_seq", str(last))
         await db.commit()
         self.applied = last
@@ -538,6 +584,14 @@ class JobIndex:
             if state in _TERMINAL else None
         return (self.ns, rec.id, rev, state, rec.spec.queue, rec.spec.priority, rec.spec.task, rec.created_at,
                 rec.updated_at, finished, _SEP.join(rec.spec.tags) or None)
+
+    def args_row(self, rec: JobRecord) -> tuple[Any, ...]:
+        spec = rec.spec
+        args = _json(spec.args)
+        ann = _json(spec.annotations) if spec.annotations else None
+        if len(args) > MAX_ARGS_TEXT or (ann is not None and len(ann) > MAX_ARGS_TEXT):
+            return (self.ns, rec.created_at, rec.id, None, None, 1)  # a candidate for every path
+        return (self.ns, rec.created_at, rec.id, args, ann, 0)
 
     async def _delete(self, items: Sequence[tuple[str, int]]) -> int:
         """Remove rows older than the given revisions (a replayed old delete leaves a newer row alone)."""
@@ -553,6 +607,8 @@ class JobIndex:
                 continue
             await db.executemany("DELETE FROM live WHERE ns = ? AND id = ? AND rev = ?",
                                  [(self.ns, i, rev) for i, rev, _, _ in found])
+            await db.executemany("DELETE FROM live_args WHERE ns = ? AND created_at = ? AND id = ?",
+                                 [(self.ns, at, i) for i, _, at, _ in found])
             tag_rows = [(self.ns, t, at, i) for i, _, at, tags in found if tags for t in tags.split(_SEP)]
             if tag_rows:
                 await db.executemany("DELETE FROM live_tags WHERE ns = ? AND tag = ? AND created_at = ? AND id = ?",
@@ -663,6 +719,8 @@ class JobIndex:
 
     async def page(self, q: JobsQuery) -> JobsReply:
         validate_jobs_query(q)
+        if q.where:
+            return await self._search(q, parse_all(q.where))
         states = q.states or [None]
         per: list[list[tuple[float, str]]] = []
         for s in states:
@@ -677,6 +735,112 @@ class JobIndex:
         nxt = make_cursor(*rows[-1]) if rows and more else None
         total, exact = await self._total(q)
         return JobsReply(ids=[i for _, i in rows], next=nxt, total=total, exact=exact)
+
+    # --- search: a JSON path over args or annotations (chronos/where.py) --------------------------------
+    def _search_sql(self, q: JobsQuery, filters: list[Where]) -> tuple[str, list[Any], str]:
+        """One window of the scan: (created_at, id, matched) of the next rows in listing order."""
+        other = q.states or q.queue is not None or q.task is not None
+        if q.tag is not None:
+            key = "t"
+            src = "live_tags AS t JOIN live_args AS a ON a.ns = t.ns AND a.created_at = t.created_at AND a.id = t.id"
+            if other:
+                src += " JOIN live ON live.ns = t.ns AND live.id = t.id"
+        elif other:
+            key = "live"
+            src = "live JOIN live_args AS a ON a.ns = live.ns AND a.created_at = live.created_at AND a.id = live.id"
+        else:
+            # The args table is in listing order itself; the join drops a row whose job was
+            # re-created under another created_at (a replay of a pruned job), never a live one.
+            key = "a"
+            src = "live_args AS a JOIN live ON live.ns = a.ns AND live.id = a.id AND live.created_at = a.created_at"
+        where = [f"{key}.ns = ?"]
+        args: list[Any] = [self.ns]
+        if q.tag is not None:
+            where.append("t.tag = ?")
+            args.append(q.tag)
+        if q.states:
+            where.append(f"live.state IN ({','.join('?' * len(q.states))})")
+            args += q.states
+        for column, value in (("queue", q.queue), ("task", q.task)):
+            if value is not None:
+                where.append(f"live.{column} = ?")
+                args.append(value)
+        if q.since is not None:
+            where.append(f"{key}.created_at >= ?")
+            args.append(q.since)
+        if q.until is not None:
+            where.append(f"{key}.created_at < ?")
+            args.append(q.until)
+        preds: list[str] = []
+        pargs: list[Any] = []
+        for f in filters:
+            expr, a = f.sql("a.args" if f.root == "args" else "a.annotations")
+            preds.append(expr)
+            pargs += a
+        matched = f"(a.big OR ({' AND '.join(preds)}))"
+        sql = (f"SELECT {key}.created_at, {key}.id, {matched} FROM {src} WHERE {' AND '.join(where)} "
+               f"{{after}}ORDER BY {key}.created_at DESC, {key}.id DESC LIMIT ?")
+        return sql, [*pargs, *args], key
+
+    async def _search(self, q: JobsQuery, filters: list[Where]) -> JobsReply:
+        """Walk the rows the other filters select, newest first, in growing windows, until the page
+        is full (one extra match says there is more), the rows end, or ``budget`` is spent."""
+        deadline = time.monotonic() + min(q.budget, MAX_BUDGET)
+        sql, base_args, key = self._search_sql(q, filters)
+        pos = parse_cursor(q.cursor) if q.cursor is not None else None
+        skip = q.offset
+        found: list[tuple[float, str]] = []
+        count = 0
+        scanned = 0
+        window = _WINDOW
+        ended = False
+        while True:
+            args = list(base_args)
+            text = sql.replace("{after}", "")
+            if pos is not None:
+                text = sql.replace("{after}", f"AND ({key}.created_at, {key}.id) < (?, ?) ")
+                args += list(pos)
+            args.append(window)
+            async with self.r.execute(text, args) as cur:
+                rows = await cur.fetchall()
+            full = False
+            for at, job_id, m in rows:
+                scanned += 1
+                pos = (at, job_id)
+                if not m:
+                    continue
+                if skip:
+                    skip -= 1
+                    continue
+                count += 1
+                if not q.count_only:
+                    found.append((at, job_id))
+                    if len(found) > q.limit:
+                        full = True
+                        break
+            if full:
+                break
+            if len(rows) < window:
+                ended = True
+                break
+            if time.monotonic() >= deadline:
+                break
+            window = min(window * 2, _MAX_WINDOW)
+        from_start = q.cursor is None
+        if q.count_only:
+            return JobsReply(total=count, exact=ended, partial=not ended,
+                             next=None if ended or pos is None else make_cursor(*pos), scanned=scanned)
+        page = found[:q.limit]
+        if len(found) > q.limit:
+            nxt, partial = make_cursor(*page[-1]), False
+        elif ended:
+            nxt, partial = None, False
+        else:  # out of time: resume where the walk stopped, not after the last match
+            nxt, partial = (make_cursor(*pos) if pos is not None else None), True
+        seen = q.offset - skip + len(page)
+        exact = from_start and ended and len(found) <= q.limit
+        return JobsReply(ids=[i for _, i in page], next=nxt, total=seen + (1 if len(found) > q.limit else 0),
+                         exact=exact, partial=partial, scanned=scanned)
 
     def _where(self, q: JobsQuery, state: str | None, table: str = "live") -> tuple[str, list[Any]]:
         where = [f"{table}.ns = ?"]
@@ -773,6 +937,10 @@ class JobIndex:
         async with self.r.execute("SELECT count(*) FROM live WHERE ns = ?", (self.ns,)) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 def summarize(reply: CountsReply) -> Counts:

@@ -113,10 +113,25 @@ def replay(
     ref: Annotated[Optional[str], typer.Argument(help="DLQ sequence number or job id.", show_default=False)] = None,
     all_: Annotated[bool, typer.Option("--all", help="Replay every entry.")] = False,
     task: Annotated[Optional[str], typer.Option("--task", help="Replay every entry of this task.")] = None,
+    where: Annotated[Optional[list[str]], typer.Option(
+        "--where", help="Entries whose job args/annotations match (as `jobs list --where`); asks first.")] = None,
+    queue: Annotated[Optional[str], typer.Option("--queue", "-q", help="With --where: only this queue.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --where: count the matches only.")] = False,
+    yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Run DLQ'd jobs again: one (REF), all of them (--all), or one task's (--task)."""
+    """Run DLQ'd jobs again: one (REF), all of them (--all), one task's (--task), or the matches of --where."""
     st = state(ctx)
+    if where or queue is not None or dry_run:
+        from ._bulk import run_dlq_replay
+        from .jobs import _parse_where
+
+        if ref is not None:
+            raise BadOption("--where", "give a SEQ or JOB_ID, or --where filters, not both")
+        if not where:
+            raise BadOption("--where", "--queue and --dry-run go with --where filters")
+        run_dlq_replay(ctx, _parse_where(where), task, queue, dry_run=dry_run, yes=yes, json_=json_)
+        return
     chosen = sum([ref is not None, all_, task is not None])
     if chosen != 1:
         raise BadOption("replay", "give exactly one of: a SEQ or JOB_ID, --all, --task TASK")

@@ -18,7 +18,7 @@ from chronos.subjects import PRIORITIES
 
 from . import _output as out
 from ._parse import BadOption, is_job_id, parse_duration, parse_json, parse_pairs, parse_time
-from ._shared import JsonOpt, StateConflict, run_client, state, wants_json
+from ._shared import JsonOpt, StateConflict, YesOpt, run_client, state, wants_json
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,25 @@ def _check_job_id(value: str) -> str:
 JobId = Annotated[str, typer.Argument(help="Job id, or a unique prefix of one.", show_default=False,
                                       callback=_check_job_id)]
 
+
+def _check_opt_job_id(value: Optional[str]) -> Optional[str]:
+    return None if value is None else _check_job_id(value)
+
+
+# cancel and retry: one job by id, or every match of filters with --all (cli/_bulk.py).
+OptJobId = Annotated[Optional[str], typer.Argument(help="Job id, or a unique prefix of one (or --all with filters).",
+                                                   show_default=False, callback=_check_opt_job_id)]
+AllOpt = Annotated[bool, typer.Option("--all", help="Every job the filters match (a count and a confirmation first).")]
+EverythingOpt = Annotated[bool, typer.Option("--everything", help="With --all and no filter: really every job.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="With --all: count the matches, change nothing.")]
+BulkStateOpt = Annotated[Optional[str], typer.Option("--state", help="With --all: only jobs in this state.",
+                                                     autocompletion=lambda incomplete: _complete_state(incomplete))]
+BulkQueueOpt = Annotated[Optional[str], typer.Option("--queue", "-q", help="With --all: only this queue.")]
+BulkTaskOpt = Annotated[Optional[str], typer.Option("--task", help="With --all: only this task.")]
+BulkTagOpt = Annotated[Optional[str], typer.Option("--tag", "-t", help="With --all: only jobs with this tag.")]
+BulkSinceOpt = Annotated[Optional[str], typer.Option("--since", help="With --all: created at or after (2h, ISO time).")]
+BulkUntilOpt = Annotated[Optional[str], typer.Option("--until", help="With --all: created before (30m, ISO time).")]
+
 # `--state failed` means what it means in `chronos logs` and the TUI: a failing attempt's outcome.
 FAILED_STATES = (JobState.RETRYABLE, JobState.DISCARDED)
 STATE_CHOICES = (*(s.value for s in JobState), "failed")
@@ -44,6 +63,21 @@ def _complete_priority(incomplete: str) -> list[str]:
 
 def _complete_state(incomplete: str) -> list[str]:
     return [s for s in STATE_CHOICES if s.startswith(incomplete)]
+
+
+WhereOpt = Annotated[Optional[list[str]], typer.Option(
+    "--where", help="A JSON path into args or annotations: args.customer_id=42, args[0].x!=1, "
+    "annotations.team=billing, args.flag (exists), !args.flag (missing); repeat to AND.")]
+
+
+def _parse_where(where: Optional[list[str]]) -> list[str]:
+    """Each --where checked here (one line, exit 2, nothing sent); the checked texts travel."""
+    from chronos.where import parse_all
+
+    try:
+        return [w.text for w in parse_all(where)]
+    except ChronosError as exc:
+        raise BadOption("--where", str(exc).removeprefix("--where ")) from None
 
 
 # --- submit ------------------------------------------------------------------------------------------
@@ -191,6 +225,7 @@ def list_jobs(
     until: Annotated[
         Optional[str], typer.Option("--until", help="Created before: a duration ago (30m) or an ISO time.")
     ] = None,
+    where: WhereOpt = None,
     json_: JsonOpt = False,
 ) -> None:
     """List jobs, newest first."""
@@ -215,10 +250,12 @@ def list_jobs(
             except ChronosError:
                 raise BadOption("--cursor", f"{cursor!r} is not a cursor of `jobs list` (a 'next' value it printed)") from None
     states = [s.value for s in FAILED_STATES] if state_ == "failed" else None
+    wheres = _parse_where(where)
 
     async def go(client: Client) -> Any:
         return await client.list(state=None if state_ == "failed" else state_, states=states, queue=queue, task=task,
-                                 tag=tag, since=since_at, until=until_at, offset=offset, limit=limit, cursor=cursor)
+                                 tag=tag, since=since_at, until=until_at, offset=offset, limit=limit, cursor=cursor,
+                                 where=wheres)
 
     page = run_client(st, go, ensure=False)
     jobs, total = page.jobs, page.total
@@ -226,7 +263,11 @@ def list_jobs(
     if wants_json(ctx, json_):
         out.print_listing(jobs, page.next)
         return
+    stopped = bool(wheres) and page.next is not None and len(jobs) < limit
     if not jobs:
+        if stopped:
+            typer.echo(f"no matches yet (the search stopped at its time budget); more: --cursor {page.next}")
+            return
         typer.echo("no jobs" if total == 0 else f"no jobs at offset {offset} ({of} in all)")
         return
     t = out.table("ID", "TASK", "STATE", "QUEUE", "PRIORITY", "ATTEMPT", "CREATED", "NEXT/ENDED", "ERROR")
@@ -237,7 +278,8 @@ def list_jobs(
                   out.when(rec.created_at, now), out.when(nxt, now), out.cell(out.short(rec.error, 40)))
     out.print_table(t)
     shown = f"{len(jobs)} more" if cursor is not None else f"{offset + 1}-{offset + len(jobs)}"
-    typer.echo(f"{shown} of {of}" + (f"; next: --cursor {page.next}" if page.next else ""))
+    typer.echo(f"{shown} of {of}" + ("; the search stopped at its time budget, more may match" if stopped else "")
+               + (f"; next: --cursor {page.next}" if page.next else ""))
 
 
 @app.command("get")
@@ -302,18 +344,57 @@ def print_job(rec: JobRecord) -> None:
 @app.command("cancel")
 def cancel(
     ctx: typer.Context,
-    job_id: JobId,
+    job_id: OptJobId = None,
     reason: Annotated[str, typer.Option("--reason", help="Recorded on the job.")] = "cancelled by operator",
+    all_: AllOpt = False,
+    where: WhereOpt = None,
+    state_: BulkStateOpt = None,
+    queue: BulkQueueOpt = None,
+    task: BulkTaskOpt = None,
+    tag: BulkTagOpt = None,
+    since: BulkSinceOpt = None,
+    until: BulkUntilOpt = None,
+    everything: EverythingOpt = False,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Cancel a job: a waiting job at once, a running one by signalling its task."""
+    """Cancel a job: a waiting job at once, a running one by signalling its task. With --all: every match."""
+    from ._bulk import BulkFilters, run_bulk
+
+    filters = BulkFilters(where, state_, queue, task, tag, since, until)
+    if job_id is None or all_ or filters.given():
+        run_bulk(ctx, "cancel", job_id, all_, filters, everything=everything, dry_run=dry_run, yes=yes,
+                 json_=json_, reason=reason)
+        return
     rec = _act(ctx, job_id, lambda c, jid: c.cancel(jid, reason))
     _print_changed(ctx, rec, json_, "cancel requested (the task is signalled)" if rec.state == JobState.RUNNING else "cancelled")
 
 
 @app.command("retry")
-def retry(ctx: typer.Context, job_id: JobId, json_: JsonOpt = False) -> None:
-    """Run a retryable, cancelled or discarded job again now, with a fresh attempt budget."""
+def retry(
+    ctx: typer.Context,
+    job_id: OptJobId = None,
+    all_: AllOpt = False,
+    where: WhereOpt = None,
+    state_: BulkStateOpt = None,
+    queue: BulkQueueOpt = None,
+    task: BulkTaskOpt = None,
+    tag: BulkTagOpt = None,
+    since: BulkSinceOpt = None,
+    until: BulkUntilOpt = None,
+    everything: EverythingOpt = False,
+    dry_run: DryRunOpt = False,
+    yes: YesOpt = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Run a retryable, cancelled or discarded job again now, with a fresh attempt budget. With --all: every match."""
+    from ._bulk import BulkFilters, run_bulk
+
+    filters = BulkFilters(where, state_, queue, task, tag, since, until)
+    if job_id is None or all_ or filters.given():
+        run_bulk(ctx, "retry", job_id, all_, filters, everything=everything, dry_run=dry_run, yes=yes, json_=json_)
+        return
     rec = _act(ctx, job_id, lambda c, jid: c.retry(jid), revives=True)
     _print_changed(ctx, rec, json_, "queued again")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Sequence
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Sequence
 
 import nats.js.errors
 from nats.js import api
@@ -18,7 +18,7 @@ from .. import codec
 from ..audit import audited
 from ..clock import Clock
 from ..connection import Connection
-from ..errors import ChronosError, JobNotFoundError, ValidationError
+from ..errors import ChronosError, ConflictError, JobNotFoundError, ValidationError
 from ..events import EventPublisher, decode_events
 from ..jobs import JobOps, job_event
 from ..models import CancelRequest, Event, JobPage, JobRecord
@@ -29,6 +29,19 @@ if TYPE_CHECKING:  # readmodel loads aiosqlite: imported where used, so the CLI 
     from ..readmodel import Counts
 
 log = logging.getLogger("chronos.client")
+
+class Skipped(ConflictError):
+    """The job no longer matches what a bulk action selected (its state changed meanwhile)."""
+
+
+Expect = Callable[[JobRecord], bool] | None
+
+
+def _check(job_id: str, rec: JobRecord, expect: Expect) -> None:
+    # Inside the compare-and-set's decide: the filter and the write see the same revision.
+    if expect is not None and not expect(rec):
+        raise Skipped(f"job {job_id} is {rec.state} now and no longer matches; skipped")
+
 
 class Jobs:
     def __init__(self, conn: Connection, clock: Clock, ops: JobOps, events: EventPublisher) -> None:
@@ -70,11 +83,14 @@ class Jobs:
         return await asyncio.wait_for(_wait(), timeout)
 
     @audited("cancel")  # written to the audit stream first (chronos/audit.py)
-    async def cancel(self, job_id: str, reason: str = "cancelled by operator") -> JobRecord:
-        """Pending jobs are cancelled at once; a running job gets a cancel signal (hard stop after a grace)."""
+    async def cancel(self, job_id: str, reason: str = "cancelled by operator", *, expect: Expect = None) -> JobRecord:
+        """Pending jobs are cancelled at once; a running job gets a cancel signal (hard stop after a grace).
+
+        ``expect(record)`` false: ``Skipped`` and nothing written (a bulk action's filter, re-checked)."""
         now = self.clock.now()
 
         def decide(rec: JobRecord) -> tuple[JobState, dict[str, Any]] | None:
+            _check(job_id, rec, expect)
             if rec.state in TERMINAL:
                 raise ChronosError(f"job {job_id} is already {rec.state}; nothing to cancel")
             if rec.state in PENDING:
@@ -93,10 +109,11 @@ class Jobs:
         return rec
 
     @audited("retry")
-    async def retry(self, job_id: str) -> JobRecord:
+    async def retry(self, job_id: str, *, expect: Expect = None) -> JobRecord:
         """Run a retryable, cancelled or discarded job again now, with a fresh attempt budget."""
 
         def decide(rec: JobRecord) -> tuple[JobState, dict[str, Any]]:
+            _check(job_id, rec, expect)
             if rec.state not in RETRIABLE_BY_HAND:
                 raise ChronosError(
                     f"job {job_id} is {rec.state}; only retryable, cancelled or discarded jobs can be retried"
@@ -239,14 +256,40 @@ class Jobs:
         since: float | None = None,
         until: float | None = None,
         cursor: str | None = None,
+        where: Sequence[str] | None = None,
+        budget: float = 2.0,
     ) -> JobPage:
         """Jobs in the KV, newest created first, filtered and paged. (The archive holds older ones.)
 
         ``states``: any of several states; ``since``/``until``: created time; ``cursor``: the
         ``next`` of the previous page. A scheduler's job index answers (a page costs the same at a
         million jobs); the records shown are read from the KV. See chronos/listing.py.
+
+        ``where``: JSON-path filters on args and annotations (chronos/where.py), ANDed. Such a
+        page may come back short with a ``next`` when ``budget`` seconds of searching run out.
         """
+        q = self.query(state=state, states=states, queue=queue, task=task, tag=tag, since=since, until=until,
+                       cursor=cursor, where=where, offset=offset, limit=limit)
         from ..listing import list_jobs
+
+        return await list_jobs(self.conn, self.ops, q, limit, budget=budget)
+
+    def query(
+        self,
+        *,
+        state: str | JobState | None = None,
+        states: Sequence[str | JobState] | None = None,
+        queue: str | None = None,
+        task: str | None = None,
+        tag: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cursor: str | None = None,
+        where: Sequence[str] | None = None,
+        offset: int = 0,
+        limit: int = 50,
+    ) -> Any:
+        """The checked ``readmodel.JobsQuery`` of a listing's filters (a ValidationError names a bad one)."""
         from ..readmodel import JobsQuery, validate_jobs_query
 
         wanted = [state] if state is not None else list(states or [])
@@ -258,6 +301,6 @@ class Jobs:
         if offset < 0 or limit < 1:
             raise ValidationError("offset must be >= 0 and limit >= 1")
         q = JobsQuery(states=names, queue=queue, task=task, tag=tag, since=since, until=until, cursor=cursor,
-                      offset=offset, limit=1)
+                      offset=offset, limit=1, where=list(where or []))
         validate_jobs_query(q)
-        return await list_jobs(self.conn, self.ops, q, limit)
+        return q
