@@ -302,6 +302,7 @@ async def ensure_topology(conn: Connection) -> None:
             num_replicas=replicas,
             allow_direct=True,
             allow_rollup_hdrs=False,
+            allow_atomic=True,  # bulk submit's work messages go in atomic batches (clientapi/batched.py)
         ),
         api.StreamConfig(
             name=names.dlq_stream,
@@ -499,7 +500,7 @@ async def _ensure_bucket(js: Any, cfg: api.KeyValueConfig, *, deny_delete: bool)
         duplicate_window = min(120.0, cfg.ttl) if cfg.ttl else 120.0
         await js.add_stream(api.StreamConfig(
             name=stream, subjects=[f"$KV.{cfg.bucket}.>"], allow_direct=cfg.direct, allow_rollup_hdrs=False,
-            allow_msg_ttl=True, deny_delete=deny_delete, discard=api.DiscardPolicy.NEW,
+            allow_msg_ttl=True, allow_atomic=True, deny_delete=deny_delete, discard=api.DiscardPolicy.NEW,
             duplicate_window=duplicate_window, max_age=cfg.ttl, max_bytes=cfg.max_bytes, max_consumers=-1,
             max_msg_size=cfg.max_value_size, max_msgs=-1, max_msgs_per_subject=cfg.history,
             num_replicas=cfg.replicas, storage=cfg.storage, consumer_limits=idle,
@@ -507,11 +508,12 @@ async def _ensure_bucket(js: Any, cfg: api.KeyValueConfig, *, deny_delete: bool)
         return
     limits = current.consumer_limits
     if (not current.allow_rollup_hdrs and current.allow_msg_ttl and limits is not None
-            and limits.inactive_threshold == _EPHEMERAL_IDLE):
+            and limits.inactive_threshold == _EPHEMERAL_IDLE and current.allow_atomic):
         return
-    log.info("bucket %s: switching rollup headers off and bounding idle consumers", cfg.bucket)
+    log.info("bucket %s: switching rollup headers off, atomic batches on and bounding idle consumers", cfg.bucket)
     current.allow_rollup_hdrs = False
     current.allow_msg_ttl = True
+    current.allow_atomic = True  # batched writes (store/kv.py CasBatcher, clientapi/batched.py)
     current.consumer_limits = idle
     await js.update_stream(current)
 

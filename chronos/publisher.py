@@ -24,9 +24,11 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import os
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import msgspec
 import nats.js.errors
@@ -42,6 +44,7 @@ class PubAck(msgspec.Struct):
     stream: str = ""
     seq: int = 0
     duplicate: bool = False
+    count: int = 0  # an atomic batch's commit: how many it stored (``seq`` is the last one's)
 
 
 class _ApiError(msgspec.Struct):
@@ -54,6 +57,7 @@ class _Reply(msgspec.Struct):
     stream: str = ""
     seq: int = 0
     duplicate: bool = False
+    count: int = 0
     error: _ApiError | None = None
 
 
@@ -65,6 +69,10 @@ AckCallback = Callable[["PubAck | None", "BaseException | None"], None]
 
 # JetStream error codes we act on.
 WRONG_LAST_SEQUENCE = 10071
+ATOMIC_DISABLED = 10174  # the stream lacks allow_atomic (made before this version)
+# The server refuses an atomic batch of more messages than this (10199).
+MAX_BATCH = 1000
+_HDR_START = b"NATS/1.0\r\n"
 
 
 class PublishError(Exception):
@@ -196,7 +204,7 @@ class Publisher:
                 except msgspec.DecodeError:
                     entry(None, PublishError(0, 0, f"unreadable PubAck: {data[:80]!r}"))
                     return True
-                entry(PubAck(reply_.stream, reply_.seq, reply_.duplicate), None)
+                entry(PubAck(reply_.stream, reply_.seq, reply_.duplicate, reply_.count), None)
                 return True
             resolve(token, data)
             return True
@@ -234,7 +242,7 @@ class Publisher:
             e = reply.error
             _settle(entry, None, PublishError(e.code, e.err_code, e.description))
         else:
-            _settle(entry, PubAck(reply.stream, reply.seq, reply.duplicate), None)
+            _settle(entry, PubAck(reply.stream, reply.seq, reply.duplicate, reply.count), None)
 
     def _too_large(self, subject: str, payload: bytes, hdr: bytes | None) -> PayloadTooLargeError | None:
         size = len(payload) + (len(hdr) if hdr else 0)
@@ -292,6 +300,43 @@ class Publisher:
                 raise
         return fut
 
+    def publish_batch_cb(self, items: Sequence[tuple[str, bytes, bytes | None]], callback: AckCallback) -> bool:
+        """Send ``items`` (subject, payload, header block or None) as one atomic batch to one stream
+        and call ``callback`` with the commit's PubAck (``seq`` is the last message's, ``count``
+        how many; the batch's messages get consecutive sequences) or the batch's error.
+
+        Under ``sync_interval: always`` a batch costs about one fsync where separate publishes cost
+        one each (NATS-FACTS.md). All or nothing: one failed compare-and-set or duplicate message
+        id fails the whole batch and nothing is stored, so callers fall back to sending each alone.
+        Every message but the last is a plain publish; the last carries ``Nats-Batch-Commit`` and
+        the reply subject. False, nothing committed, when the window is full, the connection is
+        down or the transport refuses part way: a partly sent batch is never committed and the
+        server drops it (callers then take their per-message path).
+        """
+        n = len(items)
+        if not 0 < n <= MAX_BATCH or len(self._pending) >= self._window:
+            return False
+        limit = self._nc.max_payload
+        batch_id = b"%x" % _next_batch()
+        send = self._send
+        for i, (subject, payload, hdr) in enumerate(items, 1):
+            extra = hdr[len(_HDR_START):-2] if hdr and hdr.startswith(_HDR_START) else b""
+            last = i == n
+            block = b"%sNats-Batch-Id: %s\r\nNats-Batch-Sequence: %d\r\n%s%s\r\n" % (
+                _HDR_START, batch_id, i, extra, b"Nats-Batch-Commit: 1\r\n" if last else b"")
+            if len(payload) + len(block) > limit:
+                return False
+            if not last:
+                if not send(subject, b"", payload, block):
+                    return False
+                continue
+            self._counter += 1
+            token = b"%d" % self._counter
+            if not send(subject, self._prefix_b + token, payload, block):
+                return False
+            self._pending[token] = callback
+        return True
+
     def send_nowait(self, subject: str, payload: bytes) -> bool:
         """Fire-and-forget publish from synchronous code; False (nothing sent) while disconnected."""
         return self._send(subject, b"", payload, None)
@@ -311,6 +356,14 @@ class Publisher:
 
     async def flush(self) -> None:
         await self._nc.flush()
+
+
+_batch_ids = itertools.count(int.from_bytes(os.urandom(6), "big") << 16)
+
+
+def _next_batch() -> int:
+    """A batch id unique per process run (random start, then counting); the server allows 64 characters."""
+    return next(_batch_ids)
 
 
 def _settle(entry: asyncio.Future[PubAck] | AckCallback, ack: PubAck | None, exc: BaseException | None) -> None:

@@ -29,6 +29,7 @@ from ..publisher import PubAck, is_wrong_last_sequence
 from ..states import TERMINAL, JobState
 from ..store.kv import KVStore
 from ..subjects import PRIORITIES, is_valid_token
+from .batched import submit_batched
 from .catalog import TaskCatalog
 from .spec import _is_number, check_spec, unique_digest, uniqueness
 
@@ -254,7 +255,7 @@ class Submitter:
 
     async def _submit_pipelined(
         self, records: list[JobRecord], progress: Callable[[int], None] | None = None,
-        *, encoded: list[bytes] | None = None,
+        *, encoded: list[bytes] | None = None, batched: bool = True,
     ) -> list[str]:
         """Every record create is sent at once (up to half the publisher's window in flight); its
         PubAck callback, in the read loop, sends the job's work message, whose PubAck counts it
@@ -264,6 +265,8 @@ class Submitter:
         Records go out in chunks of ``_MARK_CHUNK``, each covered by a pending marker that is
         acknowledged before the chunk's first create and deleted once its last work message is
         acknowledged (the next chunk's marker is sent ahead, so this costs no round trip per chunk)."""
+        if batched and len(records) > 1:  # many jobs: atomic batches, about two fsyncs per chunk (batched.py)
+            return await submit_batched(self, records, progress, encoded)
         store = await self.ops.store()
         publisher = self.conn.publisher
         loop = asyncio.get_running_loop()
