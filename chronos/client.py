@@ -40,6 +40,7 @@ from .clientapi.dlq import DLQ
 from .clientapi.history import History
 from .clientapi.jobs import Jobs
 from .clientapi.schedules import Schedules
+from .clientapi.workflows import Workflows
 from .clientapi.spec import (  # re-exported: the limits a spec is checked against
     LATEST_RUN_AT as LATEST_RUN_AT,
     MAX_METADATA as MAX_METADATA,
@@ -94,6 +95,7 @@ class Client:
         self.dlq = DLQ(conn, clock, self.ops, self.jobs)
         self.cluster = Cluster(conn, clock)
         self.archive = History(conn)
+        self.workflow_api = Workflows(conn, clock, self.ops, self.events, self.catalog, self.submitter)
         self.schedules = Schedules(conn, clock, self.ops, self.events, self.catalog, self.cluster, self.submitter)
 
     @property
@@ -162,6 +164,15 @@ class Client:
     queue_depths = _Via("cluster", Cluster.queue_depths)
     ensure_queue = _Via("cluster", Cluster.ensure_queue)
     namespace_exists = _Via("cluster", Cluster.namespace_exists)
+
+    # --- workflows (clientapi/workflows.py) ---------------------------------------------------
+    submit_workflow = _Via("workflow_api", Workflows.submit)
+    workflow = _Via("workflow_api", Workflows.view)
+    workflow_record = _Via("workflow_api", Workflows.record)
+    workflows = _Via("workflow_api", Workflows.list)
+    wait_workflow = _Via("workflow_api", Workflows.wait)
+    cancel_workflow = _Via("workflow_api", Workflows.cancel)
+    retry_workflow = _Via("workflow_api", Workflows.retry)
 
     # --- history (clientapi/history.py) ----------------------------------------------------
     history = _Via("archive", History.history)

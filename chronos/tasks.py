@@ -33,6 +33,7 @@ from .worker.registry import Registry, TaskDef, default_registry, default_task_n
 
 if TYPE_CHECKING:
     from .client import Client
+    from .workflows import Signature
     from .models import JobRecord
     from .sync import SyncClient
 
@@ -253,6 +254,13 @@ class Task(Generic[P, R]):
         except (msgspec.ValidationError, TypeError):
             return record.result  # type: ignore[no-any-return]
 
+    # --- workflows (chronos/workflows.py) -----------------------------------------------------
+    def s(self, *args: Any, **kwargs: Any) -> "Signature":
+        """A signature: this task with partial arguments, for ``chain``, ``group``, ``chord``, ``Workflow``."""
+        from .workflows import Signature
+
+        return Signature(self, args, kwargs)
+
     # --- submitting --------------------------------------------------------------------------
     def with_options(self, **options: Any) -> "TaskCall[P, R]":
         """These submit options for the next submit: ``send_email.with_options(delay=60).submit(...)``."""
@@ -406,6 +414,16 @@ async def get_client() -> "Client":
         client = await Client.connect()
         _per_loop[loop] = client
     return client
+
+
+def _workflows_use_handles_client() -> None:
+    """``Workflow.submit()`` without a client submits through this module's client."""
+    from . import workflows
+
+    workflows._default_client = get_client
+
+
+_workflows_use_handles_client()
 
 
 async def close_client() -> None:

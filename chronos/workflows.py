@@ -443,6 +443,14 @@ def node_args(p: PlannedNode, index: int) -> tuple[list[Any] | dict[str, Any], i
     sig = p.sig
     task = sig.task
     where = f"node {index} ({sig.name})"
+    if isinstance(task, str):  # a task known by name only: no signature to check against
+        if sig.args and sig.kwargs:
+            raise ValidationError(f"{where}: a task given by name takes positional or keyword arguments, not both")
+        if not p.mode:
+            return (dict(sig.kwargs) if sig.kwargs else list(sig.args)), None
+        if sig.kwargs:
+            raise ValidationError(f"{where}: a step that receives a result takes positional arguments only")
+        return [*sig.args, SLOT_MARK], len(sig.args)
     if not p.mode:
         return task.bind(*sig.args, **sig.kwargs), None
     try:

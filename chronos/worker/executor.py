@@ -50,6 +50,8 @@ from ..models import Attempt, DLQEntry, JobMessage, JobRecord
 from ..outcomes import Outcome
 from ..publisher import Acks, delivery_info, is_wrong_last_sequence
 from ..states import TERMINAL, JobState, transition
+from ..workflows import WF_KEY
+from .advance import Advancer
 from .context import JobContext, reset_current, set_current
 from .registry import Registry, TaskDef
 from .sync_exec import NOT_STARTED, SyncRunner
@@ -235,6 +237,8 @@ class Executor:
         self.processed = 0
         self.failed = 0
         self.acks = Acks(ops.publisher)
+        # Workflows: a node's terminal event (emitted after its write is committed) advances its workflow.
+        self.advancer = Advancer(ops, events, self.host.spawn)
         # job id -> (gen, the attempt): runs here whose outcome write failed (see the module doc)
         self.unrecorded: dict[str, tuple[int, Attempt]] = {}
         # job id -> waiters (or None): outcome writes in flight. A delivery of such a job waits for
@@ -499,6 +503,8 @@ class Executor:
         token = set_current(ctx)
         run.call_task = run.runner or asyncio.current_task()
         try:
+            if spec.annotations and WF_KEY in spec.annotations:  # a workflow node: its parents' results
+                args = await self.advancer.call_args(record, args)
             # Awaited in this task, not a task of its own: one task per job on the hot path.
             if taskdef.is_async:
                 run.deadline = self.clock.monotonic() + timeout  # the service's sweeper interrupts past it

@@ -1,0 +1,480 @@
+"""The workflows bucket and the one advance step, shared by worker, scheduler and client.
+
+Keys (bucket ``<ns>_workflows``)::
+
+    d.<wf>            WorkflowDef: nodes and edges, written once at submit
+    n.<wf>.<i>        NodeSpec: node i's signed job spec, written once at submit
+    w.<wf>            WorkflowRecord: state, failed nodes; compare-and-set only
+    f.<wf>.<i>.<s>    fan-in of node i (shard s; ``t`` is the shard-level record when a node has
+                      more than SHARD parents): which parents have ended, and whether one failed
+    f.<wf>.a.<s>      the same over every node: which nodes have been advanced (the workflow's end)
+
+Node i's job id is ``<wf>.<i>``. ``advance(wf, i, state, error)`` runs once a node's job has ended
+(the worker that committed it calls it; the leader's repair loop calls it for any node left
+behind): it records a failure, sets node i's bit in each child's fan-in by compare-and-set
+(setting a bit twice is a no-op, so a repeated advance is harmless), starts each child whose
+fan-in it found complete (create-if-absent on the child's deterministic id, so a child is
+created once whoever gets there), and finally sets i's bit in the ``a`` set; whoever finds
+that set complete finishes the workflow. Nothing here waits on a timer to decide who is last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Any, Callable
+
+import msgspec
+
+from . import cas, codec
+from .errors import ChronosError, ConflictError, JobNotFoundError
+from .jobs import JobOps, job_event
+from .models import CancelRequest, Event, JobRecord, PendingWrite
+from .states import PENDING, TERMINAL, JobState, WorkflowState, workflow_transition
+from .store.kv import KVStore
+from .workflows import (
+    WORKFLOW_REASON, Bits, NodeSpec, WorkflowDef, WorkflowRecord, children_of, node_job_id, shard_of, shards,
+)
+
+log = logging.getLogger(__name__)
+
+CAS_ATTEMPTS = 200  # a fan-in shard takes many writers at once; each conflict is a re-read, never a wait
+ADVANCED = "a"
+
+
+class WorkflowNotFoundError(ChronosError):
+    pass
+
+
+def _dec(data: bytes, typ: Any) -> Any:
+    return msgspec.msgpack.decode(data, type=typ)
+
+
+class Shape:
+    """What a definition implies, computed once per workflow: children and each parent's position."""
+
+    __slots__ = ("defn", "children", "pos")
+
+    def __init__(self, defn: WorkflowDef) -> None:
+        self.defn = defn
+        self.children = children_of(defn)
+        self.pos: dict[int, dict[int, int]] = {}
+        for c, node in enumerate(defn.nodes):
+            if len(node.parents) > 1:
+                self.pos[c] = {p: k for k, p in enumerate(node.parents)}
+
+
+def node_failed(state: JobState, error: str | None) -> bool:
+    """Did the node fail on its own (not skipped or stopped by its workflow)?"""
+    if state is JobState.DISCARDED:
+        return True
+    return state is JobState.CANCELLED and not (error or "").startswith(WORKFLOW_REASON)
+
+
+def node_state(job: JobRecord | None) -> str:
+    """A node's state for people: pending, running, completed, failed, cancelled (skipped shows its reason)."""
+    if job is None or job.state in PENDING:
+        return "pending"
+    if job.state is JobState.RUNNING:
+        return "running"
+    if job.state is JobState.COMPLETED:
+        return "completed"
+    if job.state is JobState.DISCARDED:
+        return "failed"
+    return "cancelled"
+
+
+class WorkflowStore:
+    def __init__(self, ops: JobOps, emit: Callable[[Event], None] | None = None) -> None:
+        self.ops = ops
+        self.conn = ops.conn
+        self.names = ops.names
+        self.clock = ops.clock
+        self.emit = emit
+        self._kv: KVStore | None = None
+        self._shapes: OrderedDict[str, Shape] = OrderedDict()
+
+    async def kv(self) -> KVStore:
+        if self._kv is None:
+            kv = await self.conn.kv(self.names.workflows_bucket)
+            self._kv = KVStore(kv, self.ops.publisher, self.names.workflows_bucket)
+        return self._kv
+
+    # --- reads -------------------------------------------------------------------------------------
+    async def record(self, wf: str) -> WorkflowRecord:
+        e = await (await self.kv()).get(f"w.{wf}")
+        if e is None:
+            raise WorkflowNotFoundError(f"no workflow with id {wf}")
+        rec = _dec(e.value, WorkflowRecord)
+        rec.revision = e.revision
+        return rec
+
+    async def records(self) -> list[WorkflowRecord]:
+        out = []
+        for e in await (await self.kv()).entries("w.*"):
+            rec = _dec(e.value, WorkflowRecord)
+            rec.revision = e.revision
+            out.append(rec)
+        return out
+
+    async def shape(self, wf: str) -> Shape:
+        s = self._shapes.get(wf)
+        if s is None:
+            e = await (await self.kv()).get(f"d.{wf}")
+            if e is None:
+                raise WorkflowNotFoundError(f"no workflow with id {wf}")
+            s = Shape(_dec(e.value, WorkflowDef))
+            self._shapes[wf] = s
+            while len(self._shapes) > 64:
+                self._shapes.popitem(last=False)
+        else:
+            self._shapes.move_to_end(wf)
+        return s
+
+    async def node_spec(self, wf: str, i: int) -> NodeSpec:
+        e = await (await self.kv()).get(f"n.{wf}.{i}")
+        if e is None:
+            raise WorkflowNotFoundError(f"workflow {wf} has no node {i}")
+        return _dec(e.value, NodeSpec)  # type: ignore[no-any-return]
+
+    async def jobs(self, wf: str, nodes: list[int] | None = None, total: int | None = None) -> dict[int, JobRecord]:
+        """Node jobs by index: a few by key, many in one pass over ``<wf>.*``."""
+        out: dict[int, JobRecord] = {}
+        if nodes is not None and len(nodes) <= 64:
+            recs = await asyncio.gather(*(self.ops.read_or_none(node_job_id(wf, i)) for i in nodes))
+            return {i: r for i, r in zip(nodes, recs) if r is not None}
+        store = await self.ops.store()
+        for e in await store.entries(f"{wf}.*"):
+            rec = codec.decode(e.value, JobRecord)
+            rec.revision = e.revision
+            out[int(e.key.rsplit(".", 1)[1])] = rec
+        if nodes is not None:
+            wanted = set(nodes)
+            out = {i: r for i, r in out.items() if i in wanted}
+        return out
+
+    async def update_record(self, wf: str, decide: Callable[[WorkflowRecord], WorkflowRecord | None]
+                            ) -> WorkflowRecord:
+        kv = await self.kv()
+
+        async def read() -> tuple[WorkflowRecord, int]:
+            r = await self.record(wf)
+            return r, r.revision
+
+        def decision(rec: WorkflowRecord, _rev: int) -> WorkflowRecord | cas.Stop[WorkflowRecord]:
+            new = decide(rec)
+            return cas.Stop(rec) if new is None else new
+
+        async def write(new: WorkflowRecord, rev: int) -> WorkflowRecord:
+            new.revision = await kv.update(f"w.{wf}", codec.encode(new), rev)
+            return new
+
+        return await cas.update(read, decision, write, attempts=CAS_ATTEMPTS, what=f"workflow {wf}")
+
+    # --- fan-in bitmaps ------------------------------------------------------------------------------
+    async def _set_bit(self, key: str, size: int, bit: int, failed: bool, clear: bool = False) -> tuple[Bits, bool]:
+        """Set (or clear) one bit by compare-and-set; returns the record and whether this call changed it."""
+        kv = await self.kv()
+
+        async def read() -> tuple[Bits | None, int]:
+            e = await kv.get(key)
+            return (None, 0) if e is None else (_dec(e.value, Bits), e.revision)
+
+        def decide(cur: Bits | None, _rev: int) -> Bits | cas.Stop[tuple[Bits, bool]]:
+            cur = cur or Bits(size)
+            if clear:
+                return cur.without_bit(bit) if cur.has(bit) else cas.Stop((cur, False))
+            if cur.has(bit) and (cur.failed or not failed):
+                return cas.Stop((cur, False))  # set already: a repeated advance changes nothing
+            return cur.with_bit(bit, failed)
+
+        async def write(new: Bits, rev: int) -> tuple[Bits, bool]:
+            data = codec.encode(new)
+            if rev == 0:
+                await kv.create(key, data)
+            else:
+                await kv.update(key, data, rev)
+            return new, True
+
+        return await cas.update(read, decide, write, attempts=CAS_ATTEMPTS, what=f"fan-in {key}")
+
+    async def mark(self, wf: str, target: str | int, pos: int, total: int, failed: bool) -> tuple[bool, bool]:
+        """Member ``pos`` of ``total`` has ended. (complete, any failed) as of this write; idempotent."""
+        base = f"f.{wf}.{target}"
+        if shards(total) == 1:
+            b, _ = await self._set_bit(f"{base}.0", total, pos, failed)
+            return b.full(), b.failed
+        shard, bit, size = shard_of(pos, total)
+        b, _ = await self._set_bit(f"{base}.{shard}", size, bit, failed)
+        if not b.full():
+            return False, b.failed
+        top, _ = await self._set_bit(f"{base}.t", shards(total), shard, b.failed)
+        return top.full(), top.failed
+
+    async def unmark(self, wf: str, target: str | int, pos: int, total: int) -> None:
+        base = f"f.{wf}.{target}"
+        if shards(total) == 1:
+            await self._set_bit(f"{base}.0", total, pos, False, clear=True)
+            return
+        shard, bit, size = shard_of(pos, total)
+        await self._set_bit(f"{base}.{shard}", size, bit, False, clear=True)
+        await self._set_bit(f"{base}.t", shards(total), shard, False, clear=True)
+
+    async def members(self, wf: str, target: str | int, total: int) -> list[bool]:
+        """Which members of a fan-in are set (for the leader's repair)."""
+        kv = await self.kv()
+        n = shards(total)
+        keys = [f"f.{wf}.{target}.{s}" for s in range(n)]
+        entries = await asyncio.gather(*(kv.get(k) for k in keys))
+        out = [False] * total
+        for s, e in enumerate(entries):
+            if e is None:
+                continue
+            b = _dec(e.value, Bits)
+            for pos in range(s, total, n) if n > 1 else range(total):
+                bit = pos // n if n > 1 else pos
+                if b.has(bit):
+                    out[pos] = True
+        return out
+
+    # --- advancing ------------------------------------------------------------------------------------
+    async def advance(self, wf: str, i: int, state: JobState, error: str | None) -> None:
+        """Node i's job ended in ``state``: move the workflow on (see the module doc). Idempotent."""
+        todo = [(i, state, error)]
+        while todo:  # a skipped node is advanced in turn (a loop, not recursion: chains are long)
+            node, st, err = todo.pop()
+            todo.extend(await self._advance_one(wf, node, st, err))
+
+    async def _advance_one(self, wf: str, i: int, state: JobState, error: str | None
+                           ) -> list[tuple[int, JobState, str | None]]:
+        shape = await self.shape(wf)
+        nodes = shape.defn.nodes
+        ok = state is JobState.COMPLETED
+        if node_failed(state, error):
+            await self._record_failure(wf, i, error)
+        more: list[tuple[int, JobState, str | None]] = []
+        for c in shape.children[i]:
+            k = len(nodes[c].parents)
+            if k == 1:
+                complete, any_failed = True, not ok
+            else:
+                complete, any_failed = await self.mark(wf, c, shape.pos[c][i], k, not ok)
+            if complete:
+                skipped = await self.start_node(wf, c, any_failed)
+                if skipped is not None:
+                    more.append((c, JobState.CANCELLED, skipped))
+        complete, _ = await self.mark(wf, ADVANCED, i, len(nodes), False)
+        if complete:
+            await self.finalize(wf)
+        return more
+
+    async def _record_failure(self, wf: str, i: int, error: str | None) -> None:
+        now = self.clock.now()
+
+        def decide(rec: WorkflowRecord) -> WorkflowRecord | None:
+            fail_fast = rec.policy == "fail_fast" and rec.state is WorkflowState.RUNNING
+            if i in rec.failed and not fail_fast:
+                return None
+            failed = rec.failed if i in rec.failed else [*rec.failed, i]
+            if fail_fast:
+                return workflow_transition(rec, WorkflowState.FAILED, now, failed=failed,
+                                           reason=f"fail_fast: node {i} failed: {(error or '')[:200]}")
+            return msgspec.structs.replace(rec, failed=failed, updated_at=now)
+
+        await self.update_record(wf, decide)
+
+    async def _parents_decision(self, wf: str, c: int) -> tuple[bool, bool]:
+        """(all parents ended, any parent did not complete), from their job records."""
+        parents = (await self.shape(wf)).defn.nodes[c].parents
+        jobs = await self.jobs(wf, parents)
+        ended = all(p in jobs and jobs[p].state in TERMINAL for p in parents)
+        return ended, any(p in jobs and jobs[p].state in TERMINAL and jobs[p].state is not JobState.COMPLETED
+                          for p in parents)
+
+    async def start_node(self, wf: str, c: int, any_failed: bool) -> str | None:
+        """Every parent of node c has ended: create its job (create-if-absent), to run or as skipped.
+
+        Returns the skip reason when this call created it skipped (its dependents are advanced
+        next), else None. A node that exists already is left alone, unless it was skipped by the
+        workflow and its parents have now all completed (a failed parent was retried): then it is
+        retried through the job retry path (compare-and-set), so it runs once."""
+        shape = await self.shape(wf)
+        node = shape.defn.nodes[c]
+        if any_failed and not node.run_on_failure and node.parents:
+            # the fan-in's failed flag is sticky: a parent retried since may have completed
+            _, any_failed = await self._parents_decision(wf, c)
+        rec = await self.record(wf)
+        reason: str | None = None
+        if rec.state is WorkflowState.CANCELLED or (rec.state is WorkflowState.FAILED and rec.policy == "fail_fast"):
+            reason = f"{WORKFLOW_REASON} workflow {rec.state}" + (f" ({rec.reason})" if rec.reason else "")
+        elif any_failed and not node.run_on_failure:
+            reason = f"{WORKFLOW_REASON} skipped: a node it depends on did not complete"
+        ns = await self.node_spec(wf, c)
+        job_id = node_job_id(wf, c)
+        now = self.clock.now()
+        if reason is None:
+            job = JobRecord(id=job_id, spec=ns.spec, state=JobState.AVAILABLE, created_at=now, updated_at=now,
+                            scheduled_at=now, auth=ns.auth)
+        else:
+            job = JobRecord(id=job_id, spec=ns.spec, state=JobState.CANCELLED, created_at=now, updated_at=now,
+                            finished_at=now, error=reason, cancel_reason=reason, auth=ns.auth)
+        created = await self._create(job)
+        if created:
+            if self.emit is not None:
+                self.emit(job_event(job, message=f"workflow {wf} node {c}"))
+            return reason
+        if reason is None:
+            await self._maybe_rerun(wf, c)
+        return None
+
+    async def _create(self, job: JobRecord) -> bool:
+        """Create-if-absent; a job to run gets its work message under a pending marker (the
+        leader's rescuer republishes it if this process dies in between). False if it existed."""
+        if job.state is not JobState.AVAILABLE:
+            try:
+                await (await self.ops.create_nowait(job, sign=False))
+            except ConflictError:
+                return False
+            return True
+        key, marked = await self.ops.mark_pending([PendingWrite(job.id, job.gen, job.attempt)], "workflow")
+        marker_rev = (await self.ops.publisher.wait(marked)).seq
+        try:
+            rev = await (await self.ops.create_nowait(job, sign=False))
+        except ConflictError:
+            await self.ops.unmark(key, marker_rev)
+            return False
+        await self.ops.publish_work(job, rev)
+        await self.ops.unmark(key, marker_rev)  # sent, not awaited: a marker left behind costs a look
+        return True
+
+    async def _maybe_rerun(self, wf: str, c: int) -> None:
+        job = await self.ops.read_or_none(node_job_id(wf, c))
+        if job is None or job.state is not JobState.CANCELLED or not (job.error or "").startswith(WORKFLOW_REASON):
+            return
+        rec = await self.record(wf)
+        if rec.state is not WorkflowState.RUNNING:
+            return
+        node = (await self.shape(wf)).defn.nodes[c]
+        ended, any_failed = await self._parents_decision(wf, c)
+        if not ended or (any_failed and not node.run_on_failure):
+            return
+        await self.rerun_job(job.id, "workflow resumed")
+
+    async def rerun_job(self, job_id: str, why: str) -> JobRecord | None:
+        """The job retry path: a cancelled or discarded node runs again (gen + 1, compare-and-set)."""
+        now = self.clock.now()
+
+        def decide(rec: JobRecord) -> tuple[JobState, dict[str, Any]] | None:
+            if rec.state not in (JobState.CANCELLED, JobState.DISCARDED, JobState.RETRYABLE):
+                return None
+            return JobState.AVAILABLE, {"gen": rec.gen + 1, "cancel_requested": False, "cancel_reason": None,
+                                        "error": None, "scheduled_at": now}
+
+        try:
+            rec = await self.ops.move_and_publish(job_id, decide, "retry")
+        except JobNotFoundError:
+            return None
+        if rec.state is JobState.AVAILABLE and self.emit is not None:
+            self.emit(job_event(rec, message=why))
+        return rec
+
+    async def finalize(self, wf: str) -> WorkflowRecord:
+        """Every node has been advanced: the workflow is completed, or failed if a node failed."""
+        now = self.clock.now()
+
+        def decide(rec: WorkflowRecord) -> WorkflowRecord | None:
+            if rec.state is not WorkflowState.RUNNING:
+                return None
+            to = WorkflowState.FAILED if rec.failed else WorkflowState.COMPLETED
+            reason = f"node {rec.failed[0]} failed" if rec.failed else None
+            return workflow_transition(rec, to, now, reason=reason, settled=True)
+
+        rec = await self.update_record(wf, decide)
+        log.info("workflow %s %s", wf, rec.state)
+        return rec
+
+    # --- cancelling ---------------------------------------------------------------------------------------
+    async def cancel_job(self, job_id: str, reason: str) -> JobRecord | None:
+        """The job cancel path: a pending job is cancelled at once, a running one gets a cancel request
+        (workers watch the control bucket). None if it is already terminal or absent."""
+        now = self.clock.now()
+
+        def decide(rec: JobRecord) -> tuple[JobState, dict[str, Any]] | None:
+            if rec.state in TERMINAL:
+                return None
+            if rec.state in PENDING:
+                return JobState.CANCELLED, {"cancel_reason": reason, "error": reason}
+            if rec.cancel_requested:
+                return None
+            return JobState.RUNNING, {"cancel_requested": True, "cancel_reason": reason}
+
+        try:
+            rec = await self.ops.move_with_retry(job_id, decide)
+        except JobNotFoundError:
+            return None
+        if rec.state is JobState.RUNNING:
+            control = await self.ops.control()
+            await control.put(self.names.cancel_key(job_id), codec.encode(CancelRequest(job_id, now, reason, rec.gen)))
+        elif rec.state is JobState.CANCELLED and self.emit is not None:
+            self.emit(job_event(rec, message=reason))
+        return rec
+
+    async def stop_live_nodes(self, wf: str, reason: str) -> int:
+        """Cancel every node job of ``wf`` that has not ended; how many were still live."""
+        rec = await self.record(wf)
+        jobs = await self.jobs(wf, None, rec.nodes)
+        live = [j for j in jobs.values() if j.state not in TERMINAL]
+        for j in live:
+            try:
+                await self.cancel_job(j.id, reason)
+            except ConflictError:
+                log.warning("workflow %s: job %s kept changing; cancelling it again next round", wf, j.id)
+        return len(live)
+
+    # --- the leader's repair -----------------------------------------------------------------------------
+    async def repair(self, wf: str, min_age: float = 1.0) -> int:
+        """Finish what a process killed mid-advance left undone; how many nodes it touched.
+
+        Only nodes whose parents have all been advanced are looked at (the frontier): a node
+        ended for more than ``min_age`` but not advanced is advanced now; a node whose job is
+        absent is started (a root whose submit died, or a child whose starter died)."""
+        rec = await self.record(wf)
+        shape = await self.shape(wf)
+        nodes = shape.defn.nodes
+        adv = await self.members(wf, ADVANCED, len(nodes))
+        if all(adv):
+            if rec.state is WorkflowState.RUNNING:
+                await self.finalize(wf)
+            return 0
+        frontier = [i for i, n in enumerate(nodes) if not adv[i] and all(adv[p] for p in n.parents)]
+        jobs = await self.jobs(wf, frontier, len(nodes))
+        now = self.clock.now()
+        touched = 0
+        for i in frontier:
+            job = jobs.get(i)
+            if job is None:
+                _, any_failed = await self._parents_decision(wf, i) if nodes[i].parents else (True, False)
+                skipped = await self.start_node(wf, i, any_failed)
+                if skipped is not None:
+                    await self.advance(wf, i, JobState.CANCELLED, skipped)
+                touched += 1
+            elif job.state in TERMINAL and now - (job.finished_at or job.updated_at) >= min_age:
+                await self.advance(wf, i, job.state, job.error)
+                touched += 1
+        if touched:
+            log.info("workflow %s: repaired %d node(s) left behind", wf, touched)
+        return touched
+
+    async def settle(self, wf: str, grace: float = 2.0) -> None:
+        """A failed-fast or cancelled workflow: signal what still runs; settled once nothing does."""
+        rec = await self.record(wf)
+        reason = f"{WORKFLOW_REASON} workflow {rec.state}" + (f" ({rec.reason})" if rec.reason else "")
+        live = await self.stop_live_nodes(wf, reason)
+        if live == 0 and self.clock.now() - rec.updated_at >= grace:
+            def decide(cur: WorkflowRecord) -> WorkflowRecord | None:
+                if cur.settled or cur.state is WorkflowState.RUNNING:
+                    return None
+                return msgspec.structs.replace(cur, settled=True)
+
+            await self.update_record(wf, decide)
