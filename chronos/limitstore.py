@@ -21,14 +21,16 @@ import logging
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, TypeVar
+
+import msgspec
 
 import nats.js.errors
 
 from . import cas, codec
 from .clock import SYSTEM_CLOCK, Clock
 from .connection import Connection
-from .errors import ConflictError
+from .errors import ConflictError, MalformedMessageError
 from .limits import (
     Holder,
     LimitsSnapshot,
@@ -48,6 +50,18 @@ from .publisher import encode_headers, is_wrong_last_sequence
 from .store.kv import KVStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# The limit types are this module's own (codec.py knows the stream wire types); one typed decoder each.
+_decoders: dict[type, msgspec.msgpack.Decoder[Any]] = {
+    t: msgspec.msgpack.Decoder(t) for t in (QueueLimit, RateState, SlotHolder, Waiter)}
+
+
+def _decode(data: bytes | None, typ: type[T]) -> T:
+    try:
+        return _decoders[typ].decode(data or b"")  # type: ignore[no-any-return]
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MalformedMessageError(f"invalid {typ.__name__}: {exc}") from None
 
 RATE_PREFIX = "rate."
 SLOT_PREFIX = "slot."
@@ -139,7 +153,7 @@ class LimitStore:
     # --- queue limits (operators) --------------------------------------------------------------
     async def queue_limit(self, queue: str) -> tuple[QueueLimit | None, int]:
         data, rev = await self.queues.get(self.names.queue_limit_key(queue))
-        return (codec.decode(data, QueueLimit) if data else None), rev
+        return (_decode(data, QueueLimit) if data else None), rev
 
     async def put_queue_limit(self, limit: QueueLimit, revision: int) -> int:
         """Compare-and-set; a limit with neither rate nor concurrency removes the key."""
@@ -154,7 +168,7 @@ class LimitStore:
         out = []
         for e in await (await self.queues.store()).entries(self.names.queue_limit_wildcard()):
             try:
-                out.append(codec.decode(e.value, QueueLimit))
+                out.append(_decode(e.value, QueueLimit))
             except Exception:  # a foreign value: not ours to show
                 continue
         return sorted(out, key=lambda q: q.queue)
@@ -166,7 +180,7 @@ class LimitStore:
             limit = None
             if e.value:
                 try:
-                    limit = codec.decode(e.value, QueueLimit)
+                    limit = _decode(e.value, QueueLimit)
                 except Exception:
                     limit = None
             yield e.key[len(prefix):], limit
@@ -180,7 +194,7 @@ class LimitStore:
 
         async def read() -> tuple[RateState | None, int]:
             data, rev = await self._get(k)
-            return (codec.decode(data, RateState) if data else None), rev
+            return (_decode(data, RateState) if data else None), rev
 
         def decide(state: RateState | None, rev: int) -> RateState:
             now = self.clock.now()
@@ -292,14 +306,14 @@ class LimitStore:
         for e in entries:
             try:
                 if e.key.startswith(RATE_PREFIX):
-                    st = codec.decode(e.value, RateState)
+                    st = _decode(e.value, RateState)
                     r = _rate_of(st)
                     rates.append(LimitView(
                         kind="rate", scope=st.scope, name=st.name, key=st.key, limit=st.limit,
                         waiting=waiting(st.tat, now, r) if r else 0, rate_now=rate_now(st.recent, now),
                         next_free_in=max(0.0, st.tat - (r.interval * (r.burst - 1) if r else 0.0) - now)))
                 elif e.key.startswith(SLOT_PREFIX):
-                    h = codec.decode(e.value, SlotHolder)
+                    h = _decode(e.value, SlotHolder)
                     group, _, n = e.key[len(SLOT_PREFIX):].rpartition(".")
                     view = slots.get(group)
                     if view is None:
@@ -312,7 +326,7 @@ class LimitStore:
                     group = e.key[len(WAIT_PREFIX):].rpartition(".")[0]
                     waiters[group] = waiters.get(group, 0) + 1
                     if group not in slots:
-                        w = codec.decode(e.value, Waiter)
+                        w = _decode(e.value, Waiter)
                         slots[group] = LimitView(kind="concurrency", scope=w.scope, name=w.name, key=w.key)
             except Exception:  # a value of another version: skipped in the listing
                 continue

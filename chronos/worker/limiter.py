@@ -142,6 +142,19 @@ class Limiter:
     async def gate(self, ex: "Executor", run: "Running", job: JobMessage, taskdef: TaskDef, delivered: int) -> bool:
         """True: run the job (its slots are held for ``run``). False: it was handed back, re-parked,
         discarded or found stale, and the message is dealt with."""
+        try:
+            return await self._gate(ex, run, job, taskdef, delivered)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the limits bucket unreachable, say: never run a job unchecked
+            slots = self._held.pop(run.key, None)
+            for s in slots or ():
+                self.store.release_nowait(s)
+            log.warning("job %s: its limits could not be checked (%s); handed back", job.record.id, exc)
+            await self._wait(ex, run, job.record, job.rev, delivered, 1.0, None, "limits not checked")
+            return False
+
+    async def _gate(self, ex: "Executor", run: "Running", job: JobMessage, taskdef: TaskDef, delivered: int) -> bool:
         record, rev = job.record, job.rev
         spec = record.spec
         # (scope, name, key) per limit

@@ -1,0 +1,252 @@
+"""Fleet-wide rate and concurrency limits against a real server (issue 16, deliverables 1-2).
+
+Workers here run in the test's loop, each with its own connection: to the server they are as
+separate as processes (tests/faults/test_limits_kill.py and ``chronos bench limits`` use
+processes). Start and end times are recorded by the task itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+import msgspec
+import pytest
+
+import chronos
+from chronos import Registry
+from chronos.errors import ConfigError, ValidationError
+from chronos.limits import task_limits
+from chronos.states import JobState
+
+
+def with_worker(settings, **changes):
+    return msgspec.structs.replace(settings, worker=msgspec.structs.replace(settings.worker, **changes))
+
+
+class Runs:
+    """(job id, key, start, end) per run, recorded by the task; ``changed`` wakes waiters."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[str, str, float, float]] = []
+        self.active: dict[str, int] = defaultdict(int)
+        self.peak: dict[str, int] = defaultdict(int)
+        self.changed = asyncio.Event()
+
+    async def wait_for(self, n: int, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.runs) < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def limited_registry(runs: Runs, name: str, sleep: float = 0.0, **limits) -> Registry:
+    reg = Registry()
+
+    async def fn(key: str = "", i: int = 0) -> str:
+        from chronos.worker.context import current_job
+
+        start = time.time()
+        runs.active[key] += 1
+        runs.peak[key] = max(runs.peak[key], runs.active[key])
+        try:
+            if sleep:
+                await asyncio.sleep(sleep)
+        finally:
+            runs.active[key] -= 1
+            ctx = current_job()
+            runs.runs.append((ctx.job_id if ctx else "", key, start, time.time()))
+            runs.changed.set()
+        return key
+
+    reg.register(fn, name=name, limits=task_limits(**limits))
+    return reg
+
+
+def overlaps(runs: list[tuple[str, str, float, float]]) -> int:
+    by_key: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for _id, key, start, end in runs:
+        by_key[key].append((start, end))
+    n = 0
+    for spans in by_key.values():
+        spans.sort()
+        for (s1, e1), (s2, _e2) in zip(spans, spans[1:]):
+            if s2 < e1:
+                n += 1
+    return n
+
+
+async def test_rate_limit_holds_across_two_workers(client, settings, start_worker):
+    runs = Runs()
+    reg = lambda: limited_registry(runs, "lim.rate", rate_limit="10/s")  # noqa: E731
+    await start_worker(reg(), worker_id="w1")
+    await start_worker(reg(), worker_id="w2")
+    await client.register_tasks(["lim.rate"])
+    n = 30
+    ids = [await client.submit("lim.rate", {"i": i}) for i in range(n)]
+    await runs.wait_for(n, timeout=60)
+    starts = sorted(r[2] for r in runs.runs)
+    span = starts[-1] - starts[0]
+    # 30 starts at 10/s, one at once: the first and last are >= 2.9 s apart (less a little
+    # for clock granularity), and no 1 s window holds more than 10 (+1 for the edges).
+    assert span >= 2.8, span
+    worst = max(sum(1 for t in starts if s <= t < s + 1.0) for s in starts)
+    assert worst <= 11, worst
+    for job_id in ids:
+        rec = await client.wait(job_id, timeout=30)
+        assert rec.state == JobState.COMPLETED
+        assert rec.attempt == 1, "waiting on a rate limit must not spend an attempt"
+        assert rec.delivered - rec.handed_back == 1
+
+
+async def test_concurrency_one_per_key_across_three_workers(client, settings, start_worker):
+    runs = Runs()
+    reg = lambda: limited_registry(runs, "lim.conc", sleep=0.05, concurrency=1, limit_key="key")  # noqa: E731
+    for w in ("a", "b", "c"):
+        await start_worker(reg(), worker_id=f"w-{w}")
+    await client.register_tasks(["lim.conc"])
+    n, keys = 60, 4
+    ids = [await client.submit("lim.conc", {"key": f"k{i % keys}", "i": i}) for i in range(n)]
+    await runs.wait_for(n, timeout=120)
+    assert overlaps(runs.runs) == 0
+    assert max(runs.peak.values()) == 1
+    for job_id in ids:
+        rec = await client.wait(job_id, timeout=30)
+        assert rec.state == JobState.COMPLETED
+        assert rec.attempt == 1
+    # Every slot is given back: the snapshot shows no holder once all are done.
+    snap = await client.limits()
+    assert all(not v.holders for v in snap.limits if v.kind == "concurrency")
+
+
+async def test_a_long_wait_on_a_key_is_not_dead_lettered_by_max_deliver(client, settings, start_worker):
+    """max_deliver 4: a job that waits through far more hand-backs than that is re-parked with a
+    fresh generation, never sent to the DLQ by the backstop."""
+    runs = Runs()
+    s = with_worker(settings, max_deliver=4)
+    gate = asyncio.Event()
+    reg = Registry()
+
+    async def hog(key: str) -> None:
+        await gate.wait()
+
+    async def after(key: str) -> str:
+        runs.runs.append(("", key, time.time(), time.time()))
+        runs.changed.set()
+        return "ran"
+
+    reg.register(hog, name="lim.hog", limits=task_limits(concurrency=1, limit_key="key"))
+    # The same limit scope: both tasks share the queue's concurrency of 1.
+    reg.register(after, name="lim.after")
+    handle = await start_worker(reg, s, worker_id="w-long")
+    await client.set_queue_limit("default", concurrency=1)
+    await client.register_tasks(["lim.hog", "lim.after"])
+    hog_id = await client.submit("lim.hog", {"key": "x"})
+    await wait_running(client, hog_id)
+    waiting = await client.submit("lim.after", {"key": "x"})
+    # Wait until it has been handed back well past max_deliver, then let the hog finish.
+    limiter = handle.service.limiter
+    async with asyncio.timeout(60):
+        while limiter.reparked < 2:
+            await asyncio.sleep(0.05)
+    snap = await client.limits()
+    views = [v for v in snap.limits if v.scope == "queue" and v.name == "default" and v.kind == "concurrency"]
+    assert views and views[0].holders and views[0].holders[0].job_id == hog_id
+    assert views[0].waiting >= 1
+    gate.set()
+    rec = await client.wait(waiting, timeout=60)
+    assert rec.state == JobState.COMPLETED, (rec.state, rec.error)
+    assert rec.attempt == 1
+    assert rec.gen > 1, "it was re-parked with a fresh generation"
+    assert await client.dlq_list() == []
+    await client.clear_queue_limit("default")
+
+
+async def wait_running(client, job_id: str, timeout: float = 20.0) -> None:
+    async with asyncio.timeout(timeout):
+        while (await client.get(job_id)).state != JobState.RUNNING:
+            await asyncio.sleep(0.02)
+
+
+async def test_queue_limits_set_read_and_clear(client):
+    assert await client.queue_limit("mail") is None
+    lim = await client.set_queue_limit("mail", rate="600/m", burst=5)
+    assert (lim.rate, lim.burst, lim.concurrency) == ("600/m", 5, None)
+    lim = await client.set_queue_limit("mail", concurrency=3)  # the rate is kept
+    assert (lim.rate, lim.burst, lim.concurrency) == ("600/m", 5, 3)
+    assert (await client.queue_limits())["mail"].concurrency == 3
+    lim = await client.set_queue_limit("mail", rate=None)
+    assert (lim.rate, lim.concurrency) == (None, 3)
+    await client.clear_queue_limit("mail")
+    assert await client.queue_limit("mail") is None
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"rate": "10/x"}, "rate"), ({"rate": "0/s"}, "rate"), ({"rate": "-1/s"}, "rate"), ({"rate": "abc"}, "rate"),
+    ({"concurrency": 0}, "concurrency"), ({"concurrency": -3}, "concurrency"), ({"rate": "1/s", "burst": 0}, "burst"),
+])
+async def test_a_malformed_queue_limit_is_one_line_and_stores_nothing(client, kwargs, field):
+    with pytest.raises(ValidationError) as err:
+        await client.set_queue_limit("bad", **kwargs)
+    assert str(err.value).startswith(f"{field}:") and "\n" not in str(err.value)
+    assert await client.queue_limit("bad") is None
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"rate_limit": "10/x"}, "rate_limit"), ({"rate_limit": 0}, "rate_limit"), ({"rate_limit": "abc"}, "rate_limit"),
+    ({"concurrency": 0}, "concurrency"), ({"concurrency": -1}, "concurrency"),
+    ({"rate_limit": "5/s", "burst": -1}, "burst"), ({"limit_key": "k"}, "limit_key"),
+    ({"concurrency": 1, "limit_key": ""}, "limit_key"),
+])
+def test_a_malformed_task_limit_raises_at_registration(kwargs, field):
+    with pytest.raises(ConfigError) as err:
+        chronos.task(name="lim.bad", registry=Registry(), **kwargs)(lambda key=None: None)
+    assert f": {field}:" in str(err.value)
+
+
+async def test_a_key_the_args_lack_fails_the_submit_of_a_handle(client):
+    chronos.set_client(client)
+    try:
+        @chronos.task(name="lim.handle", registry=Registry(), concurrency=1, limit_key="customer.id")
+        async def handle(customer: dict) -> None:
+            return None
+
+        with pytest.raises(ValidationError, match="limit_key: the job's args have no 'customer.id'"):
+            await handle.submit({"name": "x"})
+        ref = await handle.submit({"id": 7})
+        assert (await ref.get()).state in (JobState.AVAILABLE, JobState.RUNNING, JobState.COMPLETED)
+    finally:
+        chronos.set_client(None)
+
+
+async def test_a_key_the_args_lack_is_discarded_at_the_worker_once(client, start_worker):
+    runs = Runs()
+    await start_worker(limited_registry(runs, "lim.keyless", concurrency=1, limit_key="tenant"))
+    await client.register_tasks(["lim.keyless"])
+    job = await client.submit("lim.keyless", {"key": "k"}, max_attempts=5)  # by name: no declaration here
+    rec = await client.wait(job, timeout=30)
+    assert rec.state == JobState.DISCARDED
+    assert "limit_key: the job's args have no 'tenant'" in rec.error
+    assert rec.attempt == 0 and runs.runs == []
+    entry = await client.dlq_get(job)
+    assert "limit_key" in entry.reason
+
+
+async def test_an_unlimited_task_never_touches_the_limits_bucket(client, start_worker, settings):
+    runs = Runs()
+    reg = Registry()
+
+    async def free() -> None:
+        runs.runs.append(("", "", 0.0, 0.0))
+        runs.changed.set()
+
+    reg.register(free, name="lim.free")
+    h = await start_worker(reg)
+    await client.register_tasks(["lim.free"])
+    for _ in range(5):
+        await client.submit("lim.free", [])
+    await runs.wait_for(5, timeout=30)
+    info = await client.conn.js.stream_info(client.names.kv_stream(client.names.limits_bucket))
+    assert info.state.messages == 0
+    assert h.service.limiter.waited == 0
