@@ -32,6 +32,7 @@ from .enqueuer import Enqueuer
 from .pruner import Pruner
 from .rescuer import Rescuer
 from .stager import Stager
+from .workflows import WorkflowRepair
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class SchedulerService:
         enqueuer_tick: float = 1.0,
         rescuer_tick: float | None = None,
         pruner_tick: float | None = None,
+        workflow_tick: float = 1.0,
         archive_path: str | None = None,
     ) -> None:
         self.settings = settings
@@ -61,6 +63,8 @@ class SchedulerService:
         self._enqueuer_tick = enqueuer_tick
         self._rescuer_tick = rescuer_tick
         self._pruner_tick = pruner_tick
+        self._workflow_tick = workflow_tick
+        self.workflow_repair: WorkflowRepair | None = None
         self._archive_path = archive_path
         self._stopping = asyncio.Event()
         self.ready = asyncio.Event()  # connected, topology ensured, contending for the lease
@@ -170,6 +174,9 @@ class SchedulerService:
             ("rescuer", self.rescuer.run),
             ("pruner", self.pruner.run),
         ]
+        self.workflow_repair = WorkflowRepair(ops, clock=self.clock, tick=self._workflow_tick, is_leader=is_leader,
+                                              events=events)
+        loops.append(("workflows", self.workflow_repair.run))
         self.terms += 1
         async with asyncio.TaskGroup() as tg:
             for name, fn in loops:
@@ -178,7 +185,7 @@ class SchedulerService:
 
 
 # Tasks of a term's loops (named where they are created); never the lease, whose cleanup resigns.
-_LOOP_TASKS = ("scheduler-stager", "scheduler-enqueuer", "scheduler-rescuer", "scheduler-pruner",
+_LOOP_TASKS = ("scheduler-stager", "scheduler-enqueuer", "scheduler-rescuer", "scheduler-pruner", "scheduler-workflows",
                "stager-load", "enqueuer-watch")
 
 
