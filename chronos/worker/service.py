@@ -49,12 +49,14 @@ from ..connection import Connection, connect, ensure_queue_consumers, ensure_top
 from ..events import EventPublisher, log_event
 from ..ids import new_job_id
 from ..jobs import JobOps
+from ..limitstore import LimitStore
 from ..models import Event, RunningJob, TaskInfo, WorkerHeartbeat
 from ..subjects import PRIORITIES
 from .advisories import MaxDeliveriesHandler
 from .cancels import CancelWatch
 from .executor import Executor, Running
 from .heartbeat import Heartbeat, Peers
+from .limiter import Limiter
 from .pauses import PauseWatch
 from .puller import Puller
 from .registry import Registry, default_registry
@@ -139,6 +141,7 @@ class WorkerService:
         self.peers: Peers | None = None
         self.cancels: CancelWatch | None = None
         self.beat: Heartbeat | None = None
+        self.limiter: Limiter | None = None  # fleet-wide rate and concurrency limits (limiter.py)
         self.pauses: PauseWatch | None = None
 
     # --- public -----------------------------------------------------------------------
@@ -173,17 +176,19 @@ class WorkerService:
             self.cancels = CancelWatch(ops, self.clock, w.cancel_grace, lambda: list(self.running.values()))
             self.beat = Heartbeat(conn, self.id, w.heartbeat_interval, self.clock, self.heartbeat,
                                   on_sent=self.changed.bump)
+            self.limiter = Limiter(LimitStore(conn, self.clock), self.clock, self.id, w.limit_lease, w.max_deliver)
             self.executor = Executor(
                 ops=ops, registry=self.registry, events=self.events, clock=self.clock, worker_id=self.id,
                 default_timeout=self.settings.jobs.default_timeout,
                 max_result_bytes=self.settings.jobs.max_result_bytes, sync=self.sync,
-                unknown_task_after=w.unknown_task_after, host=self,
+                unknown_task_after=w.unknown_task_after, host=self, limiter=self.limiter,
             )
             if w.loop_watchdog:
                 self.watchdog = LoopWatchdog(self.settings, self._held, name=self.id, on_block=self._on_block)
                 self.watchdog.start()
             await self._register_tasks(conn)
             await self.cancels.load()  # before the first fetch: see executor's fast path
+            await self.limiter.load()  # queue limits, before the first fetch; then followed live
             # Paused queues are known before the first pull, then followed live (pauses.py).
             self.pauses = PauseWatch(conn, self.queues, self._on_pause_change)
             await self.pauses.load()
@@ -200,6 +205,8 @@ class WorkerService:
                     tg.create_task(self.beat.run(), name=f"worker-heartbeat-{self.id}"),
                     tg.create_task(self._progress_loop(), name=f"worker-progress-{self.id}"),
                     tg.create_task(self.cancels.run(), name=f"worker-cancels-{self.id}"),
+                    tg.create_task(self.limiter.watch(), name=f"worker-limits-{self.id}"),
+                    tg.create_task(self.limiter.renew_loop(), name=f"worker-limit-leases-{self.id}"),
                     tg.create_task(self.pauses.run(), name=f"worker-pauses-{self.id}"),
                 ]
                 fetch = tg.create_task(self._fetch_loop(), name=f"worker-fetch-{self.id}")
@@ -283,6 +290,8 @@ class WorkerService:
 
     def released(self, run: Running) -> None:
         if self.running.pop(run.key, None) is not None:
+            if self.limiter is not None:
+                self.limiter.release(run)  # its concurrency slots, if it held any
             self.used -= run.weight
             if run.sync:
                 self.sync_held -= 1
