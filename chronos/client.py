@@ -18,6 +18,8 @@ attribute          module                       methods
                                                 namespace_exists
 ``archive``        ``clientapi/history.py``     history
 ``schedules``      ``clientapi/schedules.py``   add_schedule, update_schedule, get_schedule, ...
+``limit_control``  ``clientapi/limits.py``      set_queue_limit, clear_queue_limit, queue_limit,
+                                                queue_limits, limits
 =================  ===========================  ==============================================
 
 Composition, not mixins: each noun object holds only what it needs (a schedule's checks ask
@@ -39,6 +41,7 @@ from .clientapi.cluster import Cluster
 from .clientapi.dlq import DLQ
 from .clientapi.history import History
 from .clientapi.jobs import Jobs
+from .clientapi.limits import Limits
 from .clientapi.schedules import Schedules
 from .clientapi.workflows import Workflows
 from .clientapi.spec import (  # re-exported: the limits a spec is checked against
@@ -95,6 +98,7 @@ class Client:
         self.dlq = DLQ(conn, clock, self.ops, self.jobs)
         self.cluster = Cluster(conn, clock)
         self.archive = History(conn)
+        self.limit_control = Limits(conn, clock)
         self.workflow_api = Workflows(conn, clock, self.ops, self.events, self.catalog, self.submitter)
         self.schedules = Schedules(conn, clock, self.ops, self.events, self.catalog, self.cluster, self.submitter)
 
@@ -173,6 +177,13 @@ class Client:
     wait_workflow = _Via("workflow_api", Workflows.wait)
     cancel_workflow = _Via("workflow_api", Workflows.cancel)
     retry_workflow = _Via("workflow_api", Workflows.retry)
+
+    # --- limits: queue rate and concurrency, the live snapshot (clientapi/limits.py) ---------
+    set_queue_limit = _Via("limit_control", Limits.set_queue_limit)
+    clear_queue_limit = _Via("limit_control", Limits.clear_queue_limit)
+    queue_limit = _Via("limit_control", Limits.queue_limit)
+    queue_limits = _Via("limit_control", Limits.queue_limits)
+    limits = _Via("limit_control", Limits.limits)
 
     # --- history (clientapi/history.py) ----------------------------------------------------
     history = _Via("archive", History.history)
