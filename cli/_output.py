@@ -178,3 +178,46 @@ def key_values(rows: Iterable[tuple[str, Any]]) -> Table:
         if v not in (None, "", [], {}):
             grid.add_row(k, cell(v, MAX_VALUE))
     return grid
+
+
+def progress_text(p: Any, now: float | None = None) -> str:
+    """A job's last progress report: ``40% copying part 4 (attempt 1, 2s ago)``."""
+    text = f"{p.fraction * 100:.0f}%" + (f" {p.message}" if p.message else "")
+    return f"{text} (attempt {p.attempt}, {relative(p.at, now)})"
+
+
+class ProgressView:
+    """``submit --wait``'s view of a job's progress reports: a Rich bar on a terminal, one plain
+    line per new report otherwise (pipes, logs, CI). Disabled for ``--json``."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        file = sys.stdout
+        self.enabled = enabled
+        self.tty = enabled and hasattr(file, "isatty") and file.isatty()
+        self._bar: Any = None
+        self._task: Any = None
+        self._last: Any = None
+
+    def __enter__(self) -> "ProgressView":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def update(self, rec: Any) -> None:
+        p = getattr(rec, "progress", None)
+        if not self.enabled or p is None or p.attempt != rec.attempt or p == self._last:
+            return
+        self._last = p
+        if not self.tty:
+            typer.echo(f"progress {p.fraction * 100:.0f}%" + (f" {p.message}" if p.message else ""))
+            return
+        if self._bar is None:
+            from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+                                 console=console(), transient=True)
+            self._task = self._bar.add_task(rec.id, total=1.0)
+            self._bar.start()
+        self._bar.update(self._task, completed=p.fraction, description=escape(p.message or rec.id))

@@ -93,7 +93,17 @@ def submit(
     ] = None,
     at: Annotated[Optional[str], typer.Option("--at", help="Run at an ISO 8601 time (local if no offset).")] = None,
     in_: Annotated[Optional[str], typer.Option("--in", help="Run after a delay: 30s, 5m, 1h30m.")] = None,
-    unique: Annotated[Optional[str], typer.Option("--unique", help="Unique key: a duplicate returns the first job.")] = None,
+    unique: Annotated[Optional[str], typer.Option(
+        "--unique", help="Dedupe key: a duplicate inside the duplicate window returns the first job.")] = None,
+    unique_mode: Annotated[Optional[str], typer.Option(
+        "--unique-mode", help="while-active: while a job of this key (or these args) is pending or running, "
+                              "a submit returns it.")] = None,
+    unique_key: Annotated[Optional[str], typer.Option(
+        "--unique-key", help="The key of --unique-mode or --debounce (default: a digest of task and args).")] = None,
+    debounce: Annotated[Optional[str], typer.Option(
+        "--debounce", help="Run once, this long after the last submit of the key, with its args: 30s, 5m.")] = None,
+    debounce_max: Annotated[Optional[str], typer.Option(
+        "--debounce-max", help="Run at most this long after the first submit (default: 10 x --debounce).")] = None,
     timeout: Annotated[Optional[str], typer.Option("--timeout", help="Per-attempt timeout: 90, 30s, 5m.")] = None,
     max_attempts: Annotated[Optional[int], typer.Option("--max-attempts", help="Attempts before the DLQ.")] = None,
     tag: Annotated[Optional[list[str]], typer.Option("--tag", "-t", help="A tag (repeatable).")] = None,
@@ -120,23 +130,31 @@ def submit(
     if timeout_s is not None and timeout_s <= 0:
         raise BadOption("--timeout", "must be more than zero")
     wait_s = parse_duration(wait_timeout, "--wait-timeout") if wait_timeout is not None else None
-    for option, value in (("--timeout", timeout_s), ("--in", delay), ("--wait-timeout", wait_s)):
+    debounce_s = parse_duration(debounce, "--debounce") if debounce is not None else None
+    debounce_max_s = parse_duration(debounce_max, "--debounce-max") if debounce_max is not None else None
+    for option, value in (("--timeout", timeout_s), ("--in", delay), ("--wait-timeout", wait_s),
+                          ("--debounce", debounce_s), ("--debounce-max", debounce_max_s)):
         if value is not None and not math.isfinite(value):
             raise BadOption(option, "must be a finite duration")
+    uniq = _unique_options(unique, unique_mode, unique_key, debounce_s, debounce_max_s, at, in_)
     as_json = wants_json(ctx, json_)
+    outcome = ["created"]
 
     async def go(client: Client) -> JobRecord:
-        job_id = await client.submit(
+        submitted = await client.submit_job(
             task, payload, queue=queue, priority=priority, run_at=run_at, delay=delay,
-            max_attempts=max_attempts, timeout=timeout_s, unique_key=unique, tags=tag or (),
+            max_attempts=max_attempts, timeout=timeout_s, tags=tag or (), **uniq,
         )
+        job_id, outcome[0] = submitted
         await _warn_if_unserved(client, job_id)
         if not wait:
             return await client.get(job_id)
         if not as_json:
-            typer.echo(f"submitted {job_id}; waiting for it to finish (Ctrl-C stops waiting, not the job)")
+            typer.echo(f"{_SUBMITTED[outcome[0]]} {job_id}; waiting for it to finish "
+                       "(Ctrl-C stops waiting, not the job)")
         try:
-            return await client.wait(job_id, timeout=wait_s)
+            with out.ProgressView(enabled=not as_json) as view:
+                return await client.wait(job_id, timeout=wait_s, on_update=view.update)
         except TimeoutError:
             rec = await client.get(job_id)
             raise _WaitTimedOut(rec) from None
@@ -147,9 +165,39 @@ def submit(
         _print_submitted(exc.record, as_json, waited=True)
         typer.echo(f"error: --wait-timeout: job {exc.record.id} is still {exc.record.state}", err=True)
         raise typer.Exit(1) from None
-    _print_submitted(rec, as_json, waited=wait)
+    _print_submitted(rec, as_json, waited=wait, outcome=outcome[0])
     if wait and rec.state != JobState.COMPLETED:
         raise typer.Exit(1)
+
+
+_SUBMITTED = {"created": "submitted", "active": "already active:", "debounced": "debounced:"}
+_UNIQUE_MODES = ("while-active",)
+
+
+def _unique_options(unique: str | None, mode: str | None, key: str | None, debounce: float | None,
+                    debounce_max: float | None, at: str | None, in_: str | None) -> dict[str, Any]:
+    """The submit's unique options; a mistake names its option (exit 2), nothing sent."""
+    if mode is not None and mode not in _UNIQUE_MODES:
+        raise BadOption("--unique-mode", f"{mode!r} is not a mode (one of: {', '.join(_UNIQUE_MODES)})")
+    if unique is not None and (mode is not None or debounce is not None or key is not None):
+        raise BadOption("--unique", "is the dedupe-window key; with --unique-mode or --debounce give --unique-key")
+    if mode is not None and debounce is not None:
+        raise BadOption("--debounce", "give either --unique-mode or --debounce, not both")
+    if key is not None and mode is None and debounce is None:
+        raise BadOption("--unique-key", "needs --unique-mode while-active or --debounce (a dedupe key is --unique)")
+    if debounce is not None:
+        if debounce <= 0:
+            raise BadOption("--debounce", "must be more than zero")
+        if at is not None or in_ is not None:
+            raise BadOption("--debounce", "decides when the job runs; give no --at or --in with it")
+    if debounce_max is not None and debounce is None:
+        raise BadOption("--debounce-max", "only with --debounce")
+    if debounce_max is not None and debounce is not None and debounce_max < debounce:
+        raise BadOption("--debounce-max", "must be at least --debounce")
+    if mode is None and debounce is None:
+        return {"unique_key": unique}
+    return {"unique": "while_active" if mode else None, "unique_key": key, "debounce": debounce,
+            "debounce_max": debounce_max}
 
 
 async def _warn_if_unserved(client: Client, job_id: str) -> None:
@@ -187,7 +235,7 @@ class _WaitTimedOut(ChronosError):
         self.record = record
 
 
-def _print_submitted(rec: JobRecord, as_json: bool, *, waited: bool) -> None:
+def _print_submitted(rec: JobRecord, as_json: bool, *, waited: bool, outcome: str = "created") -> None:
     if as_json:
         out.print_json(rec)
         return
@@ -195,8 +243,8 @@ def _print_submitted(rec: JobRecord, as_json: bool, *, waited: bool) -> None:
         extra = f", runs {out.when(rec.spec.run_at)}" if rec.state == JobState.SCHEDULED and rec.spec.run_at else ""
         if rec.spec.run_at is not None and rec.state != JobState.SCHEDULED and rec.spec.run_at <= rec.created_at:
             extra = f"; --at {out.when(rec.spec.run_at, full=True)} is in the past, so it runs now"
-        typer.echo(f"submitted {rec.id} ({out.cell(rec.spec.task, 80)} on {rec.spec.queue}/{rec.spec.priority}: "
-                   f"{rec.state}{extra})")
+        typer.echo(f"{_SUBMITTED.get(outcome, 'submitted')} {rec.id} ({out.cell(rec.spec.task, 80)} on "
+                   f"{rec.spec.queue}/{rec.spec.priority}: {rec.state}{extra})")
         return
     line = f"job {rec.id} {rec.state} on {out.attempt_text(rec.attempt, rec.spec.max_attempts)}"
     if rec.state == JobState.COMPLETED:
@@ -318,6 +366,8 @@ def print_job(rec: JobRecord) -> None:
         ("timeout", out.human_duration(spec.timeout) if spec.timeout else None),
         ("worker", rec.worker),
         ("unique key", spec.unique_key),
+        ("unique", _unique_text(spec)),
+        ("progress", out.progress_text(rec.progress, now) if rec.progress else None),
         ("tags", ", ".join(spec.tags)),
         ("schedule", rec.schedule_id),
         ("result", (out.compact_json(rec.result, 2000) + (" (truncated)" if rec.result_truncated else ""))
@@ -338,6 +388,16 @@ def print_job(rec: JobRecord) -> None:
                 c.print()
                 c.print(f"[bold]attempt {a.number}[/bold] ({a.outcome or 'running'}):")
                 c.print(out.block(a.traceback or a.error or ""))
+
+
+def _unique_text(spec: Any) -> str | None:
+    u = spec.unique
+    if u is None:
+        return None
+    key = "by args" if u.key.startswith("args:") else u.key
+    if u.mode == "debounce":
+        return f"debounce {out.human_duration(u.debounce)} (at most {out.human_duration(u.max_wait)}), key {key}"
+    return f"while active, key {key}"
 
 
 # --- cancel / retry / run-now -------------------------------------------------------------------------------

@@ -62,8 +62,10 @@ class Jobs:
 
         return await job_counts(self.conn, self.ops, fallback=fallback, timeout=timeout)
 
-    async def wait(self, job_id: str, timeout: float | None = None) -> JobRecord:
-        """Wait until the job reaches a terminal state (or ``timeout`` seconds pass)."""
+    async def wait(self, job_id: str, timeout: float | None = None,
+                   on_update: Callable[[JobRecord], None] | None = None) -> JobRecord:
+        """Wait until the job reaches a terminal state (or ``timeout`` seconds pass); ``on_update``
+        sees every version of the record before that (its state, its progress)."""
 
         async def _wait() -> JobRecord:
             store = await self.ops.store()
@@ -78,6 +80,8 @@ class Jobs:
                 rec.revision = entry.revision
                 if rec.state in TERMINAL:
                     return rec
+                if on_update is not None:
+                    on_update(rec)
             raise JobNotFoundError(f"job {job_id} disappeared")
 
         return await asyncio.wait_for(_wait(), timeout)

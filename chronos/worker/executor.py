@@ -53,6 +53,7 @@ from ..states import TERMINAL, JobState, transition
 from ..workflows import WF_KEY
 from .advance import Advancer
 from .context import JobContext, reset_current, set_current
+from .progress import ProgressHub
 from .registry import Registry, TaskDef
 from .sync_exec import NOT_STARTED, SyncRunner
 
@@ -96,6 +97,7 @@ class Running:
     sync: bool = False  # runs in a thread or a process: holds one of the sync slots
     stuck: str | None = None  # set when an interrupted sync call could not be stopped (see Executor)
     ended: Attempt | None = None  # this run's attempt as ``_finish`` is about to write it
+    progress: Any = None  # its progress writer (worker/progress.py), made on its first report
 
     def interrupt_with(self, why: Interrupt) -> bool:
         """Interrupt the running call (no-op outside it). True if it was interrupted."""
@@ -237,6 +239,7 @@ class Executor:
         self.processed = 0
         self.failed = 0
         self.acks = Acks(ops.publisher)
+        self.progress = ProgressHub(ops, events, clock)  # current_job().progress(): record and event
         # Workflows: a node's terminal event (emitted after its write is committed) advances its workflow.
         self.advancer = Advancer(ops, events, self.host.spawn)
         # job id -> (gen, the attempt): runs here whose outcome write failed (see the module doc)
@@ -321,7 +324,7 @@ class Executor:
         if reason is not None:  # cancelled between delivery and start: never call the task
             outcome = _Outcome(Outcome.CANCELLED, error=reason)
         else:
-            outcome = await self._call(run, record, taskdef)
+            outcome = await self._call(run, record, taskdef, rev)
         return await self._finish(run, record, rev, outcome, runs)
 
     async def _start(self, msg: Msg, record: JobRecord, rev: int, delivered: int) -> tuple[JobRecord, int] | None:
@@ -494,10 +497,11 @@ class Executor:
         self.events.emit(job_event(record))
         return new_rev
 
-    async def _call(self, run: Running, record: JobRecord, taskdef: TaskDef) -> _Outcome:
+    async def _call(self, run: Running, record: JobRecord, taskdef: TaskDef, rev: int = 0) -> _Outcome:
         spec = record.spec
         ctx = JobContext(record.id, spec.task, record.attempt, spec.max_attempts, self.worker_id)
         run.ctx = ctx
+        ctx._progress = self.progress.hook(run, record, rev)
         timeout = spec.timeout or self.default_timeout
         args, kwargs = (spec.args, {}) if isinstance(spec.args, list) else ((), spec.args)
         token = set_current(ctx)
@@ -549,6 +553,8 @@ class Executor:
                 rev = record.revision
             else:
                 rev = new_rev
+        if run.progress is not None:  # its last report is written first; the outcome goes on top
+            record, rev = await self.progress.close(run, record, rev)
         job_id = record.id
         if job_id not in self._writing:
             self._writing[job_id] = None
