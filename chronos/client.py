@@ -9,7 +9,7 @@ method of one of them:
 attribute          module                       methods
 =================  ===========================  ==============================================
 ``catalog``        ``clientapi/catalog.py``     register_tasks, tasks, task_queue
-``submitter``      ``clientapi/submit.py``      build_spec, submit, submit_specs
+``submitter``      ``clientapi/submit.py``      build_spec, submit, submit_job, submit_specs
 ``jobs``           ``clientapi/jobs.py``        get, list, counts, wait, cancel, retry, run_now,
                                                 watch, resolve_job_id
 ``dlq``            ``clientapi/dlq.py``         dlq_list, dlq_get, dlq_replay, dlq_sequences,
@@ -140,6 +140,7 @@ class Client:
     # --- submit (clientapi/submit.py) ----------------------------------------------
     build_spec = _Via("submitter", Submitter.build_spec)
     submit = _Via("submitter", Submitter.submit)
+    submit_job = _Via("submitter", Submitter.submit_job)  # -> Submitted(id, outcome): unique/debounce say what they did
     submit_specs = _Via("submitter", Submitter.submit_specs)
 
     # --- jobs: read, wait, act, watch, id prefixes (clientapi/jobs.py) ---------------
