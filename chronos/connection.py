@@ -291,10 +291,15 @@ async def ensure_topology(conn: Connection) -> None:
     # to this config by the update below: run `chronos admin init` after upgrading.
     idle = api.StreamConsumerLimits(inactive_threshold=_EPHEMERAL_IDLE)
     streams = [
+        # Limits retention, not work-queue: under sync_interval always a work-queue ack is a delete,
+        # an fsync per job; here an ack is consumer state and the leader purges what every consumer
+        # acknowledged, in bulk (scheduler/purger.py). Full: new messages are refused (discard new),
+        # never an unacknowledged job dropped. A stream made as work-queue keeps working (slower).
         api.StreamConfig(
             name=names.jobs_stream,
             subjects=[names.jobs_wildcard()],
-            retention=api.RetentionPolicy.WORK_QUEUE,
+            retention=api.RetentionPolicy.LIMITS,
+            discard=api.DiscardPolicy.NEW,
             storage=api.StorageType.FILE,
             duplicate_window=s.jobs.duplicate_window,
             max_msg_size=s.jobs.max_payload_bytes + _ENVELOPE_SLACK,
@@ -353,6 +358,7 @@ async def ensure_topology(conn: Connection) -> None:
             consumer_limits=idle,
         ),
     ]
+    await _keep_work_queue(js, streams[0])
     for cfg in streams:
         await _until_placed(lambda cfg=cfg: _add_or_update_stream(js, cfg), f"stream {cfg.name}")
 
@@ -469,6 +475,33 @@ async def _until_placed(create: Callable[[], Awaitable[None]], what: str) -> Non
         log.warning("cannot place %s yet (%s); retrying in %.2gs", what, reason, delay)
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
+
+
+_warned_work_queue: set[str] = set()
+
+
+async def _keep_work_queue(js: Any, cfg: api.StreamConfig) -> None:
+    """A jobs stream made before limits retention keeps work-queue retention (the server cannot
+    change it in place): it works, each ack a delete (an fsync per job under sync_interval always).
+    Says once how to move to the new shape."""
+    try:
+        current = (await js.stream_info(cfg.name)).config
+    except nats.js.errors.NotFoundError:
+        return
+    if current.retention != api.RetentionPolicy.WORK_QUEUE:
+        return
+    cfg.retention = api.RetentionPolicy.WORK_QUEUE
+    cfg.discard = current.discard
+    if cfg.name not in _warned_work_queue:
+        _warned_work_queue.add(cfg.name)
+        log.warning("stream %s has work-queue retention (made before this version; every ack is a delete, an "
+                    "fsync each under sync_interval always): to migrate, stop submitters, let workers empty the "
+                    "queues, delete the stream (nats stream rm %s) and run `chronos admin init`", cfg.name, cfg.name)
+
+
+def work_stream_is_limits(info: Any) -> bool:
+    """Whether a jobs stream (its STREAM.INFO) keeps acknowledged messages until purged (limits retention)."""
+    return info.config.retention == api.RetentionPolicy.LIMITS
 
 
 async def _add_or_update_stream(js: Any, cfg: api.StreamConfig) -> None:

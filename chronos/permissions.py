@@ -149,7 +149,10 @@ def role_permissions(names: Names, users: Mapping[str, str] | None = None) -> di
         *_kv_read(n, n.workers_bucket), *_kv_read(n, n.schedules_bucket), *_kv_write(n, n.schedules_bucket),
         *_kv_read(n, n.lease_bucket), *_kv_write(n, n.lease_bucket),
         *_kv_read(n, n.tasks_bucket), *_kv_write(n, n.control_bucket),
-        f"$JS.API.CONSUMER.LIST.{jobs}",  # the metrics endpoint's queue depths
+        f"$JS.API.CONSUMER.LIST.{jobs}",  # the metrics endpoint's queue depths; the purger's ack floors
+        # The leader purges acknowledged work messages below every consumer's ack floor
+        # (scheduler/purger.py); only this role may: a worker or console purge could drop queued jobs.
+        f"$JS.API.STREAM.PURGE.{jobs}",
         # Bucket scans name their consumer (scheduler/_scan.py); the bucket's consumer_limits
         # still expire it, durable or not, after _EPHEMERAL_IDLE without interest.
         *(f"$JS.API.CONSUMER.CREATE.{n.kv_stream(b)}.*.>" for b in _buckets(n)),

@@ -30,6 +30,7 @@ from ..jobs import JobOps
 from ..leadership import LeaderLease
 from .enqueuer import Enqueuer
 from .pruner import Pruner
+from .purger import Purger
 from .rescuer import Rescuer
 from .stager import Stager
 from .workflows import WorkflowRepair
@@ -74,6 +75,7 @@ class SchedulerService:
         self.enqueuer: Enqueuer | None = None
         self.rescuer: Rescuer | None = None
         self.pruner: Pruner | None = None
+        self.purger: Purger | None = None
         self.archiver: Archiver | None = None
         self.terms = 0  # how many times the loops were started
         self.stop_wait = 5.0  # how long a term's loops get to finish after their cancel
@@ -174,6 +176,9 @@ class SchedulerService:
             ("rescuer", self.rescuer.run),
             ("pruner", self.pruner.run),
         ]
+        # Acknowledged work messages out of the limits-retention jobs stream, in bulk (purger.py).
+        self.purger = Purger(conn, is_leader=is_leader)
+        loops.append(("purger", self.purger.run))
         self.workflow_repair = WorkflowRepair(ops, clock=self.clock, tick=self._workflow_tick, is_leader=is_leader,
                                               events=events)
         loops.append(("workflows", self.workflow_repair.run))
@@ -186,6 +191,7 @@ class SchedulerService:
 
 # Tasks of a term's loops (named where they are created); never the lease, whose cleanup resigns.
 _LOOP_TASKS = ("scheduler-stager", "scheduler-enqueuer", "scheduler-rescuer", "scheduler-pruner", "scheduler-workflows",
+               "scheduler-purger",
                "stager-load", "enqueuer-watch")
 
 

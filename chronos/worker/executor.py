@@ -55,6 +55,7 @@ from .advance import Advancer
 from .context import JobContext, reset_current, set_current
 from .progress import ProgressHub
 from .registry import Registry, TaskDef
+from .replay import ReplayGuard
 from .sync_exec import NOT_STARTED, SyncRunner
 
 log = logging.getLogger(__name__)
@@ -239,6 +240,7 @@ class Executor:
         self.processed = 0
         self.failed = 0
         self.acks = Acks(ops.publisher)
+        self.replay = ReplayGuard(ops.conn)  # acked messages a re-created consumer delivers again
         self.progress = ProgressHub(ops, events, clock)  # current_job().progress(): record and event
         # Workflows: a node's terminal event (emitted after its write is committed) advances its workflow.
         self.advancer = Advancer(ops, events, self.host.spawn)
@@ -293,7 +295,8 @@ class Executor:
             settled = True
         if (not settled and delivered == 1 and job.record.state is JobState.AVAILABLE and not self.suspect
                 and self.clock.now() - stored_at < FAST_PATH_MAX_AGE
-                and not (self.unrecorded and job.record.id in self.unrecorded)):
+                and not (self.unrecorded and job.record.id in self.unrecorded)
+                and await self.replay.fresh(msg, stored_at)):  # not a re-created consumer's replay (replay.py)
             # First delivery of a fresh message: the carried record is current unless someone
             # cancelled it meanwhile (workers learn that from the control watch). Defer the
             # running write: a short job gets one compare-and-set, available -> completed.
