@@ -68,6 +68,10 @@ class SyncClient:
         return self._client
 
     # --- the Client's calls, blocking ----------------------------------------------------------
+    def submit_job(self, task: str, args: Any = None, **options: Any) -> Any:
+        """``Client.submit_job``, blocking: ``Submitted(id, outcome)`` (unique while active, debounce)."""
+        return self._call(self._client.submit_job(task, args, **options))
+
     def submit(self, task: str, args: Any = None, **options: Any) -> str:
         """Submit one job; returns its id once the server has it (see ``Client.submit``).
 

@@ -41,7 +41,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _OPTION_NAMES = ("queue", "priority", "max_attempts", "timeout", "backoff", "delay", "run_at",
-                 "unique_key", "tags", "annotations")
+                 "unique_key", "tags", "annotations", "unique", "debounce", "debounce_max")
 
 
 class JobFailedError(ChronosError):
@@ -110,6 +110,16 @@ def _check_options(name: str, options: dict[str, Any], error: type[ChronosError]
             raise error(f"task {name}: backoff: {exc}") from None
     elif b is not None and not isinstance(b, Backoff):
         raise error(f"task {name}: backoff must be a chronos.Backoff or a dict of its fields")
+    if any(out.get(k) is not None for k in ("unique", "debounce", "debounce_max")):  # docs/unique-jobs.md
+        from .clientapi.spec import unique_options
+
+        try:
+            for key in ("debounce", "debounce_max"):
+                if out.get(key) is not None:
+                    out[key] = _as_seconds(out[key], key)
+            out.update(unique_options(out.get("unique"), out.get("debounce"), out.get("debounce_max")))
+        except ValidationError as exc:
+            raise error(f"task {name}: {exc}") from None
     if "tags" in out and out["tags"] is not None:
         out["tags"] = list(out["tags"])
     return out
@@ -118,12 +128,20 @@ def _check_options(name: str, options: dict[str, Any], error: type[ChronosError]
 class _Ref(Generic[R]):
     """A submitted job's id and task; the async and sync refs add the waiting."""
 
-    __slots__ = ("id", "task", "_client")
+    __slots__ = ("id", "task", "_client", "outcome")
 
-    def __init__(self, job_id: str, task: "Task[..., R]", client: Any) -> None:
+    def __init__(self, job_id: str, task: "Task[..., R]", client: Any, outcome: str = "created") -> None:
         self.id = job_id
         self.task = task
         self._client = client
+        # created, or (unique while active, debounce; docs/unique-jobs.md) active or debounced:
+        # the job already there, whose id this is
+        self.outcome = outcome
+
+    @property
+    def existing(self) -> bool:
+        """The submit made no new job: a unique-while-active job held the key, or a debounce moved one."""
+        return self.outcome != "created"
 
     def __str__(self) -> str:
         return self.id
@@ -297,8 +315,8 @@ class TaskCall(Generic[P, R]):
         job_args = self.task.bind(*args, **kwargs)
         self.task.check_limit_key(job_args)
         client = await get_client()
-        job_id = await client.submit(self.task.name, job_args, **self.task._merged(self.options))
-        return JobRef(job_id, self.task, client)
+        job_id, outcome = await client.submit_job(self.task.name, job_args, **self.task._merged(self.options))
+        return JobRef(job_id, self.task, client, outcome)
 
     def submit_sync(self, *args: P.args, **kwargs: P.kwargs) -> SyncJobRef[R]:
         from .sync import sync_client
@@ -306,7 +324,11 @@ class TaskCall(Generic[P, R]):
         job_args = self.task.bind(*args, **kwargs)
         self.task.check_limit_key(job_args)
         client = sync_client()
-        job_id = client.submit(self.task.name, job_args, **self.task._merged(self.options))
+        opts = self.task._merged(self.options)
+        if any(opts.get(k) is not None for k in ("unique", "debounce")):
+            job_id, outcome = client.submit_job(self.task.name, job_args, **opts)
+            return SyncJobRef(job_id, self.task, client, outcome)
+        job_id = client.submit(self.task.name, job_args, **opts)  # the batched path
         return SyncJobRef(job_id, self.task, client)
 
 
@@ -330,6 +352,7 @@ def task(
     max_attempts: int | None = ..., timeout: float | None = ..., backoff: Backoff | dict[str, Any] | None = ...,
     rate_limit: str | None = ..., burst: int | None = ..., concurrency: int | None = ...,
     limit_key: str | int | Callable[[Any], Any] | None = ...,
+    unique: str | None = ..., debounce: float | None = ...,
 ) -> _TaskDecorator: ...
 
 
@@ -350,6 +373,8 @@ def task(
     burst: int | None = None,
     concurrency: int | None = None,
     limit_key: str | int | Callable[[Any], Any] | None = None,
+    unique: str | None = None,
+    debounce: float | None = None,
 ) -> Any:
     """Register a function as a task and return its handle.
 
@@ -361,6 +386,8 @@ def task(
     with an optional ``burst``, ``concurrency=N`` running at once, and ``limit_key``, which makes
     them per key: a path into the args (``"customer_id"``, ``"0"``, ``"order.customer.id"``) or a
     function of the args. A malformed limit raises ConfigError here, naming the field.
+    ``unique="while_active"`` or ``debounce=<seconds>`` make every submit unique while active or
+    debounced (docs/unique-jobs.md); ``with_options(unique_key=...)`` names the key.
     """
 
     def wrap(f: Callable[..., Any]) -> Task[Any, Any]:
@@ -372,7 +399,8 @@ def task(
         if not isinstance(task_name, str) or not task_name.strip() or len(task_name) > 256:
             raise ConfigError(f"task name {task_name!r}: must be 1-256 characters")
         options = {k: v for k, v in (("queue", queue), ("priority", priority), ("max_attempts", max_attempts),
-                                     ("timeout", timeout), ("backoff", backoff)) if v is not None}
+                                     ("timeout", timeout), ("backoff", backoff), ("unique", unique),
+                                     ("debounce", debounce)) if v is not None}
         options = _check_options(task_name, options, ConfigError)
         try:
             limits = task_limits(rate_limit, burst, concurrency, limit_key)

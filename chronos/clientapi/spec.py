@@ -100,6 +100,21 @@ def uniqueness(task: str, args: Any, *, unique: Any = None, unique_key: str | No
                       debounce=float(debounce) if debounce is not None else None, max_wait=max_wait)
 
 
+def unique_options(unique: Any = None, debounce: Any = None, debounce_max: Any = None) -> dict[str, Any]:
+    """The unique/debounce submit options checked without args (a task's defaults, ``with_options``):
+    normalised, or ValidationError naming the field."""
+    probe = uniqueness("", [0], unique=unique, debounce=debounce, debounce_max=debounce_max)
+    out: dict[str, Any] = {}
+    if probe is not None:
+        if probe.mode == "while_active":
+            out["unique"] = "while_active"
+        else:
+            out["debounce"] = probe.debounce
+            if debounce_max is not None:
+                out["debounce_max"] = probe.max_wait
+    return out
+
+
 def unique_digest(spec: JobSpec) -> str:
     """Where the holder of ``spec``'s unique-while-active or debounce key is kept: per mode and task
     (an explicit key names a job of this task, not of any task)."""

@@ -205,3 +205,35 @@ async def test_slow_submitter_fenced_meanwhile_returns_the_new_holder(client, mo
     assert await asyncio.wait_for(slow, 20) == (fast.id, "active")
     page = await client.list(task="quick", limit=10)
     assert [j.id for j in page.jobs] == [fast.id]
+
+
+async def test_task_handles_carry_unique_and_debounce(client):
+    import chronos
+    from chronos.errors import ConfigError
+
+    reg = Registry()
+
+    @chronos.task(name="h.refresh", registry=reg, unique="while_active")
+    async def refresh(customer: int) -> None: ...
+
+    @chronos.task(name="h.notify", registry=reg, debounce=3600)
+    async def notify(user: int, text: str) -> None: ...
+
+    with pytest.raises(ConfigError, match="^task h.bad: unique:"):
+        chronos.task(name="h.bad", registry=reg, unique="sometimes")(refresh.fn)
+    with pytest.raises(ValidationError, match="^task h.notify: debounce:"):
+        notify.with_options(debounce=-1)
+    await client.register_tasks(["h.refresh", "h.notify"])
+    chronos.set_client(client)
+    try:
+        first = await refresh.with_options(delay=3600).submit(42)
+        again = await refresh.submit(42)
+        assert first.outcome == "created" and again.existing and again.id == first.id
+        other = await refresh.with_options(delay=3600).submit(43)
+        assert other.outcome == "created"
+        n1 = await notify.with_options(unique_key="user:1").submit(1, "a")
+        n2 = await notify.with_options(unique_key="user:1").submit(1, "b")
+        assert (n2.id, n2.outcome) == (n1.id, "debounced")
+        assert (await client.get(n1.id)).spec.args == {"user": 1, "text": "b"}
+    finally:
+        chronos.set_client(None)
