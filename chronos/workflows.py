@@ -241,8 +241,8 @@ def chain(*steps: "Canvas | Workflow") -> Chain:
 
 
 def group(*items: "Canvas | Sequence[Canvas]") -> Group:
-    if len(items) == 1 and isinstance(items[0], (list, tuple)):
-        items = tuple(items[0])
+    if len(items) == 1 and not isinstance(items[0], (Signature, Chain, Group)) and hasattr(items[0], "__iter__"):
+        items = tuple(items[0])  # group(a.s(i) for i in ...)
     if not items:
         raise ValidationError("group: needs at least one member")
     for it in items:
