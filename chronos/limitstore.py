@@ -139,6 +139,8 @@ class LimitStore:
         self.state = _Bucket(conn, conn.names.limits_bucket)
         self.queues = _Bucket(conn, conn.names.queues_bucket)
         self._rate_cache: dict[str, tuple[RateState, int]] = {}
+        self._rate_waiting: dict[str, list[asyncio.Future[float]]] = {}  # reservations waiting for a write
+        self._rate_busy: set[str] = set()  # keys with a reservation write in flight here
         self._free_rev: dict[str, int] = {}  # slot key -> the revision it was last seen free at
 
     async def _get(self, key: str) -> tuple[bytes | None, int]:
@@ -187,10 +189,41 @@ class LimitStore:
 
     # --- rate limits (workers) --------------------------------------------------------------------
     async def reserve(self, scope: str, name: str, key: str | None, rate: Rate) -> float:
-        """This job's start time under ``rate`` (now, or a later turn reserved for it)."""
+        """This job's start time under ``rate`` (now, or a later turn reserved for it).
+
+        Reservations of one key made here while a write is in flight wait for it and then go
+        together, as one compare-and-set for all of them: a flood of jobs does not turn into
+        a flood of conflicting writes on one key."""
         k = RATE_PREFIX + digest(scope, name, key or "")
-        cached = self._rate_cache.get(k)
-        now_box: list[float] = []
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        queue = self._rate_waiting.setdefault(k, [])
+        queue.append(fut)
+        if len(queue) == 1 and k not in self._rate_busy:
+            self._rate_busy.add(k)
+            try:
+                while self._rate_waiting.get(k):
+                    batch = self._rate_waiting.pop(k)
+                    try:
+                        starts = await self._reserve_batch(k, scope, name, key, rate, len(batch))
+                    except BaseException as exc:
+                        for f in batch:
+                            if not f.done():
+                                f.set_exception(exc if isinstance(exc, Exception) else ConflictError(str(exc)))
+                        if not isinstance(exc, Exception):
+                            raise
+                        continue
+                    for f, t in zip(batch, starts):
+                        if not f.done():
+                            f.set_result(t)
+            finally:
+                self._rate_busy.discard(k)
+                for f in self._rate_waiting.pop(k, []):  # cancelled while leading: let them retry
+                    if not f.done():
+                        f.set_exception(ConflictError(f"rate limit {name}: try again"))
+        return await fut
+
+    async def _reserve_batch(self, k: str, scope: str, name: str, key: str | None, rate: Rate, n: int) -> list[float]:
+        starts: list[float] = []
 
         async def read() -> tuple[RateState | None, int]:
             data, rev = await self._get(k)
@@ -199,21 +232,25 @@ class LimitStore:
         def decide(state: RateState | None, rev: int) -> RateState:
             now = self.clock.now()
             tat = state.tat if state is not None else now
-            start, new_tat = reserve(tat, now, rate)
-            now_box[:] = [start]
-            recent = bump_recent(state.recent if state is not None else [], start)
-            return RateState(tat=new_tat, scope=scope, name=name, key=key, limit=rate.text(), burst=rate.burst,
+            recent = state.recent if state is not None else []
+            starts.clear()
+            for _ in range(n):
+                start, tat = reserve(tat, now, rate)
+                starts.append(start)
+                recent = bump_recent(recent, start)
+            return RateState(tat=tat, scope=scope, name=name, key=key, limit=rate.text(), burst=rate.burst,
                              recent=recent)
 
-        async def write(new: RateState, rev: int) -> float:
+        async def write(new: RateState, rev: int) -> list[float]:
             # The state expires once idle: by then the tat is in the past and absent means the same.
             ttl = max(60.0, new.tat - self.clock.now() + 60.0)
             new_rev = await self._cas(k, codec.encode(new), rev, ttl)
             self._rate_cache[k] = (new, new_rev)
-            return now_box[0]
+            return list(starts)
 
         try:
-            return await cas.update(read, decide, write, seen=cached, attempts=50, what=f"rate limit {name}")
+            return await cas.update(read, decide, write, seen=self._rate_cache.get(k), attempts=50,
+                                    what=f"rate limit {name}")
         except ConflictError:
             self._rate_cache.pop(k, None)
             raise

@@ -252,6 +252,12 @@ def listing(
         if p.tui_ms:
             typer.echo(f"console at {p.records:,}: counts shown after {p.tui_ms['counts_ms']:.0f} ms, "
                        f"jobs rows {p.tui_ms['jobs_rows_ms']:.0f} ms after the key")
+    for p in result.points:
+        if p.search_ms:
+            found = p.search_found or {}
+            typer.echo(f"--where at {p.records:,} (first page of 50): "
+                       + ", ".join(f"{k} {v:.0f} ms ({found.get(k, 0)} found)" for k, v in p.search_ms.items())
+                       + f"; a scan no other filter bounds: {p.scan_rows_per_s:,.0f} rows/s")
     if result.archiver_events_per_s is not None:
         typer.echo(f"archiver ingest (terminal events, KV read per event): {result.archiver_events_per_s:,.0f} events/s")
 
@@ -348,3 +354,58 @@ def scale(
     typer.echo(f"{result.schedules:,} idle schedules; scheduler CPU per {result.idle_seconds:.0f} s idle window "
                "(100 % = one core); records written in "
                + ", ".join(f"{p.fill_seconds:,.0f} s" for p in result.points))
+
+
+@app.command("limits")
+def limits(
+    ctx: typer.Context,
+    duration: Annotated[float, typer.Option("--duration", min=1, help="Seconds of backlog for the rate run.")] = 60.0,
+    rate: Annotated[str, typer.Option("--rate", help="The task's rate limit, e.g. 50/s.")] = "50/s",
+    jobs: Annotated[int, typer.Option("--jobs", min=1, help="Jobs for the concurrency run.")] = 1000,
+    keys: Annotated[int, typer.Option("--keys", min=1, help="Keys they are spread over (limit 1 each).")] = 20,
+    lease: Annotated[float, typer.Option("--lease", min=2, help="worker.limit_lease for the recovery run.")] = 5.0,
+    only: Annotated[str, typer.Option("--only", help="Comma list of rate, concurrency, recovery.")] = "rate,concurrency,recovery",
+    json_: JsonOpt = False,
+) -> None:
+    """Fleet-wide limits, 3 worker processes: a 50/s rate (achieved, max in any 1 s), 1 per key over 20 keys
+    (overlapping runs, time), and slot recovery after a SIGKILL."""
+    from chronos.bench.limits import run_limits
+    from chronos.limits import LimitError, parse_rate
+
+    from ._parse import BadOption
+
+    which = tuple(w.strip() for w in only.split(",") if w.strip())
+    if not which or set(which) - {"rate", "concurrency", "recovery"}:
+        raise BadOption("--only", f"{only!r}: give rate, concurrency and/or recovery")
+    try:
+        parse_rate(rate, "--rate")
+    except LimitError as exc:
+        raise BadOption("--rate", str(exc).removeprefix("--rate: ")) from None
+    st = state(ctx)
+    result = run_async(st, run_limits(which=which, rate=rate, duration=duration, jobs=jobs, keys=keys, lease=lease))
+    if wants_json(ctx, json_):
+        out.print_json(result)
+        return
+    rows: list[tuple[str, str]] = []
+    ok = True
+    if result.rate is not None:
+        r = result.rate
+        ok &= r.within_5_percent and r.max_in_1s_window <= r.goal_window
+        rows += [("rate", f"{r.jobs:,} jobs limited to {r.limit} on {r.workers} workers: "
+                          f"{r.achieved_per_second:.2f}/s achieved ({'within' if r.within_5_percent else 'OUTSIDE'} 5 %)"),
+                 ("max in any 1 s", f"{r.max_in_1s_window} (goal <= {r.goal_window})")]
+    if result.concurrency is not None:
+        c = result.concurrency
+        ok &= c.overlapping_runs == 0
+        rows += [("concurrency", f"{c.jobs:,} jobs of {c.job_seconds * 1000:.0f} ms over {c.keys} keys, 1 each, "
+                                 f"{c.workers} workers: {c.total_seconds:.1f} s (one key alone needs "
+                                 f">= {c.serial_seconds_per_key:.1f} s)"),
+                 ("overlapping runs", f"{c.overlapping_runs} (goal 0)")]
+    if result.recovery is not None:
+        k = result.recovery
+        rows += [("recovery", f"{k.held_at_kill} slots held at SIGKILL; free after {k.slots_free_seconds:.2f} s "
+                              f"(lease {k.lease:g} s); its jobs running again after {k.jobs_restarted_seconds:.2f} s")]
+    rows.append(("loadavg", result.loadavg))
+    out.console().print(out.key_values(rows))
+    if not ok:
+        raise typer.Exit(1)

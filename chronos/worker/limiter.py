@@ -53,7 +53,13 @@ log = logging.getLogger(__name__)
 
 POLL_FIRST = 0.1  # a job waiting for a slot asks again after this, growing x1.5 ...
 POLL_CAP = 2.0  # ... up to this (with jitter, so waiters on one key spread out)
-EARLY = 0.002  # a reserved turn this close is taken now
+# A turn at most LEAD ahead is waited for here (a short sleep in the job's worker slot) rather than
+# handed back; a hand-back comes back ARRIVE ahead of its turn (redelivery and the pull take some ms).
+LEAD = 0.06
+ARRIVE = 0.03
+# A turn missed by more than LATE (the job came back late: a busy worker, a loaded host) is not
+# used: turns used late would bunch up and break the rate over short windows. A new one is taken.
+LATE = 0.05
 
 
 class Limiter:
@@ -217,21 +223,26 @@ class Limiter:
                 return False
             held.append(lease)
         if rates:
-            if ticket is not None:
+            start: float | None = None
+            if ticket is not None and ticket.at >= self.clock.now() - LATE:
                 start = ticket.at
-            else:
+            if start is None:
                 try:
-                    starts = [await self.store.reserve(scope, name, key, rate) for scope, name, key, rate in rates]
-                except ConflictError:
-                    starts = [now + 0.05]  # the rate key kept changing: come back in a moment
-                start = max(starts)
+                    start = max([await self.store.reserve(scope, name, key, rate) for scope, name, key, rate in rates])
+                except ConflictError:  # the rate key kept changing: come back in a moment, without a turn
+                    for s in held:
+                        self.store.release_nowait(s)
+                    await self._wait(ex, run, record, rev, delivered, 0.05, None, "rate key busy")
+                    return False
             delay = start - self.clock.now()
-            if delay > EARLY:
+            if delay > LEAD:
                 for s in held:
                     self.store.release_nowait(s)
                 carry = LimitTicket(record.gen, delivered + 1, start)
-                await self._wait(ex, run, record, rev, delivered, delay, carry, "over its rate limit")
+                await self._wait(ex, run, record, rev, delivered, delay - ARRIVE, carry, "over its rate limit")
                 return False
+            if delay > 0:
+                await self.clock.sleep(delay)  # its turn is a few ms away: not worth a hand-back
         if held:
             self._held[run.key] = held
         return True
