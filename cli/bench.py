@@ -185,6 +185,25 @@ def crash(
         raise typer.Exit(1)
 
 
+@app.command("unique")
+def unique(
+    ctx: typer.Context,
+    n: Annotated[int, typer.Option("--n", min=10, help="Submits of each kind.")] = 300,
+    json_: JsonOpt = False,
+) -> None:
+    """Submit latency of unique-while-active and debounced jobs against plain jobs (docs/unique-jobs.md)."""
+    from chronos.bench.unique import run_unique_bench
+
+    result = run_unique_bench(n=n)
+    if wants_json(ctx, json_):
+        out.print_json(result)
+        return
+    rows = [(kind, f"p50 {v.p50_ms:.2f} ms, p99 {v.p99_ms:.2f} ms, max {v.max_ms:.1f} ms ({v.n} submits)")
+            for kind, v in result.kinds.items()]
+    rows.append(("load average", result.loadavg))
+    out.console().print(out.key_values(rows))
+
+
 @app.command("sync-submit")
 def sync_submit(
     ctx: typer.Context,
