@@ -5,17 +5,23 @@ Keys (bucket ``<ns>_workflows``)::
     d.<wf>            WorkflowDef: nodes and edges, written once at submit
     n.<wf>.<i>        NodeSpec: node i's signed job spec, written once at submit
     w.<wf>            WorkflowRecord: state, failed nodes; compare-and-set only
-    f.<wf>.<i>.<s>    fan-in of node i (shard s; ``t`` is the shard-level record when a node has
-                      more than SHARD parents): which parents have ended, and whether one failed
-    f.<wf>.a.<s>      the same over every node: which nodes have been advanced (the workflow's end)
+    f.<wf>.<i>.<s>    fan-in of node i, shard s: which parents have ended, and whether one failed
+    f.<wf>.end.<s>    the same over the workflow's sinks: its end
 
 Node i's job id is ``<wf>.<i>``. ``advance(wf, i, state, error)`` runs once a node's job has ended
-(the worker that committed it calls it; the leader's repair loop calls it for any node left
-behind): it records a failure, sets node i's bit in each child's fan-in by compare-and-set
-(setting a bit twice is a no-op, so a repeated advance is harmless), starts each child whose
-fan-in it found complete (create-if-absent on the child's deterministic id, so a child is
-created once whoever gets there), and finally sets i's bit in the ``a`` set; whoever finds
-that set complete finishes the workflow. Nothing here waits on a timer to decide who is last.
+(the worker that committed it calls it;
+the leader's repair loop calls what a killed worker left undone): it records a failure, sets
+node i's bit in each child's fan-in by compare-and-set (setting a bit twice is a no-op, so a
+repeated advance is harmless) and starts each child whose fan-in it found complete:
+create-if-absent on the child's deterministic id, so a child is created once whoever gets
+there. A sink then sets its bit in the end set; whoever finds that complete finishes the
+workflow. Nothing waits on a timer to decide who is last.
+
+Fan-in without a hot key: members are spread over ``ceil(n / SHARD)`` records, interleaved by
+index; the writer that fills a record reads the others, and if all are full it starts the child.
+Two such writers may both see all full: the create-if-absent keeps one child. At least one
+sees it: the record filled last in the server's order is read after every other was full.
+The job records stay the truth: the leader's repair works from them alone.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ from .workflows import (
 log = logging.getLogger(__name__)
 
 CAS_ATTEMPTS = 200  # a fan-in shard takes many writers at once; each conflict is a re-read, never a wait
-ADVANCED = "a"
+END = "end"
 
 
 class WorkflowNotFoundError(ChronosError):
@@ -54,11 +60,12 @@ def _dec(data: bytes, typ: Any) -> Any:
 class Shape:
     """What a definition implies, computed once per workflow: children and each parent's position."""
 
-    __slots__ = ("defn", "children", "pos")
+    __slots__ = ("defn", "children", "pos", "sink_pos")
 
     def __init__(self, defn: WorkflowDef) -> None:
         self.defn = defn
         self.children = children_of(defn)
+        self.sink_pos = {i: k for k, i in enumerate(j for j, kids in enumerate(self.children) if not kids)}
         self.pos: dict[int, dict[int, int]] = {}
         for c, node in enumerate(defn.nodes):
             if len(node.parents) > 1:
@@ -200,43 +207,29 @@ class WorkflowStore:
         return await cas.update(read, decide, write, attempts=CAS_ATTEMPTS, what=f"fan-in {key}")
 
     async def mark(self, wf: str, target: str | int, pos: int, total: int, failed: bool) -> tuple[bool, bool]:
-        """Member ``pos`` of ``total`` has ended. (complete, any failed) as of this write; idempotent."""
+        """Member ``pos`` of ``total`` has ended. (complete, any failed) as seen by this write; idempotent."""
         base = f"f.{wf}.{target}"
-        if shards(total) == 1:
-            b, _ = await self._set_bit(f"{base}.0", total, pos, failed)
-            return b.full(), b.failed
         shard, bit, size = shard_of(pos, total)
         b, _ = await self._set_bit(f"{base}.{shard}", size, bit, failed)
+        n = shards(total)
         if not b.full():
             return False, b.failed
-        top, _ = await self._set_bit(f"{base}.t", shards(total), shard, b.failed)
-        return top.full(), top.failed
+        if n == 1:
+            return True, b.failed
+        kv = await self.kv()
+        others = await asyncio.gather(*(kv.get(f"{base}.{s}") for s in range(n) if s != shard))
+        full, any_failed = True, b.failed
+        for e in others:
+            if e is None:
+                return False, any_failed
+            o = _dec(e.value, Bits)
+            full = full and o.full()
+            any_failed = any_failed or o.failed
+        return full, any_failed
 
     async def unmark(self, wf: str, target: str | int, pos: int, total: int) -> None:
-        base = f"f.{wf}.{target}"
-        if shards(total) == 1:
-            await self._set_bit(f"{base}.0", total, pos, False, clear=True)
-            return
         shard, bit, size = shard_of(pos, total)
-        await self._set_bit(f"{base}.{shard}", size, bit, False, clear=True)
-        await self._set_bit(f"{base}.t", shards(total), shard, False, clear=True)
-
-    async def members(self, wf: str, target: str | int, total: int) -> list[bool]:
-        """Which members of a fan-in are set (for the leader's repair)."""
-        kv = await self.kv()
-        n = shards(total)
-        keys = [f"f.{wf}.{target}.{s}" for s in range(n)]
-        entries = await asyncio.gather(*(kv.get(k) for k in keys))
-        out = [False] * total
-        for s, e in enumerate(entries):
-            if e is None:
-                continue
-            b = _dec(e.value, Bits)
-            for pos in range(s, total, n) if n > 1 else range(total):
-                bit = pos // n if n > 1 else pos
-                if b.has(bit):
-                    out[pos] = True
-        return out
+        await self._set_bit(f"f.{wf}.{target}.{shard}", size, bit, False, clear=True)
 
     # --- advancing ------------------------------------------------------------------------------------
     async def advance(self, wf: str, i: int, state: JobState, error: str | None) -> None:
@@ -264,9 +257,14 @@ class WorkflowStore:
                 skipped = await self.start_node(wf, c, any_failed)
                 if skipped is not None:
                     more.append((c, JobState.CANCELLED, skipped))
-        complete, _ = await self.mark(wf, ADVANCED, i, len(nodes), False)
-        if complete:
-            await self.finalize(wf)
+        if not shape.children[i]:
+            complete, _ = await self.mark(wf, END, shape.sink_pos[i], len(shape.sink_pos), False)
+            if complete:
+                rec = await self.record(wf)
+                if rec.state is WorkflowState.RUNNING:
+                    # after a retry by hand the end set may be complete before every rerun node
+                    # is done: confirm from the jobs then
+                    await (self.finalize_if_done(wf) if rec.resumed else self.finalize(wf))
         return more
 
     async def _record_failure(self, wf: str, i: int, error: str | None) -> None:
@@ -433,37 +431,59 @@ class WorkflowStore:
         return len(live)
 
     # --- the leader's repair -----------------------------------------------------------------------------
-    async def repair(self, wf: str, min_age: float = 1.0) -> int:
-        """Finish what a process killed mid-advance left undone; how many nodes it touched.
+    async def finalize_if_done(self, wf: str) -> WorkflowRecord | None:
+        """Finish the workflow if every node's job has ended, deciding from the jobs alone."""
+        rec = await self.record(wf)
+        if rec.state is not WorkflowState.RUNNING:
+            return None
+        jobs = await self.jobs(wf, None, rec.nodes)
+        if len(jobs) < rec.nodes or any(j.state not in TERMINAL for j in jobs.values()):
+            return None
+        failed = sorted(i for i, j in jobs.items() if node_failed(j.state, j.error))
+        now = self.clock.now()
 
-        Only nodes whose parents have all been advanced are looked at (the frontier): a node
-        ended for more than ``min_age`` but not advanced is advanced now; a node whose job is
-        absent is started (a root whose submit died, or a child whose starter died)."""
+        def decide(cur: WorkflowRecord) -> WorkflowRecord | None:
+            if cur.state is not WorkflowState.RUNNING:
+                return None
+            to = WorkflowState.FAILED if failed else WorkflowState.COMPLETED
+            return workflow_transition(cur, to, now, failed=failed, settled=True,
+                                       reason=f"node {failed[0]} failed" if failed else None)
+
+        return await self.update_record(wf, decide)
+
+    # --- the leader's repair -----------------------------------------------------------------------------
+    async def repair(self, wf: str, min_age: float = 1.0) -> int:
+        """Finish what a process killed mid-advance left undone, from the node jobs alone; how
+        many nodes it touched. A node whose job is absent while every parent's job ended more
+        than ``min_age`` ago is started (a root whose submit died, a child whose starter died);
+        a failure not yet in the record is recorded; once every job has ended, the workflow is."""
         rec = await self.record(wf)
         shape = await self.shape(wf)
         nodes = shape.defn.nodes
-        adv = await self.members(wf, ADVANCED, len(nodes))
-        if all(adv):
-            if rec.state is WorkflowState.RUNNING:
-                await self.finalize(wf)
-            return 0
-        frontier = [i for i, n in enumerate(nodes) if not adv[i] and all(adv[p] for p in n.parents)]
-        jobs = await self.jobs(wf, frontier, len(nodes))
+        jobs = await self.jobs(wf, None, rec.nodes)
         now = self.clock.now()
+
+        def settled_for(j: JobRecord | None) -> bool:
+            return j is not None and j.state in TERMINAL and now - (j.finished_at or j.updated_at) >= min_age
+
         touched = 0
-        for i in frontier:
+        for i, node in enumerate(nodes):  # parents come first (compile order)
             job = jobs.get(i)
             if job is None:
-                _, any_failed = await self._parents_decision(wf, i) if nodes[i].parents else (True, False)
-                skipped = await self.start_node(wf, i, any_failed)
-                if skipped is not None:
-                    await self.advance(wf, i, JobState.CANCELLED, skipped)
-                touched += 1
-            elif job.state in TERMINAL and now - (job.finished_at or job.updated_at) >= min_age:
+                if all(settled_for(jobs.get(p)) for p in node.parents) and \
+                        (node.parents or now - rec.created_at >= min_age):
+                    any_failed = any(jobs[p].state is not JobState.COMPLETED for p in node.parents)
+                    skipped = await self.start_node(wf, i, any_failed)
+                    if skipped is not None:
+                        await self.advance(wf, i, JobState.CANCELLED, skipped)
+                    touched += 1
+            elif settled_for(job) and node_failed(job.state, job.error) and i not in rec.failed:
                 await self.advance(wf, i, job.state, job.error)
                 touched += 1
         if touched:
             log.info("workflow %s: repaired %d node(s) left behind", wf, touched)
+        elif len(jobs) == rec.nodes and all(settled_for(j) for j in jobs.values()):
+            await self.finalize_if_done(wf)
         return touched
 
     async def settle(self, wf: str, grace: float = 2.0) -> None:

@@ -28,7 +28,7 @@ from ..workflows import (
     MODE_KEY, NODE_KEY, SLOT_KEY, WF_KEY, WORKFLOW_REASON, NodeDef, NodeSpec, Workflow, WorkflowDef,
     WorkflowRecord, compile_workflow, node_args, node_job_id, sinks_of,
 )
-from ..workflowstore import ADVANCED, WorkflowNotFoundError, WorkflowStore, node_failed, node_state
+from ..workflowstore import WorkflowNotFoundError, WorkflowStore, node_failed, node_state
 from .catalog import TaskCatalog
 from .submit import Submitter
 
@@ -262,12 +262,11 @@ class Workflows:
         def decide(cur: WorkflowRecord) -> WorkflowRecord | None:
             failed = [f for f in cur.failed if f not in targets]
             if cur.state is WorkflowState.RUNNING:
-                return msgspec.structs.replace(cur, failed=failed, updated_at=now)
-            return workflow_transition(cur, WorkflowState.RUNNING, now, failed=failed, reason=None, settled=False)
+                return msgspec.structs.replace(cur, failed=failed, updated_at=now, resumed=cur.resumed + 1)
+            return workflow_transition(cur, WorkflowState.RUNNING, now, failed=failed, reason=None, settled=False,
+                                       resumed=cur.resumed + 1)
 
         await self.store.update_record(wf_id, decide)
         for i in targets:
-            # The node will be advanced again when it ends: clear its mark in the workflow's end set.
-            await self.store.unmark(wf_id, ADVANCED, i, n)
             await self.store.rerun_job(node_job_id(wf_id, i), "retried with its workflow")
         return targets
