@@ -140,7 +140,6 @@ async def test_a_recreated_consumer_redelivers_acked_messages_and_the_worker_ski
     # No leader ran, so nothing was purged: the acked messages are still in the stream.
     assert await _stream_msgs(client) >= 30
     await client.conn.js.delete_consumer(names.jobs_stream, consumer)
-    await asyncio.sleep(1.1)  # a consumer created within replay.MARGIN of a message would be ambiguous
     worker = await start_worker(reg)  # re-creates the consumer: every message is delivered again
     await _until(lambda: _acked(client, consumer, delivered=30), 20)
     await worker.stop()
