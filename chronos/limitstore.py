@@ -262,23 +262,33 @@ class LimitStore:
         base = SLOT_PREFIX + digest(scope, name, key or "") + "."
         data = codec.encode(holder)
         if limit == 1:
-            candidates = [(base + "0", self._free_rev.get(base + "0", 0))]
-        else:
-            keys = [base + str(i) for i in range(limit)]
+            return await self._take(base + "0", self._free_rev.get(base + "0", 0), data, holder, lease)
+        # Slots in a random order (workers racing for the same free slots spread out), read a few
+        # at a time: a limit that is not full costs one small batch of reads, a full one all.
+        order = [base + str(i) for i in range(limit)]
+        random.shuffle(order)
+        for i in range(0, limit, 16):
+            keys = order[i:i + 16]
             seen = await asyncio.gather(*(self._get(k) for k in keys))
-            candidates = [(k, rev) for k, (value, rev) in zip(keys, seen) if value is None]
-            random.shuffle(candidates)  # workers racing for the same free slots spread out
-        for k, rev in candidates:
-            for _ in range(2):
-                try:
-                    new_rev = await self._cas(k, data, rev, lease)
-                except ConflictError:
-                    value, rev = await self._get(k)
-                    if value is not None:
-                        break  # held by someone: try the next slot
-                    continue  # released or expired meanwhile: once more over what is there now
-                self._free_rev.pop(k, None)
-                return SlotLease(k, new_rev, holder)
+            for k, (value, rev) in zip(keys, seen):
+                if value is None:
+                    got = await self._take(k, rev, data, holder, lease)
+                    if got is not None:
+                        return got
+        return None
+
+    async def _take(self, k: str, rev: int, data: bytes, holder: SlotHolder, lease: float) -> SlotLease | None:
+        """One slot key, seen free at ``rev``: compare-and-set it (once more if it was freed meanwhile)."""
+        for _ in range(2):
+            try:
+                new_rev = await self._cas(k, data, rev, lease)
+            except ConflictError:
+                value, rev = await self._get(k)
+                if value is not None:
+                    return None  # held by someone
+                continue  # released or expired meanwhile: once more over what is there now
+            self._free_rev.pop(k, None)
+            return SlotLease(k, new_rev, holder)
         return None
 
     async def renew(self, slot: SlotLease, lease: float) -> bool:

@@ -250,3 +250,23 @@ async def test_an_unlimited_task_never_touches_the_limits_bucket(client, start_w
     info = await client.conn.js.stream_info(client.names.kv_stream(client.names.limits_bucket))
     assert info.state.messages == 0
     assert h.service.limiter.waited == 0
+
+
+async def test_a_queue_concurrency_set_live_holds_across_workers(client, settings, start_worker):
+    runs = Runs()
+    reg = lambda: limited_registry(runs, "lim.q", sleep=0.1)  # noqa: E731  (no task limits)
+    w1 = await start_worker(reg(), worker_id="q1")
+    w2 = await start_worker(reg(), worker_id="q2")
+    await client.register_tasks(["lim.q"])
+    await client.set_queue_limit("default", concurrency=2)
+    try:
+        async with asyncio.timeout(20):  # both workers' watches have it
+            while not all(w.service.limiter.queue_limits.get("default") for w in (w1, w2)):
+                await asyncio.sleep(0.02)
+        ids = [await client.submit("lim.q", {"key": "q", "i": i}) for i in range(12)]
+        await runs.wait_for(12, timeout=60)
+        assert runs.peak["q"] == 2, runs.peak  # two at once, never three
+        for job_id in ids:
+            assert (await client.wait(job_id, timeout=30)).attempt == 1
+    finally:
+        await client.clear_queue_limit("default")
