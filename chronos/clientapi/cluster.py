@@ -39,11 +39,29 @@ class Cluster:
         return sorted(out, key=lambda w: w.id)
 
     async def queue_depths(self) -> dict[str, int]:
-        """Messages waiting per work subject (priority.queue)."""
+        """Jobs waiting or running per work subject (priority.queue).
+
+        The jobs stream keeps acknowledged messages until the leader purges them (limits
+        retention, scheduler/purger.py), so a subject a queue consumer serves counts that
+        consumer's pending and unacknowledged messages; a subject no consumer serves counts its
+        messages (nothing there is acknowledged or purged)."""
         info = await self.conn.js.stream_info(self.names.jobs_stream, subjects_filter=self.names.jobs_wildcard())
-        subjects = info.state.subjects or {}
+        subjects = dict(info.state.subjects or {})
+        offset = 0
+        while True:
+            try:
+                infos = await self.conn.js.consumers_info(self.names.jobs_stream, offset=offset or None)
+            except nats.js.errors.NotFoundError:
+                break
+            for ci in infos:
+                subject = ci.config.filter_subject or ""
+                if subject.startswith(self.names.jobs_root + ".") and "*" not in subject and ">" not in subject:
+                    subjects[subject] = (ci.num_pending or 0) + (ci.num_ack_pending or 0)
+            if len(infos) < 256:
+                break
+            offset += len(infos)
         prefix = self.names.jobs_root + "."
-        return {k[len(prefix):]: v for k, v in subjects.items()}
+        return {k[len(prefix):]: v for k, v in subjects.items() if v}
 
     async def ensure_queue(self, queue: str) -> None:
         if not is_valid_token(queue):

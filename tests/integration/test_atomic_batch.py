@@ -175,6 +175,8 @@ async def test_purge_never_removes_an_unacked_message(client):
     by_seq = sorted(msgs, key=lambda m: m.metadata.sequence.stream)
     for m in by_seq[:3] + by_seq[4:6]:  # the 4th stays unacked
         await m.ack_sync()
+    # Backlog counts what is not acknowledged (5 of 10), not what the stream still holds (10).
+    assert (await client.queue_depths()) == {"default.default": 5}
     purger = Purger(client.conn)
     purged = await purger.pass_once()
     assert purged == 3  # below the ack floor only: the unacked 4th and everything after it stay
