@@ -271,6 +271,12 @@ def listing(
         if p.tui_ms:
             typer.echo(f"console at {p.records:,}: counts shown after {p.tui_ms['counts_ms']:.0f} ms, "
                        f"jobs rows {p.tui_ms['jobs_rows_ms']:.0f} ms after the key")
+    for p in result.points:
+        if p.search_ms:
+            found = p.search_found or {}
+            typer.echo(f"--where at {p.records:,} (first page of 50): "
+                       + ", ".join(f"{k} {v:.0f} ms ({found.get(k, 0)} found)" for k, v in p.search_ms.items())
+                       + f"; a scan no other filter bounds: {p.scan_rows_per_s:,.0f} rows/s")
     if result.archiver_events_per_s is not None:
         typer.echo(f"archiver ingest (terminal events, KV read per event): {result.archiver_events_per_s:,.0f} events/s")
 

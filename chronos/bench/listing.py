@@ -10,6 +10,8 @@ builds from the KV stream). At each size (cumulative: 100k, then 200k more, ...)
 * ``Client.list`` first page (50) per filter, median of ``repeat`` calls, and the
   Python memory the client allocated for one (tracemalloc peak);
 * ``Client.counts`` latency;
+* ``--where`` searches (a JSON path into args, ``SEARCHES``): first page, alone and bounded by
+  another filter, and the rate of a scan no other filter bounds (a path that matches nothing);
 * the scheduler process's CPU over ``idle`` seconds with nothing happening, and its RSS.
 
 At the first size it also measures the archiver's ingest rate: terminal events
@@ -52,6 +54,15 @@ FILTERS: dict[str, dict[str, Any]] = {
     "failed (2 states)": {"states": ["retryable", "discarded"]},
 }
 
+# Args are {"customer_id": i % 5000, "n": i}: one job in 5,000 has a given customer.
+SEARCHES: dict[str, dict[str, Any]] = {
+    "unselective (args.n>=0)": {"where": ["args.n>=0"]},
+    "selective (customer)": {"where": ["args.customer_id=4242"]},
+    "selective + state=discarded": {"where": ["args.customer_id=4200"], "state": "discarded"},
+    "selective + tag=tag42": {"where": ["args.customer_id=4242"], "tag": "tag42"},
+    "selective + created in 1 h": {"where": ["args.customer_id=4242"], "since": 3600.0, "until": 7200.0},
+}
+
 
 class ListingPoint(msgspec.Struct):
     records: int
@@ -67,6 +78,9 @@ class ListingPoint(msgspec.Struct):
     scheduler_rss_mb: float
     archive_file_mb: float
     tui_ms: dict[str, float] | None = None  # counts shown, jobs rows shown (with --tui)
+    search_ms: dict[str, float] | None = None  # --where first page (50) per case, median
+    search_found: dict[str, int] | None = None  # jobs on that first page (fewer than 50: the budget ran out)
+    scan_rows_per_s: float = 0.0  # an unbounded --where scan (a path nothing matches), rows per second
 
 
 class ListingResult(msgspec.Struct):
@@ -84,7 +98,8 @@ def _record(i: int, base: float, rng: random.Random) -> JobRecord:
     created = base + i * SPACING
     finished = created + rng.uniform(0.01, 5)
     state = JobState.DISCARDED if i % 100 == 0 else JobState.COMPLETED
-    spec = JobSpec(task=f"bench.t{i % 20}", args=[i], queue=f"q{i % 5}", tags=[f"tag{i % 100}"])
+    spec = JobSpec(task=f"bench.t{i % 20}", args={"customer_id": i % 5000, "n": i}, queue=f"q{i % 5}",
+                   tags=[f"tag{i % 100}"])
     attempt = Attempt(number=1, started_at=created, worker="bench", ended_at=finished,
                       outcome="completed" if state is JobState.COMPLETED else "error",
                       error=None if state is JobState.COMPLETED else f"ValueError: bad input {i % 37}")
@@ -122,6 +137,18 @@ async def _wait_indexed(client: Client, want: int, timeout: float) -> float:
             pass
         await asyncio.sleep(0.2)
     raise TimeoutError(f"the index did not reach {want} rows within {timeout}s")
+
+
+async def _scan_rate(client: Client, size: int) -> float:
+    """Rows per second of a --where scan nothing bounds: a path no job has, counted to the end
+    (budgeted requests resume by cursor, as `jobs cancel --all --dry-run` counts)."""
+    from ..listing import count_matches
+
+    q = client.jobs.query(where=["args.no_such_key=1"])
+    t0 = time.perf_counter()
+    n, complete = await count_matches(client.conn, client.ops, q, budget=600)
+    took = time.perf_counter() - t0
+    return size / took if complete and n == 0 and took > 0 else 0.0
 
 
 async def _timed(coro_fn: Any, repeat: int) -> list[float]:
@@ -211,6 +238,18 @@ async def run_listing(records: list[int], *, repeat: int = 5, idle: float = 20.0
                     times = await _timed(lambda kw=kw: client.list(limit=50, **kw), repeat)
                     medians[name] = round(statistics.median(times), 1)
                     worst = max(worst, max(times))
+                # Searches (--where): the first page, and an unbounded scan's rate.
+                search_ms: dict[str, float] = {}
+                search_found: dict[str, int] = {}
+                for name, f in SEARCHES.items():
+                    kw = dict(f)
+                    if "since" in kw:
+                        kw["since"] += base
+                        kw["until"] += base
+                    times = await _timed(lambda kw=kw: client.list(limit=50, **kw), repeat)
+                    search_ms[name] = round(statistics.median(times), 1)
+                    search_found[name] = len((await client.list(limit=50, **kw)).jobs)
+                scan_rate = await _scan_rate(client, size)
                 first = await client.list(limit=50)
                 second = await _timed(lambda: client.list(limit=50, cursor=first.next), repeat)
                 counts = await _timed(client.counts, repeat)
@@ -231,7 +270,8 @@ async def run_listing(records: list[int], *, repeat: int = 5, idle: float = 20.0
                     second_page_ms=round(statistics.median(second), 1),
                     counts_ms=round(statistics.median(counts), 1), client_peak_kb=round(peak / 1024, 1),
                     idle_cpu_percent=round(cpu, 1), scheduler_rss_mb=round(_rss_mb(proc.pid), 1),
-                    archive_file_mb=round(size_mb, 1), tui_ms=tui_ms))
+                    archive_file_mb=round(size_mb, 1), tui_ms=tui_ms, search_ms=search_ms,
+                    search_found=search_found, scan_rows_per_s=round(scan_rate)))
             await client.close()
         finally:
             if proc is not None:

@@ -168,18 +168,24 @@ class Bulk:
     async def replay_all(self, entries: list[DLQEntry], *, filter_text: str, concurrency: int = 16,
                          progress: Progress = None, stop: asyncio.Event | None = None) -> BulkReport:
         report = BulkReport(action="dlq_replay", filter=filter_text, matched=len(entries))
+        by_seq = {e.seq: e for e in entries}
+        seqs: dict[str, list[int]] = {}
 
         async def act(seq: str) -> None:
-            try:
-                await self.dlq.dlq_replay(int(seq))
-            except NotFoundError as exc:  # replayed or purged meanwhile
-                raise Skipped(str(exc)) from None
+            entry = by_seq[int(seq)]
+            if entry.job_id is not None and seqs.get(entry.job_id, [])[-1:] != [entry.seq]:
+                raise Skipped(f"DLQ entry {entry.seq} was replayed or superseded meanwhile")
+            await self.dlq.dlq_replay(entry.seq, known=(entry, seqs.get(entry.job_id or "", [])))
 
         async def ids() -> Any:
             for start in range(0, len(entries), 500):
                 yield [str(e.seq) for e in entries[start:start + 500]]
 
         async def body() -> BulkReport:
+            # One headers-only read of the DLQ for every entry's job (a single replay reads it each time).
+            for seq, job_id, _ in await self.dlq._dlq_scan(self.names.dlq_wildcard(), headers_only=True):
+                if job_id is not None:
+                    seqs.setdefault(job_id, []).append(seq)
             return await self._run(report, ids(), act, concurrency, progress, stop)
 
         return await self._replay_audited(filter_text, matched=len(entries), body=body)

@@ -119,16 +119,19 @@ class DLQ:
         return await self.dlq_get(matches[0][0])
 
     @audited("dlq_replay")
-    async def dlq_replay(self, ref: str | int) -> JobRecord:
-        """Publish a DLQ entry's job again (as a fresh generation of the same job) and remove its entries."""
-        entry = await self.dlq_get(ref)
+    async def dlq_replay(self, ref: str | int, *, known: tuple[DLQEntry, list[int]] | None = None) -> JobRecord:
+        """Publish a DLQ entry's job again (as a fresh generation of the same job) and remove its entries.
+
+        ``known``: the entry and its job's DLQ sequences, read already (a bulk replay reads the DLQ
+        once for all entries instead of once per entry)."""
+        entry = await self.dlq_get(ref) if known is None else known[0]
         if entry.spec is None or entry.job_id is None:
             raise ChronosError(
                 f"DLQ entry {entry.seq} is a malformed message ({entry.reason}); it cannot be replayed, only purged"
             )
         # The job's entries as of now: a replayed job that fails again at once adds a newer one,
         # which must stay.
-        doomed = await self.dlq_sequences(entry.job_id)
+        doomed = await self.dlq_sequences(entry.job_id) if known is None else known[1]
         rec = await self.ops.read_or_none(entry.job_id)
         if rec is None:
             # The record was pruned: bring the job back under its id, with the signature the entry

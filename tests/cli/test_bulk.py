@@ -13,6 +13,7 @@ from chronos.client import Client
 from chronos.config import Settings
 
 from .conftest import cli_json, items, one_error_line
+from .test_dlq import dead  # noqa: F401  (fixture)
 
 TASK = "b.work"
 
@@ -158,3 +159,19 @@ def test_dlq_replay_where_refuses_bad_input(cli, settings):
     assert r.exit_code == 2 and "a key name is expected" in one_error_line(r)
     r = cli("dlq", "replay", "--where", "args.x=1", "--dry-run")
     assert r.exit_code == 0 and "no DLQ entries match" in r.stdout
+
+
+def test_dlq_replay_where_replays_the_matching_entries_once_with_one_audit_entry(cli, settings, dead):
+    entries = items(cli, "dlq", "list")
+    old = {e["job_id"]: e["seq"] for e in entries}
+    r = cli("dlq", "replay", "--where", "args.message=m1", "--dry-run")
+    assert r.exit_code == 0 and "1 DLQ entry match" in r.stdout
+    before = len(audit_entries(settings))
+    r = cli("dlq", "replay", "--where", "args.message=m1", "--task", "t.boom", "--yes")
+    assert r.exit_code == 0, r.output
+    assert "dlq_replay: 1 matched, 1 done, 0 skipped, 0 failed" in r.stdout
+    new = audit_entries(settings)[before:]
+    assert [(e.action, e.target, (e.detail or {}).get("matched")) for e in new] == \
+        [("bulk_dlq_replay", "task=t.boom AND args.message=m1", 1)]
+    left = {e["seq"] for e in items(cli, "dlq", "list")}
+    assert old[dead[1]] not in left and old[dead[0]] in left  # m1's entry went (it may fail again: a new one)
