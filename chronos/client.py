@@ -20,6 +20,7 @@ attribute          module                       methods
 ``schedules``      ``clientapi/schedules.py``   add_schedule, update_schedule, get_schedule, ...
 ``limit_control``  ``clientapi/limits.py``      set_queue_limit, clear_queue_limit, queue_limit,
                                                 queue_limits, limits
+``queue_control``  ``clientapi/queues.py``      pause_queue, resume_queue, queue_flag, queues
 =================  ===========================  ==============================================
 
 Composition, not mixins: each noun object holds only what it needs (a schedule's checks ask
@@ -42,6 +43,7 @@ from .clientapi.dlq import DLQ
 from .clientapi.history import History
 from .clientapi.jobs import Jobs
 from .clientapi.limits import Limits
+from .clientapi.queues import Queues
 from .clientapi.schedules import Schedules
 from .clientapi.workflows import Workflows
 from .clientapi.spec import (  # re-exported: the limits a spec is checked against
@@ -101,6 +103,7 @@ class Client:
         self.limit_control = Limits(conn, clock)
         self.workflow_api = Workflows(conn, clock, self.ops, self.events, self.catalog, self.submitter)
         self.schedules = Schedules(conn, clock, self.ops, self.events, self.catalog, self.cluster, self.submitter)
+        self.queue_control = Queues(conn, clock, self.cluster)
 
     @property
     def _known_tasks(self) -> set[str]:
@@ -169,6 +172,12 @@ class Client:
     queue_depths = _Via("cluster", Cluster.queue_depths)
     ensure_queue = _Via("cluster", Cluster.ensure_queue)
     namespace_exists = _Via("cluster", Cluster.namespace_exists)
+
+    # --- queues under operator control: pause, resume, what each holds (clientapi/queues.py) ---
+    pause_queue = _Via("queue_control", Queues.pause_queue)
+    resume_queue = _Via("queue_control", Queues.resume_queue)
+    queue_flag = _Via("queue_control", Queues.queue_flag)
+    queues = _Via("queue_control", Queues.queues)
 
     # --- workflows (clientapi/workflows.py) ---------------------------------------------------
     submit_workflow = _Via("workflow_api", Workflows.submit)

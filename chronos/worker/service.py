@@ -321,7 +321,16 @@ class WorkerService:
 
     # --- fetching --------------------------------------------------------------------------
     def _on_pause_change(self) -> None:
+        if self.pauses is not None and self.pauses.paused and self._tg is not None:
+            self.spawn(self._withdraw_paused())
         self._wake.set()
+        self.changed.bump()
+
+    async def _withdraw_paused(self) -> None:
+        """A standing poll of a paused queue would still hand over its next job: end it now."""
+        for p in self.pullers:
+            if self._paused(p.queue):
+                await p.withdraw()
         self.changed.bump()
 
     def _paused(self, queue: str) -> bool:
