@@ -103,7 +103,7 @@ class Client:
         self.limit_control = Limits(conn, clock)
         self.workflow_api = Workflows(conn, clock, self.ops, self.events, self.catalog, self.submitter)
         self.schedules = Schedules(conn, clock, self.ops, self.events, self.catalog, self.cluster, self.submitter)
-        self.queue_control = Queues(conn, clock, self.cluster)
+        self.queue_control = Queues(conn, clock, self.cluster, limits_of=self.limit_control.queue_limits)
 
     @property
     def _known_tasks(self) -> set[str]:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import admin, bench, dev, dlq, jobs, logs, schedules, serve, tui
+from . import admin, bench, dev, dlq, jobs, logs, queues, schedules, serve, tui
 from ._shared import ChronosGroup, set_global, setup_logging
 
 app = typer.Typer(
@@ -49,6 +49,7 @@ app.command("cancel")(jobs.cancel)
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(schedules.app, name="schedules")
+app.add_typer(queues.app, name="queues")
 app.command("logs")(logs.logs)
 app.command("history")(logs.history)
 app.command("workers")(logs.workers)

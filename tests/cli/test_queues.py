@@ -1,0 +1,107 @@
+"""`chronos queues list|pause|resume|limit|limits` (issue 16, deliverable 5)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import cli_json, items, one_error_line, submit, wait_state, wait_until
+
+
+def queue_row(cli, name: str) -> dict:
+    return next(q for q in items(cli, "queues", "list") if q["name"] == name)
+
+
+def test_pause_list_resume_with_a_worker(cli, worker, register_tasks):
+    w = worker()
+    r = cli("queues", "pause", "default", "--reason", "deploy in progress")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("queue default paused (deploy in progress): workers stop pulling from it")
+    assert "no live worker" not in r.stdout
+    wait_until(lambda: "default" in w.main.service.pauses.paused, 10, "the worker to see the pause")
+
+    job = submit(cli, "t.add", "--args", "[1, 2]")
+    wait_until(lambda: queue_row(cli, "default")["waiting"] == 1, 10, "the job to wait in the paused queue")
+    row = queue_row(cli, "default")
+    assert row["paused"] is True and row["reason"] == "deploy in progress" and row["paused_by"]
+    assert row["backlog"] == {"critical": 0, "high": 0, "default": 1, "low": 0}
+    assert row["workers"] == 1 and row["running"] == 0
+    assert set(row) == {"name", "paused", "paused_by", "paused_at", "reason", "backlog", "waiting", "running",
+                        "workers", "rate", "burst", "concurrency"}
+    assert cli_json(cli, "jobs", "get", job)["state"] == "available"
+
+    table = cli("queues", "list")
+    assert table.exit_code == 0, table.output
+    line = next(ln for ln in table.stdout.splitlines() if ln.startswith("default"))
+    assert "PAUSED by" in line and "deploy in progress" in line
+    assert table.stdout.rstrip().endswith("1 paused")
+
+    r = cli("queues", "resume", "default")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("queue default resumed")
+    wait_state(cli, job, "completed")
+    assert queue_row(cli, "default")["paused"] is False
+
+    again = cli("queues", "resume", "default")
+    assert again.exit_code == 0 and "was not paused" in again.stdout
+
+
+def test_pausing_a_queue_no_worker_serves_says_so(cli):
+    r = cli("queues", "pause", "nobody-here")
+    assert r.exit_code == 0, r.output
+    assert "no live worker serves queue nobody-here" in r.stdout
+    data = cli_json(cli, "queues", "pause", "nobody-here")
+    assert data["paused"] is True and data["workers"] == 0 and data["queue"] == "nobody-here"
+    assert queue_row(cli, "nobody-here")["paused"] is True
+    resumed = cli_json(cli, "queues", "resume", "nobody-here")
+    assert resumed["paused"] is False and resumed["was_paused"] is True
+
+
+def test_limit_set_show_and_clear(cli):
+    r = cli("queues", "limit", "default", "--concurrency", "3", "--rate", "10/s")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == "queue default: rate 10/s, concurrency 3"
+    row = queue_row(cli, "default")
+    assert (row["rate"], row["concurrency"]) == ("10/s", 3)
+    snap = cli("queues", "limits")
+    assert snap.exit_code == 0 and "default rate 10/s, concurrency 3" in snap.stdout
+    page = json.loads(cli("queues", "limits", "--json").stdout)
+    assert set(page) == {"items", "count", "next"}
+    r = cli("queues", "limit", "default", "--concurrency", "none")
+    assert r.stdout.strip() == "queue default: rate 10/s"
+    r = cli("queues", "limit", "default", "--rate", "none")
+    assert r.stdout.strip() == "queue default: no limits"
+    assert queue_row(cli, "default")["concurrency"] is None
+
+
+@pytest.mark.parametrize("args, option", [
+    (("pause", "bad.name"), "QUEUE"),
+    (("pause", "a b"), "QUEUE"),
+    (("resume", "*"), "QUEUE"),
+    (("limit", "x" * 65, "--concurrency", "1"), "QUEUE"),
+    (("limit", "default", "--concurrency", "0"), "--concurrency"),
+    (("limit", "default", "--concurrency", "-2"), "--concurrency"),
+    (("limit", "default", "--concurrency", "many"), "--concurrency"),
+    (("limit", "default", "--rate", "10/x"), "--rate"),
+    (("limit", "default", "--rate", "0/s"), "--rate"),
+    (("limit", "default", "--rate", "fast"), "--rate"),
+    (("limit", "default"), "--concurrency"),
+    (("limit", "default", "--rate", "5/s", "--burst", "0"), "--burst"),
+    (("pause", "default", "--reason", "x" * 501), "--reason"),
+])
+def test_bad_input_is_one_line_and_exit_2_with_nothing_written(cli, args, option):
+    r = cli("queues", *args)
+    assert r.exit_code == 2, r.output
+    assert one_error_line(r).startswith(f"error: {option}:")
+    rows = items(cli, "queues", "list")
+    assert not any(q["paused"] or q["rate"] or q["concurrency"] for q in rows)
+    assert not [e for e in items(cli, "logs", "--audit") if e["action"].startswith("queue_")]
+
+
+def test_pause_and_resume_are_audited(cli):
+    assert cli("queues", "pause", "default", "--reason", "why not").exit_code == 0
+    assert cli("queues", "resume", "default").exit_code == 0
+    entries = items(cli, "logs", "--audit")
+    got = [(e["action"], e["target"]) for e in entries if e["action"].startswith("queue_")]
+    assert got == [("queue_pause", "default"), ("queue_resume", "default")]
