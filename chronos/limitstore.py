@@ -262,7 +262,15 @@ class LimitStore:
         base = SLOT_PREFIX + digest(scope, name, key or "") + "."
         data = codec.encode(holder)
         if limit == 1:
-            return await self._take(base + "0", self._free_rev.get(base + "0", 0), data, holder, lease)
+            k = base + "0"
+            rev = self._free_rev.get(k)
+            if rev is None:
+                # Not known free here: most often it is held by someone (a waiter asking again),
+                # so one read says so, where a write would be refused and then read anyway.
+                value, rev = await self._get(k)
+                if value is not None:
+                    return None
+            return await self._take(k, rev, data, holder, lease)
         # Slots in a random order (workers racing for the same free slots spread out), read a few
         # at a time: a limit that is not full costs one small batch of reads, a full one all.
         order = [base + str(i) for i in range(limit)]

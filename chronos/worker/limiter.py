@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL_FIRST = 0.1  # a job waiting for a slot asks again after this, growing x1.5 ...
-POLL_CAP = 2.0  # ... up to this (with jitter, so waiters on one key spread out)
+POLL_CAP = 1.0  # ... up to this (with jitter, so waiters on one key spread out)
 # A turn at most LEAD ahead is waited for here (a short sleep in the job's worker slot) rather than
 # handed back; a hand-back comes back ARRIVE ahead of its turn (redelivery and the pull take some ms).
 LEAD = 0.06
@@ -202,6 +202,8 @@ class Limiter:
             if fresh.state is JobState.RUNNING and fresh.worker == ex.worker_id and ex.host.is_running_here(fresh.id):
                 return True  # redelivered while it runs here: the executor leaves it to that run
             current = fresh
+            # Decide and write on the record as it is now: the carried one is stale after a hand-back.
+            record, rev = fresh, fresh.revision
         t = current.limit_ticket
         if t is not None and t.gen == current.gen and t.delivery == delivered:
             ticket = t
@@ -254,14 +256,14 @@ class Limiter:
         if delivered >= self.repark_at:
             if await self._repark(ex, run, record, rev, ticket):
                 return
-        carried, msg_gen = record, record.gen
+        msg_gen = record.gen
 
         def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[str]:
             if rec.gen != msg_gen or rec.state in TERMINAL or rec.state is JobState.SCHEDULED:
                 return cas.Stop("stale")
             same_gen = rec.delivered_gen == rec.gen
             accounted = rec.delivered if same_gen else 0
-            if rec is not carried and accounted >= delivered:
+            if accounted >= delivered:
                 return cas.Stop("counted")  # a later delivery is recorded already
             now = self.clock.now()
             attempts = list(rec.attempts)
