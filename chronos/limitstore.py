@@ -141,6 +141,7 @@ class LimitStore:
         self._rate_cache: dict[str, tuple[RateState, int]] = {}
         self._rate_waiting: dict[str, list[asyncio.Future[float]]] = {}  # reservations waiting for a write
         self._rate_busy: set[str] = set()  # keys with a reservation write in flight here
+        self._sending: set[asyncio.Task[None]] = set()  # releases sent the slow way (not connected yet)
         self._free_rev: dict[str, int] = {}  # slot key -> the revision it was last seen free at
 
     async def _get(self, key: str) -> tuple[bytes | None, int]:
@@ -337,7 +338,9 @@ class LimitStore:
                     on_ack(ack, None)
                 except Exception as exc:
                     on_ack(None, exc)
-            asyncio.ensure_future(send()).add_done_callback(lambda _f: None)
+            task = asyncio.get_running_loop().create_task(send())
+            self._sending.add(task)  # owned until done: the loop keeps only a weak reference
+            task.add_done_callback(self._sending.discard)
         return done
 
     async def note_waiting(self, scope: str, name: str, key: str | None, job_id: str, for_seconds: float) -> None:
