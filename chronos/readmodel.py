@@ -257,6 +257,10 @@ CREATE TABLE IF NOT EXISTS live_args (
     args TEXT, annotations TEXT, big INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (ns, created_at, id)
 ) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS live_args_moved AFTER UPDATE OF created_at ON live
+    WHEN old.created_at != new.created_at BEGIN
+    DELETE FROM live_args WHERE ns = old.ns AND created_at = old.created_at AND id = old.id;
+END;
 CREATE TABLE IF NOT EXISTS live_counts (
     ns TEXT NOT NULL, queue TEXT NOT NULL, priority TEXT NOT NULL, state TEXT NOT NULL, n INTEGER NOT NULL,
     PRIMARY KEY (ns, queue, priority, state)
@@ -737,22 +741,27 @@ class JobIndex:
         return JobsReply(ids=[i for _, i in rows], next=nxt, total=total, exact=exact)
 
     # --- search: a JSON path over args or annotations (chronos/where.py) --------------------------------
-    def _search_sql(self, q: JobsQuery, filters: list[Where]) -> tuple[str, list[Any], str]:
-        """One window of the scan: (created_at, id, matched) of the next rows in listing order."""
+    def _search_sql(self, q: JobsQuery, filters: list[Where]) -> tuple[str, list[Any], str, list[Any], str]:
+        # -> (match, its JSON-test arguments (they come last), edge, the filters' arguments, key)
+        """One window of the scan, as two statements with an ``{after}`` slot for its bounds: the
+        window's last row (``window`` rows on in listing order, no JSON read; none: the rows end),
+        then the matches between the cursor and that row (the JSON test runs in SQLite; only
+        matches come back). Bounds, not a LIMIT, tie the two: a row written between them is
+        examined in this window or the next, never twice."""
         other = q.states or q.queue is not None or q.task is not None
         if q.tag is not None:
             key = "t"
-            src = "live_tags AS t JOIN live_args AS a ON a.ns = t.ns AND a.created_at = t.created_at AND a.id = t.id"
-            if other:
-                src += " JOIN live ON live.ns = t.ns AND live.id = t.id"
+            walk = "live_tags AS t" + (" JOIN live ON live.ns = t.ns AND live.id = t.id" if other else "")
+            src = walk + " JOIN live_args AS a ON a.ns = t.ns AND a.created_at = t.created_at AND a.id = t.id"
         elif other:
             key = "live"
+            walk = "live"
             src = "live JOIN live_args AS a ON a.ns = live.ns AND a.created_at = live.created_at AND a.id = live.id"
         else:
-            # The args table is in listing order itself; the join drops a row whose job was
-            # re-created under another created_at (a replay of a pruned job), never a live one.
+            # The args table is in listing order itself (and holds exactly the live rows: a row goes
+            # with its job's, and moves with a changed created_at, see the live_args_moved trigger).
             key = "a"
-            src = "live_args AS a JOIN live ON live.ns = a.ns AND live.id = a.id AND live.created_at = a.created_at"
+            walk = src = "live_args AS a"
         where = [f"{key}.ns = ?"]
         args: list[Any] = [self.ns]
         if q.tag is not None:
@@ -777,52 +786,51 @@ class JobIndex:
             expr, a = f.sql("a.args" if f.root == "args" else "a.annotations")
             preds.append(expr)
             pargs += a
-        matched = f"(a.big OR ({' AND '.join(preds)}))"
-        sql = (f"SELECT {key}.created_at, {key}.id, {matched} FROM {src} WHERE {' AND '.join(where)} "
-               f"{{after}}ORDER BY {key}.created_at DESC, {key}.id DESC LIMIT ?")
-        return sql, [*pargs, *args], key
+        order = f"ORDER BY {key}.created_at DESC, {key}.id DESC"
+        cond = " AND ".join(where)
+        match = f"SELECT {key}.created_at, {key}.id FROM {src} WHERE {cond} {{after}}AND (a.big OR ({' AND '.join(preds)})) {order}"
+        edge = f"SELECT {key}.created_at, {key}.id FROM {walk} WHERE {cond} {{after}}{order} LIMIT 1 OFFSET ?"
+        return match, pargs, edge, args, key
 
     async def _search(self, q: JobsQuery, filters: list[Where]) -> JobsReply:
         """Walk the rows the other filters select, newest first, in growing windows, until the page
         is full (one extra match says there is more), the rows end, or ``budget`` is spent."""
         deadline = time.monotonic() + min(q.budget, MAX_BUDGET)
-        sql, base_args, key = self._search_sql(q, filters)
+        match_sql, json_args, edge_sql, cond_args, key = self._search_sql(q, filters)
+        after = f"AND ({key}.created_at, {key}.id) < (?, ?) "
+        upto = f"AND ({key}.created_at, {key}.id) >= (?, ?) "
         pos = parse_cursor(q.cursor) if q.cursor is not None else None
         skip = q.offset
         found: list[tuple[float, str]] = []
         count = 0
         scanned = 0
-        window = _WINDOW
+        window = min(_WINDOW, max(2 * (q.limit + 1), 64))  # an unselective path fills a page at once
         ended = False
         while True:
-            args = list(base_args)
-            text = sql.replace("{after}", "")
-            if pos is not None:
-                text = sql.replace("{after}", f"AND ({key}.created_at, {key}.id) < (?, ?) ")
-                args += list(pos)
-            args.append(window)
-            async with self.r.execute(text, args) as cur:
+            slot, at = ("", []) if pos is None else (after, list(pos))
+            async with self.r.execute(edge_sql.replace("{after}", slot), [*cond_args, *at, window - 1]) as cur:
+                edge = await cur.fetchone()
+            bound, to = ("", []) if edge is None else (upto, [edge[0], edge[1]])
+            async with self.r.execute(match_sql.replace("{after}", slot + bound), [*cond_args, *at, *to, *json_args]) as cur:
                 rows = await cur.fetchall()
+            scanned += window  # at most
             full = False
-            for at, job_id, m in rows:
-                scanned += 1
-                pos = (at, job_id)
-                if not m:
-                    continue
+            for row in rows:
                 if skip:
                     skip -= 1
                     continue
                 count += 1
                 if not q.count_only:
-                    found.append((at, job_id))
+                    found.append((row[0], row[1]))
                     if len(found) > q.limit:
                         full = True
                         break
             if full:
                 break
-            if len(rows) < window:
+            if edge is None:
                 ended = True
                 break
+            pos = (edge[0], edge[1])
             if time.monotonic() >= deadline:
                 break
             window = min(window * 2, _MAX_WINDOW)
