@@ -237,7 +237,8 @@ class _WaitTimedOut(ChronosError):
 
 def _print_submitted(rec: JobRecord, as_json: bool, *, waited: bool, outcome: str = "created") -> None:
     if as_json:
-        out.print_json(rec)
+        # The record, plus what the submit did when a unique or debounce key was held (docs/unique-jobs.md).
+        out.print_json(rec if outcome == "created" else {**out.plain(rec), "outcome": outcome})
         return
     if not waited:
         extra = f", runs {out.when(rec.spec.run_at)}" if rec.state == JobState.SCHEDULED and rec.spec.run_at else ""

@@ -41,6 +41,9 @@ def test_unique_while_active_says_already_active(cli, register_tasks):
     assert again.stdout.startswith(f"already active: {job_id} ")
     human = cli("jobs", "get", job_id)
     assert "while active, key sum" in human.stdout
+    as_json = cli_json(cli, "submit", "t.add", "--args", "[5, 6]", "--unique-mode", "while-active",
+                       "--unique-key", "sum")
+    assert as_json["id"] == job_id and as_json["outcome"] == "active"
     # By args: no key given.
     a = submit(cli, "t.add", "--args", "[7, 7]", "--unique-mode", "while-active", "--in", "1h")
     b = cli("submit", "t.add", "--args", "[7, 7]", "--unique-mode", "while-active")
