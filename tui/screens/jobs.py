@@ -8,7 +8,7 @@ from typing import Any
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.widgets import DataTable, Footer, Input, Label
+from textual.widgets import Footer, Input, Label
 
 from ..data import SORT_KEYS, JobQuery, JobsPage, parse_filter
 from ..messages import JobsLoaded, LoadFailed
@@ -160,9 +160,9 @@ class JobsScreen(ChronosScreen):
     def action_reverse(self) -> None:
         self.set_query(self.query_spec.with_(descending=not self.query_spec.descending, offset=0))
 
-    @on(DataTable.HeaderSelected)
-    def _header(self, event: DataTable.HeaderSelected) -> None:
-        key = str(event.column_key.value)
+    @on(JobTable.HeaderSelected)
+    def _header(self, event: JobTable.HeaderSelected) -> None:
+        key = event.column_key
         if key not in SORT_KEYS:
             return
         if key == self.query_spec.sort:
@@ -185,9 +185,9 @@ class JobsScreen(ChronosScreen):
     def action_reload(self) -> None:
         self.reload(force=True)
 
-    @on(DataTable.RowSelected, "#jobs")
-    def _open(self, event: DataTable.RowSelected) -> None:
-        self.capp.open_job(str(event.row_key.value))
+    @on(JobTable.RowSelected, "#jobs")
+    def _open(self, event: JobTable.RowSelected) -> None:
+        self.capp.open_job(event.row_key)
 
     def action_retry(self) -> None:
         if (job_id := self.selected_id()) is not None:

@@ -1,4 +1,7 @@
-"""A page of jobs: id, task, state, queue, attempt, progress, age, error. Header clicks ask for a sort."""
+"""A page of jobs: id, task, state, queue, attempt, progress, age, error. Header clicks ask for a sort.
+
+A LineTable, not a DataTable: a page is on screen a few milliseconds after it arrives (line_table.py).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,10 @@ from rich.text import Text
 from chronos.models import JobRecord
 
 from ..format import ago, short, state_text
-from .sync_table import SyncTable
+from .line_table import LineTable
 
 
-class JobTable(SyncTable):
+class JobTable(LineTable):
     COLUMNS = (
         ("id", "ID"), ("task", "TASK"), ("state", "STATE"), ("queue", "QUEUE"), ("attempt", "ATTEMPT"),
         ("progress", "PROGRESS"), ("created", "CREATED"), ("updated", "UPDATED"), ("error", "ERROR"),
