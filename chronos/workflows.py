@@ -142,20 +142,22 @@ class Bits(msgspec.Struct, omit_defaults=True):
         return self.count() >= self.size
 
 
-# Members per fan-in record. Members are spread over the records by index (interleaved), so a
-# group of 10,000 finishing in order puts about (writers in flight / 157) writers on each key.
-SHARD = 64
+FANOUT = 16  # members per fan-in record: at most this many writers ever contend on one key
 
 
-def shards(total: int) -> int:
-    return 1 if total <= SHARD else -(-total // SHARD)
+def fanin_path(pos: int, total: int) -> list[tuple[int, int, int]]:
+    """Member ``pos`` of a fan-in of ``total``: (record, bit, record size) per level, leaf first.
 
-
-def shard_of(pos: int, total: int) -> tuple[int, int, int]:
-    """(shard, bit in it, shard size): interleaved, so children finishing in order hit different keys."""
-    s = shards(total)
-    shard = pos % s
-    return shard, pos // s, (total - shard + s - 1) // s
+    Leaves take members interleaved (member p goes to leaf p % leaves), the levels above take
+    their children in blocks of FANOUT; the last level has one record, the root."""
+    leaves = -(-total // FANOUT)
+    path = [(pos % leaves, pos // leaves, (total - pos % leaves + leaves - 1) // leaves)]
+    count, node = leaves, pos % leaves
+    while count > 1:
+        parent, bit = divmod(node, FANOUT)
+        path.append((parent, bit, min(FANOUT, count - parent * FANOUT)))
+        count, node = -(-count // FANOUT), parent
+    return path
 
 
 def node_job_id(workflow_id: str, index: int) -> str:

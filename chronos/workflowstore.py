@@ -17,10 +17,9 @@ create-if-absent on the child's deterministic id, so a child is created once who
 there. A sink then sets its bit in the end set; whoever finds that complete finishes the
 workflow. Nothing waits on a timer to decide who is last.
 
-Fan-in without a hot key: members are spread over ``ceil(n / SHARD)`` records, interleaved by
-index; the writer that fills a record reads the others, and if all are full it starts the child.
-Two such writers may both see all full: the create-if-absent keeps one child. At least one
-sees it: the record filled last in the server's order is read after every other was full.
+Fan-in without a hot key: a combining tree of records of at most FANOUT members each. Members
+are spread over the leaves interleaved by index (a group finishing in order touches many
+leaves at once, few writers per key); only the writer that fills a record goes up a level.
 The job records stay the truth: the leader's repair works from them alone.
 """
 
@@ -40,11 +39,12 @@ from .models import CancelRequest, Event, JobRecord, PendingWrite
 from .states import PENDING, TERMINAL, JobState, WorkflowState, workflow_transition
 from .store.kv import KVStore
 from .workflows import (
-    WORKFLOW_REASON, Bits, NodeSpec, WorkflowDef, WorkflowRecord, children_of, node_job_id, shard_of, shards,
+    WORKFLOW_REASON, Bits, NodeSpec, WorkflowDef, WorkflowRecord, children_of, fanin_path, node_job_id,
 )
 
 log = logging.getLogger(__name__)
 
+BATCH = 1000  # keys per batched direct get
 CAS_ATTEMPTS = 200  # a fan-in shard takes many writers at once; each conflict is a re-read, never a wait
 END = "end"
 
@@ -101,6 +101,7 @@ class WorkflowStore:
         self.emit = emit
         self._kv: KVStore | None = None
         self._shapes: OrderedDict[str, Shape] = OrderedDict()
+        self._loading: dict[str, asyncio.Future[Shape]] = {}
 
     async def kv(self) -> KVStore:
         if self._kv is None:
@@ -126,17 +127,25 @@ class WorkflowStore:
         return out
 
     async def shape(self, wf: str) -> Shape:
+        """The definition, read once per process (a group's children all ask at once: one read)."""
         s = self._shapes.get(wf)
-        if s is None:
-            e = await (await self.kv()).get(f"d.{wf}")
-            if e is None:
-                raise WorkflowNotFoundError(f"no workflow with id {wf}")
-            s = Shape(_dec(e.value, WorkflowDef))
-            self._shapes[wf] = s
-            while len(self._shapes) > 64:
-                self._shapes.popitem(last=False)
-        else:
+        if s is not None:
             self._shapes.move_to_end(wf)
+            return s
+        loading = self._loading.get(wf)
+        if loading is None:
+            loading = self._loading[wf] = asyncio.ensure_future(self._load_shape(wf))
+            loading.add_done_callback(lambda _f: self._loading.pop(wf, None))
+        return await asyncio.shield(loading)
+
+    async def _load_shape(self, wf: str) -> Shape:
+        e = await (await self.kv()).get(f"d.{wf}")
+        if e is None:
+            raise WorkflowNotFoundError(f"no workflow with id {wf}")
+        s = Shape(_dec(e.value, WorkflowDef))
+        self._shapes[wf] = s
+        while len(self._shapes) > 64:
+            self._shapes.popitem(last=False)
         return s
 
     async def node_spec(self, wf: str, i: int) -> NodeSpec:
@@ -146,19 +155,50 @@ class WorkflowStore:
         return _dec(e.value, NodeSpec)  # type: ignore[no-any-return]
 
     async def jobs(self, wf: str, nodes: list[int] | None = None, total: int | None = None) -> dict[int, JobRecord]:
-        """Node jobs by index: a few by key, many in one pass over ``<wf>.*``."""
-        out: dict[int, JobRecord] = {}
-        if nodes is not None and len(nodes) <= 64:
+        """Node jobs by index (absent ones left out), read with batched direct gets: one request per
+        ``BATCH`` keys, the server streams the answers (a chord's 10,000 parents in a few requests)."""
+        if nodes is None:
+            if total is None:
+                total = (await self.record(wf)).nodes
+            nodes = list(range(total))
+        if len(nodes) <= 8:
             recs = await asyncio.gather(*(self.ops.read_or_none(node_job_id(wf, i)) for i in nodes))
             return {i: r for i, r in zip(nodes, recs) if r is not None}
-        store = await self.ops.store()
-        for e in await store.entries(f"{wf}.*"):
-            rec = codec.decode(e.value, JobRecord)
-            rec.revision = e.revision
-            out[int(e.key.rsplit(".", 1)[1])] = rec
-        if nodes is not None:
-            wanted = set(nodes)
-            out = {i: r for i, r in out.items() if i in wanted}
+        chunks = [nodes[k:k + BATCH] for k in range(0, len(nodes), BATCH)]
+        parts = await asyncio.gather(*(self._batch_get(wf, c) for c in chunks))
+        out: dict[int, JobRecord] = {}
+        for part in parts:
+            out.update(part)
+        return out
+
+    async def _batch_get(self, wf: str, nodes: list[int]) -> dict[int, JobRecord]:
+        nc = self.ops.publisher.nc
+        bucket = self.names.jobs_bucket
+        prefix = f"$KV.{bucket}."
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox)
+        out: dict[int, JobRecord] = {}
+        try:
+            req = codec.to_json({"multi_last": [prefix + node_job_id(wf, i) for i in nodes], "batch": len(nodes)})
+            await nc.publish(f"$JS.API.DIRECT.GET.{self.names.kv_stream(bucket)}", req, reply=inbox)
+
+            async def read() -> None:
+                async for m in sub.messages:
+                    hdrs = m.headers or {}
+                    if hdrs.get("Status"):  # 204 end of batch; 404 none of them exists
+                        if hdrs["Status"] not in ("204", "404"):
+                            raise ChronosError(f"batch read of workflow {wf}: {hdrs.get('Status')} "
+                                               f"{hdrs.get('Description', '')}")
+                        return
+                    if hdrs.get("KV-Operation") in ("DEL", "PURGE") or not m.data:
+                        continue
+                    rec = codec.decode(m.data, JobRecord)
+                    rec.revision = int(hdrs.get("Nats-Sequence", 0))
+                    out[int(hdrs.get("Nats-Subject", "").rsplit(".", 1)[1])] = rec
+
+            await asyncio.wait_for(read(), 10.0)
+        finally:
+            await sub.unsubscribe()
         return out
 
     async def update_record(self, wf: str, decide: Callable[[WorkflowRecord], WorkflowRecord | None]
@@ -207,29 +247,19 @@ class WorkflowStore:
         return await cas.update(read, decide, write, attempts=CAS_ATTEMPTS, what=f"fan-in {key}")
 
     async def mark(self, wf: str, target: str | int, pos: int, total: int, failed: bool) -> tuple[bool, bool]:
-        """Member ``pos`` of ``total`` has ended. (complete, any failed) as seen by this write; idempotent."""
-        base = f"f.{wf}.{target}"
-        shard, bit, size = shard_of(pos, total)
-        b, _ = await self._set_bit(f"{base}.{shard}", size, bit, failed)
-        n = shards(total)
-        if not b.full():
-            return False, b.failed
-        if n == 1:
-            return True, b.failed
-        kv = await self.kv()
-        others = await asyncio.gather(*(kv.get(f"{base}.{s}") for s in range(n) if s != shard))
-        full, any_failed = True, b.failed
-        for e in others:
-            if e is None:
-                return False, any_failed
-            o = _dec(e.value, Bits)
-            full = full and o.full()
-            any_failed = any_failed or o.failed
-        return full, any_failed
+        """Member ``pos`` of ``total`` has ended. (complete, any failed) as seen by this write; idempotent.
 
-    async def unmark(self, wf: str, target: str | int, pos: int, total: int) -> None:
-        shard, bit, size = shard_of(pos, total)
-        await self._set_bit(f"f.{wf}.{target}.{shard}", size, bit, False, clear=True)
+        A combining tree of small records (``fanin_path``): the writer that fills a record sets
+        its bit one level up, and so on; the one that fills the root has completed the set.
+        A repeated write that finds its record full goes on up too (setting a bit again changes
+        nothing), so a writer killed half-way is made good by the next advance of any member."""
+        base = f"f.{wf}.{target}"
+        for level, (node, bit, size) in enumerate(fanin_path(pos, total)):
+            b, _ = await self._set_bit(f"{base}.{level}.{node}", size, bit, failed)
+            if not b.full():
+                return False, b.failed
+            failed = b.failed
+        return True, failed
 
     # --- advancing ------------------------------------------------------------------------------------
     async def advance(self, wf: str, i: int, state: JobState, error: str | None) -> None:

@@ -65,6 +65,8 @@ class GroupResult(msgspec.Struct):
     submit_seconds: float
     children_seconds: float  # submit to the last child's completion
     callback_latency: float  # last child's completion to the callback's start
+    callback_created: float  # last child's completion to the callback's job being created (the fan-in)
+    callback_taken: float  # last child's completion to a worker taking the callback's job
     callback_runs: int
     callback_result: int
     duplicate_children: int
@@ -149,6 +151,8 @@ async def run_workflows(*, children: int = 10_000, steps: int = 1_000, workers: 
             leaf_ids = [jid for kind, jid, _ in runs if kind == "leaf" and jid.startswith(ref.id + ".")]
             g = GroupResult(children=children, submit_seconds=t_sub, children_seconds=last - wall0,
                             callback_latency=(min(cb_starts) - last) if cb_starts else float("nan"),
+                            callback_created=cb.created_at - last,
+                            callback_taken=(cb.attempts[0].started_at - last) if cb.attempts else float("nan"),
                             callback_runs=len(cb_starts), callback_result=int(cb.result or 0),
                             duplicate_children=len(leaf_ids) - len(set(leaf_ids)))
             if rec.state != "completed":

@@ -23,6 +23,8 @@ from ..workflowstore import WorkflowStore
 
 log = logging.getLogger(__name__)
 
+ATTEMPTS = 4
+CONCURRENT = 32  # advances in flight per worker
 _ENDED = {"completed": JobState.COMPLETED, "cancelled": JobState.CANCELLED, "discarded": JobState.DISCARDED}
 
 
@@ -40,6 +42,7 @@ class Advancer:
         self.ops = ops
         self._spawn = spawn
         self.advanced = 0
+        self._gate = asyncio.Semaphore(CONCURRENT)
         events.bus.subscribe(self.on_event)
 
     def on_event(self, ev: Event) -> None:
@@ -52,13 +55,24 @@ class Advancer:
             self._spawn(self._advance(node[0], node[1], state, ev.error))
 
     async def _advance(self, wf: str, i: int, state: JobState, error: str | None) -> None:
-        try:
-            await self.store.advance(wf, i, state, error)
-            self.advanced += 1
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # ChronosError or the server: the leader's repair loop finishes it
-            log.exception("workflow %s: advancing node %d failed; the leader will repair it", wf, i)
+        # A burst of finished children (a group) would otherwise put every advance on the fan-in
+        # records at once: a few at a time keeps the compare-and-set conflicts (re-reads) rare.
+        async with self._gate:
+            await self._advance_now(wf, i, state, error)
+
+    async def _advance_now(self, wf: str, i: int, state: JobState, error: str | None) -> None:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                await self.store.advance(wf, i, state, error)
+                self.advanced += 1
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a timeout on a loaded server: again (advancing is idempotent)
+                if attempt == ATTEMPTS:  # the leader's repair loop finishes it
+                    log.error("workflow %s: advancing node %d failed (%s); the leader will repair it", wf, i, exc)
+                    return
+                await asyncio.sleep(0.05 * attempt)
 
     async def call_args(self, record: JobRecord, args: Any) -> Any:
         """``args`` with the parents' results in the node's slot (workflows.py has the rules)."""
