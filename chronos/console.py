@@ -32,6 +32,8 @@ from .audit import AuditEntry as AuditEntry, role_label as role_label
 from .events import event_summary as event_summary
 from .lease import LeaderInfo as LeaderInfo
 from .readmodel import Counts as Counts
+from .clientapi.queues import QueueInfo as QueueInfo
+from .limits import Holder as Holder, LimitView as LimitView, LimitsSnapshot as LimitsSnapshot
 
 log = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ from .screens.events import EventsScreen
 from .screens.help import HelpScreen, sections_for
 from .screens.job_detail import JobDetailScreen
 from .screens.jobs import JobsScreen
+from .screens.limits import LimitsScreen
 from .screens.prompt import PromptScreen
 from .screens.schedules import SchedulesScreen
 from .source import ClientSource, Source
@@ -49,9 +50,11 @@ VIEWS = {
     "events": EventsScreen,
     "schedules": SchedulesScreen,
     "dlq": DlqScreen,
+    "limits": LimitsScreen,
 }
 ALIASES = {"dash": "dashboard", "queues": "dashboard", "workers": "dashboard", "logs": "events",
-           "log": "events", "job": "jobs", "schedule": "schedules", "sched": "schedules"}
+           "log": "events", "job": "jobs", "schedule": "schedules", "sched": "schedules",
+           "limit": "limits"}
 
 
 class ChronosApp(App[None]):
@@ -66,6 +69,7 @@ class ChronosApp(App[None]):
         Binding("3", "view('events')", "Events", show=False),
         Binding("4", "view('schedules')", "Schedules", show=False),
         Binding("5", "view('dlq')", "DLQ", show=False),
+        Binding("6", "view('limits')", "Limits", show=False),
         Binding("f", "failed", "Failed jobs"),
         Binding("colon", "prompt", "Command", key_display=":"),
         Binding("question_mark", "help", "Help", key_display="?"),
@@ -155,7 +159,8 @@ class ChronosApp(App[None]):
     def action_help(self) -> None:
         sections = sections_for(self.BINDINGS, [("dashboard", DashboardScreen), ("jobs", JobsScreen),
                                                 ("job detail", JobDetailScreen), ("events", EventsScreen),
-                                                ("schedules", SchedulesScreen), ("dlq", DlqScreen)], self.readonly)
+                                                ("schedules", SchedulesScreen), ("dlq", DlqScreen),
+                                                ("limits", LimitsScreen)], self.readonly)
         self.push_screen(HelpScreen(sections, self.readonly))
 
     def action_prompt(self) -> None:

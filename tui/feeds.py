@@ -45,7 +45,9 @@ from .messages import (
     EventsTail,
     JobLoaded,
     JobsLoaded,
+    LimitsLoaded,
     LoadFailed,
+    QueuesLoaded,
     SchedulesLoaded,
     StatsChanged,
 )
@@ -234,6 +236,12 @@ class Feeds:
 
     def load_dlq(self, reply_to: MessagePump, *, force: bool = False) -> None:
         self._load("dlq", reply_to, lambda s: s.dlq(), DlqLoaded, force)
+
+    def load_queues(self, reply_to: MessagePump, *, force: bool = False) -> None:
+        self._load("queues", reply_to, lambda s: s.queues(), QueuesLoaded, force)
+
+    def load_limits(self, reply_to: MessagePump, *, force: bool = False) -> None:
+        self._load("limits", reply_to, lambda s: s.limits(), LimitsLoaded, force)
 
     def _load(self, what: str, reply_to: MessagePump, call: Call, wrap: Callable[[Any], Message],
               force: bool) -> None:

@@ -74,6 +74,22 @@ class DlqLoaded(_Latest):
         self.entries = entries
 
 
+class QueuesLoaded(_Latest):
+    """Each queue's pause state, backlog and limits (``Client.queues()``)."""
+
+    def __init__(self, queues: list[Any]) -> None:
+        super().__init__()
+        self.queues = queues
+
+
+class LimitsLoaded(_Latest):
+    """Every limit in force (``Client.limits()``): holders, waiting, current rate."""
+
+    def __init__(self, snapshot: Any) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
 class LoadFailed(Message):
     def __init__(self, what: str, error: str) -> None:
         super().__init__()

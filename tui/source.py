@@ -54,6 +54,12 @@ class Source(Protocol):
     async def run_schedule(self, name: str) -> str: ...
     async def dlq_replay(self, seq: int) -> JobRecord: ...
     async def dlq_purge(self, task: str | None = None) -> int: ...
+    # queues under operator control (clientapi/queues.py, clientapi/limits.py)
+    async def queues(self) -> list[console.QueueInfo]: ...
+    async def limits(self) -> console.LimitsSnapshot: ...
+    async def pause_queue(self, queue: str, reason: str | None = None) -> object: ...
+    async def resume_queue(self, queue: str) -> object: ...
+    async def set_queue_concurrency(self, queue: str, concurrency: int | None) -> object: ...
     async def close(self) -> None: ...
 
 
@@ -169,6 +175,21 @@ class ClientSource:
 
     async def dlq_purge(self, task: str | None = None) -> int:
         return await self.client.dlq_purge(task=task)
+
+    async def queues(self) -> list[console.QueueInfo]:
+        return await self.client.queues()
+
+    async def limits(self) -> console.LimitsSnapshot:
+        return await self.client.limits()
+
+    async def pause_queue(self, queue: str, reason: str | None = None) -> object:
+        return await self.client.pause_queue(queue, reason=reason)
+
+    async def resume_queue(self, queue: str) -> object:
+        return await self.client.resume_queue(queue)
+
+    async def set_queue_concurrency(self, queue: str, concurrency: int | None) -> object:
+        return await self.client.set_queue_limit(queue, concurrency=concurrency)
 
     async def close(self) -> None:
         if self.owns_client:

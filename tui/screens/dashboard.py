@@ -1,6 +1,12 @@
-"""Dashboard: throughput, per queue and priority counts, consumers, workers, the last failure."""
+"""Dashboard: throughput, per queue and priority counts, consumers, workers, the last failure.
+
+Queue actions on the selected queue (up/down in the queue table): pause or resume it across the
+fleet (asks first) and set its fleet-wide concurrency. The queues' pause state and limits are
+reloaded every second while the dashboard is shown."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -10,17 +16,25 @@ from textual.widgets import Footer, Label
 
 from ..data import Cluster, Stats
 from ..format import ago, short
+from ..messages import LoadFailed, QueuesLoaded
 from ..widgets.painted import Painted
 from ..widgets.queue_table import QueueTable
 from ..widgets.throughput import ThroughputPanel
 from ..widgets.workers_table import WorkersTable
 from .base import ChronosScreen
+from .confirm import ConfirmScreen
+from .prompt import PromptScreen
 
 
 class DashboardScreen(ChronosScreen):
     VIEW = "dashboard"
+    MUTATING = frozenset({"toggle_queue_pause", "queue_concurrency"})
+    QUEUES_EVERY = 1.0
     BINDINGS = [
         Binding("l", "last_failure", "Last failure"),
+        # Out of the footer (it keeps its width for the views); ? and ctrl+p list them.
+        Binding("p", "toggle_queue_pause", "Pause/resume the selected queue", show=False),
+        Binding("c", "queue_concurrency", "Set the selected queue's concurrency", show=False),
         Binding("w", "focus_workers", "Workers", show=False),
         Binding("u", "focus_queues", "Queues", show=False),
     ]
@@ -50,6 +64,68 @@ class DashboardScreen(ChronosScreen):
 
     def on_mount(self) -> None:
         self.query_one(QueueTable).focus()
+        self.capp.feeds.load_queues(self, force=True)
+        self.set_interval(self.QUEUES_EVERY, lambda: self.is_current and self.capp.feeds.load_queues(self))
+
+    def on_queues_loaded(self, message: QueuesLoaded) -> None:
+        self.query_one(QueueTable).show_queues(message.queues)
+
+    def on_load_failed(self, message: LoadFailed) -> None:
+        # A source without queue settings (an older server, a test fake) keeps the plain table.
+        pass
+
+    def after_action(self, message: Any) -> None:
+        if self.is_current:
+            self.capp.feeds.load_queues(self, force=True)
+
+    def _selected_queue(self) -> Any:
+        table = self.query_one(QueueTable)
+        info = table.queue_info.get(table.selected or "")
+        if info is None:
+            self.notify("no queue selected (queue settings not loaded yet)", severity="warning")
+        return info
+
+    def action_toggle_queue_pause(self) -> None:
+        info = self._selected_queue()
+        if info is None:
+            return
+        name = info.name
+        feeds = self.capp.feeds
+        if info.paused:
+            question = f"Resume queue {name}? Every worker serving it pulls from it again."
+            verb, call = "resume queue", (lambda s: s.resume_queue(name))
+        else:
+            question = (f"Pause queue {name} on every worker? Running jobs finish; new jobs wait "
+                        f"({info.waiting} waiting now).")
+            verb, call = "pause queue", (lambda s: s.pause_queue(name, reason="paused from the console"))
+        self.app.push_screen(ConfirmScreen(question), lambda yes: feeds.act(verb, name, call) if yes else None)
+
+    def action_queue_concurrency(self) -> None:
+        info = self._selected_queue()
+        if info is None:
+            return
+        name = info.name
+        now = getattr(info.limits, "concurrency", None)
+        prompt = PromptScreen(f"concurrency of queue {name} across the fleet: a number, or none to remove it",
+                              words=[], value="" if now is None else str(now))
+        self.app.push_screen(prompt, lambda text: self._set_concurrency(name, text))
+
+    def _set_concurrency(self, name: str, text: str | None) -> None:
+        if text is None or not text.strip():
+            return
+        value = text.strip().lower()
+        if value == "none":
+            n: int | None = None
+        else:
+            try:
+                n = int(value)
+            except ValueError:
+                n = 0
+            if n <= 0:
+                self.notify(f"concurrency: {text!r} is not a whole number of at least 1 (or none)", severity="error")
+                return
+        self.capp.feeds.act("set concurrency", name, lambda s: s.set_queue_concurrency(name, n),
+                            lambda _: "no limit" if n is None else f"at most {n} at once")
 
     def on_stats(self, stats: Stats) -> None:
         import time
@@ -90,6 +166,14 @@ class DashboardScreen(ChronosScreen):
 
     def action_focus_workers(self) -> None:
         self.query_one(WorkersTable).focus()
+
+    def palette_actions(self) -> list[tuple[str, str, Any]]:
+        table = self.query_one(QueueTable)
+        if table.selected is None or table.selected not in table.queue_info:
+            return []
+        q = table.selected
+        return [(f"Pause/resume queue {q}", "on every worker (asks first)", self.action_toggle_queue_pause),
+                (f"Set concurrency of queue {q}", "fleet-wide, live", self.action_queue_concurrency)]
 
     def action_focus_queues(self) -> None:
         self.query_one(QueueTable).focus()

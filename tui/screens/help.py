@@ -23,6 +23,7 @@ COMMANDS = (
     (":workers", "dashboard, workers table focused"),
     (":schedules", "schedules view"),
     (":dlq", "dead-letter queue view"),
+    (":limits", "rate and concurrency limits: holders, waiting, current rate (also 6)"),
     (":events", "live event tail (also :logs)"),
     (":dashboard", "dashboard (also :dash)"),
     (":failed", "jobs that failed, newest first"),
@@ -70,7 +71,7 @@ class HelpScreen(ModalScreen[None]):
         parts: list[Any] = [Text.from_markup("[b]chronos console[/b]: keyboard first; the mouse works too."),
                             Text.from_markup(FAST_PATH), Text("")]
         if self.readonly:
-            parts.append(Text("READ-ONLY: actions (retry, cancel, run now, pause, replay, purge) are hidden "
+            parts.append(Text("READ-ONLY: actions (retry, cancel, run now, pause, limits, replay, purge) are hidden "
                               "and refused.", style="bold yellow"))
         for title, rows in self.sections:
             parts.append(help_table(title, rows))

@@ -1,4 +1,6 @@
-"""The k9s-style ':' prompt: type a view name (with Tab completion) and press enter."""
+"""The k9s-style ':' prompt: type a view name (with Tab completion) and press enter.
+
+Also a one-line question for an action (a queue's concurrency): ``PromptScreen(placeholder, words, value)``."""
 
 from __future__ import annotations
 
@@ -8,8 +10,9 @@ from textual.screen import ModalScreen
 from textual.suggester import SuggestFromList
 from textual.widgets import Input
 
-WORDS = ["jobs", "queues", "workers", "schedules", "dlq", "events", "logs", "dashboard", "failed", "help",
-         "quit", "job "]
+WORDS = ["jobs", "queues", "workers", "schedules", "dlq", "limits", "events", "logs", "dashboard", "failed",
+         "help", "quit", "job "]
+PLACEHOLDER = ":jobs :queues :workers :schedules :dlq :limits :events :help :quit"
 
 
 class PromptScreen(ModalScreen[str | None]):
@@ -19,9 +22,15 @@ class PromptScreen(ModalScreen[str | None]):
     PromptScreen Input { width: 80%; margin-top: 1; border: tall $accent; }
     """
 
+    def __init__(self, placeholder: str = PLACEHOLDER, words: list[str] | None = None, value: str = "") -> None:
+        super().__init__()
+        self.placeholder = placeholder
+        self.words = WORDS if words is None else words
+        self.value = value
+
     def compose(self) -> ComposeResult:
-        yield Input(placeholder=":jobs :queues :workers :schedules :dlq :events :help :quit", id="prompt",
-                    suggester=SuggestFromList(WORDS, case_sensitive=False))
+        yield Input(value=self.value, placeholder=self.placeholder, id="prompt",
+                    suggester=SuggestFromList(self.words, case_sensitive=False) if self.words else None)
 
     def on_mount(self) -> None:
         self.query_one(Input).focus()
