@@ -352,7 +352,7 @@ def scale(
     quiet = wants_json(ctx, json_)
     result = run_async(st, run_scale(_sizes(records, "--records"), schedules=schedules, repeat=repeat, idle=idle,
                                      windows=windows, tui=measure,
-                                     progress=None if quiet else lambda m: typer.echo(m, err=True)))
+                                     progress=lambda m: typer.echo(m, err=True)))
     if quiet:
         out.print_json(result)
         return

@@ -45,7 +45,7 @@ from ..client import Client
 from ..config import load_settings
 from ..embedded import EmbeddedServer
 from ._common import cpu_seconds, stop_process
-from .listing import _rss_mb, _timed, _wait_indexed, fill
+from .listing import _rss_mb, _timed, fill
 from .schedules import _write_schedules
 
 PAGE = 50
@@ -91,6 +91,21 @@ def _read_stats(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+async def _wait_indexed(client: Client, want: int, timeout: float) -> None:
+    """Until a scheduler's index answers with ``want`` records (asking the index only: a fallback
+    scan of the KV on every poll would load the box the benchmark measures)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            c = await client.counts(fallback=False, timeout=2.0)
+        except Exception:  # the scheduler may still be starting  # noqa: BLE001
+            c = None
+        if c is not None and c.total >= want:
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"the index did not reach {want} rows within {timeout}s")
 
 
 def spawn_child(url: str, namespace: str, *, archive: Path, stats: Path) -> subprocess.Popen[bytes]:

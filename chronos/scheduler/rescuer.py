@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -88,12 +87,12 @@ class Rescuer:
         await paced_passes("rescuer", self._timed_step, self.clock, self.tick)
 
     async def _timed_step(self) -> int:
-        began = time.perf_counter()
+        began = self.clock.monotonic()
         try:
             return await self.step()
         finally:
             self.passes += 1
-            self.pass_seconds.append(time.perf_counter() - began)
+            self.pass_seconds.append(self.clock.monotonic() - began)
 
     async def _heartbeats(self) -> dict[str, float]:
         conn = self.ops.conn
