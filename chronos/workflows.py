@@ -145,19 +145,14 @@ class Bits(msgspec.Struct, omit_defaults=True):
 FANOUT = 16  # members per fan-in record: at most this many writers ever contend on one key
 
 
-def fanin_path(pos: int, total: int) -> list[tuple[int, int, int]]:
-    """Member ``pos`` of a fan-in of ``total``: (record, bit, record size) per level, leaf first.
+def fanin_step(pos: int, total: int, level: int) -> tuple[int, int, int]:
+    """Member ``pos`` of ``total`` at ``level`` of a fan-in's combining tree: (record, bit, size).
 
-    Leaves take members interleaved (member p goes to leaf p % leaves), the levels above take
-    their children in blocks of FANOUT; the last level has one record, the root."""
-    leaves = -(-total // FANOUT)
-    path = [(pos % leaves, pos // leaves, (total - pos % leaves + leaves - 1) // leaves)]
-    count, node = leaves, pos % leaves
-    while count > 1:
-        parent, bit = divmod(node, FANOUT)
-        path.append((parent, bit, min(FANOUT, count - parent * FANOUT)))
-        count, node = -(-count // FANOUT), parent
-    return path
+    Records take members in blocks of FANOUT (a worker finishing children 0-255 of a group fills
+    16 records with 16 bits each, one write apiece); the members of level n+1 are the records
+    of level n, and the level with one record is the root."""
+    node, bit = divmod(pos, FANOUT)
+    return node, bit, min(FANOUT, total - node * FANOUT)
 
 
 def node_job_id(workflow_id: str, index: int) -> str:

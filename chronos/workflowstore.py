@@ -17,9 +17,9 @@ create-if-absent on the child's deterministic id, so a child is created once who
 there. A sink then sets its bit in the end set; whoever finds that complete finishes the
 workflow. Nothing waits on a timer to decide who is last.
 
-Fan-in without a hot key: a combining tree of records of at most FANOUT members each. Members
-are spread over the leaves interleaved by index (a group finishing in order touches many
-leaves at once, few writers per key); only the writer that fills a record goes up a level.
+Fan-in without a hot key: a combining tree of records of at most FANOUT members each (blocks
+of 16 positions); only a write that finds a record full goes up a level, and a worker sets all
+the bits it has for one record in one write.
 The job records stay the truth: the leader's repair works from them alone.
 """
 
@@ -39,7 +39,7 @@ from .models import CancelRequest, Event, JobRecord, PendingWrite
 from .states import PENDING, TERMINAL, JobState, WorkflowState, workflow_transition
 from .store.kv import KVStore
 from .workflows import (
-    WORKFLOW_REASON, Bits, NodeSpec, WorkflowDef, WorkflowRecord, children_of, fanin_path, node_job_id,
+    WORKFLOW_REASON, Bits, NodeSpec, WorkflowDef, WorkflowRecord, FANOUT, children_of, fanin_step, node_job_id,
 )
 
 log = logging.getLogger(__name__)
@@ -220,75 +220,99 @@ class WorkflowStore:
         return await cas.update(read, decision, write, attempts=CAS_ATTEMPTS, what=f"workflow {wf}")
 
     # --- fan-in bitmaps ------------------------------------------------------------------------------
-    async def _set_bit(self, key: str, size: int, bit: int, failed: bool, clear: bool = False) -> tuple[Bits, bool]:
-        """Set (or clear) one bit by compare-and-set; returns the record and whether this call changed it."""
+    async def _set_bits(self, key: str, size: int, bits: dict[int, bool]) -> Bits:
+        """Set bits (bit -> failed) by compare-and-set, in one write; the record after it."""
         kv = await self.kv()
 
         async def read() -> tuple[Bits | None, int]:
             e = await kv.get(key)
             return (None, 0) if e is None else (_dec(e.value, Bits), e.revision)
 
-        def decide(cur: Bits | None, _rev: int) -> Bits | cas.Stop[tuple[Bits, bool]]:
+        def decide(cur: Bits | None, _rev: int) -> Bits | cas.Stop[Bits]:
             cur = cur or Bits(size)
-            if clear:
-                return cur.without_bit(bit) if cur.has(bit) else cas.Stop((cur, False))
-            if cur.has(bit) and (cur.failed or not failed):
-                return cas.Stop((cur, False))  # set already: a repeated advance changes nothing
-            return cur.with_bit(bit, failed)
+            new = cur
+            for bit, failed in bits.items():
+                if not new.has(bit) or (failed and not new.failed):
+                    new = new.with_bit(bit, failed)
+            return cas.Stop(cur) if new is cur else new  # all set already: a repeat changes nothing
 
-        async def write(new: Bits, rev: int) -> tuple[Bits, bool]:
+        async def write(new: Bits, rev: int) -> Bits:
             data = codec.encode(new)
             if rev == 0:
                 await kv.create(key, data)
             else:
                 await kv.update(key, data, rev)
-            return new, True
+            return new
 
         return await cas.update(read, decide, write, attempts=CAS_ATTEMPTS, what=f"fan-in {key}")
 
-    async def mark(self, wf: str, target: str | int, pos: int, total: int, failed: bool) -> tuple[bool, bool]:
-        """Member ``pos`` of ``total`` has ended. (complete, any failed) as seen by this write; idempotent.
+    async def mark(self, wf: str, target: str | int, members: dict[int, bool], total: int) -> tuple[bool, bool]:
+        """These members (position -> failed) of ``total`` have ended. (complete, any failed) as seen
+        by these writes; idempotent.
 
-        A combining tree of small records (``fanin_path``): the writer that fills a record sets
-        its bit one level up, and so on; the one that fills the root has completed the set.
-        A repeated write that finds its record full goes on up too (setting a bit again changes
-        nothing), so a writer killed half-way is made good by the next advance of any member."""
+        A combining tree of small records (``fanin_step``): one write per record touched, and a
+        record's parent gets a bit only from the write that found the record full (a repeated
+        write that finds it full goes on up too: setting a bit again changes nothing, so a writer
+        killed half-way is made good by the next advance of any member)."""
         base = f"f.{wf}.{target}"
-        for level, (node, bit, size) in enumerate(fanin_path(pos, total)):
-            b, _ = await self._set_bit(f"{base}.{level}.{node}", size, bit, failed)
-            if not b.full():
-                return False, b.failed
-            failed = b.failed
-        return True, failed
+        level = 0
+        current = members
+        while True:
+            groups: dict[int, tuple[int, dict[int, bool]]] = {}
+            for pos, failed in current.items():
+                node, bit, size = fanin_step(pos, total, level)
+                groups.setdefault(node, (size, {}))[1][bit] = failed
+            written = await asyncio.gather(*(self._set_bits(f"{base}.{level}.{node}", size, bits)
+                                             for node, (size, bits) in groups.items()))
+            full = {node: b.failed for node, b in zip(groups, written) if b.full()}
+            if not full:
+                return False, any(b.failed for b in written)
+            total = -(-total // FANOUT)  # records at this level: the members of the next
+            if total == 1:
+                return True, full[0]
+            current = full
+            level += 1
 
     # --- advancing ------------------------------------------------------------------------------------
     async def advance(self, wf: str, i: int, state: JobState, error: str | None) -> None:
         """Node i's job ended in ``state``: move the workflow on (see the module doc). Idempotent."""
-        todo = [(i, state, error)]
-        while todo:  # a skipped node is advanced in turn (a loop, not recursion: chains are long)
-            node, st, err = todo.pop()
-            todo.extend(await self._advance_one(wf, node, st, err))
+        await self.advance_many(wf, [(i, state, error)])
 
-    async def _advance_one(self, wf: str, i: int, state: JobState, error: str | None
-                           ) -> list[tuple[int, JobState, str | None]]:
+    async def advance_many(self, wf: str, ended: list[tuple[int, JobState, str | None]]) -> None:
+        """``advance`` for several nodes of one workflow at once: the fan-in records they share are
+        written once each (a worker finishing a run of a group's children sets 16 bits per write)."""
+        todo = list(ended)
+        while todo:  # skipped nodes are advanced in turn (a loop, not recursion: chains are long)
+            todo = await self._advance_batch(wf, todo)
+
+    async def _advance_batch(self, wf: str, ended: list[tuple[int, JobState, str | None]]
+                             ) -> list[tuple[int, JobState, str | None]]:
         shape = await self.shape(wf)
         nodes = shape.defn.nodes
-        ok = state is JobState.COMPLETED
-        if node_failed(state, error):
-            await self._record_failure(wf, i, error)
-        more: list[tuple[int, JobState, str | None]] = []
-        for c in shape.children[i]:
+        for i, state, error in ended:
+            if node_failed(state, error):
+                await self._record_failure(wf, i, error)
+        marks: dict[int, dict[int, bool]] = {}  # child -> parent position -> failed
+        sinks: dict[int, bool] = {}
+        for i, state, _error in ended:
+            ok = state is JobState.COMPLETED
+            for c in shape.children[i]:
+                marks.setdefault(c, {})[shape.pos[c][i] if c in shape.pos else 0] = not ok
+            if not shape.children[i]:
+                sinks[shape.sink_pos[i]] = False
+
+        async def child(c: int, members: dict[int, bool]) -> tuple[int, str | None]:
             k = len(nodes[c].parents)
             if k == 1:
-                complete, any_failed = True, not ok
+                complete, any_failed = True, members[0]
             else:
-                complete, any_failed = await self.mark(wf, c, shape.pos[c][i], k, not ok)
-            if complete:
-                skipped = await self.start_node(wf, c, any_failed)
-                if skipped is not None:
-                    more.append((c, JobState.CANCELLED, skipped))
-        if not shape.children[i]:
-            complete, _ = await self.mark(wf, END, shape.sink_pos[i], len(shape.sink_pos), False)
+                complete, any_failed = await self.mark(wf, c, members, k)
+            return c, (await self.start_node(wf, c, any_failed)) if complete else None
+
+        more = [(c, JobState.CANCELLED, reason)
+                for c, reason in await asyncio.gather(*(child(c, m) for c, m in marks.items())) if reason is not None]
+        if sinks:
+            complete, _ = await self.mark(wf, END, sinks, len(shape.sink_pos))
             if complete:
                 rec = await self.record(wf)
                 if rec.state is WorkflowState.RUNNING:

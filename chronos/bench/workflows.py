@@ -101,12 +101,13 @@ def read_runs(paths: list[Path]) -> list[tuple[str, str, float]]:
     return out
 
 
-def spawn_wf_worker(url: str, namespace: str, *, concurrency: int, stats_file: Path) -> Any:
+def spawn_wf_worker(url: str, namespace: str, *, concurrency: int, stats_file: Path, ack_wait: float = 5.0) -> Any:
+    """A worker process serving this module's tasks; its own process group, so it can be SIGKILLed alone."""
     import subprocess
     import sys
 
     args = [sys.executable, "-m", "chronos.bench.workflows", "worker", "--url", url, "--namespace", namespace,
-            "--concurrency", str(concurrency), "--stats", str(stats_file)]
+            "--concurrency", str(concurrency), "--stats", str(stats_file), "--ack-wait", str(ack_wait)]
     return subprocess.Popen(args, start_new_session=True)
 
 
@@ -185,7 +186,8 @@ async def _worker_main(args: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.WARNING)
     settings = load_settings(overrides={"namespace": args.namespace, "nats": {"url": args.url},
-                                        "worker": {"concurrency": args.concurrency, "queues": ["wfb", "default"]}},
+                                        "worker": {"concurrency": args.concurrency, "queues": ["wfb", "default"],
+                                                   "ack_wait": args.ack_wait, "heartbeat_interval": 0.5}},
                              read_env=False)
     svc = WorkerService(settings, registry, log_events=False)
     loop = asyncio.get_running_loop()
@@ -220,6 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--namespace", required=True)
     w.add_argument("--concurrency", type=int, default=256)
     w.add_argument("--stats", required=True)
+    w.add_argument("--ack-wait", type=float, default=5.0)
     args = ap.parse_args(argv)
     asyncio.run(_worker_main(args))
 

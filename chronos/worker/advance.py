@@ -24,7 +24,8 @@ from ..workflowstore import WorkflowStore
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 4
-CONCURRENT = 32  # advances in flight per worker
+CONCURRENT = 8  # workflows advancing at once per worker
+MAX_BATCH = 1024
 _ENDED = {"completed": JobState.COMPLETED, "cancelled": JobState.CANCELLED, "discarded": JobState.DISCARDED}
 
 
@@ -43,6 +44,8 @@ class Advancer:
         self._spawn = spawn
         self.advanced = 0
         self._gate = asyncio.Semaphore(CONCURRENT)
+        self._pending: dict[str, list[tuple[int, JobState, str | None]]] = {}
+        self._draining: set[str] = set()
         events.bus.subscribe(self.on_event)
 
     def on_event(self, ev: Event) -> None:
@@ -51,26 +54,44 @@ class Advancer:
         if state is None or ev.job_id is None or ev.message is not None or "." not in ev.job_id:
             return  # events with a message are announcements by other paths (starting a node, a cancel)
         node = split_job_id(ev.job_id)
-        if node is not None:
-            self._spawn(self._advance(node[0], node[1], state, ev.error))
+        if node is None:
+            return
+        wf, i = node
+        self._pending.setdefault(wf, []).append((i, state, ev.error))
+        if wf not in self._draining:
+            self._draining.add(wf)
+            self._spawn(self._drain(wf))
 
-    async def _advance(self, wf: str, i: int, state: JobState, error: str | None) -> None:
-        # A burst of finished children (a group) would otherwise put every advance on the fan-in
-        # records at once: a few at a time keeps the compare-and-set conflicts (re-reads) rare.
-        async with self._gate:
-            await self._advance_now(wf, i, state, error)
+    async def _drain(self, wf: str) -> None:
+        """Advance what ended of ``wf``, a batch at a time: nodes that end while a batch is being
+        advanced go together in the next (their shared fan-in records are written once)."""
+        try:
+            while True:
+                await asyncio.sleep(0)  # the events of this loop turn join the batch
+                batch = self._pending.pop(wf, [])
+                if not batch:
+                    return
+                if len(batch) > MAX_BATCH:
+                    self._pending[wf] = batch[MAX_BATCH:] + self._pending.get(wf, [])
+                    batch = batch[:MAX_BATCH]
+                # several workflows advance side by side, a few at a time
+                async with self._gate:
+                    await self._advance(wf, batch)
+        finally:
+            self._draining.discard(wf)
 
-    async def _advance_now(self, wf: str, i: int, state: JobState, error: str | None) -> None:
+    async def _advance(self, wf: str, batch: list[tuple[int, JobState, str | None]]) -> None:
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                await self.store.advance(wf, i, state, error)
-                self.advanced += 1
+                await self.store.advance_many(wf, batch)
+                self.advanced += len(batch)
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a timeout on a loaded server: again (advancing is idempotent)
                 if attempt == ATTEMPTS:  # the leader's repair loop finishes it
-                    log.error("workflow %s: advancing node %d failed (%s); the leader will repair it", wf, i, exc)
+                    log.error("workflow %s: advancing nodes %s failed (%s); the leader will repair them",
+                              wf, ",".join(str(b[0]) for b in batch[:10]), exc)
                     return
                 await asyncio.sleep(0.05 * attempt)
 
