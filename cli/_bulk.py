@@ -26,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from chronos.client import Client
 from chronos.clientapi.bulk import Bulk, BulkReport, describe_query
+from chronos.errors import ChronosError
 from chronos.states import RETRIABLE_BY_HAND, TERMINAL, JobState
 
 from . import _output as out
@@ -63,9 +64,22 @@ def _query(client: Client, action: str, f: BulkFilters, where: list[str], since:
                              where=where, limit=1)
 
 
-def check(action: str, job_id: Optional[str], all_: bool, f: BulkFilters, everything: bool) -> tuple[list[str], float | None, float | None]:
+STATE_CHOICES = (*(s.value for s in JobState), "failed")
+
+
+def parse_where(where: Optional[list[str]]) -> list[str]:
+    """Each --where checked here (one line, exit 2, nothing sent); the checked texts travel."""
+    from chronos.where import parse_all
+
+    try:
+        return [w.text for w in parse_all(where)]
+    except ChronosError as exc:
+        raise BadOption("--where", str(exc).removeprefix("--where ")) from None
+
+
+def check(action: str, job_id: Optional[str], all_: bool, f: BulkFilters,
+          everything: bool) -> tuple[list[str], float | None, float | None]:
     """Every refusal before anything is sent: (where texts, since, until)."""
-    from .jobs import STATE_CHOICES, _parse_where
     from ._parse import parse_time_or_ago
 
     if job_id is not None:
@@ -82,7 +96,7 @@ def check(action: str, job_id: Optional[str], all_: bool, f: BulkFilters, everyt
         if f.state != "failed" and f.state not in allowed:
             raise BadOption("--state", f"{f.state} jobs cannot be {'cancelled' if action == 'cancel' else 'retried'} "
                                        f"(one of {', '.join(allowed)})")
-    where = _parse_where(f.where)
+    where = parse_where(f.where)
     now = time.time()
     since = parse_time_or_ago(f.since, "--since", now) if f.since is not None else None
     until = parse_time_or_ago(f.until, "--until", now) if f.until is not None else None

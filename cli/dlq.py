@@ -123,14 +123,13 @@ def replay(
     """Run DLQ'd jobs again: one (REF), all of them (--all), one task's (--task), or the matches of --where."""
     st = state(ctx)
     if where or queue is not None or dry_run:
-        from ._bulk import run_dlq_replay
-        from .jobs import _parse_where
+        from ._bulk import parse_where, run_dlq_replay
 
         if ref is not None:
             raise BadOption("--where", "give a SEQ or JOB_ID, or --where filters, not both")
         if not where:
             raise BadOption("--where", "--queue and --dry-run go with --where filters")
-        run_dlq_replay(ctx, _parse_where(where), task, queue, dry_run=dry_run, yes=yes, json_=json_)
+        run_dlq_replay(ctx, parse_where(where), task, queue, dry_run=dry_run, yes=yes, json_=json_)
         return
     chosen = sum([ref is not None, all_, task is not None])
     if chosen != 1:

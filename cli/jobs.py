@@ -71,13 +71,9 @@ WhereOpt = Annotated[Optional[list[str]], typer.Option(
 
 
 def _parse_where(where: Optional[list[str]]) -> list[str]:
-    """Each --where checked here (one line, exit 2, nothing sent); the checked texts travel."""
-    from chronos.where import parse_all
+    from ._bulk import parse_where
 
-    try:
-        return [w.text for w in parse_all(where)]
-    except ChronosError as exc:
-        raise BadOption("--where", str(exc).removeprefix("--where ")) from None
+    return parse_where(where)
 
 
 # --- submit ------------------------------------------------------------------------------------------

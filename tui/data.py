@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -9,6 +10,7 @@ from chronos.console import ConsumerStat
 from chronos.lease import LeaderInfo
 from chronos.models import DLQEntry, Event, JobRecord, Schedule, WorkerHeartbeat
 from chronos.states import JobState
+from chronos.where import matches_all, parse_all
 
 FAILED_STATES = ("retryable", "discarded")
 
@@ -84,6 +86,7 @@ class JobQuery:
     offset: int = 0
     limit: int = 50
     archive: bool = False
+    where: tuple[str, ...] = ()  # --where filters (chronos/where.py): args.x=1 annotations.team=billing
 
     def with_(self, **changes: Any) -> JobQuery:
         return replace(self, **changes)
@@ -91,27 +94,36 @@ class JobQuery:
     def describe(self) -> str:
         parts = [f"{k}:{v}" for k, v in (("state", self.state), ("queue", self.queue), ("task", self.task),
                                            ("tag", self.tag)) if v]
+        parts += self.where
         if self.text:
             parts.append(self.text)
         return " ".join(parts)
 
 
 FILTER_KEYS = ("state", "queue", "task", "tag")
+_WHERE_TOKEN = re.compile(r"!?(args|annotations)[.\[]")
 
 
 def parse_filter(text: str, base: JobQuery | None = None) -> JobQuery:
-    """``state:failed queue:mail task:emails.send tag:x free words`` -> JobQuery (page 1)."""
+    """``state:failed queue:mail task:emails.send tag:x args.customer_id=42 free words`` -> JobQuery (page 1).
+
+    A token that starts with ``args``/``annotations`` (or ``!`` and one) is a ``--where`` filter
+    (no spaces inside); a malformed one raises ValidationError (one line for the status bar)."""
     q = base or JobQuery()
     found: dict[str, Any] = {k: None for k in FILTER_KEYS}
     words: list[str] = []
+    where: list[str] = []
     for token in text.split():
         key, sep, value = token.partition(":")
-        if sep and key in FILTER_KEYS and value:
+        if _WHERE_TOKEN.match(token):
+            where.append(token)
+        elif sep and key in FILTER_KEYS and value:
             found[key] = value
         elif token in {s.value for s in JobState} or token == "failed":
             found["state"] = token
         else:
             words.append(token)
+    found["where"] = tuple(w.text for w in parse_all(where))
     return q.with_(text=" ".join(words), offset=0, **found)
 
 
@@ -149,6 +161,8 @@ def job_matches(rec: JobRecord, q: JobQuery) -> bool:
     if q.task and rec.spec.task != q.task:
         return False
     if q.tag and q.tag not in rec.spec.tags:
+        return False
+    if q.where and not matches_all(parse_all(q.where), rec.spec.args, rec.spec.annotations):
         return False
     if q.text:
         hay = " ".join([rec.id, rec.spec.task, rec.error or "", *rec.spec.tags]).lower()

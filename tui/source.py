@@ -14,11 +14,12 @@ from chronos import console
 from chronos.client import Client
 from chronos.clock import Clock
 from chronos.config import Settings
-from chronos.errors import ChronosError, NotFoundError
+from chronos.errors import ChronosError, NotFoundError, ValidationError
 from chronos.models import DLQEntry, Event, JobRecord
 from chronos.console import Counts
 
 LOCAL_WINDOW = 2000  # jobs a free-text filter or a sort other than by creation looks through
+WHERE_BUDGET = 0.5  # seconds a --where page may search (a short page then; the jobs view reloads)
 
 from .data import (
     FAILED_STATES,
@@ -54,6 +55,9 @@ class Source(Protocol):
     async def run_schedule(self, name: str) -> str: ...
     async def dlq_replay(self, seq: int) -> JobRecord: ...
     async def dlq_purge(self, task: str | None = None) -> int: ...
+    # every job a filter matches (screens/bulk.py): how many, then the action
+    async def bulk_count(self, verb: str, query: JobQuery) -> int: ...
+    async def bulk(self, verb: str, query: JobQuery) -> object: ...
     # queues under operator control (clientapi/queues.py, clientapi/limits.py)
     async def queues(self) -> list[console.QueueInfo]: ...
     async def limits(self) -> console.LimitsSnapshot: ...
@@ -112,11 +116,12 @@ class ClientSource:
             if query.sort == "created" and query.descending and not query.text:
                 # The index's own order: one page, whatever the number of jobs (chronos/listing.py).
                 page = await self.client.list(states=states, queue=query.queue, task=query.task, tag=query.tag,
-                                              offset=query.offset, limit=query.limit)
+                                              offset=query.offset, limit=query.limit, where=list(query.where),
+                                              budget=WHERE_BUDGET)
                 return JobsPage(query, tuple(page.jobs), page.total)
             # Free text or another order: the newest LOCAL_WINDOW matches of the indexed filters, here.
             page = await self.client.list(states=states, queue=query.queue, task=query.task, tag=query.tag,
-                                          limit=LOCAL_WINDOW)
+                                          limit=LOCAL_WINDOW, where=list(query.where), budget=WHERE_BUDGET)
             recs = page.jobs
         recs = [r for r in recs if job_matches(r, query)]
         recs.sort(key=SORT_KEYS.get(query.sort, SORT_KEYS["created"]), reverse=query.descending)
@@ -175,6 +180,34 @@ class ClientSource:
 
     async def dlq_purge(self, task: str | None = None) -> int:
         return await self.client.dlq_purge(task=task)
+
+    def _bulk_query(self, verb: str, query: JobQuery) -> object:
+        """The index query of the jobs view's filter, for ``verb``: states it can act on only."""
+        from chronos.states import RETRIABLE_BY_HAND, TERMINAL, JobState
+
+        allowed = [s.value for s in JobState if (s not in TERMINAL if verb == "cancel" else s in RETRIABLE_BY_HAND)]
+        asked = list(FAILED_STATES) if query.state == "failed" else [query.state] if query.state else allowed
+        states = [s for s in asked if s in allowed]
+        if not states:
+            raise ValidationError(f"{query.state} jobs cannot be {'cancelled' if verb == 'cancel' else 'retried'}")
+        return self.client.jobs.query(states=states, queue=query.queue, task=query.task, tag=query.tag,
+                                      where=list(query.where))
+
+    async def bulk_count(self, verb: str, query: JobQuery) -> int:
+        from chronos.clientapi.bulk import Bulk
+
+        n, _ = await Bulk.of(self.client).count(self._bulk_query(verb, query), budget=10.0)
+        return n
+
+    async def bulk(self, verb: str, query: JobQuery) -> object:
+        from chronos.clientapi.bulk import Bulk
+
+        bulk = Bulk.of(self.client)
+        q = self._bulk_query(verb, query)
+        n, _ = await bulk.count(q)
+        if verb == "cancel":
+            return await bulk.cancel_all(q, matched=n, reason="cancelled from the console (bulk)")
+        return await bulk.retry_all(q, matched=n)
 
     async def queues(self) -> list[console.QueueInfo]:
         return await self.client.queues()

@@ -20,13 +20,15 @@ SORT_ORDER = ("created", "updated", "task", "state", "queue", "attempt")
 
 class JobsScreen(ChronosScreen):
     VIEW = "jobs"
-    MUTATING = frozenset({"retry", "cancel", "run_now"})
+    MUTATING = frozenset({"retry", "cancel", "run_now", "bulk"})
     BINDINGS = [
         Binding("slash", "filter", "Filter"),
         Binding("escape", "clear_filter", "Clear", show=False),
         Binding("r", "retry", "Retry"),
         Binding("c", "cancel", "Cancel"),
         Binding("n", "run_now", "Run now"),
+        Binding("R", "bulk('retry')", "Retry all", show=False),
+        Binding("C", "bulk('cancel')", "Cancel all", show=False),
         Binding("o", "sort", "Sort"),
         Binding("O", "reverse", "Reverse", show=False),
         Binding("right_square_bracket", "page(1)", "Next page"),
@@ -119,7 +121,14 @@ class JobsScreen(ChronosScreen):
         self.reload(force=True)
 
     def apply_filter(self, text: str) -> None:
-        q = parse_filter(text, self.query_spec)
+        from chronos.errors import ChronosError
+
+        try:
+            q = parse_filter(text, self.query_spec)
+        except ChronosError as exc:  # a malformed args./annotations. filter: say so, keep the last query
+            self.error = str(exc)
+            self._status()
+            return
         if q.state == "failed" and self.query_spec.state != "failed":
             q = q.with_(sort="updated", descending=True)  # newest failure first
         self.query_one("#filter", Input).value = text
@@ -192,6 +201,12 @@ class JobsScreen(ChronosScreen):
     def action_retry(self) -> None:
         if (job_id := self.selected_id()) is not None:
             self.capp.job_action("retry", job_id)
+
+    def action_bulk(self, verb: str) -> None:
+        """Every job the filter matches (screens/bulk.py): counted, confirmed, then acted on."""
+        from .bulk import start
+
+        start(self, verb)
 
     def action_cancel(self) -> None:
         if (job_id := self.selected_id()) is not None:
