@@ -33,7 +33,7 @@ from typing import Any, Callable
 import msgspec
 
 from . import cas, codec
-from .errors import ChronosError, ConflictError, JobNotFoundError
+from .errors import ChronosError, ConflictError, JobNotFoundError, NotFoundError
 from .jobs import JobOps, job_event
 from .models import CancelRequest, Event, JobRecord, PendingWrite
 from .states import PENDING, TERMINAL, JobState, WorkflowState, workflow_transition
@@ -49,7 +49,7 @@ CAS_ATTEMPTS = 200  # a fan-in shard takes many writers at once; each conflict i
 END = "end"
 
 
-class WorkflowNotFoundError(ChronosError):
+class WorkflowNotFoundError(NotFoundError):
     pass
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import admin, bench, dev, dlq, jobs, logs, queues, schedules, serve, tui
+from . import admin, bench, dev, dlq, jobs, logs, queues, schedules, serve, tui, workflows
 from ._shared import ChronosGroup, set_global, setup_logging
 
 app = typer.Typer(
@@ -50,6 +50,7 @@ app.add_typer(jobs.app, name="jobs")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(schedules.app, name="schedules")
 app.add_typer(queues.app, name="queues")
+app.add_typer(workflows.app, name="workflows")
 app.command("logs")(logs.logs)
 app.command("history")(logs.history)
 app.command("workers")(logs.workers)

@@ -18,7 +18,7 @@ from .. import codec
 from ..audit import audited
 from ..clock import Clock
 from ..connection import Connection
-from ..errors import ChronosError, ValidationError
+from ..errors import ChronosError, IllegalTransitionError, ValidationError
 from ..events import EventPublisher
 from ..ids import new_job_id
 from ..jobs import JobOps, new_record
@@ -223,7 +223,7 @@ class Workflows:
             if rec.state is WorkflowState.CANCELLED:
                 return None
             if rec.state in (WorkflowState.COMPLETED,):
-                raise ChronosError(f"workflow {wf_id} is already {rec.state}; nothing to cancel")
+                raise IllegalTransitionError(f"workflow {wf_id} is already {rec.state}; nothing to cancel")
             return workflow_transition(rec, WorkflowState.CANCELLED, now, reason=reason, settled=False)
 
         rec = await self.store.update_record(wf_id, decide)
@@ -244,7 +244,7 @@ class Workflows:
             job = jobs.get(node)
             if job is None or job.state not in (JobState.CANCELLED, JobState.DISCARDED, JobState.RETRYABLE):
                 state = node_state(job)
-                raise ChronosError(f"workflow {wf_id} node {node} is {state}; only failed or cancelled nodes "
+                raise IllegalTransitionError(f"workflow {wf_id} node {node} is {state}; only failed or cancelled nodes "
                                    "can be retried")
             targets = [node]
         else:
@@ -255,7 +255,7 @@ class Workflows:
                        if j.state in (JobState.CANCELLED, JobState.DISCARDED)
                        and (node_failed(j.state, j.error) or ready(i))]
             if not targets:
-                raise ChronosError(f"workflow {wf_id}: no failed or stopped node to retry")
+                raise IllegalTransitionError(f"workflow {wf_id}: no failed or stopped node to retry")
         now = self.clock.now()
         targets.sort()
 
