@@ -127,6 +127,41 @@ def failover(
         raise typer.Exit(1)
 
 
+@app.command("workflows")
+def workflows(
+    ctx: typer.Context,
+    children: Annotated[int, typer.Option("--children", min=0, help="Children of the group (0: skip it).")] = 10_000,
+    steps: Annotated[int, typer.Option("--steps", min=0, help="Steps of the chain (0: skip it).")] = 1_000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 2,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Slots per worker.")] = 256,
+    json_: JsonOpt = False,
+) -> None:
+    """A group of N children with one callback (runs once; latency from the last child) and a chain of M steps."""
+    from chronos.bench.workflows import run_workflows
+
+    st = state(ctx)
+    result = run_async(st, run_workflows(children=children, steps=steps, workers=workers, concurrency=concurrency))
+    if wants_json(ctx, json_):
+        out.print_json(result)
+    else:
+        rows: list[tuple[str, str]] = []
+        if result.group is not None:
+            g = result.group
+            rows += [
+                ("group", f"{g.children} children, submitted in {g.submit_seconds:.2f} s, all done {g.children_seconds:.2f} s after"),
+                ("fan-in", f"callback created {g.callback_created * 1000:.0f} ms after the last child completed"),
+                ("callback latency", f"{g.callback_latency * 1000:.0f} ms from the last child to the callback's start (goal <= 1000 ms)"),
+                ("callback runs", f"{g.callback_runs} (result {g.callback_result}); duplicate children {g.duplicate_children}"),
+            ]
+        if result.chain is not None:
+            c = result.chain
+            rows += [("chain", f"{c.steps} steps in {c.total_seconds:.2f} s: {c.per_step_ms:.1f} ms per step; duplicates {c.duplicate_steps}")]
+        rows += [("load", result.loadavg), ("verdict", "pass" if result.target_met else "FAIL")]
+        out.console().print(out.key_values(rows))
+    if not result.target_met:
+        raise typer.Exit(1)
+
+
 @app.command("delayed-memory")
 def delayed_memory(
     ctx: typer.Context,

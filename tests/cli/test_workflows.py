@@ -60,3 +60,10 @@ def test_mistakes_are_one_line_with_an_exit_code(cli):
     assert r.exit_code == 4 and "no workflow with id wnope" in one_error_line(r)
     r = cli("workflows", "list", "--state", "done")
     assert r.exit_code == 2 and "--state" in one_error_line(r)
+
+
+def test_bench_workflows_small(cli):
+    """`chronos bench workflows` runs end to end (its own server and processes): callback once."""
+    data = cli_json(cli, "bench", "workflows", "--children", "50", "--steps", "5", "--workers", "1")
+    assert data["group"]["callback_runs"] == 1 and data["group"]["callback_result"] == 50
+    assert data["group"]["duplicate_children"] == 0 and data["chain"]["duplicate_steps"] == 0
