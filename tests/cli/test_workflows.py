@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from chronos.client import Client
 from chronos.workflows import Signature, Workflow, chain, chord, group
@@ -64,6 +65,8 @@ def test_mistakes_are_one_line_with_an_exit_code(cli):
 
 def test_bench_workflows_small(cli):
     """`chronos bench workflows` runs end to end (its own server and processes): callback once."""
-    data = cli_json(cli, "bench", "workflows", "--children", "50", "--steps", "5", "--workers", "1")
+    r = cli("bench", "workflows", "--children", "50", "--steps", "5", "--workers", "1", "--json")
+    assert r.exit_code in (0, 1), r.output  # 1: the latency goal missed on a loaded host; still a result
+    data = json.loads(r.stdout)
     assert data["group"]["callback_runs"] == 1 and data["group"]["callback_result"] == 50
     assert data["group"]["duplicate_children"] == 0 and data["chain"]["duplicate_steps"] == 0
