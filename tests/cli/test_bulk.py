@@ -175,3 +175,39 @@ def test_dlq_replay_where_replays_the_matching_entries_once_with_one_audit_entry
         [("bulk_dlq_replay", "task=t.boom AND args.message=m1", 1)]
     left = {e["seq"] for e in items(cli, "dlq", "list")}
     assert old[dead[1]] not in left and old[dead[0]] in left  # m1's entry went (it may fail again: a new one)
+
+
+def test_ctrl_c_stops_after_the_actions_in_flight_with_the_summary(cli, settings, config_file):
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ids = seed(settings, 4000)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chronos.cli.main", "--config", str(config_file),
+         "jobs", "cancel", "--all", "--everything", "--yes"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # a background run ignores it
+    )
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the first progress line: the action is under way
+            if line.startswith("cancel: "):
+                break
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if proc.returncode == 0:  # it finished before the signal landed (a fast, idle host)
+        pytest.skip("the bulk action ended before Ctrl-C arrived")
+    assert proc.returncode == 130, err
+    summary = [ln for ln in out.splitlines() if ln.startswith("cancel: ")]
+    assert len(summary) == 1 and "interrupted (run the same command again to resume)" in summary[0], out
+    done = int(summary[0].split(" matched, ")[1].split(" done")[0])
+    assert 0 < done < len(ids)
+    cancelled = sum(1 for s in states(settings, ids).values() if s == "cancelled")
+    assert cancelled == done  # what it says it did is what the KV holds: nothing half-way
+    r = cli("jobs", "cancel", "--all", "--everything", "--yes")  # the same command resumes
+    assert r.exit_code == 0 and f"cancel: {len(ids) - done} matched, {len(ids) - done} done" in r.stdout
