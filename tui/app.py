@@ -41,6 +41,7 @@ from .screens.jobs import JobsScreen
 from .screens.limits import LimitsScreen
 from .screens.prompt import PromptScreen
 from .screens.schedules import SchedulesScreen
+from .screens.workflows import WorkflowsScreen
 from .source import ClientSource, Source
 from .widgets.job_table import JobTable
 
@@ -51,10 +52,11 @@ VIEWS = {
     "schedules": SchedulesScreen,
     "dlq": DlqScreen,
     "limits": LimitsScreen,
+    "workflows": WorkflowsScreen,
 }
 ALIASES = {"dash": "dashboard", "queues": "dashboard", "workers": "dashboard", "logs": "events",
            "log": "events", "job": "jobs", "schedule": "schedules", "sched": "schedules",
-           "limit": "limits"}
+           "limit": "limits", "workflow": "workflows", "wf": "workflows"}
 
 
 class ChronosApp(App[None]):
@@ -70,6 +72,7 @@ class ChronosApp(App[None]):
         Binding("4", "view('schedules')", "Schedules", show=False),
         Binding("5", "view('dlq')", "DLQ", show=False),
         Binding("6", "view('limits')", "Limits", show=False),
+        Binding("7", "view('workflows')", "Workflows", show=False),
         Binding("f", "failed", "Failed jobs"),
         Binding("colon", "prompt", "Command", key_display=":"),
         Binding("question_mark", "help", "Help", key_display="?"),

@@ -1,0 +1,73 @@
+"""The workflows view against a real server: the list, a workflow as a live tree of node states,
+and retry of a failed node from the tree (the workflow resumes)."""
+
+from __future__ import annotations
+
+from textual.widgets import Tree
+
+import chronos
+from chronos.states import WorkflowState
+from chronos.tui.app import make_app
+from chronos.tui.screens.workflows import WorkflowsScreen, WorkflowTable
+from chronos.worker.registry import Registry
+from chronos.workflows import Workflow
+
+from .conftest import table_rows, wait_until
+
+SIZE = (160, 48)
+reg = Registry()
+fail_once: set[str] = set()
+
+
+@chronos.task(name="tw.step", registry=reg, max_attempts=1)
+async def step(label: str) -> str:
+    if label in fail_once:
+        fail_once.discard(label)
+        raise RuntimeError(f"{label} failed on purpose")
+    return label
+
+
+def tree_lines(screen: WorkflowsScreen) -> list[str]:
+    tree = screen.query_one("#wf-tree", Tree)
+    out = []
+
+    def walk(node, depth: int) -> None:
+        out.append("  " * depth + str(getattr(node.label, "plain", node.label)))
+        for child in node.children:
+            walk(child, depth + 1)
+
+    walk(tree.root, 0)
+    return out
+
+
+async def test_tree_of_node_states_live_and_retry_a_node(client, settings, start_worker):
+    fail_once.add("b")
+    await start_worker(reg)
+    wf = Workflow(name="tui")
+    a = wf.add(step.s("a"))
+    b = wf.add(step.s("b"), depends_on=[a])
+    wf.add(step.s("c"), depends_on=[b])
+    ref = await client.submit_workflow(wf)
+    rec = await ref.wait(20)
+    assert rec.state is WorkflowState.FAILED
+    app = make_app(settings, client)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.action_view("workflows")
+        screen = app.screen
+        assert isinstance(screen, WorkflowsScreen)
+        table = screen.query_one(WorkflowTable)
+        await wait_until(pilot, lambda: any(r[0] == ref.id for r in table_rows(table)), what="the workflow row")
+        table.focus()
+        await pilot.press("enter")
+        lines = await wait_until(pilot, lambda: (ls := tree_lines(screen)) and len(ls) == 4 and ls, what="the tree")
+        assert "failed" in lines[0]
+        assert lines[1].strip().startswith("0 tw.step  completed")
+        assert lines[2].strip().startswith("1 tw.step  failed") and lines[2].startswith("    ")
+        assert "2 tw.step  cancelled" in lines[3] and "skipped" in lines[3]
+        # retry node 1 from the tree: it completes, its skipped dependent runs, the tree follows
+        tree = screen.query_one("#wf-tree", Tree)
+        tree.focus()
+        tree.move_cursor(tree.root.children[0].children[0])
+        await pilot.press("r")
+        await wait_until(pilot, lambda: "completed" in tree_lines(screen)[0]
+                         and all("completed" in ln for ln in tree_lines(screen)[1:]), what="the resumed workflow")
