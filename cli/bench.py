@@ -371,6 +371,8 @@ def scale(
     = "100000,300000,1000000",
     schedules: Annotated[int, typer.Option("--schedules", min=0, help="Idle schedules (each fires once a day).")]
     = 10000,
+    running: Annotated[int, typer.Option("--running", min=0, help="Jobs running on a live worker besides "
+                                         "the finished records (the rescuer reads each every pass).")] = 0,
     idle: Annotated[float, typer.Option("--idle", min=1, help="Seconds per idle CPU window.")] = 60.0,
     windows: Annotated[int, typer.Option("--windows", min=1, help="Idle CPU windows per size.")] = 2,
     repeat: Annotated[int, typer.Option("--repeat", min=1, help="Calls per measured listing (median).")] = 5,
@@ -385,7 +387,8 @@ def scale(
         from chronos.tui.measure import measure_paint as measure
     st = state(ctx)
     quiet = wants_json(ctx, json_)
-    result = run_async(st, run_scale(_sizes(records, "--records"), schedules=schedules, repeat=repeat, idle=idle,
+    result = run_async(st, run_scale(_sizes(records, "--records"), schedules=schedules, running=running,
+                                     repeat=repeat, idle=idle,
                                      windows=windows, tui=measure,
                                      progress=lambda m: typer.echo(m, err=True)))
     if quiet:
@@ -405,7 +408,8 @@ def scale(
                   "-" if p.rescuer_pass_ms is None else f"{p.rescuer_pass_ms:,.1f} ms ({p.rescuer_records_read} read)",
                   f"{p.index_catch_up_seconds:,.0f} s", p.loadavg)
     out.print_table(t)
-    typer.echo(f"{result.schedules:,} idle schedules; scheduler CPU per {result.idle_seconds:.0f} s idle window "
+    typer.echo(f"{result.schedules:,} idle schedules, {result.running:,} running jobs; "
+               f"scheduler CPU per {result.idle_seconds:.0f} s idle window "
                "(100 % = one core); records written in "
                + ", ".join(f"{p.fill_seconds:,.0f} s" for p in result.points))
 

@@ -3,8 +3,9 @@
 One embedded nats-server and one namespace, grown in place (100k, then 200k more,
 then 700k more: generating a million records takes minutes, so the sizes share one
 store). Records are finished jobs written straight into the jobs KV (``bench
-listing``'s generator); ``schedules`` idle schedules (each fires once a day) are
-written before the scheduler starts. One scheduler process (this module run as a
+listing``'s generator); ``schedules`` idle schedules (each fires once a day) and ``running``
+jobs running on a live worker (a heartbeat the bench keeps fresh) are written before the
+scheduler starts. One scheduler process (this module run as a
 program) follows the store; it reports its rescuer's passes through a small stats
 file. At each size:
 
@@ -41,9 +42,13 @@ from typing import Any
 
 import msgspec
 
+from .. import codec
 from ..client import Client
 from ..config import load_settings
 from ..embedded import EmbeddedServer
+from ..ids import new_job_id
+from ..models import Attempt, JobRecord, JobSpec, WorkerHeartbeat
+from ..states import JobState
 from ._common import cpu_seconds, stop_process
 from .listing import _rss_mb, _timed, fill
 from .schedules import _write_schedules
@@ -74,6 +79,7 @@ class ScalePoint(msgspec.Struct):
 class ScaleResult(msgspec.Struct):
     points: list[ScalePoint]
     schedules: int
+    running: int  # jobs running on a live worker, besides the finished records
     idle_seconds: float
     note: str = ("scheduler CPU is the whole scheduler process (leader loops, archiver, job index) with nothing "
                  "happening; 100 % is one core; the box is shared, see loadavg")
@@ -108,6 +114,33 @@ async def _wait_indexed(client: Client, want: int, timeout: float) -> None:
     raise TimeoutError(f"the index did not reach {want} rows within {timeout}s")
 
 
+LIVE = "bench-live"  # the worker the running records belong to; its heartbeat is kept fresh
+
+
+async def _write_running(client: Client, n: int, now: float) -> None:
+    """``n`` jobs running on a live worker (started an hour ago): the rescuer reads each every pass."""
+    js = client.conn.js
+    pending = []
+    for i in range(n):
+        started = now - 3600 + i * 0.001
+        spec = JobSpec(task="bench.run", args=[i], queue="q0")
+        rec = JobRecord(id=new_job_id(started), spec=spec, state=JobState.RUNNING, created_at=started,
+                        updated_at=started, attempt=1, worker=LIVE,
+                        attempts=[Attempt(number=1, started_at=started, worker=LIVE)])
+        pending.append(await js.publish_async(client.names.kv_subject(client.names.jobs_bucket, rec.id),
+                                              codec.encode(rec)))
+    await asyncio.gather(*pending)
+
+
+async def _keep_alive(client: Client, started: float) -> None:
+    subject = client.names.kv_subject(client.names.workers_bucket, LIVE)
+    while True:
+        hb = WorkerHeartbeat(id=LIVE, host="bench", pid=os.getpid(), queues=["q0"], slots_total=1_000_000,
+                             slots_used=0, started_at=started, heartbeat_at=time.time())
+        await client.conn.js.publish(subject, codec.encode(hb))
+        await asyncio.sleep(5.0)
+
+
 def spawn_child(url: str, namespace: str, *, archive: Path, stats: Path) -> subprocess.Popen[bytes]:
     args = [sys.executable, "-m", "chronos.bench.scale", "--url", url, "--namespace", namespace,
             "--archive", str(archive), "--stats", str(stats)]
@@ -132,8 +165,8 @@ async def _idle_windows(proc: subprocess.Popen[bytes], server_pid: int | None, s
     return sched, srv, times, n, int(after.get("scanned", 0))
 
 
-async def run_scale(records: list[int], *, schedules: int = 10000, repeat: int = 5, idle: float = 60.0,
-                    windows: int = 2, namespace: str = "benchscale", tui: Any = None,
+async def run_scale(records: list[int], *, schedules: int = 10000, running: int = 0, repeat: int = 5,
+                    idle: float = 60.0, windows: int = 2, namespace: str = "benchscale", tui: Any = None,
                     progress: Any = None) -> ScaleResult:
     """``tui``: an ``async (settings, client) -> dict`` with ``jobs_rows_ms`` and ``jobs_again_ms``
     (chronos.tui.measure.measure_paint). ``progress``: a ``(str) -> None`` told what is going on."""
@@ -153,17 +186,22 @@ async def run_scale(records: list[int], *, schedules: int = 10000, repeat: int =
             client = await Client.connect(settings)
             if schedules:
                 await _write_schedules(client, schedules, time.time())
+            keeper = None
+            if running:
+                keeper = asyncio.ensure_future(_keep_alive(client, time.time()))
+                await _write_running(client, running, time.time())
             have = 0
             for size in sizes:
                 say(f"writing records {have:,} -> {size:,}")
                 t0 = time.monotonic()
                 await fill(client, have, size - have, base, rng)
                 fill_s = time.monotonic() - t0
+                size_all = size + running
                 say(f"  {size - have:,} records in {fill_s:.0f} s; waiting for the index")
                 t1 = time.monotonic()
                 if proc is None:
                     proc = spawn_child(server.url, namespace, archive=Path(tmp) / "node.sqlite3", stats=stats)
-                await _wait_indexed(client, size, 3600)
+                await _wait_indexed(client, size_all, 3600)
                 catch_up = time.monotonic() - t1
                 have = size
                 plain = await _timed(lambda: client.list(limit=PAGE), repeat)
@@ -189,12 +227,14 @@ async def run_scale(records: list[int], *, schedules: int = 10000, repeat: int =
                     rescuer_pass_ms=round(statistics.median(pass_ms), 2) if pass_ms else None,
                     rescuer_passes=passes, rescuer_records_read=scanned, loadavg=loadavg()))
                 say(f"  {size:,}: scheduler CPU {sched} %, loadavg {points[-1].loadavg}")
+            if keeper is not None:
+                keeper.cancel()
             await client.close()
         finally:
             if proc is not None:
                 stop_process(proc)
             server.cleanup()
-    return ScaleResult(points=points, schedules=schedules, idle_seconds=idle)
+    return ScaleResult(points=points, schedules=schedules, running=running, idle_seconds=idle)
 
 
 # --- the scheduler process ---------------------------------------------------------------------------

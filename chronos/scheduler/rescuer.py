@@ -126,8 +126,8 @@ class Rescuer:
             after: str | None = None
             while True:
                 ids = await self.index.ids_in_state(JobState.RUNNING.value, limit=1000, after=after)
-                for job_id in ids:
-                    rec = await self.ops.read_or_none(job_id)  # the KV decides, the index points
+                # The KV decides, the index points; the reads of one batch go out together.
+                for rec in await asyncio.gather(*(self.ops.read_or_none(i) for i in ids)):
                     self.scanned += 1
                     if rec is not None:
                         consider(rec)
