@@ -342,7 +342,7 @@ def compile_workflow(wf: Workflow) -> Plan:
     """The flat node list, in an order where parents come first; raises ValidationError on a cycle."""
     if wf.canvas is not None:
         nodes: list[PlannedNode] = []
-        _compile(wf.canvas, [], "", nodes)
+        _compile(wf.canvas, [], "", nodes)  # the exits are the workflow's sinks
         plan = Plan(nodes)
     else:
         if not wf.nodes:
@@ -365,28 +365,27 @@ def compile_workflow(wf: Workflow) -> Plan:
     if len(plan.nodes) > MAX_NODES:
         raise ValidationError(f"workflow: {len(plan.nodes)} nodes is over the limit of {MAX_NODES}")
     _check_types(plan)
+    for i, p in enumerate(plan.nodes):
+        node_args(p, i)  # arity and arguments, as submit will bind them
     return plan
 
 
-def _compile(c: Canvas, parents: list[int], mode: str, out: list[PlannedNode]) -> list[int]:
-    """Append ``c``'s nodes with ``parents`` on its entry nodes; return its exit nodes."""
+def _compile(c: Canvas, parents: list[int], mode: str, out: list[PlannedNode]) -> tuple[list[int], bool]:
+    """Append ``c``'s nodes with ``parents`` on its entry nodes; return its exit nodes, and whether
+    they are a group's (then the next step gets the list of their results, even for one member)."""
     if isinstance(c, Signature):
         out.append(PlannedNode(c, list(parents), mode if parents else "", mode == "list"))
-        return [len(out) - 1]
+        return [len(out) - 1], False
     if isinstance(c, Group):
         exits: list[int] = []
         for item in c.items:
-            exits.extend(_compile(item, parents, mode, out))
-        return exits
-    exits = parents
-    step_mode = mode
+            exits.extend(_compile(item, parents, mode, out)[0])
+        return exits, True
+    exits, grouped = parents, False
     for i, step in enumerate(c.steps):
-        exits = _compile(step, exits, step_mode if i == 0 else _mode_after(exits), out)
-    return exits
-
-
-def _mode_after(exits: list[int]) -> str:
-    return "one" if len(exits) == 1 else "list"
+        step_mode = mode if i == 0 else ("list" if grouped or len(exits) > 1 else "one")
+        exits, grouped = _compile(step, exits, step_mode, out)
+    return exits, grouped
 
 
 def _check_cycle(nodes: list[Node]) -> None:
@@ -438,8 +437,10 @@ class _Slot:
 _SLOT = _Slot()
 
 
-def node_args(p: PlannedNode, index: int) -> tuple[list[Any] | dict[str, Any], int | None]:
-    """The job args of a node (with a slot marker where the parent's result goes) and the slot index."""
+def node_args(p: PlannedNode, index: int) -> tuple[list[Any] | dict[str, Any], int | str | None]:
+    """The job args of a node, with a slot marker where the parent's result goes, and the slot:
+    an index into a list of args, or a parameter name in an object of args (as ``Task.bind``
+    decides between the two)."""
     sig = p.sig
     task = sig.task
     where = f"node {index} ({sig.name})"
@@ -459,8 +460,23 @@ def node_args(p: PlannedNode, index: int) -> tuple[list[Any] | dict[str, Any], i
         raise ValidationError(
             f"{where}: takes its parent's result as the next positional argument after "
             f"{len(sig.args)} given, but {exc} (signature: {sig.name}{task._sig})") from None
+    params = task._sig.parameters
+    positional_only = any(params[n].kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.VAR_POSITIONAL)
+                          for n in bound.arguments)
+    if not positional_only:
+        out: dict[str, Any] = {}
+        slot_name = ""
+        for name, value in bound.arguments.items():
+            if params[name].kind is inspect.Parameter.VAR_KEYWORD:
+                out.update(value)
+            elif value is _SLOT:
+                slot_name, out[name] = name, SLOT_MARK
+            else:
+                out[name] = value
+        return out, slot_name
     if bound.kwargs:
-        raise ValidationError(f"{where}: a step that receives a result takes no **kwargs beyond its parameters")
+        raise ValidationError(f"{where}: cannot send positional-only or *args together with keyword arguments "
+                              "(a job carries a list or an object)")
     args = list(bound.args)
     slot = next(i for i, a in enumerate(args) if a is _SLOT)
     args[slot] = SLOT_MARK

@@ -95,19 +95,22 @@ class Advancer:
                     return
                 await asyncio.sleep(0.05 * attempt)
 
-    async def call_args(self, record: JobRecord, args: Any) -> Any:
-        """``args`` with the parents' results in the node's slot (workflows.py has the rules)."""
+    async def call_args(self, record: JobRecord, args: Any, kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        """``(args, kwargs)`` with the parents' results in the node's slot (workflows.py has the rules)."""
         ann = record.spec.annotations
         slot, mode = ann.get(SLOT_KEY), ann.get(MODE_KEY)
         node = split_job_id(record.id)
-        if slot is None or not mode or node is None or not isinstance(args, list):
-            return args
+        if slot is None or not mode or node is None:
+            return args, kwargs
         wf, i = node
         if ann.get(WF_KEY) != wf:
             raise ChronosError(f"job {record.id}: its workflow annotation does not match its id")
         parents = (await self.store.shape(wf)).defn.nodes[i].parents
         jobs = await self.store.jobs(wf, parents)
         values = [result_or_failure(jobs.get(p), node_job_id(wf, p)) for p in parents]
-        out = list(args)
-        out[int(slot)] = values[0] if mode == "one" else values
-        return out
+        value = values[0] if mode == "one" else values
+        if isinstance(args, list) and slot.isdigit():
+            out = list(args)
+            out[int(slot)] = value
+            return out, kwargs
+        return args, {**kwargs, slot: value}

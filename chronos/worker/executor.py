@@ -511,7 +511,7 @@ class Executor:
         run.call_task = run.runner or asyncio.current_task()
         try:
             if spec.annotations and WF_KEY in spec.annotations:  # a workflow node: its parents' results
-                args = await self.advancer.call_args(record, args)
+                args, kwargs = await self.advancer.call_args(record, args, kwargs)
             # Awaited in this task, not a task of its own: one task per job on the hot path.
             if taskdef.is_async:
                 run.deadline = self.clock.monotonic() + timeout  # the service's sweeper interrupts past it
