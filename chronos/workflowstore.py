@@ -45,7 +45,11 @@ from .workflows import (
 log = logging.getLogger(__name__)
 
 BATCH = 1000  # keys per batched direct get
-CAS_ATTEMPTS = 200  # a fan-in shard takes many writers at once; each conflict is a re-read, never a wait
+CAS_ATTEMPTS = 200
+CHILDREN_AT_ONCE = 128
+# The repair starts a missing root only this long after submit: later, a missing root job is one
+# the pruner removed (a workflow outliving the jobs' retention), not one a dead submitter left out.
+ROOT_REPAIR_WINDOW = 600.0  # a fan-in shard takes many writers at once; each conflict is a re-read, never a wait
 END = "end"
 
 
@@ -102,6 +106,7 @@ class WorkflowStore:
         self._kv: KVStore | None = None
         self._shapes: OrderedDict[str, Shape] = OrderedDict()
         self._loading: dict[str, asyncio.Future[Shape]] = {}
+        self._children = asyncio.Semaphore(CHILDREN_AT_ONCE)
 
     async def kv(self) -> KVStore:
         if self._kv is None:
@@ -302,12 +307,13 @@ class WorkflowStore:
                 sinks[shape.sink_pos[i]] = False
 
         async def child(c: int, members: dict[int, bool]) -> tuple[int, str | None]:
-            k = len(nodes[c].parents)
-            if k == 1:
-                complete, any_failed = True, members[0]
-            else:
-                complete, any_failed = await self.mark(wf, c, members, k)
-            return c, (await self.start_node(wf, c, any_failed)) if complete else None
+            async with self._children:  # a node with 10,000 children starts them a window at a time
+                k = len(nodes[c].parents)
+                if k == 1:
+                    complete, any_failed = True, members[0]
+                else:
+                    complete, any_failed = await self.mark(wf, c, members, k)
+                return c, (await self.start_node(wf, c, any_failed)) if complete else None
 
         more = [(c, JobState.CANCELLED, reason)
                 for c, reason in await asyncio.gather(*(child(c, m) for c, m in marks.items())) if reason is not None]
@@ -525,7 +531,7 @@ class WorkflowStore:
             job = jobs.get(i)
             if job is None:
                 if all(settled_for(jobs.get(p)) for p in node.parents) and \
-                        (node.parents or now - rec.created_at >= min_age):
+                        (node.parents or min_age <= now - rec.created_at <= ROOT_REPAIR_WINDOW):
                     any_failed = any(jobs[p].state is not JobState.COMPLETED for p in node.parents)
                     skipped = await self.start_node(wf, i, any_failed)
                     if skipped is not None:

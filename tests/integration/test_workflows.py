@@ -234,3 +234,11 @@ async def _wait_job(client: Client, job_id: str, states: set[JobState], timeout:
         return None
 
     return await asyncio.wait_for(_wait(), timeout)
+
+
+async def test_fan_out_then_fan_in(running: Client) -> None:
+    """One parent, 50 children each given its result, then one callback over all 50."""
+    wf = Workflow(chain(add.s(1, 1), group(mul.s(i) for i in range(50)), collect.s()))
+    ref = await running.submit_workflow(wf)
+    assert await ref.result(timeout=30) == [2 * i for i in range(50)]
+    assert calls[node_job_id(ref.id, 51)] == 1
