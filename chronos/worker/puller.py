@@ -24,7 +24,6 @@ import json
 import logging
 from typing import Callable
 
-import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
@@ -99,23 +98,6 @@ class Puller:
             log.info("pull request on %s released after a reconnect (%d slots)", self.consumer, self.outstanding)
             self.lost += 1
             self._end_request()
-
-    async def withdraw(self) -> None:
-        """End the open request here and on the server (its queue was paused): the server skips,
-        and drops, a waiting request whose reply subject has no interest, so a fresh inbox
-        ends it without a delivery. A job already on its way to the old inbox is not taken and
-        comes back after ack_wait; one that lands before the unsubscribe is handed back."""
-        if self.outstanding <= 0 or self._sub is None:
-            return
-        await self.stop()
-        try:
-            # Once the server has the unsubscribe, nothing more comes from the old request.
-            await self.conn.nc.flush(timeout=2)
-        except (nats.errors.Error, asyncio.TimeoutError) as exc:
-            log.debug("withdraw flush on %s: %s", self.consumer, exc)
-        self.inbox = self.conn.nc.new_inbox()
-        self._end_request()
-        await self.start()
 
     async def request(self, batch: int, *, no_wait: bool, expires: float) -> None:
         """Open a request for up to ``batch`` messages (``no_wait``: answer at once, even with none)."""

@@ -57,7 +57,7 @@ from .cancels import CancelWatch
 from .executor import Executor, Running
 from .heartbeat import Heartbeat, Peers
 from .limiter import Limiter
-from .pauses import PauseWatch
+from .pauses import PauseWatch, hand_back
 from .puller import Puller
 from .registry import Registry, default_registry
 from .sync_exec import SyncRunner
@@ -143,6 +143,7 @@ class WorkerService:
         self.beat: Heartbeat | None = None
         self.limiter: Limiter | None = None  # fleet-wide rate and concurrency limits (limiter.py)
         self.pauses: PauseWatch | None = None
+        self.paused_handbacks = 0  # jobs delivered for a request opened before their queue was paused
 
     # --- public -----------------------------------------------------------------------
     def stop(self) -> None:
@@ -321,16 +322,8 @@ class WorkerService:
 
     # --- fetching --------------------------------------------------------------------------
     def _on_pause_change(self) -> None:
-        if self.pauses is not None and self.pauses.paused and self._tg is not None:
-            self.spawn(self._withdraw_paused())
+        # A request already open on a paused queue runs out by itself (pauses.py says why).
         self._wake.set()
-        self.changed.bump()
-
-    async def _withdraw_paused(self) -> None:
-        """A standing poll of a paused queue would still hand over its next job: end it now."""
-        for p in self.pullers:
-            if self._paused(p.queue):
-                await p.withdraw()
         self.changed.bump()
 
     def _paused(self, queue: str) -> bool:
@@ -416,11 +409,16 @@ class WorkerService:
 
     def _on_message(self, msg: Msg, puller: Puller) -> None:
         tg = self._tg
-        if tg is None or self._stopping.is_set() or self._paused(puller.queue):
-            # Arrived after we stopped fetching, or for a request opened before its queue was
-            # paused: hand it straight back.
+        if tg is None or self._stopping.is_set():
+            # Arrived after we stopped fetching: hand it straight back.
             assert self.executor is not None
             self.spawn(self.executor.acks.nak(msg))
+            return
+        if self._paused(puller.queue):
+            # For a request opened before its queue was paused: given back, counted (pauses.py).
+            assert self.executor is not None
+            self.paused_handbacks += 1
+            self.spawn(hand_back(self.executor, msg, min(1.0, self.settings.worker.poll_expires)))
             return
         now_mono = self.clock.monotonic()
         run = Running(msg=msg, job_id="", task="", weight=1, started_mono=now_mono,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import pytest
 
 from chronos import Registry, audit
@@ -164,3 +165,27 @@ async def test_bad_queue_names_are_refused_and_nothing_is_written(client):
         await client.pause_queue("default", reason="x" * 501)
     assert await client.queue_flag("default") is None
     assert [e for e in await audit.read(client.conn) if e.action.startswith("queue_")] == []
+
+
+async def test_a_job_handed_over_by_a_request_opened_before_the_pause_is_handed_back(client, settings, start_worker):
+    """A pull request open when the pause arrives still delivers (the server keeps it); what it hands
+    over is given back, recorded as a hand-back (no attempt spent, no lost run counted), and runs
+    after the resume."""
+    reg, seen = registry()
+    s = msgspec.structs.replace(settings, worker=msgspec.structs.replace(settings.worker, poll_expires=3.0))
+    w = await start_worker(reg, s, worker_id="standing", queues=["default"], concurrency=64)
+    svc = w.service
+    await until(lambda: all(p.busy for p in svc.pullers))  # idle: a long poll stands on every priority
+    await client.pause_queue("default")
+    await svc.changed.until(lambda: "default" in svc.pauses.paused, 10)
+    job = await client.submit("ok", queue="default")
+    await until(lambda: svc.paused_handbacks >= 1)
+    # The delivery is on the record as a hand-back, so the next one is not taken for a lost run.
+    async with asyncio.timeout(10):
+        while (rec := await client.get(job)).handed_back < 1:
+            await asyncio.sleep(0.02)
+    assert rec.delivered == 1 and rec.state == JobState.AVAILABLE and not rec.attempts
+    assert seen["ok"] == 0
+    await client.resume_queue("default")
+    rec = await wait_for_state(client, job, JobState.COMPLETED, timeout=15)
+    assert seen["ok"] == 1 and rec.attempt == 1 and len(rec.attempts) == 1 and rec.delivered == 2
