@@ -54,6 +54,17 @@ class ThroughputResult(msgspec.Struct):
     cpu_us_per_job: dict[str, float] = {}
     sync: str = "default"  # the server's sync_interval: "always" or "default" (2m)
     fsyncs_per_job: float | None = None  # fsync + fdatasync calls of the server (count_fsyncs runs only)
+    # Messages stored per job, by stream (stream sequence deltas over the run): what each job writes.
+    # Under sync_interval always a write costs an fsync unless it went in an atomic batch (one per batch).
+    writes_per_job: dict[str, float] = {}
+
+
+async def _stream_seqs(client: Client) -> dict[str, int]:
+    """The last sequence of every stream of the namespace (streams by role: jobs, records, markers, events)."""
+    names = client.names
+    streams = {"work": names.jobs_stream, "records": names.kv_stream(names.jobs_bucket),
+               "markers": names.kv_stream(names.control_bucket), "events": names.events_stream}
+    return {role: (await client.conn.js.stream_info(stream)).state.last_seq for role, stream in streams.items()}
 
 
 def _strace(pid: int, out: Path) -> subprocess.Popen[bytes] | None:
@@ -116,6 +127,7 @@ async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float 
             follower = asyncio.ensure_future(follow())
             await asyncio.sleep(0.2)  # let the subscription reach the server before the first job
             before = server_counters(server)
+            seqs0 = await _stream_seqs(client)
             pids = {"server": server.proc.pid if server.proc else None, "worker": worker.pid}
             tracer = _strace(server.proc.pid, Path(tmp) / "strace.txt") if count_fsyncs and server.proc else None
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()} | {"client": cpu_seconds()}
@@ -127,6 +139,7 @@ async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float 
             except TimeoutError:
                 pass
             after = server_counters(server)
+            seqs1 = await _stream_seqs(client)
             cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()} | {"client": cpu_seconds()}
             fsyncs = _fsyncs(tracer, Path(tmp) / "strace.txt")
             follower.cancel()
@@ -157,6 +170,7 @@ async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float 
             cpu_us_per_job={k: round((cpu1[k] - cpu0[k]) / n * 1e6, 1) for k in cpu0},
             sync=sync,
             fsyncs_per_job=None if fsyncs is None else round(fsyncs / n, 2),
+            writes_per_job={k: round((seqs1[k] - seqs0[k]) / n, 2) for k in seqs0},
         )
 
 
