@@ -58,6 +58,7 @@ def throughput(
                 ("lost", result.lost),
                 ("duplicated", result.duplicated),
                 ("server msgs/job", f"{result.server_msgs_in_per_job} in, {result.server_msgs_out_per_job} out"),
+                ("writes/job", ", ".join(f"{k} {v}" for k, v in result.writes_per_job.items()) or "-"),
                 ("fsyncs/job", "-" if result.fsyncs_per_job is None else f"{result.fsyncs_per_job}"),
                 ("concurrency", result.concurrency),
                 ("cpu per job", ", ".join(f"{k} {v:.0f} µs" for k, v in result.cpu_us_per_job.items())),
