@@ -155,3 +155,63 @@ async def test_leader_killed_during_a_fan_in(settings: Any, client: Client, tmp_
         if not atask.done():
             a.stop()
             await asyncio.wait_for(atask, 30)
+
+
+async def test_server_sigkilled_mid_workflow(tmp_path: Path) -> None:
+    """nats-server SIGKILLed and restarted on its store while chords and a chain are under way: every
+    workflow completes, each callback once with all its results (advances cut short by the outage
+    are retried or repaired by the leader)."""
+    from chronos.embedded import EmbeddedServer
+    from chronos.runtime import SchedulerMain, WorkerMain, run_service
+    from chronos.bench.workflows import registry, step
+    from chronos.workflows import chain
+
+    from .conftest import fault_settings, restart_on_same_store
+
+    server = EmbeddedServer(store_dir=tmp_path / "js").start()
+    restarted = None
+    settings = fault_settings(server.url, "wfrestart", worker={"queues": ["wfb"]},
+                              scheduler={"lease_ttl": 3.0, "archive_path": str(tmp_path / "archive.sqlite3")})
+    worker = WorkerMain(settings, registry, concurrency=16)
+    scheduler = SchedulerMain(settings, node_id="wf-restart")
+    stop = asyncio.Event()
+    services = asyncio.ensure_future(run_service(worker, scheduler, grace=10, stop=stop, signals=()))
+    client = await Client.connect(settings)
+    try:
+        await asyncio.wait_for(asyncio.gather(worker.ready.wait(), scheduler.service.leading.wait()), 30)
+        client._known_tasks.update({"wfb.leaf", "wfb.cb", "wfb.step"})
+        chords = [await client.submit_workflow(Workflow(chord(group(leaf.s(i, 0.05) for i in range(200)),
+                                                              cb_task.s()))) for _ in range(3)]
+        line = await client.submit_workflow(Workflow(chain(step.s(0), *(step.s() for _ in range(199)))))
+
+        async def some_done() -> bool:
+            return worker.service.executor is not None and worker.service.executor.processed >= 100
+
+        await wait_until(some_done, 30, "part of the work")
+        running = [r for r in [*chords, line] if (await client.workflow_record(r.id)).state is WorkflowState.RUNNING]
+        server.kill()
+        await asyncio.sleep(1.0)  # down for a second (the fault itself)
+        restarted = restart_on_same_store(server)
+
+        async def all_over() -> bool:
+            try:
+                recs = [await client.workflow_record(r.id) for r in [*chords, line]]
+            except Exception:  # still reconnecting
+                return False
+            return all(r.state != WorkflowState.RUNNING for r in recs)
+
+        assert len(running) == 4, "the server should go down with every workflow under way"
+        await wait_until(all_over, 120, "every workflow to end after the restart", every=0.5)
+        for r in chords:
+            assert (await client.workflow_record(r.id)).state is WorkflowState.COMPLETED
+            cb = await client.get(node_job_id(r.id, 200))
+            assert cb.result == 200  # one callback job with every result (its attempts may be more than one)
+        assert (await client.workflow_record(line.id)).state is WorkflowState.COMPLETED
+        assert await line.result(10) == 200
+    finally:
+        await client.close()
+        stop.set()
+        await asyncio.wait_for(services, 60)
+        for s in (restarted, server):
+            if s is not None:
+                s.cleanup()
