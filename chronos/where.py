@@ -100,6 +100,7 @@ class Where:
         if self.op in ORDERED:
             return f"({jt} IN ('integer', 'real') AND json_extract({column}, ?) {self.op} ?)", [p, p, self.value]
         v = self.value
+        args: list[Any]
         if v is None:
             eq, args = f"{jt} = 'null'", [p]
         elif isinstance(v, bool):

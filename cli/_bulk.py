@@ -54,6 +54,7 @@ class BulkFilters:
 def _query(client: Client, action: str, f: BulkFilters, where: list[str], since: float | None,
            until: float | None) -> Any:
     allowed = CANCELLABLE if action == "cancel" else RETRIABLE
+    states: list[str]
     if f.state == "failed":
         states = [s for s in ("retryable", "discarded") if s in allowed]
     elif f.state is not None:
