@@ -223,3 +223,62 @@ def test_bad_filters_are_refused(text):
     with pytest.raises(Exception) as exc:
         parse(text)
     assert "--where" in str(exc.value)
+
+
+async def test_index_answers_equal_the_kv_after_a_sigkill_mid_writes(client, settings, tmp_path):
+    """A scheduler process SIGKILLed while jobs are written restarts on its file; the index's own
+    answers (ids, before any KV re-check) equal a scan of the KV."""
+    import os
+    import signal
+    import time
+
+    from chronos.bench._scheduler import spawn_scheduler
+    from chronos.listing import ask_index
+    from chronos.readmodel import JobsReply
+
+    path = tmp_path / "node.sqlite3"
+    await submit_search_mix(client, 30)
+
+    async def index_holds(n: int, timeout: float = 30.0) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            c = await client.counts(fallback=False, timeout=1.0)
+            if c is not None and c.total >= n:
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no index holding {n} jobs within {timeout}s")
+
+    procs = []
+    try:
+        procs.append(spawn_scheduler(settings.nats.url, settings.namespace, archive=path, node_id="k1"))
+        await index_holds(30)
+        stop = asyncio.Event()
+
+        async def writer() -> int:
+            n = 0
+            while not stop.is_set():
+                await client.submit_specs([client.build_spec(TASKS[0], {"customer_id": 2, "name": f"w{n}-{i}"})
+                                           for i in range(20)])
+                n += 20
+            return n
+
+        task = asyncio.create_task(writer())
+        await index_holds(90)
+        os.killpg(procs[0].pid, signal.SIGKILL)  # mid-stream: no drain, no close
+        procs[0].wait(10)
+        stop.set()
+        written = await task
+        total = 30 + written
+        procs.append(spawn_scheduler(settings.nats.url, settings.namespace, archive=path, node_id="k2"))
+        await index_holds(total)
+        for where, other in ((["args.customer_id=2"], {}), (["annotations.team=billing"], {}),
+                             (["!args.dry_run"], {"tag": "even"}), (["args.customer_id=2"], {"states": ["available"]})):
+            want = await scanned(client, where=where, **other)
+            reply = await ask_index(client.conn, JobsQuery(where=where, limit=1000, budget=2.0, **other), JobsReply)
+            assert reply is not None and reply.next is None
+            assert reply.ids == want, (where, other)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(10)
