@@ -183,7 +183,7 @@ class Client:
     submit_workflow = _Via("workflow_api", Workflows.submit)
     workflow = _Via("workflow_api", Workflows.view)
     workflow_record = _Via("workflow_api", Workflows.record)
-    workflows = _Via("workflow_api", Workflows.list)
+    workflows = _Via("workflow_api", Workflows.listing)
     wait_workflow = _Via("workflow_api", Workflows.wait)
     cancel_workflow = _Via("workflow_api", Workflows.cancel)
     retry_workflow = _Via("workflow_api", Workflows.retry)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+from collections.abc import Iterable, Sequence
 from collections.abc import Sequence as ABCSequence
 from typing import Any, Literal
 
@@ -240,7 +241,7 @@ def chain(*steps: "Canvas | Workflow") -> Chain:
     return Chain(flat)
 
 
-def group(*items: "Canvas | Sequence[Canvas]") -> Group:
+def group(*items: "Canvas | Iterable[Canvas]") -> Group:
     if len(items) == 1 and not isinstance(items[0], (Signature, Chain, Group)) and hasattr(items[0], "__iter__"):
         items = tuple(items[0])  # group(a.s(i) for i in ...)
     if not items:

@@ -57,7 +57,9 @@ class WorkflowNotFoundError(NotFoundError):
     pass
 
 
-def _dec(data: bytes, typ: Any) -> Any:
+def _dec(data: bytes | None, typ: Any) -> Any:
+    if data is None:
+        raise ChronosError("a workflow record without a value")
     return msgspec.msgpack.decode(data, type=typ)
 
 
@@ -315,7 +317,7 @@ class WorkflowStore:
                     complete, any_failed = await self.mark(wf, c, members, k)
                 return c, (await self.start_node(wf, c, any_failed)) if complete else None
 
-        more = [(c, JobState.CANCELLED, reason)
+        more: list[tuple[int, JobState, str | None]] = [(c, JobState.CANCELLED, reason)
                 for c, reason in await asyncio.gather(*(child(c, m) for c, m in marks.items())) if reason is not None]
         if sinks:
             complete, _ = await self.mark(wf, END, sinks, len(shape.sink_pos))

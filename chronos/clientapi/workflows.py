@@ -165,7 +165,7 @@ class Workflows:
     async def record(self, wf_id: str) -> WorkflowRecord:
         return await self.store.record(wf_id)
 
-    async def list(self, state: str | None = None, limit: int = 100) -> list[WorkflowRecord]:
+    async def listing(self, state: str | None = None, limit: int = 100) -> list[WorkflowRecord]:
         recs = await self.store.records()
         if state is not None:
             recs = [r for r in recs if r.state == state]
@@ -210,7 +210,7 @@ class Workflows:
         for k, i in enumerate(ends):
             job = jobs[i]
             handle = sinks[k] if sinks is not None and k < len(sinks) else None
-            values.append(handle.result_of(job) if hasattr(handle, "result_of") else job.result)
+            values.append(handle.result_of(job) if handle is not None and hasattr(handle, "result_of") else job.result)
         return values[0] if len(values) == 1 else values
 
     # --- operator actions ----------------------------------------------------------------------------------------

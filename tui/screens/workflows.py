@@ -149,7 +149,7 @@ class WorkflowsScreen(ChronosScreen):
         if node is None or view is None:
             return
         wf_id, index = view.record.id, node.index
-        self.capp.feeds.act("retry node", f"{wf_id} #{index}", lambda s: s.client.retry_workflow(wf_id, node=index))
+        self.capp.feeds.act("retry node", f"{wf_id} #{index}", lambda s: s.client.retry_workflow(wf_id, node=index))  # type: ignore[attr-defined]
 
     def action_cancel_node(self) -> None:
         node = self.selected_node()
@@ -162,7 +162,7 @@ class WorkflowsScreen(ChronosScreen):
         if self.view is None:
             return
         wf_id = self.view.record.id
-        self.capp.feeds.act("cancel workflow", wf_id, lambda s: s.client.cancel_workflow(wf_id))
+        self.capp.feeds.act("cancel workflow", wf_id, lambda s: s.client.cancel_workflow(wf_id))  # type: ignore[attr-defined]
 
     def after_action(self, message: Any) -> None:
         if self.is_current:
