@@ -67,3 +67,43 @@ async def test_worker_may_advance_a_workflow(server, seeded):
         assert isinstance(exc, PermissionDeniedError)
     finally:
         await r.nc.close()
+
+
+async def test_a_chord_runs_with_the_shipped_least_privilege_roles(server, seeded):
+    """The console submits, a worker-role worker runs and advances it (its fan-in, the callback's job
+    and work message, the callback's read of its parents): the shipped permissions suffice."""
+    import asyncio
+
+    from chronos.worker.registry import Registry
+    from chronos.worker.service import WorkerService
+    from chronos.workflows import chord, group
+
+    reg = Registry()
+
+    async def part(i: int) -> int:
+        return i
+
+    async def add_up(values: list) -> int:  # type: ignore[type-arg]
+        return sum(values)
+
+    reg.register(part, name="sec.part", queue="secwf")
+    reg.register(add_up, name="sec.add_up", queue="secwf")
+    worker = WorkerService(settings_for(server, "worker"), reg, queues=["secwf"])
+    admin = await Client.connect(settings_for(server, "admin"))
+    console = await Client.connect(settings_for(server, "console"), ensure=False)
+    try:
+        await admin.ensure_queue("secwf")  # the admin makes the queue's consumers
+        task = asyncio.get_running_loop().create_task(worker.run())
+        await asyncio.wait_for(worker.ready.wait(), 20)
+        console._known_tasks.update({"sec.part", "sec.add_up"})
+        ref = await console.submit_workflow(Workflow(chord(group(Signature("sec.part", (i,)).set(queue="secwf")
+                                                                 for i in range(20)),
+                                                           Signature("sec.add_up").set(queue="secwf"))))
+        rec = await ref.wait(30)
+        assert rec.state == "completed", rec.reason
+        assert (await console.get(node_job_id(ref.id, 20))).result == sum(range(20))
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+    finally:
+        await console.close()
+        await admin.close()
