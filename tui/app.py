@@ -163,7 +163,8 @@ class ChronosApp(App[None]):
         sections = sections_for(self.BINDINGS, [("dashboard", DashboardScreen), ("jobs", JobsScreen),
                                                 ("job detail", JobDetailScreen), ("events", EventsScreen),
                                                 ("schedules", SchedulesScreen), ("dlq", DlqScreen),
-                                                ("limits", LimitsScreen)], self.readonly)
+                                                ("limits", LimitsScreen), ("workflows", WorkflowsScreen)],
+                              self.readonly)
         self.push_screen(HelpScreen(sections, self.readonly))
 
     def action_prompt(self) -> None:
