@@ -49,14 +49,18 @@ class WorkflowRepair:
     async def round(self) -> int:
         touched = 0
         now = self.clock.now()
-        for rec in await self.store.records():
+        records = await self.store.records()
+        running = {r.id for r in records if r.state is WorkflowState.RUNNING}
+        for wf in [w for w in self._next if w not in running]:
+            del self._next[wf]
+        for rec in records:
             if not self.is_leader():
                 break
             if rec.state is WorkflowState.RUNNING:
                 if self._next.get(rec.id, 0.0) > now:
                     continue
                 # a big workflow's frontier costs a pass over its jobs: look less often
-                self._next[rec.id] = now + max(0.0, rec.nodes / 5000.0 - self.tick)
+                self._next[rec.id] = now + max(0.0, rec.nodes / 2000.0 - self.tick)  # 10,000 nodes: every 5 s
                 try:
                     touched += await self.store.repair(rec.id, self.min_age)
                 except asyncio.CancelledError:
