@@ -16,6 +16,7 @@ workers there are, and a resume right after a pause delays such a job by 1 s at 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -23,6 +24,7 @@ import msgspec
 from nats.aio.msg import Msg
 
 from .. import cas, codec
+from ..cancellation import raise_if_cancelling
 from ..connection import Connection
 from ..errors import ChronosError, ConflictError, JobNotFoundError
 from ..models import JobMessage, JobRecord
@@ -41,12 +43,43 @@ class PauseWatch:
         self.on_change = on_change
         self.paused: set[str] = set()
         self.seen = 0  # flag changes read, for tests to wait on
+        self.restarts = 0  # watches started over after a reconnect
 
     async def load(self) -> None:
-        for queue, flag in (await self.flags.all()).items():
-            self._apply(queue, flag)
+        """Every flag now; a queue with none (or a deleted one) is not paused."""
+        flags = await self.flags.all()
+        for queue in self.queues:
+            self._apply(queue, flags.get(queue))
 
     async def run(self) -> None:
+        """Follow the flags; after a reconnect (or a failed watch) start over from a fresh read.
+
+        nats-py's ordered consumer notices a restarted server only after missing its idle
+        heartbeats: measured, a resume written after a server restart reached the worker 18 s
+        later. A reconnect is seen here at once (a local counter, checked every 0.1 s)."""
+        nc = self.flags.conn.nc
+        backoff = 0.25
+        while True:
+            raise_if_cancelling()
+            reconnects = nc.stats["reconnects"]
+            follow = asyncio.get_running_loop().create_task(self._follow(), name="worker-pauses-watch")
+            try:
+                while not follow.done() and nc.stats["reconnects"] == reconnects:
+                    await asyncio.wait({follow}, timeout=0.1)
+            finally:
+                follow.cancel()
+                await asyncio.gather(follow, return_exceptions=True)
+            if follow.done() and not follow.cancelled() and follow.exception() is not None:
+                log.warning("queue pause watch failed (%s); starting over in %.2gs", follow.exception(), backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            else:
+                backoff = 0.25
+                self.restarts += 1
+                await asyncio.sleep(0.05)  # a watch that ended by itself (a closing connection): no spin
+
+    async def _follow(self) -> None:
+        await self.load()
         async for queue, flag in self.flags.watch():
             self.seen += 1
             self._apply(queue, flag)
