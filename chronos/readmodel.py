@@ -69,7 +69,7 @@ from .connection import Connection
 from .errors import ChronosError, ValidationError
 from .models import JobRecord
 from .states import TERMINAL, JobState
-from .where import Where, matches_all, parse_all
+from .where import Where, compiled, matches_all, parse_all
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def record_matches(rec: JobRecord, q: JobsQuery) -> bool:
         return False
     if q.until is not None and rec.created_at >= q.until:
         return False
-    if q.where and not matches_all(parse_all(q.where), rec.spec.args, rec.spec.annotations):
+    if q.where and not matches_all(compiled(tuple(q.where)), rec.spec.args, rec.spec.annotations):
         return False
     return True
 

@@ -22,6 +22,7 @@ and tests hold the two to the same answers.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any, Sequence
@@ -230,6 +231,12 @@ def parse_all(texts: Sequence[str] | None) -> list[Where]:
     if len(texts) > MAX_FILTERS:
         raise ValidationError(f"--where: at most {MAX_FILTERS} filters")
     return [parse(t) for t in texts]
+
+
+@functools.lru_cache(maxsize=256)
+def compiled(texts: tuple[str, ...]) -> tuple[Where, ...]:
+    """``parse_all`` remembered: a listing or a bulk action checks every record against the same filters."""
+    return tuple(parse_all(texts))
 
 
 def matches_all(filters: Sequence[Where], args: Any, annotations: dict[str, str] | None) -> bool:
