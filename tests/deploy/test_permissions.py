@@ -26,7 +26,10 @@ def test_only_admin_manages_streams():
     for role in ROLES:
         for verb in ("CREATE", "UPDATE", "DELETE", "PURGE"):
             for stream in (n.jobs_stream, n.dlq_stream, n.events_stream, n.audit_stream, n.kv_stream(n.jobs_bucket)):
-                assert allowed(role, f"$JS.API.STREAM.{verb}.{stream}") == (role == "admin"), (role, verb, stream)
+                # The leader's purger drops acknowledged work messages (the jobs stream keeps limits
+                # retention, so an ack is not a delete); no other purge and no other role.
+                purger = role == "scheduler" and verb == "PURGE" and stream == n.jobs_stream
+                assert allowed(role, f"$JS.API.STREAM.{verb}.{stream}") == (role == "admin" or purger), (role, verb, stream)
 
 
 def test_message_deletes_are_single_and_few():
@@ -101,7 +104,7 @@ def test_worker_cannot_read_the_dlq_or_touch_the_lease_and_schedules():
     for subject in (f"$JS.API.STREAM.MSG.GET.{n.dlq_stream}", f"$JS.API.DIRECT.GET.{n.dlq_stream}",
                     f"$JS.API.CONSUMER.CREATE.{n.dlq_stream}", f"$JS.API.CONSUMER.CREATE.{n.dlq_stream}.x.y",
                     n.kv_subject(n.lease_bucket, n.leader_key()), n.kv_subject(n.schedules_bucket, "nightly"),
-                    n.job_subject("default", "default"), f"$JS.API.CONSUMER.CREATE.{n.jobs_stream}.x.y",
+                    f"$JS.API.CONSUMER.CREATE.{n.jobs_stream}.x.y",
                     f"$JS.API.CONSUMER.DURABLE.CREATE.{n.jobs_stream}.x"):
         assert not allowed("worker", subject), subject
     # ... but may write a DLQ entry, pull, ack, and write what it owns.
@@ -109,6 +112,12 @@ def test_worker_cannot_read_the_dlq_or_touch_the_lease_and_schedules():
                     f"$JS.ACK.{n.jobs_stream}.prod_high_mail.1.2.3.4.5", n.kv_subject(n.jobs_bucket, "01abc"),
                     n.kv_subject(n.workers_bucket, "w1"), n.event_subject("completed", "mail")):
         assert allowed("worker", subject), subject
+    # Workflows start a finished parent's next node and the limiter re-parks a waiting job: both
+    # publish a work message for an existing record (docs/security.md: the signature decides what runs).
+    assert allowed("worker", n.job_subject("default", "default"))
+    assert allowed("worker", n.kv_subject(n.control_bucket, "pending.x"))
+    assert not allowed("worker", n.kv_subject(n.control_bucket, "cancel.x"))
+    assert not allowed("worker", n.kv_subject(n.unique_bucket, "x"))
 
 
 def test_roles_stay_inside_their_namespace():
