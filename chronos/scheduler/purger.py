@@ -14,6 +14,12 @@ acknowledging consumer whose filter overlaps it, so a second consumer on the sam
 purged: its messages wait for a worker. Non-acknowledging consumers (ordered readers) have no
 say. Acks only move forward, so a floor read before the purge is still a floor after it.
 
+The floor does move past a message that hit ``max_deliver`` (it is no longer pending) once a
+later message is acked, possibly before the max-deliveries backstop (worker/advisories.py) has
+read it by sequence to move it to the DLQ. So a subject is purged only up to the floor it had
+``grace`` seconds ago (a delay line per subject): every message purged has been below the floor,
+and so past its advisory, for at least that long.
+
 A stream made as work-queue (before this version) needs none of this: the pass does nothing.
 """
 
@@ -22,12 +28,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from typing import Any, Callable
 
 import nats.errors
 import nats.js.errors
 from nats.js import api
 
+from ..clock import SYSTEM_CLOCK, Clock
 from ..connection import Connection, work_stream_is_limits
 
 log = logging.getLogger(__name__)
@@ -59,15 +67,36 @@ def purge_floors(consumers: list[tuple[list[str], int, bool]]) -> dict[str, int]
     return out
 
 
+GRACE = 10.0  # seconds a message stays below the ack floor before it may be purged
+
+
 class Purger:
-    def __init__(self, conn: Connection, *, tick: float = 1.0, is_leader: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, conn: Connection, *, tick: float = 1.0, grace: float = GRACE,
+                 is_leader: Callable[[], bool] = lambda: True, clock: Clock = SYSTEM_CLOCK) -> None:
         self.conn = conn
         self.names = conn.names
         self.tick = tick
+        self.grace = grace
         self.is_leader = is_leader
+        self.clock = clock
         self.purged = 0  # messages removed so far
         self.passes = 0
         self._done: dict[str, int] = {}  # subject -> the floor last purged to
+        self._seen: dict[str, deque[tuple[float, int]]] = {}  # subject -> (when, floor), oldest first
+
+    def _aged(self, subject: str, floor: int, now: float) -> int:
+        """The highest floor ``subject`` had at least ``grace`` seconds ago (0 if none yet)."""
+        seen = self._seen.setdefault(subject, deque())
+        if not seen or seen[-1][1] != floor:
+            seen.append((now, floor))
+        target = 0
+        while seen and seen[0][0] <= now - self.grace:
+            target = seen[0][1]
+            if len(seen) > 1 and seen[1][0] <= now - self.grace:
+                seen.popleft()
+                continue
+            break
+        return target
 
     async def run(self) -> None:
         while True:
@@ -76,7 +105,7 @@ class Purger:
                     await self.pass_once()
                 except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError) as exc:
                     log.warning("purging acknowledged work messages failed (will retry): %s", exc)
-            await asyncio.sleep(self.tick)
+            await self.clock.sleep(self.tick)
 
     async def pass_once(self) -> int:
         """Purge every queue subject below its ack floor; returns how many messages went."""
@@ -90,7 +119,9 @@ class Purger:
         if not work_stream_is_limits(info) or not info.state.messages:
             return 0
         purged = 0
-        for subject, floor in purge_floors(await self._consumers(stream)).items():
+        now = self.clock.now()
+        for subject, current in purge_floors(await self._consumers(stream)).items():
+            floor = self._aged(subject, current, now)
             if floor <= self._done.get(subject, 0) or not self.is_leader():
                 continue
             reply = await self.conn.nc.request(f"$JS.API.STREAM.PURGE.{stream}",

@@ -177,7 +177,7 @@ async def test_purge_never_removes_an_unacked_message(client):
         await m.ack_sync()
     # Backlog counts what is not acknowledged (5 of 10), not what the stream still holds (10).
     assert (await client.queue_depths()) == {"default.default": 5}
-    purger = Purger(client.conn)
+    purger = Purger(client.conn, grace=0)
     purged = await purger.pass_once()
     assert purged == 3  # below the ack floor only: the unacked 4th and everything after it stay
     left = {codec.decode((await js.get_msg(names.jobs_stream, m.metadata.sequence.stream)).data,
@@ -218,6 +218,27 @@ async def test_an_old_work_queue_stream_is_kept_and_still_works(settings, caplog
         await ensure_topology(client.conn)  # idempotent on the old shape
         await client.register_tasks(["t.batch"])
         await client.submit_specs([client.build_spec("t.batch", [i]) for i in range(5)])
-        assert await Purger(client.conn).pass_once() == 0  # nothing to purge on a work-queue stream
+        assert await Purger(client.conn, grace=0).pass_once() == 0  # nothing to purge on a work-queue stream
     finally:
         await client.close()
+
+
+async def test_purge_waits_grace_after_the_floor_passed_a_message(client):
+    # The max-deliveries backstop reads a message by sequence after the floor may have passed it:
+    # a message is purged only once it has been below the ack floor for `grace` seconds.
+    from chronos.clock import FakeClock
+
+    names = client.names
+    await client.register_tasks(["t.batch"])
+    await client.submit_specs([client.build_spec("t.batch", [i]) for i in range(4)])
+    sub = await client.conn.js.pull_subscribe_bind(names.consumer_name("default", "default"), names.jobs_stream)
+    for m in await sub.fetch(4, timeout=5):
+        await m.ack_sync()
+    clock = FakeClock(start=1000.0)
+    purger = Purger(client.conn, grace=10.0, clock=clock)
+    assert await purger.pass_once() == 0  # just passed: kept
+    clock.advance(9.0)
+    assert await purger.pass_once() == 0
+    clock.advance(1.5)
+    assert await purger.pass_once() == 4
+    assert await _stream_msgs(client) == 0
