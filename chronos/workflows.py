@@ -110,6 +110,7 @@ class WorkflowRecord(msgspec.Struct, omit_defaults=True):
     reason: str | None = None  # why it was cancelled or failed fast
     finished_at: float | None = None
     resumed: int = 0  # retries by hand: from then on the end is confirmed from the nodes' jobs
+    resumed_at: float | None = None  # the last move back to running (nodes stopped before it may rerun)
     settled: bool = False  # terminal and no node job left running (checked by the leader)
     v: int = 1
     revision: int = 0

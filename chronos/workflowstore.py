@@ -28,14 +28,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import msgspec
+from nats.js import api
 
 from . import cas, codec
 from .errors import ChronosError, ConflictError, JobNotFoundError, NotFoundError
 from .jobs import JobOps, job_event
 from .models import CancelRequest, Event, JobRecord, PendingWrite
+from .publisher import is_wrong_last_sequence
 from .states import PENDING, TERMINAL, JobState, WorkflowState, workflow_transition
 from .store.kv import KVStore
 from .workflows import (
@@ -49,7 +51,9 @@ CAS_ATTEMPTS = 200
 CHILDREN_AT_ONCE = 128
 # The repair starts a missing root only this long after submit: later, a missing root job is one
 # the pruner removed (a workflow outliving the jobs' retention), not one a dead submitter left out.
-ROOT_REPAIR_WINDOW = 600.0  # a fan-in shard takes many writers at once; each conflict is a re-read, never a wait
+ROOT_REPAIR_WINDOW = 600.0
+MARKER_TTL = 60  # seconds a pruned record's delete marker lives, should the purge after it not happen
+# a fan-in shard takes many writers at once; each conflict is a re-read, never a wait
 END = "end"
 
 
@@ -132,6 +136,64 @@ class WorkflowStore:
             rec.revision = e.revision
             out.append(rec)
         return out
+
+    async def watch_records(self) -> AsyncIterator[tuple[str, WorkflowRecord | None, bool]]:
+        """Every workflow record, then each change as it is written: ``(id, record or None when
+        deleted, caught up)``; caught up is True from the message that leaves nothing pending (or
+        at once, with a None id, when the bucket holds no record). One ordered consumer on ``w.*``:
+        it costs what is written, never a re-read of what is not."""
+        kv = await self.kv()
+        js = self.ops.publisher.nc.jetstream(timeout=10.0)
+        prefix = kv.subject("w.")
+        sub = await js.subscribe(prefix + "*", stream=self.names.kv_stream(self.names.workflows_bucket),
+                                 ordered_consumer=True, deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                                 inactive_threshold=300.0)
+        try:
+            info = await sub.consumer_info()
+            caught_up = info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq)
+            if caught_up:
+                yield "", None, True
+            async for msg in sub.messages:
+                meta = msg.metadata
+                caught_up = caught_up or meta.num_pending == 0
+                wf = msg.subject[len(prefix):]
+                hdrs = msg.headers or {}
+                if hdrs.get("KV-Operation") in ("DEL", "PURGE") or "Nats-Marker-Reason" in hdrs or not msg.data:
+                    yield wf, None, caught_up
+                    continue
+                try:
+                    rec = _dec(msg.data, WorkflowRecord)
+                except (ChronosError, msgspec.DecodeError) as exc:
+                    log.warning("workflow record %s unreadable: %s", wf, exc)
+                    continue
+                rec.revision = meta.sequence.stream
+                yield wf, rec, caught_up
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection is closed already
+                log.debug("workflow watch unsubscribe: %s", exc)
+
+    async def purge(self, wf: str, revision: int) -> bool:
+        """Remove a finished workflow: its record (compare-and-set on ``revision``: a workflow
+        retried meanwhile is kept), then its definition, node specs and fan-in records, with one
+        filtered purge per key space (no delete marker left per key). False if it had moved."""
+        names = self.names
+        bucket = names.workflows_bucket
+        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(revision),
+                   "Nats-TTL": f"{MARKER_TTL}s"}  # the marker expires by itself if the purges below never come
+        try:
+            await self.ops.publisher.request(names.kv_subject(bucket, f"w.{wf}"), b"", headers)
+        except Exception as exc:
+            if is_wrong_last_sequence(exc):
+                return False
+            raise
+        js = self.conn.js
+        stream = names.kv_stream(bucket)
+        for key in (f"n.{wf}.>", f"f.{wf}.>", f"d.{wf}", f"w.{wf}"):
+            await js.purge_stream(stream, subject=names.kv_subject(bucket, key))
+        self._shapes.pop(wf, None)
+        return True
 
     async def shape(self, wf: str) -> Shape:
         """The definition, read once per process (a group's children all ask at once: one read)."""
@@ -299,6 +361,13 @@ class WorkflowStore:
         for i, state, error in ended:
             if node_failed(state, error):
                 await self._record_failure(wf, i, error)
+        done = [i for i, state, _ in ended if state is JobState.COMPLETED]
+        if done:
+            # A node that failed may have been rerun by anyone (`chronos retry <job>` included): its
+            # completion takes it off the failed list, and the workflow runs again once none is left.
+            rec = await self.record(wf)
+            if any(i in rec.failed for i in done):
+                await self._resume(wf, done)
         marks: dict[int, dict[int, bool]] = {}  # child -> parent position -> failed
         sinks: dict[int, bool] = {}
         for i, state, _error in ended:
@@ -343,6 +412,24 @@ class WorkflowStore:
             return msgspec.structs.replace(rec, failed=failed, updated_at=now)
 
         await self.update_record(wf, decide)
+
+    async def _resume(self, wf: str, done: list[int]) -> WorkflowRecord:
+        """Nodes of ``done`` completed after failing: off the failed list; a failed workflow with
+        no failed node left is running again (its end is then confirmed from the jobs, and the
+        leader reruns the nodes it stopped whose parents have completed)."""
+        now = self.clock.now()
+
+        def decide(rec: WorkflowRecord) -> WorkflowRecord | None:
+            failed = [f for f in rec.failed if f not in done]
+            if failed == rec.failed:
+                return None
+            if rec.state is WorkflowState.FAILED and not failed:
+                log.info("workflow %s: its failed nodes completed after a retry; running again", wf)
+                return workflow_transition(rec, WorkflowState.RUNNING, now, failed=failed, reason=None, settled=False,
+                                           resumed=rec.resumed + 1, resumed_at=now)
+            return msgspec.structs.replace(rec, failed=failed, updated_at=now)
+
+        return await self.update_record(wf, decide)
 
     async def _parents_decision(self, wf: str, c: int) -> tuple[bool, bool]:
         """(all parents ended, any parent did not complete), from their job records."""
@@ -541,6 +628,15 @@ class WorkflowStore:
                     touched += 1
             elif settled_for(job) and node_failed(job.state, job.error) and i not in rec.failed:
                 await self.advance(wf, i, job.state, job.error)
+                touched += 1
+            elif (rec.resumed_at is not None and job.state is JobState.CANCELLED
+                  and (job.error or "").startswith(WORKFLOW_REASON) and (job.finished_at or 0.0) <= rec.resumed_at
+                  and all(p in jobs and jobs[p].state is JobState.COMPLETED and settled_for(jobs[p])
+                          for p in node.parents)):
+                # stopped by the workflow before it was resumed (fail-fast, cancel), and ready: run it
+                # again (a rerun after a plain `chronos retry` of the failed node; a stop after
+                # the resume is newer than resumed_at and stays)
+                await self.rerun_job(job.id, "workflow resumed")
                 touched += 1
         if touched:
             log.info("workflow %s: repaired %d node(s) left behind", wf, touched)

@@ -264,7 +264,7 @@ class Workflows:
             if cur.state is WorkflowState.RUNNING:
                 return msgspec.structs.replace(cur, failed=failed, updated_at=now, resumed=cur.resumed + 1)
             return workflow_transition(cur, WorkflowState.RUNNING, now, failed=failed, reason=None, settled=False,
-                                       resumed=cur.resumed + 1)
+                                       resumed=cur.resumed + 1, resumed_at=now)
 
         await self.store.update_record(wf_id, decide)
         for i in targets:

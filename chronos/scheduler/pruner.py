@@ -55,6 +55,7 @@ class Pruner:
         tick: float = 60.0,
         retention: float | None = None,
         is_leader: Callable[[], bool] = lambda: True,
+        keep: Callable[[str], bool] | None = None,
     ) -> None:
         self.ops = ops
         self.archiver = archiver
@@ -62,6 +63,8 @@ class Pruner:
         self.tick = tick
         self.retention = ops.conn.settings.scheduler.retention if retention is None else retention
         self.is_leader = is_leader
+        # Ids kept past the retention: nodes of a workflow whose record still exists (scheduler/workflows.py).
+        self.keep = keep or (lambda _id: False)
         self.pruned = 0
         self.pruned_event = asyncio.Event()  # pulsed after each step that deleted something
 
@@ -108,7 +111,8 @@ class Pruner:
         """Batches of terminal records finished before ``cutoff``, read from the KV."""
         if not self._indexed():
             async for entries in scan_entries(self.ops.conn, self.ops.names.jobs_bucket):
-                yield [r for r in map(_decode, entries) if r is not None and _expired(r, cutoff)]
+                yield [r for r in map(_decode, entries) if r is not None and _expired(r, cutoff)
+                       and not self.keep(r.id)]
             return
         index = self.archiver.index
         mark: tuple[float, str] | None = None
@@ -117,6 +121,7 @@ class Pruner:
             if not rows:
                 return
             mark = (rows[-1][1], rows[-1][0])
+            rows = [row for row in rows if not self.keep(row[0])]
             found = await asyncio.gather(*(self.ops.read_or_none(i) for i, _ in rows))
             await index.forget([i for (i, _), rec in zip(rows, found) if rec is None])
             # The KV's copy decides: a job retried since the index saw it is not expired.

@@ -168,8 +168,12 @@ class SchedulerService:
         assert self.archiver is not None
         self.rescuer = Rescuer(ops, clock=self.clock, tick=self._rescuer_tick or max(1.0, s.rescue_after / 4),
                                is_leader=is_leader, on_event=events.emit, index=self.archiver.index)
+        # Workflows: repair, pruning past the retention; their node jobs are kept while their record is.
+        self.workflow_repair = WorkflowRepair(ops, clock=self.clock, tick=self._workflow_tick, is_leader=is_leader,
+                                              events=events)
         self.pruner = Pruner(ops, self.archiver, clock=self.clock, is_leader=is_leader,
-                             tick=self._pruner_tick or min(300.0, max(1.0, s.retention / 10)))
+                             tick=self._pruner_tick or min(300.0, max(1.0, s.retention / 10)),
+                             keep=self.workflow_repair.holds)
         loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = [
             ("stager", self.stager.run),
             ("enqueuer", self.enqueuer.run),
@@ -179,8 +183,6 @@ class SchedulerService:
         # Acknowledged work messages out of the limits-retention jobs stream, in bulk (purger.py).
         self.purger = Purger(conn, is_leader=is_leader)
         loops.append(("purger", self.purger.run))
-        self.workflow_repair = WorkflowRepair(ops, clock=self.clock, tick=self._workflow_tick, is_leader=is_leader,
-                                              events=events)
         loops.append(("workflows", self.workflow_repair.run))
         self.terms += 1
         async with asyncio.TaskGroup() as tg:
@@ -191,7 +193,7 @@ class SchedulerService:
 
 # Tasks of a term's loops (named where they are created); never the lease, whose cleanup resigns.
 _LOOP_TASKS = ("scheduler-stager", "scheduler-enqueuer", "scheduler-rescuer", "scheduler-pruner", "scheduler-workflows",
-               "scheduler-purger",
+               "scheduler-purger", "workflows-watch",
                "stager-load", "enqueuer-watch")
 
 
