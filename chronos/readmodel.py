@@ -931,7 +931,9 @@ class JobIndex:
     async def ids_in_state(self, state: str, *, limit: int = 1000, after: str | None = None) -> list[str]:
         """Ids of rows in ``state`` (an index range), in id order after ``after``: for loops whose
         work follows a few states (running jobs, say) rather than the whole bucket."""
-        sql = "SELECT id FROM live WHERE ns = ? AND state = ?"
+        # INDEXED BY: for ORDER BY id SQLite otherwise walks the primary key over every row of the
+        # namespace (146 ms a pass at a million rows); the state index holds just these rows.
+        sql = "SELECT id FROM live INDEXED BY live_state WHERE ns = ? AND state = ?"
         args: list[Any] = [self.ns, state]
         if after is not None:
             sql += " AND id > ?"
