@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import msgspec
+import nats.js.errors
 
-from .connection import Connection
+from .connection import Connection, TopologyMissingError
 from .store.kv import KVStore
 
 
@@ -54,7 +55,12 @@ class QueueFlags:
     async def store(self) -> KVStore:
         if self._store is None:
             bucket = self.names.queues_bucket
-            self._store = KVStore(await self.conn.kv(bucket), self.conn.publisher, bucket)
+            try:
+                kv = await self.conn.kv(bucket)
+            except nats.js.errors.BucketNotFoundError:
+                raise TopologyMissingError(f"bucket {bucket} does not exist (made by a chronos before queue "
+                                           "pauses): run `chronos admin init` with admin credentials") from None
+            self._store = KVStore(kv, self.conn.publisher, bucket)
         return self._store
 
     def queue_of(self, key: str) -> str:

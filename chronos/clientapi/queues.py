@@ -65,6 +65,7 @@ class Queues:
         check_queue_name(queue)
         if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
             raise ValidationError(f"reason: at most {MAX_REASON} characters of text")
+        await self.flags.store()  # the bucket is there (an older topology lacks it) before the audit entry
         await audit.record(self.conn, "queue_pause", queue, reason=reason or None)
         flag = QueuePause(queue=queue, paused=True, at=self.clock.now(), by=audit.login(),
                           user=self.conn.settings.nats.user or "", reason=reason or "")
@@ -74,6 +75,7 @@ class Queues:
     async def resume_queue(self, queue: str) -> QueuePause:
         """Let workers pull from ``queue`` again (they learn it through their watch at once)."""
         check_queue_name(queue)
+        await self.flags.store()
         await audit.record(self.conn, "queue_resume", queue)
         flag = QueuePause(queue=queue, paused=False, at=self.clock.now(), by=audit.login(),
                           user=self.conn.settings.nats.user or "")

@@ -19,7 +19,11 @@ def test_pause_list_resume_with_a_worker(cli, worker, register_tasks):
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("queue default paused (deploy in progress): workers stop pulling from it")
     assert "no live worker" not in r.stdout
-    wait_until(lambda: "default" in w.main.service.pauses.paused, 10, "the worker to see the pause")
+    # ... and its pull requests opened before the pause have run out (one of them would hand the
+    # job over and back: it would count as running, not waiting, for a second; docs/queues.md).
+    svc = w.main.service
+    wait_until(lambda: "default" in svc.pauses.paused and not any(p.outstanding for p in svc.pullers if p.queue == "default"),
+               10, "the worker to see the pause")
 
     job = submit(cli, "t.add", "--args", "[1, 2]")
     wait_until(lambda: queue_row(cli, "default")["waiting"] == 1, 10, "the job to wait in the paused queue")
