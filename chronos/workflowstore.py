@@ -148,8 +148,15 @@ class WorkflowStore:
         sub = await js.subscribe(prefix + "*", stream=self.names.kv_stream(self.names.workflows_bucket),
                                  ordered_consumer=True, deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
                                  inactive_threshold=300.0)
+        me = asyncio.current_task()
         try:
+            # nats-py can swallow a cancel that lands inside its requests (3.11's wait_for): check
+            # after each, or the loop below waits for messages forever (a stuck leader step-down).
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
             info = await sub.consumer_info()
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
             caught_up = info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq)
             if caught_up:
                 yield "", None, True
@@ -589,6 +596,10 @@ class WorkflowStore:
         if len(jobs) < rec.nodes or any(j.state not in TERMINAL for j in jobs.values()):
             return None
         failed = sorted(i for i, j in jobs.items() if node_failed(j.state, j.error))
+        if not failed and any(j.state is JobState.CANCELLED and (j.error or "").startswith(WORKFLOW_REASON)
+                              for j in jobs.values()):
+            # resumed after a failure: nodes the workflow stopped are still to run again (repair)
+            return None
         now = self.clock.now()
 
         def decide(cur: WorkflowRecord) -> WorkflowRecord | None:
