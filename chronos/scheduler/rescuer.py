@@ -122,7 +122,18 @@ class Rescuer:
             lost.append(rec)
 
         self.scanned = 0
-        if self.index is not None and self.index.caught_up.is_set():
+        if self.index is None:
+            # No index (a rescuer built by hand): the bucket, streamed in batches (see _scan.py).
+            async for entries in scan_entries(self.ops.conn, self.ops.names.jobs_bucket):
+                for e in entries:
+                    self.scanned += 1
+                    try:
+                        rec = codec.decode(e.value or b"", JobRecord)
+                    except ChronosError:
+                        continue
+                    rec.revision = e.revision
+                    consider(rec)
+        elif self.index.caught_up.is_set():
             after: str | None = None
             while True:
                 ids = await self.index.ids_in_state(JobState.RUNNING.value, limit=1000, after=after)
@@ -134,17 +145,9 @@ class Rescuer:
                 if len(ids) < 1000:
                     break
                 after = ids[-1]
-        else:
-            # No index yet: streamed in batches (the bucket may hold a million jobs, see _scan.py).
-            async for entries in scan_entries(self.ops.conn, self.ops.names.jobs_bucket):
-                for e in entries:
-                    self.scanned += 1
-                    try:
-                        rec = codec.decode(e.value or b"", JobRecord)
-                    except ChronosError:
-                        continue
-                    rec.revision = e.revision
-                    consider(rec)
+        # else: the index is still reading the bucket (a new node: a million records take a minute
+        # or two). Scanning the bucket meanwhile read every record once more and then rested 4x as
+        # long (minutes without a pass); the pending markers are still repaired below.
         for rec in lost:
             if not self.is_leader():
                 return n

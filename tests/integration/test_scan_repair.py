@@ -38,3 +38,38 @@ async def test_a_marker_is_found_and_repaired_and_none_left_is_an_empty_scan(cli
     assert await markers(client) == []  # the marker went with the repair
     info = await client.conn.js.stream_info(client.names.jobs_stream)
     assert info.state.messages == 1  # the work message, published once
+
+
+class StubIndex:
+    """The job index as the rescuer sees it: caught up or not, and the ids in a state."""
+
+    def __init__(self, running: list[str]) -> None:
+        import asyncio
+
+        self.caught_up = asyncio.Event()
+        self.running = running
+
+    async def ids_in_state(self, state: str, *, limit: int = 1000, after: str | None = None) -> list[str]:
+        assert state == "running"
+        return [i for i in sorted(self.running) if after is None or i > after][:limit]
+
+
+async def test_no_bucket_scan_while_the_index_catches_up_and_markers_are_repaired_meanwhile(client):
+    await client.register_tasks(["r.noop"])
+    ops = JobOps(client.conn)
+    now = time.time()
+    lost = new_record("lost0001", client.build_spec("r.noop"), now - 100, JobState.RUNNING, worker="ghost",
+                      attempt=1)
+    await (await ops.create_nowait(lost))
+    orphan = new_record("orphan02", client.build_spec("r.noop"), now, JobState.AVAILABLE)
+    _, marked = await ops.mark_pending([PendingWrite(orphan.id, orphan.gen, orphan.attempt)], "test")
+    await marked
+    await (await ops.create_nowait(orphan))
+    index = StubIndex([lost.id])
+    rescuer = Rescuer(ops, clock=FakeClock(now + 60), rescue_after=5, index=index)
+    assert await rescuer.step() == 1  # the marker's job, republished
+    assert rescuer.scanned == 0 and rescuer.repaired == ["orphan02"]
+    assert (await client.get(lost.id)).state is JobState.RUNNING  # not looked at yet
+    index.caught_up.set()
+    assert await rescuer.step() == 1
+    assert rescuer.scanned == 1 and dict(rescuer.rescued) == {"lost0001": "retryable"}
