@@ -135,17 +135,26 @@ def workflows(
     steps: Annotated[int, typer.Option("--steps", min=0, help="Steps of the chain (0: skip it).")] = 1_000,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes.")] = 2,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Slots per worker.")] = 256,
+    idle: Annotated[float, typer.Option("--idle", min=0, help="Seconds of idle scheduler CPU to measure, "
+                                        "with no workflow and with --finished finished ones (0: skip).")] = 0.0,
+    finished: Annotated[int, typer.Option("--finished", min=1, help="Finished workflows for --idle.")] = 10_000,
     json_: JsonOpt = False,
 ) -> None:
     """A group of N children with one callback (runs once; latency from the last child) and a chain of M steps."""
     from chronos.bench.workflows import run_workflows
 
     st = state(ctx)
-    result = run_async(st, run_workflows(children=children, steps=steps, workers=workers, concurrency=concurrency))
+    result = run_async(st, run_workflows(children=children, steps=steps, workers=workers, concurrency=concurrency,
+                                         idle=idle, finished=finished))
     if wants_json(ctx, json_):
         out.print_json(result)
     else:
         rows: list[tuple[str, str]] = []
+        if result.idle is not None:
+            i = result.idle
+            rows += [("idle scheduler", f"{i.cpu_percent_empty} % CPU with no workflow, {i.cpu_percent_finished} % "
+                                        f"with {i.finished:,} finished ({i.seconds:g} s each; load {i.loadavg})"),
+                     ("full read", f"{i.full_read_ms:.0f} ms to read every workflow record once")]
         if result.group is not None:
             g = result.group
             rows += [

@@ -8,6 +8,12 @@ Measured: for the group, the time to submit, the time until the last child compl
 callback's latency (its function's start minus the last child's ``finished_at``, one clock,
 one machine) and how many times it ran (must be 1); for the chain, the total time and the
 per-step overhead (total / steps; the steps do nothing).
+
+``idle`` (seconds, 0: skip), before those: the scheduler process's CPU over that long with no
+workflow at all, then again with ``finished`` finished workflows in the bucket (written directly:
+a completed, settled record and a one-node definition each; the leader's loop looks only at the
+records), and how long one read of every record takes (what each tick of the loop cost before it
+followed active workflows only).
 """
 
 from __future__ import annotations
@@ -79,6 +85,16 @@ class ChainResult(msgspec.Struct):
     duplicate_steps: int
 
 
+class IdleResult(msgspec.Struct):
+    seconds: float  # each measuring window
+    cpu_percent_empty: float  # scheduler process, no workflow in the bucket
+    cpu_percent_finished: float  # the same with ``finished`` finished workflows
+    finished: int
+    write_seconds: float  # writing the finished workflows (pipelined)
+    full_read_ms: float  # one read of every workflow record (the old loop's cost per tick)
+    loadavg: str
+
+
 class WorkflowsResult(msgspec.Struct):
     group: GroupResult | None
     chain: ChainResult | None
@@ -86,6 +102,7 @@ class WorkflowsResult(msgspec.Struct):
     concurrency: int
     loadavg: str
     target_met: bool  # callback once, within 1 s of the last child
+    idle: IdleResult | None = None
 
 
 def read_runs(paths: list[Path]) -> list[tuple[str, str, float]]:
@@ -111,9 +128,57 @@ def spawn_wf_worker(url: str, namespace: str, *, concurrency: int, stats_file: P
     return subprocess.Popen(args, start_new_session=True)
 
 
+async def _write_finished(client: Client, count: int) -> float:
+    """``count`` finished workflows, as the leader sees them: a completed, settled record each (and a
+    one-node definition); pipelined puts. Seconds taken."""
+    from .. import codec
+    from ..ids import new_job_id
+    from ..states import WorkflowState
+    from ..workflows import NodeDef, WorkflowDef, WorkflowRecord
+
+    kv = await client.workflow_api.store.kv()
+    pub = client.conn.publisher
+    t0 = time.perf_counter()
+    now = time.time()
+    futs = []
+    for _ in range(count):
+        wf = "w" + new_job_id(now)
+        for key, value in ((f"d.{wf}", WorkflowDef(id=wf, nodes=[NodeDef(task="wfb.leaf", parents=[])])),
+                           (f"w.{wf}", WorkflowRecord(id=wf, state=WorkflowState.COMPLETED, created_at=now,
+                                                      updated_at=now, nodes=1, finished_at=now, settled=True))):
+            if pub.in_flight >= pub.window // 2:
+                await pub.wait_for_room(pub.window // 4)
+            futs.append(await kv.put_nowait(key, codec.encode(value)))
+    await asyncio.gather(*futs)
+    return time.perf_counter() - t0
+
+
+async def measure_idle(client: Client, pid: int, *, seconds: float, finished: int) -> IdleResult:
+    from ._common import cpu_seconds
+
+    async def window() -> float:
+        c0, w0 = cpu_seconds(pid), time.monotonic()
+        await asyncio.sleep(seconds)
+        return (cpu_seconds(pid) - c0) / (time.monotonic() - w0) * 100
+
+    await asyncio.sleep(2.0)  # the scheduler's start-up work is over
+    empty = await window()
+    wrote = await _write_finished(client, finished)
+    await asyncio.sleep(3.0)  # its watch has taken them in
+    full = await window()
+    t0 = time.perf_counter()
+    n = len(await client.workflow_api.store.records())
+    read_ms = (time.perf_counter() - t0) * 1000
+    if n < finished:
+        raise RuntimeError(f"wrote {finished} workflows, read back {n}")
+    return IdleResult(seconds=seconds, cpu_percent_empty=round(empty, 1), cpu_percent_finished=round(full, 1),
+                      finished=finished, write_seconds=round(wrote, 2), full_read_ms=round(read_ms, 1),
+                      loadavg=Path("/proc/loadavg").read_text().strip())
+
+
 async def run_workflows(*, children: int = 10_000, steps: int = 1_000, workers: int = 2, concurrency: int = 256,
-                        timeout: float = 600.0, url: str | None = None, namespace: str = "wfbench"
-                        ) -> WorkflowsResult:
+                        timeout: float = 600.0, url: str | None = None, namespace: str = "wfbench",
+                        idle: float = 0.0, finished: int = 10_000) -> WorkflowsResult:
     from ..workflows import Workflow, chain, chord, group, node_job_id
     from ._scheduler import spawn_scheduler
 
@@ -135,6 +200,7 @@ async def run_workflows(*, children: int = 10_000, steps: int = 1_000, workers: 
         await wait_for_workers(client, workers, timeout=60)
         client._known_tasks.update({"wfb.leaf", "wfb.cb", "wfb.step"})
         g = c = None
+        idle_result = await measure_idle(client, sched.pid, seconds=idle, finished=finished) if idle > 0 else None
         if children:
             t0 = time.perf_counter()
             wall0 = time.time()
@@ -171,7 +237,7 @@ async def run_workflows(*, children: int = 10_000, steps: int = 1_000, workers: 
                             duplicate_steps=len(ids) - len(set(ids)))
         ok = g is None or (g.callback_runs == 1 and g.callback_latency <= 1.0 and g.duplicate_children == 0)
         return WorkflowsResult(group=g, chain=c, workers=workers, concurrency=concurrency,
-                               loadavg=Path("/proc/loadavg").read_text().strip(), target_met=ok)
+                               loadavg=Path("/proc/loadavg").read_text().strip(), target_met=ok, idle=idle_result)
     finally:
         for p in procs:
             stop_process(p)
