@@ -36,6 +36,11 @@ UNITS: dict[str, float] = {"s": 1.0, "m": 60.0, "h": 3600.0}
 MAX_CONCURRENCY = 1000  # slot keys per (scope, key); a queue of more is better left unlimited
 MAX_BURST = 10_000
 MAX_KEY = 256  # characters of a key value shown in listings (the store key is a digest)
+# Turns are reserved at most this far ahead (beyond the burst): a backlog past it waits without a
+# turn and asks again later. It is what lets a reader tell a planted far-future state from a real one.
+HORIZON = 3600.0
+# Clock skew between hosts tolerated by the sanity checks on stored limit state (seconds).
+SKEW = 30.0
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*([smh])\s*$")
 
 Scope = Literal["task", "queue"]
@@ -176,6 +181,19 @@ def reserve(tat: float, now: float, rate: Rate) -> tuple[float, float]:
     return start, max(tat, now) + rate.interval
 
 
+def horizon(rate: Rate) -> float:
+    """How far ahead of now a turn may be reserved under ``rate``: the burst plus an hour (or one
+    interval, for rates slower than one an hour)."""
+    return rate.interval * (rate.burst - 1) + max(HORIZON, rate.interval)
+
+
+def tat_is_sane(tat: float, now: float, rate: Rate) -> bool:
+    """Whether a stored GCRA state could have been written by ``reserve`` under ``rate``: never more
+    than the horizon and one interval ahead (plus clock skew). A state further ahead was planted
+    (or written under a slower limit since changed) and would starve the limit: it is reset."""
+    return tat - now <= horizon(rate) + rate.interval + SKEW
+
+
 def waiting(tat: float, now: float, rate: Rate) -> int:
     """Jobs holding a reserved start still ahead (an estimate of how many wait)."""
     tau = rate.interval * (rate.burst - 1)
@@ -226,7 +244,25 @@ class SlotHolder(msgspec.Struct, omit_defaults=True):
     lease: float = 0.0
     gen: int = 0  # the job's generation
     renewed: float = 0.0  # the holder's clock at its last renewal (listings only)
+    # Handed over by the job that released it to a waiting job (job_id), which has not taken it
+    # yet: only that job may take it; if it never comes, the short TTL frees the slot.
+    reserved: bool = False
     v: int = 1
+
+
+def holder_is_sane(h: SlotHolder, now: float, own_lease: float) -> bool:
+    """Whether a held slot could still be alive under the rules every worker follows: its last write
+    (``renewed`` or ``since``, the writer's clock) plus its lease is not long past, nor in the future.
+    The lease trusted is at most ``trust_lease(own_lease)``: a stolen credential that writes a slot
+    with a day-long TTL holds it only as long as it keeps writing."""
+    stamp = h.renewed or h.since
+    lease = min(h.lease, trust_lease(own_lease)) if h.lease > 0 else trust_lease(own_lease)
+    return now - SKEW - lease <= stamp <= now + SKEW
+
+
+def trust_lease(own_lease: float) -> float:
+    """The longest lease a reader honours: four times its own (fleets keep one setting), at least 60 s."""
+    return max(4.0 * own_lease, 60.0)
 
 
 class Waiter(msgspec.Struct, omit_defaults=True):
@@ -265,11 +301,15 @@ class LimitView(msgspec.Struct, omit_defaults=True):
 
 
 class LimitsSnapshot(msgspec.Struct):
-    """Every limit with state in the limits bucket, and every queue's operator settings."""
+    """The limits with state in the limits bucket (the ``top`` most waited on), and every queue's
+    operator settings. ``omitted`` limits with state were left out of ``limits`` (fewer waiting);
+    ``truncated``: the bucket held more keys than a snapshot reads, so counts are partial."""
 
     at: float
     queues: list[QueueLimit]
     limits: list[LimitView]
+    omitted: int = 0
+    truncated: bool = False
 
 
 def bump_recent(recent: list[tuple[int, int]], start: float, keep: int = 8) -> list[tuple[int, int]]:

@@ -11,7 +11,15 @@ every worker watches it). Keys of ``<ns>_limits`` (``chronos/limits.py`` has the
 
 Every write is a compare-and-set on the key's revision (``Nats-Expected-Last-Subject-Sequence``),
 so two workers never both take one slot or one rate turn. A slot is taken over an absent key
-(revision 0), over a released one (its delete marker's revision), or never.
+(revision 0), over a released one (its delete marker's revision), over a reservation for the
+taking job (``SlotHolder.reserved``: handed over by the job that released it), over a value no
+worker could have written (undecodable, or a holder whose own lease ran out long ago: a longer
+TTL than any worker sets), or never.
+
+Any worker credential can write this bucket (workers take and release slots), so readers do not
+trust what they find: a rate state further ahead than its limit allows, or one that does not
+decode, is reset by compare-and-set; a slot past its holder's lease (or stamped in the future)
+is taken over. docs/concurrency-limits.md ("A stolen worker credential") lists what is left.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import logging
 import math
 import random
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import msgspec
 
@@ -42,8 +50,11 @@ from .limits import (
     Waiter,
     bump_recent,
     digest,
+    holder_is_sane,
+    horizon,
     rate_now,
     reserve,
+    tat_is_sane,
     waiting,
 )
 from .publisher import encode_headers, is_wrong_last_sequence
@@ -67,6 +78,16 @@ RATE_PREFIX = "rate."
 SLOT_PREFIX = "slot."
 WAIT_PREFIX = "wait."
 _DELETE_OPS = ("DEL", "PURGE")
+SNAPSHOT_TOP = 200  # limits a snapshot lists (the most waited on); the rest are counted
+SNAPSHOT_MAX_KEYS = 50_000  # keys a snapshot reads at most (per kind of key)
+
+
+class NoTurn(ConflictError):
+    """No rate turn was reserved: the next free one is beyond the horizon. Ask again at ``retry_at``."""
+
+    def __init__(self, name: str, retry_at: float) -> None:
+        super().__init__(f"rate limit {name}: no turn within the horizon")
+        self.retry_at = retry_at
 
 
 @dataclass(slots=True)
@@ -214,7 +235,11 @@ class LimitStore:
                             raise
                         continue
                     for f, t in zip(batch, starts):
-                        if not f.done():
+                        if f.done():
+                            continue
+                        if isinstance(t, NoTurn):
+                            f.set_exception(t)
+                        else:
                             f.set_result(t)
             finally:
                 self._rate_busy.discard(k)
@@ -223,26 +248,43 @@ class LimitStore:
                         f.set_exception(ConflictError(f"rate limit {name}: try again"))
         return await fut
 
-    async def _reserve_batch(self, k: str, scope: str, name: str, key: str | None, rate: Rate, n: int) -> list[float]:
-        starts: list[float] = []
+    async def _reserve_batch(self, k: str, scope: str, name: str, key: str | None, rate: Rate,
+                             n: int) -> list[float | NoTurn]:
+        starts: list[float | NoTurn] = []
 
         async def read() -> tuple[RateState | None, int]:
             data, rev = await self._get(k)
-            return (_decode(data, RateState) if data else None), rev
+            if not data:
+                return None, rev
+            try:
+                return _decode(data, RateState), rev
+            except MalformedMessageError as exc:  # not written by a worker: reset (by compare-and-set)
+                log.warning("rate limit %s%s: resetting an undecodable state (%s)", name,
+                            f" [{key}]" if key else "", exc)
+                return None, rev
 
         def decide(state: RateState | None, rev: int) -> RateState:
             now = self.clock.now()
+            if state is not None and not (math.isfinite(state.tat) and tat_is_sane(state.tat, now, rate)):
+                log.warning("rate limit %s%s: resetting a state %.0f s ahead, beyond what %s allows "
+                            "(planted, or left by a slower limit)", name, f" [{key}]" if key else "",
+                            state.tat - now, rate.text())
+                state = None
             tat = state.tat if state is not None else now
             recent = state.recent if state is not None else []
+            limit = now + horizon(rate)
             starts.clear()
             for _ in range(n):
+                if tat > limit:  # a backlog beyond the horizon: no turn yet, ask again once one is near
+                    starts.append(NoTurn(name, tat - horizon(rate) + rate.interval))
+                    continue
                 start, tat = reserve(tat, now, rate)
                 starts.append(start)
                 recent = bump_recent(recent, start)
             return RateState(tat=tat, scope=scope, name=name, key=key, limit=rate.text(), burst=rate.burst,
                              recent=recent)
 
-        async def write(new: RateState, rev: int) -> list[float]:
+        async def write(new: RateState, rev: int) -> list[float | NoTurn]:
             # The state expires once idle: by then the tat is in the past and absent means the same.
             ttl = max(60.0, new.tat - self.clock.now() + 60.0)
             new_rev = await self._cas(k, codec.encode(new), rev, ttl)
@@ -258,10 +300,16 @@ class LimitStore:
 
     # --- concurrency slots (workers) -----------------------------------------------------------------
     async def acquire(self, scope: str, name: str, key: str | None, limit: int, holder: SlotHolder,
-                      lease: float) -> SlotLease | None:
-        """Take one of ``limit`` slots for ``holder`` (None: all are held). One try per free slot."""
-        base = SLOT_PREFIX + digest(scope, name, key or "") + "."
+                      lease: float, *,
+                      dead: Callable[[list[str]], Awaitable[set[str]]] | None = None) -> SlotLease | None:
+        """Take one of ``limit`` slots for ``holder`` (None: all are held). One try per free slot.
+
+        A slot reserved for ``holder``'s job, or holding a value no worker could have written, counts
+        as free. ``dead`` (given now and then by a long waiter): which of the holders' jobs are
+        finished or gone; their slots (a release that never came, or a planted holder) are taken over."""
+        base = self.slot_group(scope, name, key) + "."
         data = codec.encode(holder)
+        held: list[tuple[str, int, str]] = []  # (slot key, revision, holder's job) seen held
         if limit == 1:
             k = base + "0"
             rev = self._free_rev.get(k)
@@ -270,35 +318,77 @@ class LimitStore:
                 # so one read says so, where a write would be refused and then read anyway.
                 value, rev = await self._get(k)
                 if value is not None:
-                    return None
-            return await self._take(k, rev, data, holder, lease)
-        # Slots in a random order (workers racing for the same free slots spread out), read a few
-        # at a time: a limit that is not full costs one small batch of reads, a full one all.
-        order = [base + str(i) for i in range(limit)]
-        random.shuffle(order)
-        for i in range(0, limit, 16):
-            keys = order[i:i + 16]
-            seen = await asyncio.gather(*(self._get(k) for k in keys))
-            for k, (value, rev) in zip(keys, seen):
-                if value is None:
+                    job = self._held_by(k, value, holder, lease)
+                    if job is not None:
+                        held.append((k, rev, job))
+            if not held:
+                return await self._take(k, rev, data, holder, lease)
+        else:
+            # Slots in a random order (workers racing for the same free slots spread out), read a few
+            # at a time: a limit that is not full costs one small batch of reads, a full one all.
+            order = [base + str(i) for i in range(limit)]
+            random.shuffle(order)
+            for i in range(0, limit, 16):
+                keys = order[i:i + 16]
+                seen = await asyncio.gather(*(self._get(k) for k in keys))
+                for k, (value, rev) in zip(keys, seen):
+                    job = self._held_by(k, value, holder, lease) if value is not None else None
+                    if job is not None:
+                        held.append((k, rev, job))
+                        continue
                     got = await self._take(k, rev, data, holder, lease)
+                    if got is not None:
+                        return got
+        if dead is not None and held:
+            gone = await dead(sorted({job for _k, _rev, job in held}))
+            for k, rev, job in held:
+                if job in gone:
+                    log.warning("limit slot %s: its holder job %s is finished or gone; taking it over", k, job)
+                    got = await self._take(k, rev, data, holder, lease, reclaim=True)
                     if got is not None:
                         return got
         return None
 
-    async def _take(self, k: str, rev: int, data: bytes, holder: SlotHolder, lease: float) -> SlotLease | None:
-        """One slot key, seen free at ``rev``: compare-and-set it (once more if it was freed meanwhile)."""
-        for _ in range(2):
+    def _held_by(self, k: str, value: bytes, holder: SlotHolder, lease: float) -> str | None:
+        """The job holding slot ``k`` (None: ``holder`` may take it: reserved for its job, or not a
+        value any worker writes)."""
+        try:
+            h = _decode(value, SlotHolder)
+        except MalformedMessageError as exc:
+            log.warning("limit slot %s: taking over an undecodable value (%s)", k, exc)
+            return None
+        if h.reserved and h.job_id == holder.job_id:
+            return None  # handed over to this job by the one that released it
+        if not holder_is_sane(h, self.clock.now(), lease):
+            log.warning("limit slot %s: taking over a holder (job %s, worker %s) past any lease it could have "
+                        "(written %.0f s ago, lease %.0f s)", k, h.job_id, h.worker,
+                        self.clock.now() - (h.renewed or h.since), h.lease)
+            return None
+        return h.job_id
+
+    async def _take(self, k: str, rev: int, data: bytes, holder: SlotHolder, lease: float,
+                    reclaim: bool = False) -> SlotLease | None:
+        """One slot key, seen free (or claimable) at ``rev``: compare-and-set it (once more if it was
+        freed meanwhile). ``reclaim``: over a dead holder, once, never over a fresh one."""
+        for _ in range(1 if reclaim else 2):
             try:
                 new_rev = await self._cas(k, data, rev, lease)
             except ConflictError:
+                self._free_rev.pop(k, None)
+                if reclaim:
+                    return None
                 value, rev = await self._get(k)
-                if value is not None:
+                if value is not None and self._held_by(k, value, holder, lease) is not None:
                     return None  # held by someone
-                continue  # released or expired meanwhile: once more over what is there now
+                continue  # released, expired or handed to us meanwhile: once more over what is there now
             self._free_rev.pop(k, None)
             return SlotLease(k, new_rev, holder)
         return None
+
+    @staticmethod
+    def slot_group(scope: str, name: str, key: str | None) -> str:
+        """The common prefix of one limit's slot keys (``slot.<digest>``)."""
+        return SLOT_PREFIX + digest(scope, name, key or "")
 
     async def renew(self, slot: SlotLease, lease: float) -> bool:
         """Set the slot's TTL again (compare-and-set on its revision). False: it was lost (expired, taken)."""
@@ -319,9 +409,7 @@ class LimitStore:
         slot.lost = True
         headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(slot.revision),
                    "Nats-TTL": "60s"}
-        hdr = encode_headers(headers)
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[Any] = loop.create_future()
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def on_ack(ack: Any, exc: BaseException | None) -> None:
             if exc is None and ack is not None:
@@ -331,17 +419,48 @@ class LimitStore:
             if not done.done():
                 done.set_result(None)
 
-        if not self.conn.publisher.publish_cb(self.subject(slot.key), b"", hdr, on_ack):
+        self._send_nowait(slot.key, b"", headers, on_ack)
+        return done
+
+    def hand_over_nowait(self, slot: SlotLease, job_id: str, gen: int, ttl: float,
+                         on_done: Callable[[bool], None]) -> bool:
+        """Give the slot straight to a waiting job (compare-and-set over our revision, a short TTL)
+        instead of releasing it: only that job may take it, so a job woken for it does not find it
+        taken by another. ``on_done(True)`` once written; False (then it is released or lost)."""
+        if slot.lost:
+            return False
+        slot.lost = True
+        h = msgspec.structs.replace(slot.holder, job_id=job_id, gen=gen, since=self.clock.now(), renewed=0.0,
+                                    lease=float(max(1, math.ceil(ttl))), reserved=True)
+        headers = {"Nats-Expected-Last-Subject-Sequence": str(slot.revision),
+                   "Nats-TTL": f"{max(1, math.ceil(ttl))}s"}
+
+        def on_ack(ack: Any, exc: BaseException | None) -> None:
+            if exc is not None and not is_wrong_last_sequence(exc):
+                log.warning("handing limit slot %s over failed (it expires with its lease): %s", slot.key, exc)
+            on_done(exc is None and ack is not None)
+
+        self._send_nowait(slot.key, codec.encode(h), headers, on_ack)
+        return True
+
+    def _send_nowait(self, key: str, value: bytes, headers: dict[str, str],
+                     on_ack: Callable[[Any, BaseException | None], None]) -> None:
+        if not self.conn.publisher.publish_cb(self.subject(key), value, encode_headers(headers), on_ack):
             async def send() -> None:
                 try:
-                    ack = await self.conn.publisher.request(self.subject(slot.key), b"", headers)
+                    ack = await self.conn.publisher.request(self.subject(key), value, headers)
                     on_ack(ack, None)
                 except Exception as exc:
                     on_ack(None, exc)
             task = asyncio.get_running_loop().create_task(send())
             self._sending.add(task)  # owned until done: the loop keeps only a weak reference
             task.add_done_callback(self._sending.discard)
-        return done
+
+    async def watch_slots(self) -> AsyncIterator[str]:
+        """Slot keys as they are released (deleted) by anyone, from now on."""
+        async for e in (await self.state.store()).watch(SLOT_PREFIX + ">"):
+            if e.value is None:
+                yield e.key
 
     async def note_waiting(self, scope: str, name: str, key: str | None, job_id: str, for_seconds: float) -> None:
         """Record that ``job_id`` waits for a slot (for listings); sent, not awaited."""

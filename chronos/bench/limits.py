@@ -61,6 +61,11 @@ class ConcurrencyResult(msgspec.Struct):
     completed: int
     total_seconds: float
     serial_seconds_per_key: float  # the least time one key's jobs need back to back
+    # a run's end to the next start of the same key: how soon a released slot is used
+    handoff_p50_ms: float = 0.0
+    handoff_p90_ms: float = 0.0
+    handoff_max_ms: float = 0.0
+    first_start_ms: float = 0.0  # submit -> the slowest key's first start
 
 
 class RecoveryResult(msgspec.Struct):
@@ -187,6 +192,7 @@ async def run_concurrency(server: EmbeddedServer, tmp: Path, *, jobs: int = 1000
     try:
         await wait_for_workers(client, workers)
         t0 = time.monotonic()
+        t_wall = time.time()
         await client.submit_specs([client.build_spec(KEY_TASK, {"key": f"k{i % keys}"}) for i in range(jobs)])
 
         def done() -> bool:
@@ -200,9 +206,23 @@ async def run_concurrency(server: EmbeddedServer, tmp: Path, *, jobs: int = 1000
             stop_process(p)
         await client.close()
     _, spans = read_runs(logs)
+    gaps = sorted(g for runs in spans.values() for g in handoff_gaps(runs))
+    firsts = [min(s for _j, s, _e in runs) for runs in spans.values() if runs]
+
+    def q(p: float) -> float:
+        return round(gaps[min(len(gaps) - 1, int(p * len(gaps)))] * 1000, 1) if gaps else 0.0
+
     return ConcurrencyResult(workers=workers, jobs=jobs, keys=keys, job_seconds=job_seconds,
                              overlapping_runs=overlapping(spans), completed=len({j for v in spans.values() for j, *_ in v}),
-                             total_seconds=round(total, 2), serial_seconds_per_key=round(jobs / keys * job_seconds, 2))
+                             total_seconds=round(total, 2), serial_seconds_per_key=round(jobs / keys * job_seconds, 2),
+                             handoff_p50_ms=q(0.5), handoff_p90_ms=q(0.9), handoff_max_ms=q(1.0),
+                             first_start_ms=round((max(firsts) - t_wall) * 1000, 1) if firsts else 0.0)
+
+
+def handoff_gaps(runs: list[tuple[str, float, float]]) -> list[float]:
+    """Seconds from each run's end to the next run's start, for the runs of one key."""
+    runs = sorted(runs, key=lambda r: r[1])
+    return [max(0.0, b[1] - a[2]) for a, b in zip(runs, runs[1:])]
 
 
 async def run_recovery(server: EmbeddedServer, tmp: Path, *, lease: float = 5.0, ack_wait: float = 2.0,
@@ -305,6 +325,11 @@ async def _worker_main(args: argparse.Namespace) -> None:
         await svc.run()
     finally:
         log_fh.close()
+        lim = svc.limiter
+        if lim is not None:  # how jobs waiting on a limit came back (stderr, for the one running the bench)
+            logging.getLogger("chronos.bench.limits").info(
+                "worker %s: %d hand-backs over a limit, %d re-parked, %d slots handed over, woken %s",
+                name, lim.waited, lim.reparked, lim.handed_over, lim.woken)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -321,6 +346,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--max-deliver", type=int, default=50)
         ap.add_argument("--log", required=True)
         logging.basicConfig(level=logging.WARNING)
+        logging.getLogger("chronos.bench.limits").setLevel(logging.INFO)
         asyncio.run(_worker_main(ap.parse_args(argv[1:])))
         return
     ap = argparse.ArgumentParser(prog="chronos.bench.limits")

@@ -16,8 +16,26 @@ The gate, for a job with limits, before any state change::
 
 Waiting is a hand-back: the record counts the delivery as handed back (so no attempt is spent;
 ``_runs_in_gen`` subtracts it), with the ticket if a turn was reserved, and the message is
-nak'ed with the delay (the reserved turn for a rate, a growing poll for a slot). The worker slot
-is free at once. Each hand-back is a delivery: past ``repark_at`` deliveries the job is given a
+nak'ed with the delay (the reserved turn for a rate). The worker slot is free at once.
+
+A job waiting for a concurrency slot is **parked** here instead: its message stays unacknowledged
+(as a nak'ed one does) in a per-limit FIFO, and is nak'ed for immediate redelivery when a slot
+may be free::
+
+    a job of that limit finishes here   the slot is handed over to the oldest job parked here
+                                        (a compare-and-set writing a reservation only that job
+                                        may take, short TTL), then that job is nak'ed
+    a slot of that limit is deleted     (released elsewhere; one KV watch on ``slot.>`` per worker)
+                                        the oldest job parked here is nak'ed
+    its poll runs out                   only the oldest job parked here for a limit polls, after
+                                        a third of the lease (at most ``PARK_CAP``): what notices
+                                        a dead worker's slot expiring (that makes no event); the
+                                        others only keep their messages from redelivery with
+                                        in-progress acks every half ack_wait
+    the worker stops                    every parked job is nak'ed
+
+A redelivered job goes through the gate again (a delivery, counted as handed back if it waits
+again), so parking changes nothing the record or JetStream sees: only how soon it comes back. Each hand-back is a delivery: past ``repark_at`` deliveries the job is given a
 fresh generation and work message (under a pending marker, so a worker dying in between leaves
 it to the rescuer) and the old message is terminated, so JetStream's ``max_deliver`` backstop
 never sends a long-waiting job to the DLQ.
@@ -31,7 +49,8 @@ import asyncio
 import logging
 import math
 import random
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -40,7 +59,7 @@ from ..cancellation import raise_if_cancelling
 from ..clock import Clock
 from ..errors import ConflictError, JobNotFoundError
 from ..limits import LimitError, QueueLimit, Rate, SlotHolder, key_of
-from ..limitstore import LimitStore, SlotLease
+from ..limitstore import LimitStore, NoTurn, SlotLease
 from ..models import JobMessage, JobRecord, LimitTicket, PendingWrite
 from ..states import TERMINAL, JobState
 from .executor import MAX_ATTEMPTS_KEPT, _add_unrecorded
@@ -53,6 +72,15 @@ log = logging.getLogger(__name__)
 
 POLL_FIRST = 0.1  # a job waiting for a slot asks again after this, growing x1.5 ...
 POLL_CAP = 1.0  # ... up to this (with jitter, so waiters on one key spread out)
+# A parked job (see the module doc) is woken by releases; its own poll only has to notice a slot
+# that expired (a dead worker's), so it is long: a third of the lease, at most this.
+PARK_CAP = 5.0
+# A slot deleted this recently (seen by the watch) wakes a job that parks for it at once: it read
+# the slot as held just before the release, whose event came before the job was parked.
+RECENT_FREE = 0.5
+MAX_PARKED = 5000  # jobs parked per worker; past it a waiter is nak'ed with its poll delay
+HANDOVER_TTL = 2.0  # a reservation the woken job never takes (gone meanwhile) frees the slot after this
+DEAD_CHECK_EVERY = 3  # a waiter's every 3rd delivery checks whether the holders' jobs are finished
 # A turn at most LEAD ahead is waited for here (a short sleep in the job's worker slot) rather than
 # handed back; a hand-back comes back ARRIVE ahead of its turn (redelivery and the pull take some ms).
 LEAD = 0.06
@@ -60,6 +88,19 @@ ARRIVE = 0.03
 # A turn missed by more than LATE (the job came back late: a busy worker, a loaded host) is not
 # used: turns used late would bunch up and break the rate over short windows. A new one is taken.
 LATE = 0.05
+
+
+class _Parked:
+    __slots__ = ("msg", "job_id", "gen", "group", "timer", "done", "until")
+
+    def __init__(self, msg: Any, job_id: str, gen: int, group: str, until: float) -> None:
+        self.msg = msg
+        self.job_id = job_id
+        self.gen = gen
+        self.group = group
+        self.timer: asyncio.TimerHandle | None = None
+        self.done = False
+        self.until = until  # loop time its poll runs out
 
 
 class Limiter:
@@ -79,6 +120,16 @@ class Limiter:
         self.waited = 0  # hand-backs over a limit
         self.reparked = 0
         self.loaded = asyncio.Event()
+        self._parked: dict[str, deque[_Parked]] = {}  # slot group -> jobs parked here, oldest first
+        self.parked = 0
+        self.handed_over = 0  # slots given straight to a parked job
+        self.woken = {"handover": 0, "released": 0, "poll": 0, "stop": 0}
+        self._want_slot_watch = asyncio.Event()  # set at the first park
+        self._naks: set[asyncio.Task[None]] = set()
+        ack_wait = getattr(getattr(getattr(store.conn, "settings", None), "worker", None), "ack_wait", 5.0)
+        self.keep_every = max(0.2, float(ack_wait) / 2)  # in-progress acks of parked messages
+        self.park_poll = min(PARK_CAP, self.lease / 3)
+        self._freed: dict[str, float] = {}  # slot group -> loop time the watch saw a slot of it deleted
 
     # --- queue limits ------------------------------------------------------------------------
     def _set_queue(self, queue: str, limit: QueueLimit | None) -> None:
@@ -101,7 +152,34 @@ class Limiter:
         self.loaded.set()
 
     async def watch(self) -> None:
-        """Follow queue limit changes until cancelled (live: no restart needed)."""
+        """Follow queue limit changes, and slot releases for parked jobs, until cancelled; then
+        every parked job is nak'ed for another worker."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._watch_queue_limits())
+                tg.create_task(self._watch_slots())
+        finally:
+            self.unpark_all()
+
+    async def _watch_slots(self) -> None:
+        await self._want_slot_watch.wait()  # a worker that never parks never watches
+        while True:
+            try:
+                async for key in self.store.watch_slots():
+                    group = key.rpartition(".")[0]
+                    p = self._oldest(group)
+                    if p is not None:
+                        self._wake(p, "released")
+                    else:
+                        self._note_freed(group)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # parked jobs still poll; the watch restarts
+                log.warning("limit slot watch failed (retrying): %s", exc)
+            raise_if_cancelling()
+            await self.clock.sleep(1.0)
+
+    async def _watch_queue_limits(self) -> None:
         while True:
             try:
                 async for queue, limit in self.store.watch_queue_limits():
@@ -136,11 +214,110 @@ class Limiter:
         return taskdef.limits is not None or queue in self.queue_limits
 
     def release(self, run: "Running") -> None:
-        """The job is done with here: give its slots back (sent, not awaited)."""
+        """The job is done with here: give its slots back (sent, not awaited), each straight to the
+        oldest job parked here for it if there is one."""
         slots = self._held.pop(run.key, None)
         if slots:
             for s in slots:
-                self.store.release_nowait(s)
+                p = self._oldest(s.key.rpartition(".")[0])
+                if p is None:
+                    self.store.release_nowait(s)
+                    continue
+                self._detach(p)
+
+                def woke(ok: bool, p: _Parked = p) -> None:
+                    self.handed_over += ok
+                    self._nak_now(p, "handover")  # after the reservation is written: it finds it
+
+                if not self.store.hand_over_nowait(s, p.job_id, p.gen, HANDOVER_TTL, woke):
+                    self._nak_now(p, "handover")
+
+    # --- parked jobs ----------------------------------------------------------------------------
+    def _note_freed(self, group: str) -> None:
+        now = asyncio.get_running_loop().time()
+        self._freed[group] = now
+        if len(self._freed) > 4096:  # forget old ones (only the last RECENT_FREE seconds matter)
+            self._freed = {g: t for g, t in self._freed.items() if now - t < RECENT_FREE}
+
+    def _park(self, group: str, msg: Any, job_id: str, gen: int, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        head = self._oldest(group) is None  # only the oldest polls: one expiry check per limit is enough
+        p = _Parked(msg, job_id, gen, group, now + delay if head else math.inf)
+        self._parked.setdefault(group, deque()).append(p)
+        self.parked += 1
+        self._want_slot_watch.set()
+        freed = self._freed.pop(group, None)
+        if freed is not None and now - freed < RECENT_FREE:
+            self._wake(p, "released")
+            return
+        p.timer = loop.call_later(min(delay, self.keep_every), self._tick, p)
+
+    def _tick(self, p: _Parked) -> None:
+        """A parked job's timer: its poll ran out (wake it), or keep its message from redelivery."""
+        if p.done:
+            return
+        loop = asyncio.get_running_loop()
+        left = p.until - loop.time()
+        if left <= 0.01:
+            self._wake(p, "poll")
+            return
+        if p.msg.reply:
+            self.store.conn.publisher.send_nowait(p.msg.reply, b"+WPI")  # lost: it comes back by ack_wait
+        p.timer = loop.call_later(min(left, self.keep_every), self._tick, p)
+
+    def _oldest(self, group: str) -> _Parked | None:
+        q = self._parked.get(group)
+        while q:
+            if not q[0].done:
+                return q[0]
+            q.popleft()
+        return None
+
+    def _detach(self, p: _Parked) -> None:
+        p.done = True
+        self.parked -= 1
+        if p.timer is not None:
+            p.timer.cancel()
+        q = self._parked.get(p.group)
+        if q is not None:
+            try:
+                q.remove(p)
+            except ValueError:
+                pass
+            if not q:
+                del self._parked[p.group]
+            else:
+                nxt = self._oldest(p.group)
+                if nxt is not None and nxt.until == math.inf:  # the new oldest takes over the poll
+                    loop = asyncio.get_running_loop()
+                    nxt.until = loop.time() + self.park_poll * random.uniform(0.5, 1.0)
+                    if nxt.timer is not None:
+                        nxt.timer.cancel()
+                    nxt.timer = loop.call_later(min(nxt.until - loop.time(), self.keep_every), self._tick, nxt)
+
+    def _wake(self, p: _Parked, why: str) -> None:
+        if p.done:
+            return
+        self._detach(p)
+        self._nak_now(p, why)
+
+    def _nak_now(self, p: _Parked, why: str) -> None:
+        """Redeliver now (to whichever worker pulls next): it goes through the gate again."""
+        self.woken[why] += 1
+        reply = p.msg.reply
+        if not reply:
+            return
+        pub = self.store.conn.publisher
+        if not pub.send_nowait(reply, b"-NAK"):  # disconnected: sent once back (or redelivered by ack_wait)
+            task = asyncio.get_running_loop().create_task(pub.send(reply, b"-NAK"))
+            self._naks.add(task)
+            task.add_done_callback(self._naks.discard)
+
+    def unpark_all(self) -> None:
+        for q in list(self._parked.values()):
+            for p in list(q):
+                self._wake(p, "stop")
 
     def holds(self) -> int:
         return sum(len(v) for v in self._held.values())
@@ -209,19 +386,27 @@ class Limiter:
             ticket = t
         now = self.clock.now()
         held: list[SlotLease] = []
+        # A long waiter checks now and then whether the holders' jobs are finished (a release lost,
+        # or a holder planted by a stolen credential naming a finished job): one record read each.
+        dead = self._dead(ex) if delivered >= DEAD_CHECK_EVERY and delivered % DEAD_CHECK_EVERY == 0 else None
         for scope, name, key, limit in conc:
             holder = SlotHolder(job_id=record.id, worker=self.worker_id, since=now, scope=scope, name=name,
                                 key=key, limit=limit, lease=self.lease, gen=record.gen)
-            lease = await self.store.acquire(scope, name, key, limit, holder, self.lease)
+            lease = await self.store.acquire(scope, name, key, limit, holder, self.lease, dead=dead)
             if lease is None:
                 for s in held:
                     self.store.release_nowait(s)
                 n = max(0, delivered - 1)
-                delay = min(POLL_CAP, POLL_FIRST * 1.5 ** n) * random.uniform(0.75, 1.25)
+                parking = self.parked < MAX_PARKED
+                if parking:  # woken by a release; the poll is only for a slot that expires
+                    delay = self.park_poll * random.uniform(0.5, 1.0)
+                else:
+                    delay = min(POLL_CAP, POLL_FIRST * 1.5 ** n) * random.uniform(0.75, 1.25)
                 carry = LimitTicket(record.gen, delivered + 1, ticket.at) if ticket is not None else None
                 await self.store.note_waiting(scope, name, key, record.id, delay + 2.0)
                 await self._wait(ex, run, record, rev, delivered, delay, carry,
-                                 f"{scope} {name}{f' [{key}]' if key else ''} has all {limit} slots taken")
+                                 f"{scope} {name}{f' [{key}]' if key else ''} has all {limit} slots taken",
+                                 park=self.store.slot_group(scope, name, key) if parking else None)
                 return False
             held.append(lease)
         if rates:
@@ -231,6 +416,12 @@ class Limiter:
             if start is None:
                 try:
                     start = max([await self.store.reserve(scope, name, key, rate) for scope, name, key, rate in rates])
+                except NoTurn as exc:  # a backlog beyond the horizon: no turn yet, ask again near one
+                    for s in held:
+                        self.store.release_nowait(s)
+                    await self._wait(ex, run, record, rev, delivered, max(0.05, exc.retry_at - self.clock.now()),
+                                     None, "over its rate limit, beyond the horizon")
+                    return False
                 except ConflictError:  # the rate key kept changing: come back in a moment, without a turn
                     for s in held:
                         self.store.release_nowait(s)
@@ -249,9 +440,24 @@ class Limiter:
             self._held[run.key] = held
         return True
 
+    def _dead(self, ex: "Executor") -> Any:
+        async def dead(job_ids: list[str]) -> set[str]:
+            out: set[str] = set()
+            for job_id in job_ids[:16]:
+                try:
+                    rec = await ex.ops.read(job_id)
+                except JobNotFoundError:
+                    out.add(job_id)
+                    continue
+                if rec.state in TERMINAL:
+                    out.add(job_id)
+            return out
+        return dead
+
     async def _wait(self, ex: "Executor", run: "Running", record: JobRecord, rev: int, delivered: int,
-                    delay: float, ticket: LimitTicket | None, why: str) -> None:
-        """Hand the job back for ``delay`` seconds without spending an attempt (or re-park it)."""
+                    delay: float, ticket: LimitTicket | None, why: str, park: str | None = None) -> None:
+        """Hand the job back for ``delay`` seconds without spending an attempt (or re-park it).
+        ``park``: the slot group it waits for; it is parked here (see the module doc)."""
         self.waited += 1
         if delivered >= self.repark_at:
             if await self._repark(ex, run, record, rev, ticket):
@@ -287,6 +493,9 @@ class Limiter:
             await ex.acks.ack(run.msg)
             return
         log.debug("job %s: %s; handed back for %.3fs", record.id, why, delay)
+        if park is not None:
+            self._park(park, run.msg, record.id, record.gen, delay)
+            return
         await ex.acks.nak(run.msg, max(0.001, delay))
 
     async def _repark(self, ex: "Executor", run: "Running", record: JobRecord, rev: int,

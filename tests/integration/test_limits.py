@@ -270,3 +270,81 @@ async def test_a_queue_concurrency_set_live_holds_across_workers(client, setting
             assert (await client.wait(job_id, timeout=30)).attempt == 1
     finally:
         await client.clear_queue_limit("default")
+
+
+# --- a released slot wakes a waiter (no polling) ------------------------------------------------
+async def _until(check, timeout: float) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.01)
+
+
+async def test_a_finished_job_hands_its_slot_to_the_job_waiting_here(client, settings, start_worker):
+    """One worker, limit 1 per key, a 30 s lease (so a waiter's own poll comes after 2.5 s at the
+    soonest): the hog's end hands its slot over and the waiter starts at once, handed back once."""
+    release = asyncio.Event()
+    started: dict[str, float] = {}
+    ended: dict[str, float] = {}
+    reg = Registry()
+
+    async def keyed(key: str, role: str) -> None:
+        started[role] = time.monotonic()
+        if role == "hog":
+            await release.wait()
+        ended[role] = time.monotonic()
+
+    reg.register(keyed, name="lim.wake", limits=task_limits(concurrency=1, limit_key="key"))
+    h = await start_worker(reg, with_worker(settings, limit_lease=30.0), worker_id="w-wake")
+    await client.register_tasks(["lim.wake"])
+    hog = await client.submit("lim.wake", {"key": "x", "role": "hog"})
+    await wait_running(client, hog)
+    waiter = await client.submit("lim.wake", {"key": "x", "role": "waiter"})
+    limiter = h.service.limiter
+    await _until(lambda: limiter.parked == 1, 20)
+    t_parked = time.monotonic()
+    await asyncio.sleep(1.5)  # the waiter stays parked: no polls meanwhile (checked below)
+    release.set()
+    rec = await client.wait(waiter, timeout=20)
+    assert rec.state == JobState.COMPLETED and rec.attempt == 1
+    gap = started["waiter"] - ended["hog"]
+    assert gap < 1.0, f"the waiter started {gap:.3f} s after the slot was released"
+    assert rec.handed_back == 1, rec.handed_back  # one hand-back: parked, never polled
+    assert limiter.handed_over == 1 and limiter.woken["handover"] == 1
+    assert started["waiter"] - t_parked >= 1.5
+
+
+async def test_a_slot_released_elsewhere_wakes_the_job_parked_here(client, settings, start_worker):
+    """The slot is held by another process (a LimitStore on its own connection); its release (a
+    delete) reaches the parked job through the worker's watch, long before its poll."""
+    from chronos.connection import connect
+    from chronos.limits import SlotHolder
+    from chronos.limitstore import LimitStore
+
+    started: dict[str, float] = {}
+    reg = Registry()
+
+    async def keyed(key: str) -> None:
+        started[key] = time.monotonic()
+
+    reg.register(keyed, name="lim.remote", limits=task_limits(concurrency=1, limit_key="key"))
+    h = await start_worker(reg, with_worker(settings, limit_lease=30.0), worker_id="w-remote")
+    await client.register_tasks(["lim.remote"])
+    other = await connect(settings)
+    try:
+        store = LimitStore(other)
+        hold = SlotHolder(job_id="elsewhere", worker="other", since=time.time(), scope="task", name="lim.remote",
+                          key="y", limit=1, lease=30.0)
+        lease = await store.acquire("task", "lim.remote", "y", 1, hold, 30.0)
+        assert lease is not None
+        job = await client.submit("lim.remote", {"key": "y"})
+        limiter = h.service.limiter
+        await _until(lambda: limiter.parked == 1, 20)
+        await asyncio.sleep(0.5)  # let the worker's slot watch start (it starts at the first park)
+        t_release = time.monotonic()
+        await store.release_nowait(lease)
+        rec = await client.wait(job, timeout=20)
+        assert rec.state == JobState.COMPLETED and rec.attempt == 1
+        assert started["y"] - t_release < 1.0, started["y"] - t_release
+        assert limiter.woken["released"] >= 1 and limiter.woken["poll"] == 0, limiter.woken
+    finally:
+        await other.close()

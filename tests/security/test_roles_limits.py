@@ -3,6 +3,8 @@ turns but cannot change a queue's limits; the console sets queue limits; the vie
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from chronos.client import Client
@@ -64,10 +66,10 @@ async def test_a_worker_takes_renews_and_releases_slots_and_rate_turns(server, s
     conn = await connect(settings_for(server, "worker"))
     try:
         store = LimitStore(conn)
-        holder = SlotHolder(job_id="j1", worker="w", since=0.0, scope="task", name="t.ok", key="k", limit=1, lease=5)
+        holder = SlotHolder(job_id="j1", worker="w", since=time.time(), scope="task", name="t.ok", key="k", limit=1, lease=5)
         lease = await store.acquire("task", "t.ok", "k", 1, holder, 5)
         assert lease is not None
-        other = SlotHolder(job_id="j2", worker="w2", since=0.0, scope="task", name="t.ok", key="k", limit=1, lease=5)
+        other = SlotHolder(job_id="j2", worker="w2", since=time.time(), scope="task", name="t.ok", key="k", limit=1, lease=5)
         assert await store.acquire("task", "t.ok", "k", 1, other, 5) is None  # held
         assert await store.renew(lease, 5)
         await store.release_nowait(lease)
