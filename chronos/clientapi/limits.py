@@ -15,9 +15,23 @@ from .. import audit, cas
 from ..clock import Clock
 from ..connection import Connection
 from ..errors import ValidationError
-from ..limits import LimitsSnapshot, QueueLimit, check_concurrency, parse_rate
+from ..limits import LimitError, LimitsSnapshot, QueueLimit, check_concurrency, key_of, parse_rate
 from ..limitstore import LimitStore
 from ..subjects import is_valid_token
+from ..worker.registry import local_task
+
+
+def check_limit_key(task: str, args: Any) -> None:
+    """A submit by name of a task registered in this process with a per-key limit: its key must be
+    in ``args`` (ValidationError naming ``limit_key``, as a handle's submit says). A task known here
+    only by name is checked by the worker, which discards such a job once."""
+    d = local_task(task)
+    limits = d.limits if d is not None else None
+    if limits is not None and limits.key is not None:
+        try:
+            key_of(args, limits.key)
+        except LimitError as exc:
+            raise ValidationError(f"task {task}: {exc}") from None
 
 
 class _Keep:

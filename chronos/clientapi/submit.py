@@ -31,6 +31,7 @@ from ..store.kv import KVStore
 from ..subjects import PRIORITIES, is_valid_token
 from .batched import submit_batched
 from .catalog import TaskCatalog
+from .limits import check_limit_key
 from .spec import _is_number, check_spec, unique_digest, uniqueness
 
 log = logging.getLogger("chronos.client")
@@ -164,6 +165,7 @@ class Submitter:
             unique=uniq,
         )
         check_spec(spec)
+        check_limit_key(task, args)  # a task registered here with a per-key limit: its key is in the args
         return spec
 
     async def submit(self, task: str, args: Any = None, **options: Any) -> str:

@@ -220,11 +220,38 @@ async def test_a_key_the_args_lack_fails_the_submit_of_a_handle(client):
         chronos.set_client(None)
 
 
+async def test_a_key_the_args_lack_fails_a_submit_by_name_of_a_task_registered_here(client):
+    """``client.submit(name, ...)`` checks the key as a handle does when this process registered
+    the task (any registry): one line naming the field, nothing stored."""
+    reg = Registry()
+
+    async def by_name(tenant: str = "") -> None:
+        return None
+
+    reg.register(by_name, name="lim.byname", limits=task_limits(rate_limit="5/s", limit_key="tenant"))
+    await client.register_tasks(["lim.byname"])
+    before = await client.list()
+    for submit in (lambda: client.submit("lim.byname", {"other": 1}),
+                   lambda: client.submit_job("lim.byname", {"other": 1}),
+                   lambda: client.submit_specs([client.build_spec("lim.byname", {"other": 1})])):
+        with pytest.raises(ValidationError) as err:
+            await submit()
+        text = str(err.value)
+        assert "limit_key: the job's args have no 'tenant'" in text and "\n" not in text, text
+    assert await client.list() == before  # nothing stored
+    job = await client.submit("lim.byname", {"tenant": "acme"})
+    assert (await client.get(job)).spec.args == {"tenant": "acme"}
+
+
 async def test_a_key_the_args_lack_is_discarded_at_the_worker_once(client, start_worker):
     runs = Runs()
     await start_worker(limited_registry(runs, "lim.keyless", concurrency=1, limit_key="tenant"))
     await client.register_tasks(["lim.keyless"])
-    job = await client.submit("lim.keyless", {"key": "k"}, max_attempts=5)  # by name: no declaration here
+    # A spec made where the declaration is unknown (another process): this one knows it (the worker
+    # runs here), so its submit would refuse these args; the spec is changed after the checks.
+    spec = msgspec.structs.replace(client.build_spec("lim.keyless", {"tenant": "t"}, max_attempts=5),
+                                   args={"key": "k"})
+    job = (await client.submit_specs([spec]))[0]
     rec = await client.wait(job, timeout=30)
     assert rec.state == JobState.DISCARDED
     assert "limit_key: the job's args have no 'tenant'" in rec.error
