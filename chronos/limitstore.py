@@ -343,7 +343,7 @@ class LimitStore:
             gone = await dead(sorted({job for _k, _rev, job in held}))
             for k, rev, job in held:
                 if job in gone:
-                    log.warning("limit slot %s: its holder job %s is finished or gone; taking it over", k, job)
+                    log.info("limit slot %s: its holder job %s is finished or gone; taking it over", k, job)
                     got = await self._take(k, rev, data, holder, lease, reclaim=True)
                     if got is not None:
                         return got

@@ -81,3 +81,87 @@ async def test_a_worker_takes_renews_and_releases_slots_and_rate_turns(server, s
         assert later - start >= 3599.0  # the second turn is an hour on
     finally:
         await conn.close()
+
+
+# --- a stolen worker credential against the limits bucket (docs/concurrency-limits.md) ------------
+async def _plant(r, key: str, value: bytes, ttl: str | None = None) -> None:
+    """Write a key of the limits bucket as a raw worker-role client: a plain put (no compare-and-set)."""
+    headers = {"Nats-TTL": ttl} if ttl else None
+    await r.js.publish(N.kv_subject(N.limits_bucket, key), value, headers=headers)
+
+
+async def test_a_slot_planted_with_a_day_long_ttl_is_taken_over(server, seeded):
+    """A worker credential may write slots (that is its job); a holder it plants with a huge TTL
+    counts only as long as a real lease would (the reader's own, at most 4x): a stale one, or one
+    stamped in the future, or one that does not decode, is taken over by compare-and-set."""
+    import msgspec
+
+    from chronos.limitstore import LimitStore as Store
+
+    r = await raw(server, "worker")
+    conn = await connect(settings_for(server, "worker"))
+    try:
+        store = Store(conn)
+        now = time.time()
+        planted = {
+            "stale": SlotHolder(job_id="ghost", worker="evil", since=now - 3600, scope="task", name="t.sec",
+                                key="stale", limit=1, lease=86400.0),
+            "future": SlotHolder(job_id="ghost", worker="evil", since=now + 86400, scope="task", name="t.sec",
+                                 key="future", limit=1, lease=86400.0),
+            "garbage": None,
+        }
+        for key, h in planted.items():
+            value = msgspec.msgpack.encode(h) if h is not None else b"\xc1not msgpack"
+            await _plant(r, Store.slot_group("task", "t.sec", key) + ".0", value, ttl="86400s")
+        for key in planted:
+            mine = SlotHolder(job_id=f"real-{key}", worker="w", since=time.time(), scope="task", name="t.sec",
+                              key=key, limit=1, lease=15)
+            lease = await store.acquire("task", "t.sec", key, 1, mine, 15)
+            assert lease is not None, f"the planted {key} slot still blocks the limit"
+            await store.release_nowait(lease)
+        # A plausible holder (stamped now, a 15 s lease) is honoured ...
+        fresh = SlotHolder(job_id="ghost", worker="evil", since=time.time(), scope="task", name="t.sec",
+                           key="fresh", limit=1, lease=15.0)
+        await _plant(r, Store.slot_group("task", "t.sec", "fresh") + ".0", msgspec.msgpack.encode(fresh), "86400s")
+        mine = SlotHolder(job_id="real", worker="w", since=time.time(), scope="task", name="t.sec", key="fresh",
+                          limit=1, lease=15)
+        assert await store.acquire("task", "t.sec", "fresh", 1, mine, 15) is None
+
+        # ... until a waiter asks whether its job is finished or gone (every 3rd delivery does).
+        async def dead(job_ids: list[str]) -> set[str]:
+            return {j for j in job_ids if j == "ghost"}
+
+        lease = await store.acquire("task", "t.sec", "fresh", 1, mine, 15, dead=dead)
+        assert lease is not None and lease.holder.job_id == "real"
+    finally:
+        await conn.close()
+        await r.nc.close()
+
+
+async def test_a_rate_state_planted_far_ahead_or_unreadable_is_reset(server, seeded):
+    """A planted GCRA state 30 days ahead would starve the task for 30 days: a reader sees that no
+    worker could have reserved that far (an hour plus the burst) and resets it by compare-and-set.
+    Within the horizon a planted state is honoured: a stolen credential can delay a task that much."""
+    import msgspec
+
+    from chronos.limits import RateState, digest
+    from chronos.limitstore import RATE_PREFIX, LimitStore as Store
+
+    r = await raw(server, "worker")
+    conn = await connect(settings_for(server, "worker"))
+    try:
+        store = Store(conn)
+        rate = Rate(10, 1.0)
+        far = RateState(tat=time.time() + 30 * 86400, scope="task", name="t.rate", key="far", limit="10/s")
+        await _plant(r, RATE_PREFIX + digest("task", "t.rate", "far"), msgspec.msgpack.encode(far))
+        await _plant(r, RATE_PREFIX + digest("task", "t.rate", "junk"), b"\xc1junk")
+        for key in ("far", "junk"):
+            start = await store.reserve("task", "t.rate", key, rate)
+            assert start - time.time() < 1.0, (key, start - time.time())
+        near = RateState(tat=time.time() + 600, scope="task", name="t.rate", key="near", limit="10/s")
+        await _plant(r, RATE_PREFIX + digest("task", "t.rate", "near"), msgspec.msgpack.encode(near))
+        start = await store.reserve("task", "t.rate", "near", rate)
+        assert 590 < start - time.time() < 610  # honoured: within what a real backlog can reach
+    finally:
+        await conn.close()
+        await r.nc.close()
