@@ -81,7 +81,8 @@ def streams() -> list[str]:
     n = NAMES
     return [n.jobs_stream, n.dlq_stream, n.events_stream, n.delayed_stream, n.audit_stream,
             *(n.kv_stream(b) for b in (n.jobs_bucket, n.workers_bucket, n.tasks_bucket, n.control_bucket,
-                                       n.schedules_bucket, n.lease_bucket))]
+                                       n.schedules_bucket, n.lease_bucket, n.queues_bucket, n.limits_bucket,
+                                       n.unique_bucket, n.workflows_bucket))]
 
 
 async def snapshot(admin: Raw) -> dict[str, tuple[int, int, int]]:

@@ -17,7 +17,7 @@ import pytest
 
 from chronos import codec
 from chronos.client import Client
-from chronos.models import DLQEntry, JobAuth, JobRecord, JobSpec
+from chronos.models import DLQEntry, JobAuth, JobMessage, JobRecord, JobSpec
 from chronos.runtime import SchedulerMain, WorkerMain, run_service
 from chronos.signing import Signer, generate_keypair, parse_key, write_keypair
 from chronos.states import JobState
@@ -156,21 +156,31 @@ async def test_job_signed_with_a_key_nobody_trusts(deployment):
     assert ran == []
 
 
-async def test_worker_cannot_publish_work_or_pending_markers(deployment):
-    """The other ways in are closed by the server: no work subject, no control bucket for workers."""
+async def test_worker_published_work_for_a_forged_record_never_runs(deployment):
+    """Workers may publish work messages and pending markers (workflow node starts, limit
+    re-parks; docs/security.md), so the server no longer refuses them: a forged record with its
+    own work message and a pending marker must still be refused by the worker that takes it."""
     server, console, attacker, ran, _ = deployment
-    rec = forged("f0rged00000000000000000005", state=JobState.AVAILABLE)
-    await attacker.publish(f"{NS}.jobs.default.other", codec.encode(rec))
-    await attacker.publish(f"$KV.{NS}_control.pending.x.0", b"\x80")
+    job_id = "f0rged00000000000000000005"
+    rec = forged(job_id, state=JobState.AVAILABLE)
+    js = attacker.jetstream()
+    ack = await js.publish(f"$KV.{NS}_jobs.{job_id}", codec.encode(rec))
+    await js.publish(f"$KV.{NS}_control.pending.{job_id}", b"\x80")
+    await js.publish(f"{NS}.jobs.default.other", codec.encode(JobMessage(record=rec, rev=ack.seq)))
+    got = await refused(console, job_id)
+    assert got.state == JobState.DISCARDED
+    assert got.error is not None and got.error.startswith("refused: unsigned job")
+    assert ran == []
+    # What the worker role still may not do: cancel requests, schedules, the lease.
+    await attacker.publish(f"$KV.{NS}_control.cancel.{job_id}", b"x")
+    await attacker.publish(f"$KV.{NS}_schedules.pwn", b"x")
     await attacker.flush()
 
-    def both_refused() -> bool:
+    def refused_by_server() -> bool:
         subjects = {s for kind, user, s in violations(server) if user == "chronos-worker" and kind == "Publish"}
-        return {f"{NS}.jobs.default.other", f"$KV.{NS}_control.pending.x.0"} <= subjects
+        return {f"$KV.{NS}_control.cancel.{job_id}", f"$KV.{NS}_schedules.pwn"} <= subjects
 
-    await wait_until(both_refused, 10, "the server to refuse both publishes")
-    assert await console.ops.read_or_none("f0rged00000000000000000005") is None
-    assert ran == []
+    await wait_until(refused_by_server, 10, "the server to refuse both publishes")
 
 
 async def test_forged_dlq_entry_replayed_by_an_operator_never_runs(deployment):
