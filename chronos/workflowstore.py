@@ -61,6 +61,22 @@ class WorkflowNotFoundError(NotFoundError):
     pass
 
 
+def _header(raw: bytes, name: bytes) -> str | None:
+    """One header's value from a NATS/1.0 header block (three finds, no full parse)."""
+    i = raw.find(b"\r\n" + name + b":")
+    if i < 0:
+        return None
+    i += len(name) + 3
+    j = raw.find(b"\r\n", i)
+    return raw[i:j if j >= 0 else len(raw)].strip().decode()
+
+
+def _status(raw: bytes) -> tuple[str, str]:
+    """The status on a header block's first line (``NATS/1.0 204 EOB``): (code, description), or empty."""
+    code, _, desc = raw[9:raw.find(b"\r\n")].strip().partition(b" ")
+    return code.decode(), desc.decode()
+
+
 def _dec(data: bytes | None, typ: Any) -> Any:
     if data is None:
         raise ChronosError("a workflow record without a value")
@@ -248,33 +264,64 @@ class WorkflowStore:
         return out
 
     async def _batch_get(self, wf: str, nodes: list[int]) -> dict[int, JobRecord]:
+        """One batched direct get. The answers are taken in the connection's read loop where the
+        transport offers it (``deliver_raw``): nats-py's own path (a ``Msg``, its header parser,
+        a queue and a wake-up per message) was most of a 10,000-parent callback's wait."""
         nc = self.ops.publisher.nc
         bucket = self.names.jobs_bucket
         prefix = f"$KV.{bucket}."
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
         out: dict[int, JobRecord] = {}
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def take(data: bytes, hdrs: dict[str, str]) -> None:
+            if done.done():
+                return
+            try:
+                status = hdrs.get("Status")
+                if status:  # 204 end of batch; 404 none of them exists
+                    if status not in ("204", "404"):
+                        raise ChronosError(f"batch read of workflow {wf}: {status} {hdrs.get('Description', '')}")
+                    done.set_result(None)
+                    return
+                if hdrs.get("KV-Operation") in ("DEL", "PURGE") or not data:
+                    return
+                rec = codec.decode(data, JobRecord)
+                rec.revision = int(hdrs.get("Nats-Sequence", 0))
+                out[int(hdrs.get("Nats-Subject", "").rsplit(".", 1)[1])] = rec
+            except Exception as exc:
+                done.set_exception(exc)
+
+        def raw(_subject: bytes, _reply: bytes, data: bytes, headers: bytes | None) -> bool:
+            h = headers or b"NATS/1.0\r\n"
+            hdrs: dict[str, str] = {}
+            code, desc = _status(h)
+            if code:
+                hdrs["Status"], hdrs["Description"] = code, desc
+            else:
+                for name in ("KV-Operation", "Nats-Sequence", "Nats-Subject"):
+                    v = _header(h, name.encode())
+                    if v is not None:
+                        hdrs[name] = v
+            take(data, hdrs)
+            return True
+
+        async def slow(msg: Any) -> None:  # the stock transport, or what the fast one leaves to nats-py
+            take(msg.data, msg.headers or {})
+
+        transport = self.conn.transport
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, cb=slow)
+        fast = transport.deliver_raw(sub, raw)
         try:
             req = codec.to_json({"multi_last": [prefix + node_job_id(wf, i) for i in nodes], "batch": len(nodes)})
             await nc.publish(f"$JS.API.DIRECT.GET.{self.names.kv_stream(bucket)}", req, reply=inbox)
-
-            async def read() -> None:
-                async for m in sub.messages:
-                    hdrs = m.headers or {}
-                    if hdrs.get("Status"):  # 204 end of batch; 404 none of them exists
-                        if hdrs["Status"] not in ("204", "404"):
-                            raise ChronosError(f"batch read of workflow {wf}: {hdrs.get('Status')} "
-                                               f"{hdrs.get('Description', '')}")
-                        return
-                    if hdrs.get("KV-Operation") in ("DEL", "PURGE") or not m.data:
-                        continue
-                    rec = codec.decode(m.data, JobRecord)
-                    rec.revision = int(hdrs.get("Nats-Sequence", 0))
-                    out[int(hdrs.get("Nats-Subject", "").rsplit(".", 1)[1])] = rec
-
-            await asyncio.wait_for(read(), 10.0)
+            await asyncio.wait_for(asyncio.shield(done), 10.0)
         finally:
+            if fast:
+                transport.undeliver(sub)
             await sub.unsubscribe()
+            if not done.done():
+                done.cancel()
         return out
 
     async def update_record(self, wf: str, decide: Callable[[WorkflowRecord], WorkflowRecord | None]
