@@ -117,3 +117,18 @@ def test_bits() -> None:
 def test_node_ids() -> None:
     assert split_job_id("w0123.17") == ("w0123", 17)
     assert split_job_id("0123abc") is None and split_job_id("x.1") is None
+
+
+def test_direct_get_header_reading() -> None:
+    """The batched parent read takes headers without nats-py's parser: a status line, and single values."""
+    from chronos.workflowstore import _header, _status
+
+    end = b"NATS/1.0 204 EOB\r\nNats-Num-Pending: 0\r\nNats-Last-Sequence: 9\r\n\r\n"
+    assert _status(end) == ("204", "EOB")
+    msg = (b"NATS/1.0\r\nNats-Stream: KV_x_jobs\r\nNats-Subject: $KV.x_jobs.w01.17\r\n"
+           b"Nats-Sequence: 42\r\nNats-Time-Stamp: 2026-12-06T23:00:00Z\r\n\r\n")
+    assert _status(msg) == ("", "")
+    assert _header(msg, b"Nats-Subject") == "$KV.x_jobs.w01.17" and _header(msg, b"Nats-Sequence") == "42"
+    assert _header(msg, b"KV-Operation") is None
+    deleted = b"NATS/1.0\r\nKV-Operation: DEL\r\nNats-Sequence: 7"
+    assert _header(deleted, b"KV-Operation") == "DEL" and _header(deleted, b"Nats-Sequence") == "7"
