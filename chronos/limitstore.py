@@ -357,8 +357,10 @@ class LimitStore:
         except MalformedMessageError as exc:
             log.warning("limit slot %s: taking over an undecodable value (%s)", k, exc)
             return None
-        if h.reserved and h.job_id == holder.job_id:
-            return None  # handed over to this job by the one that released it
+        if h.job_id == holder.job_id and (h.reserved or (h.worker == holder.worker and h.since == holder.since)):
+            # Handed over to this job by the one that released it; or this very take, which landed
+            # although its answer was lost (a timeout, a resend refused): ours, taken again by revision.
+            return None
         if not holder_is_sane(h, self.clock.now(), lease):
             log.warning("limit slot %s: taking over a holder (job %s, worker %s) past any lease it could have "
                         "(written %.0f s ago, lease %.0f s)", k, h.job_id, h.worker,
@@ -423,10 +425,10 @@ class LimitStore:
         return done
 
     def hand_over_nowait(self, slot: SlotLease, job_id: str, gen: int, ttl: float,
-                         on_done: Callable[[bool], None]) -> bool:
+                         on_done: Callable[[int], None]) -> bool:
         """Give the slot straight to a waiting job (compare-and-set over our revision, a short TTL)
         instead of releasing it: only that job may take it, so a job woken for it does not find it
-        taken by another. ``on_done(True)`` once written; False (then it is released or lost)."""
+        taken by another. ``on_done(revision)`` once written; 0 if not (then it is released or lost)."""
         if slot.lost:
             return False
         slot.lost = True
@@ -438,7 +440,7 @@ class LimitStore:
         def on_ack(ack: Any, exc: BaseException | None) -> None:
             if exc is not None and not is_wrong_last_sequence(exc):
                 log.warning("handing limit slot %s over failed (it expires with its lease): %s", slot.key, exc)
-            on_done(exc is None and ack is not None)
+            on_done(ack.seq if exc is None and ack is not None else 0)
 
         self._send_nowait(slot.key, codec.encode(h), headers, on_ack)
         return True
@@ -456,11 +458,10 @@ class LimitStore:
             self._sending.add(task)  # owned until done: the loop keeps only a weak reference
             task.add_done_callback(self._sending.discard)
 
-    async def watch_slots(self) -> AsyncIterator[str]:
-        """Slot keys as they are released (deleted) by anyone, from now on."""
+    async def watch_slots(self) -> AsyncIterator[tuple[str, bool, int]]:
+        """(slot key, deleted, revision) for every write of a slot by anyone, from now on."""
         async for e in (await self.state.store()).watch(SLOT_PREFIX + ">"):
-            if e.value is None:
-                yield e.key
+            yield e.key, e.value is None, e.revision
 
     async def note_waiting(self, scope: str, name: str, key: str | None, job_id: str, for_seconds: float) -> None:
         """Record that ``job_id`` waits for a slot (for listings); sent, not awaited."""

@@ -123,7 +123,8 @@ class Limiter:
         self._parked: dict[str, deque[_Parked]] = {}  # slot group -> jobs parked here, oldest first
         self.parked = 0
         self.handed_over = 0  # slots given straight to a parked job
-        self.woken = {"handover": 0, "released": 0, "poll": 0, "stop": 0}
+        self.woken = {"handover": 0, "released": 0, "poll": 0, "unclaimed": 0, "stop": 0}
+        self._handed: dict[str, int] = {}  # slot key -> revision of a hand-over not yet seen taken
         self._want_slot_watch = asyncio.Event()  # set at the first park
         self._naks: set[asyncio.Task[None]] = set()
         ack_wait = getattr(getattr(getattr(store.conn, "settings", None), "worker", None), "ack_wait", 5.0)
@@ -165,7 +166,11 @@ class Limiter:
         await self._want_slot_watch.wait()  # a worker that never parks never watches
         while True:
             try:
-                async for key in self.store.watch_slots():
+                async for key, deleted, rev in self.store.watch_slots():
+                    if self._handed and key in self._handed and rev > self._handed[key]:
+                        del self._handed[key]  # the job it was handed to took it (or it was released)
+                    if not deleted:
+                        continue
                     group = key.rpartition(".")[0]
                     p = self._oldest(group)
                     if p is not None:
@@ -225,12 +230,25 @@ class Limiter:
                     continue
                 self._detach(p)
 
-                def woke(ok: bool, p: _Parked = p) -> None:
-                    self.handed_over += ok
+                def woke(rev: int, p: _Parked = p, key: str = s.key) -> None:
                     self._nak_now(p, "handover")  # after the reservation is written: it finds it
+                    if rev:
+                        self.handed_over += 1
+                        self._handed[key] = rev
+                        asyncio.get_running_loop().call_later(HANDOVER_TTL + 0.25, self._unclaimed, key, rev)
 
                 if not self.store.hand_over_nowait(s, p.job_id, p.gen, HANDOVER_TTL, woke):
                     self._nak_now(p, "handover")
+
+    def _unclaimed(self, key: str, rev: int) -> None:
+        """A slot handed over HANDOVER_TTL ago and not written since (the watch saw nothing): the job
+        never took it (gone meanwhile) and it expired, which makes no event. Wake the next here."""
+        if self._handed.get(key) != rev:
+            return
+        del self._handed[key]
+        p = self._oldest(key.rpartition(".")[0])
+        if p is not None:
+            self._wake(p, "unclaimed")
 
     # --- parked jobs ----------------------------------------------------------------------------
     def _note_freed(self, group: str) -> None:
