@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 import msgspec
 from nats.js import api
@@ -415,13 +415,19 @@ class WorkflowStore:
         for i, state, error in ended:
             if node_failed(state, error):
                 await self._record_failure(wf, i, error)
+        # A node that failed may have been rerun by anyone (`chronos retry <job>` included): its
+        # completion takes it off the failed list, and the workflow runs again once none is left.
+        # Checked on a record read this batch makes anyway (a child's start, the end), so a chain
+        # step costs no extra read; otherwise (a fan-in not yet complete) by one read at the end.
         done = [i for i, state, _ in ended if state is JobState.COMPLETED]
-        if done:
-            # A node that failed may have been rerun by anyone (`chronos retry <job>` included): its
-            # completion takes it off the failed list, and the workflow runs again once none is left.
-            rec = await self.record(wf)
+        checked = not done
+
+        async def check(rec: WorkflowRecord) -> WorkflowRecord:
+            nonlocal checked
+            checked = True
             if any(i in rec.failed for i in done):
-                await self._resume(wf, done)
+                return await self._resume(wf, done)
+            return rec
         marks: dict[int, dict[int, bool]] = {}  # child -> parent position -> failed
         sinks: dict[int, bool] = {}
         for i, state, _error in ended:
@@ -438,18 +444,20 @@ class WorkflowStore:
                     complete, any_failed = True, members[0]
                 else:
                     complete, any_failed = await self.mark(wf, c, members, k)
-                return c, (await self.start_node(wf, c, any_failed)) if complete else None
+                return c, (await self.start_node(wf, c, any_failed, check)) if complete else None
 
         more: list[tuple[int, JobState, str | None]] = [(c, JobState.CANCELLED, reason)
                 for c, reason in await asyncio.gather(*(child(c, m) for c, m in marks.items())) if reason is not None]
         if sinks:
             complete, _ = await self.mark(wf, END, sinks, len(shape.sink_pos))
             if complete:
-                rec = await self.record(wf)
+                rec = await check(await self.record(wf))
                 if rec.state is WorkflowState.RUNNING:
                     # after a retry by hand the end set may be complete before every rerun node
                     # is done: confirm from the jobs then
                     await (self.finalize_if_done(wf) if rec.resumed else self.finalize(wf))
+        if not checked:
+            await check(await self.record(wf))
         return more
 
     async def _record_failure(self, wf: str, i: int, error: str | None) -> None:
@@ -493,7 +501,8 @@ class WorkflowStore:
         return ended, any(p in jobs and jobs[p].state in TERMINAL and jobs[p].state is not JobState.COMPLETED
                           for p in parents)
 
-    async def start_node(self, wf: str, c: int, any_failed: bool) -> str | None:
+    async def start_node(self, wf: str, c: int, any_failed: bool,
+                         check: Callable[[WorkflowRecord], Awaitable[WorkflowRecord]] | None = None) -> str | None:
         """Every parent of node c has ended: create its job (create-if-absent), to run or as skipped.
 
         Returns the skip reason when this call created it skipped (its dependents are advanced
@@ -506,6 +515,8 @@ class WorkflowStore:
             # the fan-in's failed flag is sticky: a parent retried since may have completed
             _, any_failed = await self._parents_decision(wf, c)
         rec = await self.record(wf)
+        if check is not None:  # the advance that got here may resume the workflow first
+            rec = await check(rec)
         reason: str | None = None
         if rec.state is WorkflowState.CANCELLED or (rec.state is WorkflowState.FAILED and rec.policy == "fail_fast"):
             reason = f"{WORKFLOW_REASON} workflow {rec.state}" + (f" ({rec.reason})" if rec.reason else "")

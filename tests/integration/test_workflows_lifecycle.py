@@ -177,3 +177,29 @@ async def test_plain_retry_resumes_a_failed_fast_workflow(running: Client) -> No
     assert rec.failed == []
     assert order.count("after-block") == 1
     assert (await running.get(node_job_id(ref.id, blocker.index))).result == "unblocked"
+
+
+async def test_plain_retry_while_the_workflow_still_runs(running: Client) -> None:
+    """continue policy: a node fails while a sibling still runs; retried by hand and completed before
+    their common child's fan-in is complete, it leaves the failed list, so the child runs and the
+    workflow completes (not failed on a node that did complete)."""
+    attempts_left["rr"] = 1
+    wf = Workflow()
+    x = wf.add(flaky.s("rr"))
+    y = wf.add(block.s())
+    wf.add(step.s("joined"), depends_on=[x, y])
+    ref = await running.submit_workflow(wf)
+    await _wait_job(running, node_job_id(ref.id, x.index), {JobState.DISCARDED})
+    await _wait_job(running, node_job_id(ref.id, y.index), {JobState.RUNNING})
+    await running.retry(node_job_id(ref.id, x.index))
+    await _wait_job(running, node_job_id(ref.id, x.index), {JobState.COMPLETED})
+
+    async def failed_list_empty() -> None:
+        while (await running.workflow_record(ref.id)).failed:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(failed_list_empty(), 10)
+    gate.set()
+    rec = await ref.wait(20)
+    assert rec.state is WorkflowState.COMPLETED, rec
+    assert order.count("joined") == 1
