@@ -76,11 +76,23 @@ class RecoveryResult(msgspec.Struct):
     jobs_restarted_seconds: float  # kill -> every job it ran has started again elsewhere
 
 
+class SnapshotResult(msgspec.Struct):
+    keys: int  # distinct limit keys with a rate state
+    holders: int  # held slots
+    waiters: int  # wait notes
+    seconds_median: float  # client.limits(), median of ``runs``
+    seconds_max: float
+    listed: int  # views in the snapshot
+    omitted: int
+    truncated: bool
+
+
 class LimitsResult(msgspec.Struct):
     rate: RateResult | None
     concurrency: ConcurrencyResult | None
     recovery: RecoveryResult | None
     loadavg: str
+    snapshot: SnapshotResult | None = None
 
 
 def spawn_limit_worker(url: str, namespace: str, log: Path, *, concurrency: int = 16, rate: str = "50/s",
@@ -267,6 +279,56 @@ async def run_recovery(server: EmbeddedServer, tmp: Path, *, lease: float = 5.0,
                           jobs_restarted_seconds=round(restarted - t_kill, 2))
 
 
+async def run_snapshot(server: EmbeddedServer, *, keys: int = 10_000, holders: int = 1_000, waiters: int = 5_000,
+                       runs: int = 5) -> SnapshotResult:
+    """The cost of ``client.limits()`` over a bucket with ``keys`` rate-limited keys, ``holders`` held
+    slots and ``waiters`` wait notes (written straight into the bucket, as workers would)."""
+    from .. import codec
+    from ..limits import RateState, SlotHolder, Waiter, digest
+    from ..limitstore import RATE_PREFIX, SLOT_PREFIX, WAIT_PREFIX
+
+    ns = "limsnap"
+    settings = load_settings(overrides={"namespace": ns, "nats": {"url": server.url}}, read_env=False)
+    client = await Client.connect(settings)
+    try:
+        pub = client.conn.publisher
+        bucket = client.names.limits_bucket
+        now = time.time()
+        futs = []
+        for i in range(keys):
+            st = RateState(tat=now + (i % 50), scope="task", name="bench.snap", key=f"customer-{i}", limit="1/s")
+            futs.append(await pub.publish(client.names.kv_subject(bucket, RATE_PREFIX + digest("task", "bench.snap",
+                                                                                                  f"customer-{i}")),
+                                          codec.encode(st)))
+        for i in range(holders):
+            k = f"customer-{i}"
+            h = SlotHolder(job_id=f"job-{i}", worker="w", since=now, scope="task", name="bench.snapc", key=k,
+                           limit=1, lease=3600.0, renewed=now)
+            futs.append(await pub.publish(client.names.kv_subject(
+                bucket, SLOT_PREFIX + digest("task", "bench.snapc", k) + ".0"), codec.encode(h), {"Nats-TTL": "3600s"}))
+        for i in range(waiters):
+            k = f"customer-{i % max(1, holders)}"
+            w = Waiter(job_id=f"wjob-{i}", scope="task", name="bench.snapc", key=k, since=now)
+            futs.append(await pub.publish(client.names.kv_subject(
+                bucket, WAIT_PREFIX + digest("task", "bench.snapc", k) + f".wjob-{i}"), codec.encode(w),
+                {"Nats-TTL": "3600s"}))
+        for f in futs:
+            await f
+        times = []
+        snap = None
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            snap = await client.limits()
+            times.append(time.perf_counter() - t0)
+    finally:
+        await client.close()
+    times.sort()
+    assert snap is not None
+    return SnapshotResult(keys=keys, holders=holders, waiters=waiters, seconds_median=round(times[len(times) // 2], 3),
+                          seconds_max=round(times[-1], 3), listed=len(snap.limits),
+                          omitted=getattr(snap, "omitted", 0), truncated=getattr(snap, "truncated", False))
+
+
 async def run_limits(*, which: tuple[str, ...] = ("rate", "concurrency", "recovery"), rate: str = "50/s",
                      duration: float = 60.0, workers: int = 3, jobs: int = 1000, keys: int = 20,
                      job_seconds: float = 0.02, lease: float = 5.0) -> LimitsResult:
@@ -276,7 +338,8 @@ async def run_limits(*, which: tuple[str, ...] = ("rate", "concurrency", "recove
         cr = (await run_concurrency(server, t, jobs=jobs, keys=keys, workers=workers, job_seconds=job_seconds)
               if "concurrency" in which else None)
         kr = await run_recovery(server, t, lease=lease) if "recovery" in which else None
-    return LimitsResult(rate=rr, concurrency=cr, recovery=kr, loadavg=_loadavg())
+        sr = await run_snapshot(server) if "snapshot" in which else None
+    return LimitsResult(rate=rr, concurrency=cr, recovery=kr, loadavg=_loadavg(), snapshot=sr)
 
 
 def _loadavg() -> str:

@@ -99,10 +99,13 @@ class Limits:
         """Every queue's limits, by queue name."""
         return {q.queue: q for q in await self.store.queue_limits()}
 
-    async def limits(self) -> LimitsSnapshot:
-        """Every limit with live state: concurrency holders (job, worker, since, expires), how many
-        wait, rate limits' current rate and reserved turns; and every queue's settings."""
-        return await self.store.snapshot()
+    async def limits(self, top: int = 200) -> LimitsSnapshot:
+        """The limits with live state, the ``top`` most waited on (``omitted`` counts the rest):
+        concurrency holders (job, worker, since, expires), how many wait, rate limits' current rate
+        and reserved turns; and every queue's settings. Bounded with many keys (docs/concurrency-limits.md)."""
+        if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+            raise ValidationError(f"top: must be a whole number of at least 1, not {top!r}")
+        return await self.store.snapshot(top=top)
 
 
 def _describe(**fields: Any) -> str:

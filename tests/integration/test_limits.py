@@ -375,3 +375,44 @@ async def test_a_slot_released_elsewhere_wakes_the_job_parked_here(client, setti
         assert limiter.woken["released"] >= 1 and limiter.woken["poll"] == 0, limiter.woken
     finally:
         await other.close()
+
+
+async def test_the_snapshot_lists_the_most_waited_on_and_counts_the_rest(client):
+    """Many keys: ``limits(top=N)`` lists N (the most waiting first in rank), ``omitted`` counts the
+    rest; waiters are counted per limit from subject counts, with no holder needed."""
+    from chronos import codec
+    from chronos.limits import RateState, SlotHolder, Waiter, digest
+    from chronos.limitstore import RATE_PREFIX, SLOT_PREFIX, WAIT_PREFIX
+
+    pub, bucket, now = client.conn.publisher, client.names.limits_bucket, time.time()
+    futs = []
+    for i in range(300):  # rate limits 1/s, i % 100 turns reserved ahead (i % 100 waiting)
+        st = RateState(tat=now + (i % 100) + 1, scope="task", name="snap.rate", key=f"r{i}", limit="1/s")
+        futs.append(await pub.publish(client.names.kv_subject(bucket, RATE_PREFIX + digest("task", "snap.rate", f"r{i}")),
+                                      codec.encode(st)))
+    for i in range(5):  # concurrency limits: c0 has 500 waiters, c1..c4 one each, c4 with no holder
+        group = SLOT_PREFIX + digest("task", "snap.conc", f"c{i}")
+        if i < 4:
+            h = SlotHolder(job_id=f"h{i}", worker="w", since=now, scope="task", name="snap.conc", key=f"c{i}",
+                           limit=1, lease=60.0)
+            futs.append(await pub.publish(client.names.kv_subject(bucket, group + ".0"), codec.encode(h),
+                                          {"Nats-TTL": "60s"}))
+        for j in range(500 if i == 0 else 1):
+            w = Waiter(job_id=f"w{i}-{j}", scope="task", name="snap.conc", key=f"c{i}", since=now)
+            futs.append(await pub.publish(
+                client.names.kv_subject(bucket, WAIT_PREFIX + group[len(SLOT_PREFIX):] + f".w{i}-{j}"),
+                codec.encode(w), {"Nats-TTL": "60s"}))
+    for f in futs:
+        await f
+    snap = await client.limits(top=10)
+    assert len(snap.limits) == 10 and snap.omitted == 305 - 10 and not snap.truncated
+    conc = {v.key: v for v in snap.limits if v.kind == "concurrency"}
+    assert conc["c0"].waiting == 500 and conc["c0"].holders[0].job_id == "h0"
+    rates = sorted(v.waiting for v in snap.limits if v.kind == "rate")
+    assert len(rates) == 9 and rates[0] >= 97, rates  # the three keys at each of 99, 98 and 97 turns ahead
+    full = await client.limits(top=1000)
+    assert len(full.limits) == 305 and full.omitted == 0
+    lone = [v for v in full.limits if v.key == "c4"]
+    assert lone and lone[0].name == "snap.conc" and lone[0].waiting == 1 and not lone[0].holders
+    with pytest.raises(ValidationError, match="^top:"):
+        await client.limits(top=0)
