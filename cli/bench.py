@@ -432,7 +432,7 @@ def limits(
     jobs: Annotated[int, typer.Option("--jobs", min=1, help="Jobs for the concurrency run.")] = 1000,
     keys: Annotated[int, typer.Option("--keys", min=1, help="Keys they are spread over (limit 1 each).")] = 20,
     lease: Annotated[float, typer.Option("--lease", min=2, help="worker.limit_lease for the recovery run.")] = 5.0,
-    only: Annotated[str, typer.Option("--only", help="Comma list of rate, concurrency, recovery.")] = "rate,concurrency,recovery",
+    only: Annotated[str, typer.Option("--only", help="Comma list of rate, concurrency, recovery, snapshot.")] = "rate,concurrency,recovery",
     json_: JsonOpt = False,
 ) -> None:
     """Fleet-wide limits, 3 worker processes: a 50/s rate (achieved, max in any 1 s), 1 per key over 20 keys
@@ -443,8 +443,8 @@ def limits(
     from ._parse import BadOption
 
     which = tuple(w.strip() for w in only.split(",") if w.strip())
-    if not which or set(which) - {"rate", "concurrency", "recovery"}:
-        raise BadOption("--only", f"{only!r}: give rate, concurrency and/or recovery")
+    if not which or set(which) - {"rate", "concurrency", "recovery", "snapshot"}:
+        raise BadOption("--only", f"{only!r}: give rate, concurrency, recovery and/or snapshot")
     try:
         parse_rate(rate, "--rate")
     except LimitError as exc:
@@ -468,7 +468,13 @@ def limits(
         rows += [("concurrency", f"{c.jobs:,} jobs of {c.job_seconds * 1000:.0f} ms over {c.keys} keys, 1 each, "
                                  f"{c.workers} workers: {c.total_seconds:.1f} s (one key alone needs "
                                  f">= {c.serial_seconds_per_key:.1f} s)"),
-                 ("overlapping runs", f"{c.overlapping_runs} (goal 0)")]
+                 ("overlapping runs", f"{c.overlapping_runs} (goal 0)"),
+                 ("slot handoff", f"a run's end to the key's next start: p50 {c.handoff_p50_ms:.0f} ms, "
+                                  f"p90 {c.handoff_p90_ms:.0f} ms, max {c.handoff_max_ms:.0f} ms")]
+    if result.snapshot is not None:
+        n = result.snapshot
+        rows += [("snapshot", f"client.limits() over {n.keys:,} rate keys, {n.holders:,} held slots, {n.waiters:,} "
+                              f"waiters: {n.seconds_median * 1000:.0f} ms median ({n.listed} listed, {n.omitted:,} more)")]
     if result.recovery is not None:
         k = result.recovery
         rows += [("recovery", f"{k.held_at_kill} slots held at SIGKILL; free after {k.slots_free_seconds:.2f} s "
