@@ -143,7 +143,8 @@ async def test_finished_workflows_are_pruned_and_node_jobs_kept_while_their_work
         await archiver.db.close()
 
 
-async def test_plain_retry_of_a_failed_node_resumes_its_workflow(running: Client) -> None:
+@pytest.mark.parametrize("how", ["retry", "dlq_replay"])
+async def test_plain_retry_of_a_failed_node_resumes_its_workflow(running: Client, how: str) -> None:
     attempts_left["pr"] = 1
     wf = Workflow(name="plain-retry")
     first = wf.add(step.s("first"))
@@ -152,8 +153,8 @@ async def test_plain_retry_of_a_failed_node_resumes_its_workflow(running: Client
     ref = await running.submit_workflow(wf)
     rec = await ref.wait(20)
     assert rec.state is WorkflowState.FAILED and rec.failed == [mid.index]
-    # `chronos retry <job>`: the job retry path only, nothing about workflows
-    await running.retry(node_job_id(ref.id, mid.index))
+    # `chronos retry <job>` or `chronos dlq replay <job>`: job paths only, nothing about workflows
+    await getattr(running, how)(node_job_id(ref.id, mid.index))
     rec = await _wait_state(running, ref.id, WorkflowState.COMPLETED)
     assert rec.failed == [] and rec.resumed == 1
     assert order.count("last") == 1 and (await running.get(node_job_id(ref.id, 2))).state is JobState.COMPLETED
