@@ -100,6 +100,10 @@ class SlotLease:
     revision: int
     holder: SlotHolder
     lost: bool = False
+    # A renewal in flight changes the revision: a release or hand-over asked for meanwhile waits for
+    # it (sent with the old revision it would be refused, and the slot held until its lease ran out).
+    renewing: bool = False
+    after_renew: Callable[[], None] | None = None
 
 
 class _Bucket:
@@ -399,20 +403,25 @@ class LimitStore:
         if slot.lost:
             return False
         slot.holder.renewed = self.clock.now()
+        slot.renewing = True
+        ok = False
         try:
             slot.revision = await self._cas(slot.key, codec.encode(slot.holder), slot.revision, lease)
-            return True
+            ok = True
         except ConflictError:
             slot.lost = True
-            return False
+        finally:
+            slot.renewing = False
+            after, slot.after_renew = slot.after_renew, None
+            if after is not None:
+                after()  # the release or hand-over asked for meanwhile, over the new revision
+        return ok
 
     def release_nowait(self, slot: SlotLease) -> asyncio.Future[Any] | None:
         """Delete the slot (guarded by its revision) without waiting; the marker expires by TTL."""
         if slot.lost:
             return None
         slot.lost = True
-        headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(slot.revision),
-                   "Nats-TTL": "60s"}
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
 
         def on_ack(ack: Any, exc: BaseException | None) -> None:
@@ -423,7 +432,15 @@ class LimitStore:
             if not done.done():
                 done.set_result(None)
 
-        self._send_nowait(slot.key, b"", headers, on_ack)
+        def send() -> None:
+            headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(slot.revision),
+                       "Nats-TTL": "60s"}
+            self._send_nowait(slot.key, b"", headers, on_ack)
+
+        if slot.renewing:
+            slot.after_renew = send
+        else:
+            send()
         return done
 
     def hand_over_nowait(self, slot: SlotLease, job_id: str, gen: int, ttl: float,
@@ -436,15 +453,21 @@ class LimitStore:
         slot.lost = True
         h = msgspec.structs.replace(slot.holder, job_id=job_id, gen=gen, since=self.clock.now(), renewed=0.0,
                                     lease=float(max(1, math.ceil(ttl))), reserved=True)
-        headers = {"Nats-Expected-Last-Subject-Sequence": str(slot.revision),
-                   "Nats-TTL": f"{max(1, math.ceil(ttl))}s"}
 
         def on_ack(ack: Any, exc: BaseException | None) -> None:
             if exc is not None and not is_wrong_last_sequence(exc):
                 log.warning("handing limit slot %s over failed (it expires with its lease): %s", slot.key, exc)
             on_done(ack.seq if exc is None and ack is not None else 0)
 
-        self._send_nowait(slot.key, codec.encode(h), headers, on_ack)
+        def send() -> None:
+            headers = {"Nats-Expected-Last-Subject-Sequence": str(slot.revision),
+                       "Nats-TTL": f"{max(1, math.ceil(ttl))}s"}
+            self._send_nowait(slot.key, codec.encode(h), headers, on_ack)
+
+        if slot.renewing:
+            slot.after_renew = send
+        else:
+            send()
         return True
 
     def _send_nowait(self, key: str, value: bytes, headers: dict[str, str],

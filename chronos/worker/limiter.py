@@ -31,7 +31,7 @@ may be free::
                                         a third of the lease (at most ``PARK_CAP``): what notices
                                         a dead worker's slot expiring (that makes no event); the
                                         others only keep their messages from redelivery with
-                                        in-progress acks every half ack_wait
+                                        in-progress acks every third of ack_wait
     the worker stops                    every parked job is nak'ed
 
 A redelivered job goes through the gate again (a delivery, counted as handed back if it waits
@@ -77,7 +77,7 @@ POLL_CAP = 1.0  # ... up to this (with jitter, so waiters on one key spread out)
 PARK_CAP = 5.0
 # A slot deleted this recently (seen by the watch) wakes a job that parks for it at once: it read
 # the slot as held just before the release, whose event came before the job was parked.
-RECENT_FREE = 0.5
+RECENT_FREE = 0.25
 MAX_PARKED = 5000  # jobs parked per worker; past it a waiter is nak'ed with its poll delay
 HANDOVER_TTL = 2.0  # a reservation the woken job never takes (gone meanwhile) frees the slot after this
 DEAD_CHECK_EVERY = 3  # a waiter's every 3rd delivery checks whether the holders' jobs are finished
@@ -128,7 +128,7 @@ class Limiter:
         self._want_slot_watch = asyncio.Event()  # set at the first park
         self._naks: set[asyncio.Task[None]] = set()
         ack_wait = getattr(getattr(getattr(store.conn, "settings", None), "worker", None), "ack_wait", 5.0)
-        self.keep_every = max(0.2, float(ack_wait) / 2)  # in-progress acks of parked messages
+        self.keep_every = max(0.2, float(ack_wait) / 3)  # in-progress acks of parked messages
         self.park_poll = min(PARK_CAP, self.lease / 3)
         self._freed: dict[str, float] = {}  # slot group -> loop time the watch saw a slot of it deleted
 

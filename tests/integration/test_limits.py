@@ -416,3 +416,40 @@ async def test_the_snapshot_lists_the_most_waited_on_and_counts_the_rest(client)
     assert lone and lone[0].name == "snap.conc" and lone[0].waiting == 1 and not lone[0].holders
     with pytest.raises(ValidationError, match="^top:"):
         await client.limits(top=0)
+
+
+async def test_a_release_during_a_renewal_still_frees_the_slot(client, settings):
+    """The renewal moves the slot's revision while the job finishes: the release waits for it and
+    goes out over the new revision (sent over the old one, it was refused and the slot stayed held
+    until its lease ran out: a 5 s stall in bench limits)."""
+    from chronos.limits import SlotHolder
+    from chronos.limitstore import LimitStore
+
+    store = LimitStore(client.conn)
+    mine = SlotHolder(job_id="a", worker="w", since=time.time(), scope="task", name="lim.race", key="k", lease=30.0)
+    for how in ("release", "hand over"):
+        lease = await store.acquire("task", "lim.race", "k", 1, mine, 30.0)
+        assert lease is not None
+        renewal = asyncio.ensure_future(store.renew(lease, 30.0))
+        await asyncio.sleep(0)  # the renewal's write is in flight
+        assert lease.renewing
+        handed = asyncio.get_running_loop().create_future()
+        if how == "release":
+            done = store.release_nowait(lease)
+        else:
+            store.hand_over_nowait(lease, "b", 1, 2.0, handed.set_result)
+        assert await renewal
+        if how == "release":
+            await done
+            other = SlotHolder(job_id="c", worker="w2", since=time.time(), scope="task", name="lim.race", key="k",
+                               lease=30.0)
+            got = await store.acquire("task", "lim.race", "k", 1, other, 30.0)
+            assert got is not None, "the release was refused: the slot is still held"
+            await store.release_nowait(got)
+        else:
+            assert await handed > 0, "the hand-over was refused"
+            taker = SlotHolder(job_id="b", worker="w3", since=time.time(), scope="task", name="lim.race", key="k",
+                               lease=30.0)
+            got = await store.acquire("task", "lim.race", "k", 1, taker, 30.0)
+            assert got is not None and got.holder.job_id == "b"
+            await store.release_nowait(got)
