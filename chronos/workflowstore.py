@@ -42,6 +42,7 @@ from .states import PENDING, TERMINAL, JobState, WorkflowState, workflow_transit
 from .store.kv import KVStore
 from .workflows import (
     WORKFLOW_REASON, Bits, NodeSpec, WorkflowDef, WorkflowRecord, FANOUT, children_of, fanin_step, node_job_id,
+    split_job_id,
 )
 
 log = logging.getLogger(__name__)
@@ -196,6 +197,34 @@ class WorkflowStore:
                 await sub.unsubscribe()
             except Exception as exc:  # the connection is closed already
                 log.debug("workflow watch unsubscribe: %s", exc)
+
+    async def on_node_writes(self, cb: Callable[[str], None]) -> Callable[[], Awaitable[None]]:
+        """Call ``cb(workflow id)`` on each write of a node job from now on (headers only: one
+        ordered consumer on the jobs bucket's two-token keys, ``<wf>.<i>``; other jobs' ids are one
+        token). Returns the unsubscribe."""
+        prefix = self.names.kv_subject(self.names.jobs_bucket, "")
+        js = self.ops.publisher.nc.jetstream(timeout=10.0)
+
+        async def on_msg(msg: Any) -> None:
+            node = split_job_id(msg.subject[len(prefix):])
+            if node is not None:
+                cb(node[0])
+
+        sub = await js.subscribe(prefix + "*.*", stream=self.names.kv_stream(self.names.jobs_bucket), cb=on_msg,
+                                 ordered_consumer=True, deliver_policy=api.DeliverPolicy.NEW, headers_only=True,
+                                 inactive_threshold=300.0)
+        me = asyncio.current_task()
+
+        async def close() -> None:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # the connection is closed already
+                log.debug("node write watch unsubscribe: %s", exc)
+
+        if me is not None and me.cancelling():  # a cancel nats-py swallowed (see watch_records)
+            await close()
+            raise asyncio.CancelledError
+        return close
 
     async def purge(self, wf: str, revision: int) -> bool:
         """Remove a finished workflow: its record (compare-and-set on ``revision``: a workflow

@@ -11,9 +11,13 @@ signalled until none is left (settled).
 
 Cost follows active workflows, never all of them: the workflow records are kept in memory from
 one watch of ``w.*`` (every record once when the term starts, then each write as it happens),
-so a tick reads only the running and unsettled workflows, and with none it reads nothing. The
-finished ones wait in a heap by finish time; when the oldest passes ``scheduler.retention``
-its keys are purged (``WorkflowStore.purge``), so a pass costs what expires. While a
+so a tick looks only at the running and unsettled workflows, and with none it reads nothing.
+Nor does it re-read a running workflow in which nothing happens: a second watch (headers only)
+of the node jobs' keys marks a workflow changed on any write of one of its jobs, and the
+repair reads it ``min_age`` after its last change (what a dead worker left is a write like any
+other), and otherwise once every ``SAFETY`` seconds. The finished ones wait in a heap by
+finish time; when the oldest passes ``scheduler.retention`` its keys are purged
+(``WorkflowStore.purge``), so a pass costs what expires. While a
 workflow's record exists its node jobs are kept by the job pruner (``holds``): a node pruned
 while its workflow runs would look missing to the repair and lose its result to its children.
 """
@@ -33,6 +37,8 @@ from ..workflows import WorkflowRecord, split_job_id
 from ..workflowstore import WorkflowStore
 
 log = logging.getLogger(__name__)
+
+SAFETY = 30.0  # seconds between looks at a running workflow in which nothing was seen to change
 
 
 class WorkflowRepair:
@@ -55,6 +61,8 @@ class WorkflowRepair:
         self._finished: dict[str, tuple[float, int]] = {}  # finished and settled: (finished_at, revision)
         self._expiry: list[tuple[float, str]] = []  # (finished_at, id); stale entries skipped when popped
         self._next: dict[str, float] = {}  # workflow -> when to look again (big ones less often)
+        self._changed: dict[str, float] = {}  # running workflow -> when a write to it was last seen
+        self._looked: dict[str, float] = {}  # running workflow -> when the repair last read it
 
     # --- what the job pruner asks ----------------------------------------------------------------------
     def holds(self, job_id: str) -> bool:
@@ -99,7 +107,10 @@ class WorkflowRepair:
         self._live.clear()
         self._finished.clear()
         self._expiry.clear()
+        self._looked.clear()  # every workflow is read at the first look after a (re)start
+        close = None
         try:
+            close = await self.store.on_node_writes(self._touch)
             async for wf, rec, caught_up in self.store.watch_records():
                 if wf:
                     self._see(wf, rec)
@@ -110,25 +121,38 @@ class WorkflowRepair:
             raise
         except Exception as exc:
             log.warning("workflow watch ended (%s); starting it over next tick", exc)
+        finally:
+            if close is not None:
+                await close()
+
+    def _touch(self, wf: str) -> None:
+        if wf in self._live:
+            self._changed[wf] = self.clock.now()
 
     def _see(self, wf: str, rec: WorkflowRecord | None) -> None:
         if rec is None:  # pruned
             self._live.pop(wf, None)
             self._finished.pop(wf, None)
-            self._next.pop(wf, None)
+            self._forget(wf)
             return
         have = self._live.get(wf)
         if have is not None and have.revision > rec.revision:
             return
         if rec.state in WORKFLOW_TERMINAL and rec.settled:
             self._live.pop(wf, None)
-            self._next.pop(wf, None)
+            self._forget(wf)
             done = rec.finished_at if rec.finished_at is not None else rec.updated_at
             self._finished[wf] = (done, rec.revision)
             heapq.heappush(self._expiry, (done, wf))
         else:
             self._finished.pop(wf, None)
             self._live[wf] = rec
+            self._changed[wf] = self.clock.now()  # submitted, resumed, stopped: look at it
+
+    def _forget(self, wf: str) -> None:
+        self._next.pop(wf, None)
+        self._changed.pop(wf, None)
+        self._looked.pop(wf, None)
 
     async def round(self) -> int:
         if not self.loaded.is_set():
@@ -140,10 +164,17 @@ class WorkflowRepair:
                 break
             try:
                 if rec.state is WorkflowState.RUNNING:
-                    if self._next.get(wf, 0.0) > now:
+                    changed = self._changed.get(wf)
+                    # a change is looked at once it is min_age old (its worker had time to advance it)
+                    due = (changed is not None and now - changed >= self.min_age) or \
+                        now - self._looked.get(wf, -SAFETY) >= SAFETY
+                    if not due or self._next.get(wf, 0.0) > now:
                         continue
                     # a big workflow's frontier costs a pass over its jobs: look less often
                     self._next[wf] = now + max(0.0, rec.nodes / 2000.0 - self.tick)  # 10,000 nodes: every 5 s
+                    if changed is not None and now - changed >= self.min_age and self._changed.get(wf) == changed:
+                        self._changed.pop(wf, None)  # this look covers it (an earlier one would not: too fresh)
+                    self._looked[wf] = now
                     self.looked += 1
                     touched += await self.store.repair(wf, self.min_age)
                 elif not rec.settled:

@@ -36,10 +36,11 @@ async def _until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def _repair(client: Client, clock: Any = SYSTEM_CLOCK, retention: float | None = None
+async def _repair(client: Client, clock: Any = SYSTEM_CLOCK, retention: float | None = None, min_age: float = 1.0
                   ) -> tuple[WorkflowRepair, asyncio.Task[None]]:
-    """A repair loop of our own (the fixture's scheduler runs the real one), its watch started."""
-    r = WorkflowRepair(client.ops, clock=clock, tick=0.1, is_leader=lambda: True, retention=retention)
+    """A repair loop of our own (the fixture's scheduler runs the real one), its watches started."""
+    r = WorkflowRepair(client.ops, clock=clock, tick=0.1, is_leader=lambda: True, retention=retention,
+                       min_age=min_age)
     follow = asyncio.get_running_loop().create_task(r._follow())
     await asyncio.wait_for(r.loaded.wait(), 10)
     return r, follow
@@ -68,16 +69,31 @@ async def test_loop_reads_only_active_workflows(running: Client) -> None:
     done = [await running.submit_workflow(Workflow(chain(add.s(i, 1), add.s(1)))) for i in range(3)]
     for ref in done:
         await ref.wait(20)
-    r, follow = await _repair(running)
+    r, follow = await _repair(running, min_age=0.0)
     try:
         # three finished workflows: a round reads none of them
         assert r.active() == [] and await r.round() == 0 and r.looked == 0
         assert r.holds(node_job_id(done[0].id, 1)) and not r.holds("0123abcd")
-        # a new one is seen by the watch and looked at, then dropped once it has ended
-        live = await running.submit_workflow(Workflow(chain(block.s(), step.s())))
+        # a new one is seen by the watch and read; while nothing in it changes, it is not read again
+        wf = Workflow()
+        wf.add(step.s("after"), depends_on=[wf.add(block.s())])
+        idle = wf.add(add.s(1, 1).set(queue="nobody"))  # never taken: a node we can change by hand
+        live = await running.submit_workflow(wf)
+        await _wait_job(running, node_job_id(live.id, 0), {JobState.RUNNING})
         await _until(lambda: live.id in r.active())
         await r.round()
-        assert r.looked == 1
+        assert r.looked >= 1
+        await asyncio.sleep(0.2)  # writes in flight (the running node's) reach the watch
+        await r.round()
+        looked = r.looked
+        for _ in range(3):
+            await r.round()
+        assert r.looked == looked
+        # a write to one of its jobs: read once more
+        await running.cancel(node_job_id(live.id, idle.index))
+        await _until(lambda: live.id in r._changed)
+        await r.round()
+        assert r.looked == looked + 1
         gate.set()
         await live.wait(20)
         await _until(lambda: r.active() == [])
