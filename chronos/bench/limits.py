@@ -390,7 +390,7 @@ async def _worker_main(args: argparse.Namespace) -> None:
         log_fh.close()
         lim = svc.limiter
         if lim is not None:  # how jobs waiting on a limit came back (stderr, for the one running the bench)
-            logging.getLogger("chronos.bench.limits").info(
+            logging.getLogger("chronos.bench.limits").debug(
                 "worker %s: %d hand-backs over a limit, %d re-parked, %d slots handed over, woken %s",
                 name, lim.waited, lim.reparked, lim.handed_over, lim.woken)
 
@@ -409,7 +409,6 @@ def main(argv: list[str] | None = None) -> None:
         ap.add_argument("--max-deliver", type=int, default=50)
         ap.add_argument("--log", required=True)
         logging.basicConfig(level=logging.WARNING)
-        logging.getLogger("chronos.bench.limits").setLevel(logging.INFO)
         asyncio.run(_worker_main(ap.parse_args(argv[1:])))
         return
     ap = argparse.ArgumentParser(prog="chronos.bench.limits")
