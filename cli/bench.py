@@ -154,7 +154,9 @@ def workflows(
             i = result.idle
             rows += [("idle scheduler", f"{i.cpu_percent_empty} % CPU with no workflow, {i.cpu_percent_finished} % "
                                         f"with {i.finished:,} finished ({i.seconds:g} s each; load {i.loadavg})"),
-                     ("full read", f"{i.full_read_ms:.0f} ms to read every workflow record once")]
+                     ("full read", f"{i.full_read_ms:.0f} ms to read every workflow record once"),
+                     ("idle, one running", f"{i.cpu_percent_active} % CPU with a running {i.active_nodes:,}-node "
+                                           f"workflow in which nothing changes; one repair of it {i.repair_ms:.0f} ms")]
         if result.group is not None:
             g = result.group
             rows += [

@@ -13,7 +13,9 @@ per-step overhead (total / steps; the steps do nothing).
 workflow at all, then again with ``finished`` finished workflows in the bucket (written directly:
 a completed, settled record and a one-node definition each; the leader's loop looks only at the
 records), and how long one read of every record takes (what each tick of the loop cost before it
-followed active workflows only).
+followed active workflows only); then with one running workflow of 2,000 nodes in which nothing
+changes, and how long one repair of it takes (what the loop spent on it every second before it
+read only workflows that changed).
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ class IdleResult(msgspec.Struct):
     write_seconds: float  # writing the finished workflows (pipelined)
     full_read_ms: float  # one read of every workflow record (the old loop's cost per tick)
     loadavg: str
+    active_nodes: int = 0  # then one running workflow of this many nodes in which nothing changes
+    cpu_percent_active: float = 0.0
+    repair_ms: float = 0.0  # one repair of it: what the loop spent on it every max(1, nodes/2000) s before
 
 
 class WorkflowsResult(msgspec.Struct):
@@ -153,7 +158,38 @@ async def _write_finished(client: Client, count: int) -> float:
     return time.perf_counter() - t0
 
 
-async def measure_idle(client: Client, pid: int, *, seconds: float, finished: int) -> IdleResult:
+async def _write_active(client: Client, nodes: int) -> str:
+    """One running workflow of ``nodes`` roots: all completed but one, waiting on a queue nobody serves
+    (nothing will change in it; written directly, as the leader would find it)."""
+    from .. import codec
+    from ..ids import new_job_id
+    from ..models import JobRecord, JobSpec
+    from ..states import JobState, WorkflowState
+    from ..workflows import NodeDef, WorkflowDef, WorkflowRecord, node_job_id
+
+    kv = await client.workflow_api.store.kv()
+    jobs = await client.ops.store()
+    pub = client.conn.publisher
+    now = time.time()
+    wf = "w" + new_job_id(now)
+    await kv.put(f"d.{wf}", codec.encode(WorkflowDef(id=wf, nodes=[NodeDef(task="wfb.leaf", parents=[])] * nodes)))
+    futs = []
+    for i in range(nodes):
+        spec = JobSpec(task="wfb.leaf", args=[i], queue="nobody")
+        done = i < nodes - 1
+        rec = JobRecord(id=node_job_id(wf, i), spec=spec, state=JobState.COMPLETED if done else JobState.AVAILABLE,
+                        created_at=now, updated_at=now, finished_at=now if done else None, result=i if done else None)
+        if pub.in_flight >= pub.window // 2:
+            await pub.wait_for_room(pub.window // 4)
+        futs.append(await jobs.put_nowait(rec.id, codec.encode(rec)))
+    await asyncio.gather(*futs)
+    await kv.put(f"w.{wf}", codec.encode(WorkflowRecord(id=wf, state=WorkflowState.RUNNING, created_at=now - 3600,
+                                                        updated_at=now, nodes=nodes)))
+    return wf
+
+
+async def measure_idle(client: Client, pid: int, *, seconds: float, finished: int, active_nodes: int = 2000
+                       ) -> IdleResult:
     from ._common import cpu_seconds
 
     async def window() -> float:
@@ -171,9 +207,19 @@ async def measure_idle(client: Client, pid: int, *, seconds: float, finished: in
     read_ms = (time.perf_counter() - t0) * 1000
     if n < finished:
         raise RuntimeError(f"wrote {finished} workflows, read back {n}")
+    active = repair_ms = 0.0
+    if active_nodes:
+        wf = await _write_active(client, active_nodes)
+        await asyncio.sleep(3.0)  # seen, read once
+        active = await window()
+        t0 = time.perf_counter()
+        await client.workflow_api.store.repair(wf)
+        repair_ms = (time.perf_counter() - t0) * 1000
+        await client.cancel_workflow(wf)  # not to leave it for what runs next
     return IdleResult(seconds=seconds, cpu_percent_empty=round(empty, 1), cpu_percent_finished=round(full, 1),
                       finished=finished, write_seconds=round(wrote, 2), full_read_ms=round(read_ms, 1),
-                      loadavg=Path("/proc/loadavg").read_text().strip())
+                      loadavg=Path("/proc/loadavg").read_text().strip(), active_nodes=active_nodes,
+                      cpu_percent_active=round(active, 1), repair_ms=round(repair_ms, 1))
 
 
 async def run_workflows(*, children: int = 10_000, steps: int = 1_000, workers: int = 2, concurrency: int = 256,
