@@ -81,6 +81,10 @@ RECENT_FREE = 0.25
 MAX_PARKED = 5000  # jobs parked per worker; past it a waiter is nak'ed with its poll delay
 HANDOVER_TTL = 2.0  # a reservation the woken job never takes (gone meanwhile) frees the slot after this
 DEAD_CHECK_EVERY = 3  # a waiter's every 3rd delivery checks whether the holders' jobs are finished
+# Every 8th release here is a plain delete even with jobs parked here: a hand-over keeps the slot on
+# this worker, and under a steady overload of one key the jobs parked on other workers would never
+# get it. A delete wakes the oldest parked on every worker (this one too) and they race for it.
+FAIR_EVERY = 8
 # A turn at most LEAD ahead is waited for here (a short sleep in the job's worker slot) rather than
 # handed back; a hand-back comes back ARRIVE ahead of its turn (redelivery and the pull take some ms).
 LEAD = 0.06
@@ -125,6 +129,7 @@ class Limiter:
         self.handed_over = 0  # slots given straight to a parked job
         self.woken = {"handover": 0, "released": 0, "poll": 0, "unclaimed": 0, "stop": 0}
         self._handed: dict[str, int] = {}  # slot key -> revision of a hand-over not yet seen taken
+        self._releases = 0
         self._want_slot_watch = asyncio.Event()  # set at the first park
         self._naks: set[asyncio.Task[None]] = set()
         ack_wait = getattr(getattr(getattr(store.conn, "settings", None), "worker", None), "ack_wait", 5.0)
@@ -224,7 +229,8 @@ class Limiter:
         slots = self._held.pop(run.key, None)
         if slots:
             for s in slots:
-                p = self._oldest(s.key.rpartition(".")[0])
+                self._releases += 1
+                p = self._oldest(s.key.rpartition(".")[0]) if self._releases % FAIR_EVERY else None
                 if p is None:
                     self.store.release_nowait(s)
                     continue
