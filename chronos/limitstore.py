@@ -559,13 +559,14 @@ class LimitStore:
         nats-py's iterator costs a task per message (10,000 keys: 0.8 s against 0.3 s)."""
         prefix = self.state.subject("")
         out: dict[str, bytes] = {}
-        state = {"seen": 0, "cut": False}
+        seen = [0]
+        cut = [False]
         done = asyncio.Event()
 
         async def on_msg(msg: Any) -> None:
             if done.is_set():
                 return
-            state["seen"] += 1
+            seen[0] += 1
             key = msg.subject[len(prefix):]
             headers = msg.headers
             op = headers.get("KV-Operation") if headers else None
@@ -575,8 +576,8 @@ class LimitStore:
                 out[key] = msg.data
             if msg.metadata.num_pending == 0:
                 done.set()
-            elif state["seen"] >= max_keys:
-                state["cut"] = True
+            elif seen[0] >= max_keys:
+                cut[0] = True
                 done.set()
 
         try:
@@ -595,7 +596,7 @@ class LimitStore:
                 await sub.unsubscribe()
             except Exception as exc:  # connection already closed
                 log.debug("limits scan unsubscribe: %s", exc)
-        return list(out.items()), state["cut"]
+        return list(out.items()), cut[0]
 
     async def _count_waiters(self, max_keys: int) -> tuple[dict[str, int], bool]:
         """Wait notes per slot group, from the stream's subject counts (no values are read)."""
