@@ -117,7 +117,7 @@ class LineTable(ScrollView, can_focus=True):
                 widths[i] = max(widths[i], cell_len(cell.plain if isinstance(cell, Text) else cell))
         self._widths = widths
         self._lines.clear()
-        self.virtual_size = Size(self.scrollable_content_region.width, len(keys) + 1)
+        self.virtual_size = Size(0, len(keys) + 1)  # lines are cut to the width: no sideways scroll
         if selected in keys:
             self.cursor_row = keys.index(selected)
         else:
