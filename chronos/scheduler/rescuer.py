@@ -52,6 +52,7 @@ from ._scan import paced_passes, scan_entries
 log = logging.getLogger(__name__)
 
 LOST = "worker lost: no heartbeat"
+_REPAIR_AT_ONCE = 128  # jobs of one pending marker repaired concurrently
 
 
 class Rescuer:
@@ -174,11 +175,20 @@ class Rescuer:
         for key, rev, marker in due:
             if not self.is_leader():
                 break
-            for job in marker.jobs if marker is not None else []:
-                try:
-                    n += await self._repair_job(job, now, marker.at)
-                except ConflictError:
-                    continue  # it moved meanwhile: someone took care of it
+            # A marker's jobs are repaired together (a read and a publish each, in flight at once):
+            # a bulk submit cut short leaves whole chunks of 500 in atomic batches (clientapi/batched.py),
+            # and one round trip after another took a loaded leader tens of seconds per marker.
+            jobs = marker.jobs if marker is not None else []
+            for start in range(0, len(jobs), _REPAIR_AT_ONCE):
+                results = await asyncio.gather(*(self._repair_job(job, now, marker.at)  # type: ignore[union-attr]
+                                                 for job in jobs[start:start + _REPAIR_AT_ONCE]),
+                                               return_exceptions=True)
+                for result in results:
+                    if isinstance(result, ConflictError):
+                        continue  # it moved meanwhile: someone took care of it
+                    if isinstance(result, BaseException):
+                        raise result
+                    n += result
             try:
                 await control.delete(key, revision=rev)
             except ConflictError:
