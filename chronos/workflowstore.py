@@ -230,6 +230,13 @@ class WorkflowStore:
         """Remove a finished workflow: its record (compare-and-set on ``revision``: a workflow
         retried meanwhile is kept), then its definition, node specs and fan-in records, with one
         filtered purge per key space (no delete marker left per key). False if it had moved."""
+        if not await self.delete_record(wf, revision):
+            return False
+        await self.purge_keys(wf)
+        return True
+
+    async def delete_record(self, wf: str, revision: int) -> bool:
+        """The workflow record's delete, guarded by ``revision``; False if it had moved."""
         names = self.names
         bucket = names.workflows_bucket
         headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(revision),
@@ -240,6 +247,12 @@ class WorkflowStore:
             if is_wrong_last_sequence(exc):
                 return False
             raise
+        return True
+
+    async def purge_keys(self, wf: str) -> None:
+        """A removed workflow's other keys (and its record's delete marker): idempotent."""
+        names = self.names
+        bucket = names.workflows_bucket
         js = self.conn.js
         stream = names.kv_stream(bucket)
         for key in (f"n.{wf}.>", f"f.{wf}.>", f"d.{wf}", f"w.{wf}"):

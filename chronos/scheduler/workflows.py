@@ -60,6 +60,7 @@ class WorkflowRepair:
         self._live: dict[str, WorkflowRecord] = {}  # running, or stopped with nodes maybe still running
         self._finished: dict[str, tuple[float, int]] = {}  # finished and settled: (finished_at, revision)
         self._expiry: list[tuple[float, str]] = []  # (finished_at, id); stale entries skipped when popped
+        self._purging: set[str] = set()  # records deleted whose other keys are still to purge
         self._next: dict[str, float] = {}  # workflow -> when to look again (big ones less often)
         self._changed: dict[str, float] = {}  # running workflow -> when a write to it was last seen
         self._looked: dict[str, float] = {}  # running workflow -> when the repair last read it
@@ -193,20 +194,36 @@ class WorkflowRepair:
         """Purge the finished workflows whose finish is older than the retention, oldest first."""
         cutoff = now - self.retention
         n = 0
+        for wf in list(self._purging):  # a purge that failed after its record's delete
+            if not self.is_leader():
+                return n
+            try:
+                await self.store.purge_keys(wf)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("workflow %s: purging its keys failed (%s); trying again next tick", wf, exc)
+                return n
+            self._purging.discard(wf)
         while self._expiry and self._expiry[0][0] < cutoff and self.is_leader():
             done, wf = heapq.heappop(self._expiry)
             seen = self._finished.get(wf)
             if seen is None or seen[0] != done:
                 continue  # resumed, pruned or finished again since
             try:
-                if await self.store.purge(wf, seen[1]):
-                    n += 1
-                    self._finished.pop(wf, None)
+                if not await self.store.delete_record(wf, seen[1]):
+                    continue  # moved since (retried): the watch brings its new state
+                self._finished.pop(wf, None)
+                self._purging.add(wf)
+                await self.store.purge_keys(wf)
+                self._purging.discard(wf)
+                n += 1
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("workflow %s: pruning failed; trying again next tick", wf)
-                heapq.heappush(self._expiry, (done, wf))
+                if wf not in self._purging:
+                    heapq.heappush(self._expiry, (done, wf))
                 break
         if n:
             log.info("workflows: pruned %d finished before the %gs retention", n, self.retention)
