@@ -258,7 +258,6 @@ class WorkflowStore:
         for key in (f"n.{wf}.>", f"f.{wf}.>", f"d.{wf}", f"w.{wf}"):
             await js.purge_stream(stream, subject=names.kv_subject(bucket, key))
         self._shapes.pop(wf, None)
-        return True
 
     async def shape(self, wf: str) -> Shape:
         """The definition, read once per process (a group's children all ask at once: one read)."""
