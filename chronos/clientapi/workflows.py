@@ -10,7 +10,7 @@ starts any root whose job is missing.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Generic, TypeVar
+from typing import Any, AsyncIterator, Generic, TypeVar
 
 import msgspec
 
@@ -171,6 +171,12 @@ class Workflows:
             recs = [r for r in recs if r.state == state]
         recs.sort(key=lambda r: r.created_at, reverse=True)
         return recs[:limit]
+
+    def follow(self) -> AsyncIterator[tuple[str, WorkflowRecord | None, bool]]:
+        """Every workflow record, then each change: ``(id, record or None when pruned, caught up)``
+        (an empty id with caught up True when there is none). For consoles that keep the list
+        live without reading every record again."""
+        return self.store.watch_records()
 
     async def view(self, wf_id: str) -> WorkflowView:
         rec = await self.store.record(wf_id)

@@ -71,3 +71,35 @@ async def test_tree_of_node_states_live_and_retry_a_node(client, settings, start
         await pilot.press("r")
         await wait_until(pilot, lambda: "completed" in tree_lines(screen)[0]
                          and all("completed" in ln for ln in tree_lines(screen)[1:]), what="the resumed workflow")
+
+
+async def test_list_is_kept_from_the_watch_not_read_every_second(client, settings, start_worker):
+    """Once the records' watch has caught up, the list is not read again: a new workflow and its
+    end reach the table from the watch alone."""
+    await start_worker(reg)
+    await (await client.submit_workflow(_one("before"))).wait(20)
+    app = make_app(settings, client)
+    async with app.run_test(size=SIZE) as pilot:
+        await app.action_view("workflows")
+        screen = app.screen
+        assert isinstance(screen, WorkflowsScreen)
+        await wait_until(pilot, lambda: screen._live, what="the watch caught up")
+        reads: list[int] = []
+        listing = client.workflow_api.listing
+
+        async def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+            reads.append(1)
+            return await listing(*args, **kwargs)
+
+        client.workflow_api.listing = counted
+        ref = await client.submit_workflow(_one("after"))
+        table = screen.query_one(WorkflowTable)
+        await wait_until(pilot, lambda: any(r[0] == ref.id and "completed" in str(r[2]) for r in table_rows(table)),
+                         what="the new workflow, completed")
+        assert reads == []
+
+
+def _one(label: str) -> Workflow:
+    wf = Workflow(name=label)
+    wf.add(step.s(label))
+    return wf

@@ -4,6 +4,7 @@ On a node: r retries it (the workflow resumes), c cancels it; C cancels the whol
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from rich.text import Text
@@ -22,6 +23,7 @@ from .base import ChronosScreen
 
 STYLE = {"pending": "dim", "running": "cyan", "completed": "green", "failed": "bold red", "cancelled": "yellow"}
 MAX_TREE = 500  # nodes drawn; a group of 10,000 shows its first ones and a count
+log = logging.getLogger(__name__)
 
 
 class WorkflowTable(SyncTable):
@@ -60,12 +62,18 @@ class WorkflowsScreen(ChronosScreen):
     WorkflowsScreen #wf-status { height: 1; padding: 0 1; background: $boost; }
     """
     RELOAD_EVERY = 1.0
+    LIMIT = 200  # rows, newest first
 
     def __init__(self) -> None:
         super().__init__()
         self.records: list[WorkflowRecord] = []
         self.view: WorkflowView | None = None
         self.selected_id: str | None = None
+        # The list is kept from a watch of the records (each change as it is written) rather
+        # than read whole every second: 10,000 records took 0.3-0.7 s per read.
+        self._known: dict[str, WorkflowRecord] = {}
+        self._live = False  # the watch has caught up; until then (or after it ends) the list is read
+        self._changed = True
 
     def compose(self) -> ComposeResult:
         yield self.banner()
@@ -77,8 +85,35 @@ class WorkflowsScreen(ChronosScreen):
 
     def on_mount(self) -> None:
         self.query_one(WorkflowTable).focus()
+        self.follow()
         self.reload()
         self.set_interval(self.RELOAD_EVERY, lambda: self.is_current and self.reload())
+
+    @work(exclusive=True, group="workflows-follow")
+    async def follow(self) -> None:
+        """Keep ``_known`` from the records' watch; started over (after a pause) when it ends."""
+        while True:
+            client = self._client()
+            api = getattr(client, "workflow_api", None)
+            if api is None or not hasattr(api, "follow"):
+                return  # a client without it: the list is read on each reload
+            self._known.clear()
+            try:
+                async for wf, rec, caught_up in api.follow():
+                    if wf:
+                        if rec is None:
+                            self._known.pop(wf, None)
+                        else:
+                            self._known[wf] = rec
+                        self._changed = True
+                    if caught_up and not self._live:
+                        self._live = self._changed = True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # reconnecting, or the server is gone: read on each reload meanwhile
+                log.debug("workflows view: the records' watch ended (%s); reading the list until it is back", exc)
+            self._live = False
+            await asyncio.sleep(2.0)
 
     def _client(self) -> Any:
         """The console's client (the live source has one; a test double may not)."""
@@ -95,13 +130,21 @@ class WorkflowsScreen(ChronosScreen):
             status.update("not connected")
             return
         try:
-            recs = await client.workflows(limit=200)
+            if self._live:
+                recs = None
+                if self._changed:
+                    self._changed = False
+                    recs = sorted(self._known.values(), key=lambda r: r.created_at, reverse=True)[:self.LIMIT]
+            else:
+                recs = await client.workflows(limit=self.LIMIT)
             view = await client.workflow(self.selected_id) if self.selected_id else None
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             status.update(f"error: {exc}")
             return
+        if recs is None:  # nothing changed: only the ages move on
+            recs = self.records
         self.records = recs
         self.query_one(WorkflowTable).show(recs, self.capp.clock.now())
         if view is not None:
