@@ -181,7 +181,9 @@ class SchedulerService:
             ("pruner", self.pruner.run),
         ]
         # Acknowledged work messages out of the limits-retention jobs stream, in bulk (purger.py).
-        self.purger = Purger(conn, is_leader=is_leader)
+        # It also republishes available jobs whose messages were purged by someone else (a stolen credential).
+        self.purger = Purger(conn, is_leader=is_leader, clock=self.clock, ops=ops, index=self.archiver.index,
+                             rescue_after=s.rescue_after)
         loops.append(("purger", self.purger.run))
         loops.append(("workflows", self.workflow_repair.run))
         self.terms += 1

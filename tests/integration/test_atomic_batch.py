@@ -242,3 +242,41 @@ async def test_purge_waits_grace_after_the_floor_passed_a_message(client):
     clock.advance(1.5)
     assert await purger.pass_once() == 4
     assert await _stream_msgs(client) == 0
+
+
+class _Index:
+    """The job index's answers for repair_lost (a scheduler node's SQLite index, faked: not server behaviour)."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+        self.caught_up = asyncio.Event()
+        self.caught_up.set()
+
+    async def counts(self, window: float = 0.0):
+        from chronos.readmodel import CountsReply
+
+        return CountsReply(rows=[("default", "default", "available", len(self.ids))])
+
+    async def ids_in_state(self, state: str, *, limit: int = 1000, after: str | None = None) -> list[str]:
+        return [i for i in self.ids if after is None or i > after][:limit] if state == "available" else []
+
+
+async def test_lost_work_messages_are_republished_only_once_the_queue_holds_nothing(client):
+    import json
+
+    names = client.names
+    await client.register_tasks(["t.batch"])
+    ids = await client.submit_specs([client.build_spec("t.batch", [i]) for i in range(3)])
+    purger = Purger(client.conn, grace=0, ops=client.ops, index=_Index(sorted(ids)), rescue_after=0.0)
+    # The consumer still holds the messages: nothing is lost, nothing republished (a new generation
+    # for a job whose first message still waits could run it twice).
+    assert await purger.repair_lost() == 0 and await purger.repair_lost() == 0
+    # Someone purges the queued messages (a stolen scheduler credential could).
+    reply = await client.conn.nc.request(f"$JS.API.STREAM.PURGE.{names.jobs_stream}", json.dumps({}).encode())
+    assert json.loads(reply.data)["purged"] == 3
+    assert await purger.repair_lost() == 0  # one look is not enough (a move may be in flight)
+    assert await purger.repair_lost() == 3
+    for job_id in ids:
+        rec = await client.get(job_id)
+        assert rec.state == JobState.AVAILABLE and rec.gen == 2
+    assert await _stream_msgs(client) == 3  # a fresh work message each

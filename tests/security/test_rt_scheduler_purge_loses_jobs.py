@@ -26,7 +26,7 @@ from ..faults.conftest import wait_until
 NS = "rtp"
 
 
-@pytest.mark.xfail(strict=True, reason="red team: a scheduler-credential purge of the jobs stream loses queued jobs silently")
+# Was xfail (red team): the leader now republishes jobs whose queue lost its messages (scheduler/purger.py repair_lost).
 async def test_purged_queued_jobs_still_run_or_are_visibly_failed(tmp_path: Path):
     server = auth_server(tmp_path, NS).start()
     try:
