@@ -75,3 +75,32 @@ async def test_purged_queued_jobs_still_run_or_are_visibly_failed(tmp_path: Path
             await console.close()
     finally:
         server.cleanup()
+
+
+@pytest.mark.xfail(strict=True, reason="red team: a scheduler-credential purge of the workflows bucket erases running workflows")
+async def test_a_scheduler_credential_cannot_erase_running_workflows(tmp_path: Path):
+    """The workflow pruner's purge right (scheduler role) has no subject restriction either: one
+    request without a filter removes every workflow, running ones included; their remaining nodes
+    then never start (the advance cannot read the workflow's shape)."""
+    from chronos.workflows import Signature, Workflow, chain
+
+    server = auth_server(tmp_path, NS).start()
+    try:
+        admin = await Client.connect(role_settings(server, NS, "admin"))
+        await admin.register_tasks(["rt.ok"])
+        await admin.close()
+        console = await Client.connect(role_settings(server, NS, "console"), ensure=False)
+        try:
+            ref = await console.submit_workflow(Workflow(chain(Signature("rt.ok", (1,)), Signature("rt.ok"))))
+            thief = await nats.connect(server.url, user="chronos-scheduler", password=PASSWORDS["scheduler"],
+                                       inbox_prefix=inbox_prefix("chronos-scheduler"))
+            try:
+                await thief.request(f"$JS.API.STREAM.PURGE.KV_{NS}_workflows", b"{}", timeout=5)
+            finally:
+                await thief.close()
+            view = await console.workflow(ref.id)  # raises WorkflowNotFoundError today
+            assert view.record.state == "running"
+        finally:
+            await console.close()
+    finally:
+        server.cleanup()
