@@ -68,6 +68,8 @@ FAST_PATH_MAX_AGE = 43_200.0
 MAX_ATTEMPTS_KEPT = 20  # older attempts stay in the archive, not in the KV record
 MAX_UNRECORDED = 10_000  # runs whose outcome write failed, remembered until their job's next delivery here
 OVERLAP_NOTE = "ran concurrently with a redelivery of this job (its worker did not ack within ack_wait)"
+SUPERSEDED_NOTE = ("ran as generation {gen} before its running write, while the record moved on (now generation "
+                   "{now}, {state}); its outcome was not applied")
 
 
 Interrupt = Literal["timeout", "cancel", "shutdown", "superseded"]  # why the service stopped a call
@@ -98,6 +100,7 @@ class Running:
     sync: bool = False  # runs in a thread or a process: holds one of the sync slots
     stuck: str | None = None  # set when an interrupted sync call could not be stopped (see Executor)
     ended: Attempt | None = None  # this run's attempt as ``_finish`` is about to write it
+    began: Attempt | None = None  # this run's attempt as it started (how the record is searched for it)
     progress: Any = None  # its progress writer (worker/progress.py), made on its first report
 
     def interrupt_with(self, why: Interrupt) -> bool:
@@ -307,6 +310,7 @@ class Executor:
             if started is None:
                 return False
             record, rev = started
+        run.began = record.attempts[-1] if record.attempts else None  # _running appended this run's
         refusal = self.ops.auth.check(record)  # signing.py: only specs a trusted key signed run
         if refusal is not None:
             await self._discard(msg, record, rev, refusal, None)
@@ -591,7 +595,18 @@ class Executor:
         msg = run.msg
         job_id = record.id
 
+        mine = run.began
+
         def decide(rec: JobRecord, rev: int) -> _Write | cas.Stop[_Elsewhere]:
+            if rec.state is JobState.AVAILABLE and rec.gen == run.gen and not rec.cancel_requested \
+                    and not (rec.delivered_gen == rec.gen and rec.delivered >= run.delivered) \
+                    and not _recorded(rec, mine):
+                # The run took the fast path (its running write deferred) and the record's revision
+                # moved without anyone starting or ending the job: the carried revision was stale.
+                # Nothing else ran this delivery, so the run is written as usual, started as it did.
+                rec = self._running(rec, run.delivered)
+                if mine is not None:
+                    rec.attempts[-1] = msgspec.structs.replace(rec.attempts[-1], started_at=mine.started_at)
             last = rec.attempts[-1] if rec.attempts else None
             if rec.state is not JobState.RUNNING or rec.worker != self.worker_id \
                     or (last is not None and last.delivery not in (0, run.delivered)):
@@ -651,7 +666,7 @@ class Executor:
         if isinstance(done, bool):
             return done
         if done.discard is None:
-            return await self._moved_elsewhere(run, done.record, done.rev, outcome, now)
+            return await self._moved_elsewhere(run, done.record, done.rev, outcome, now, mine)
         await self._discard(msg, done.record, done.rev, done.discard, outcome.tb, attempts=done.attempts,
                             duration=duration)
         self.failed += 1
@@ -702,16 +717,32 @@ class Executor:
             self.unrecorded.pop(next(iter(self.unrecorded)))
 
     async def _moved_elsewhere(self, run: Running, record: JobRecord, rev: int, outcome: _Outcome,
-                               now: float) -> bool:
+                               now: float, mine: Attempt | None = None) -> bool:
         """The record moved during this run. If a redelivery of the same message took it over, this
         run overlapped it: write this run's real outcome into its own attempt (found by delivery
-        count), marked as concurrent, so the record shows both runs. The state is not ours to set."""
+        count), marked as concurrent, so the record shows both runs. The state is not ours to set.
+
+        A run the record does not show at all (its running write was deferred, and meanwhile the
+        record went to a new generation, or another copy of the message ran and finished it) is
+        added as an attempt of its own, outcome and all, marked ``SUPERSEDED_NOTE``: every run
+        started is in the record, even one whose outcome could not be applied."""
         msg = run.msg
         other_delivery = record.state is JobState.RUNNING and record.gen == run.gen and record.worker != self.worker_id
 
+        def unseen(rec: JobRecord) -> JobRecord | cas.Stop[None]:
+            if mine is None or _recorded(rec, mine):
+                return cas.Stop(None)  # a cancel or a manual retry of a recorded run: its outcome is dropped
+            note = SUPERSEDED_NOTE.format(gen=run.gen, now=rec.gen, state=rec.state) + (
+                f"; {outcome.error}" if outcome.error else "")
+            number = max([rec.attempt, *(a.number for a in rec.attempts)]) + 1
+            attempts = [*rec.attempts, Attempt(number=number, started_at=mine.started_at, worker=self.worker_id,
+                                               ended_at=now, outcome=outcome.kind, error=note[:MAX_ERROR],
+                                               traceback=outcome.tb, delivery=run.delivered)]
+            return msgspec.structs.replace(rec, attempts=attempts[-MAX_ATTEMPTS_KEPT:])
+
         def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[None]:
             if rec.gen != run.gen or rec.delivered_gen != rec.gen or rec.delivered <= run.delivered:
-                return cas.Stop(None)  # a cancel or a manual retry: this run's outcome is simply dropped
+                return unseen(rec)
             attempts = list(rec.attempts)
             for i in range(len(attempts) - 1, -1, -1):
                 a = attempts[i]
@@ -721,7 +752,7 @@ class Executor:
                                           ended_at=now, outcome=outcome.kind, error=note[:MAX_ERROR],
                                           traceback=outcome.tb, delivery=run.delivered)
                     return msgspec.structs.replace(rec, attempts=attempts)
-            return cas.Stop(None)
+            return unseen(rec)
 
         async def write(new: JobRecord, rev: int) -> JobRecord | None:
             await (await self.ops.write_nowait(new, rev))
@@ -800,6 +831,14 @@ def _add_unrecorded(attempts: list[Attempt], attempt_no: int, accounted: int, de
                                 error=f"delivery {d} was never recorded: its worker was lost in the job's "
                                       "first moments (the task may have started)", delivery=d))
     return attempt_no
+
+
+def _recorded(rec: JobRecord, mine: Attempt | None) -> bool:
+    """Whether ``rec`` shows the run whose attempt started as ``mine`` (same worker, delivery, start)."""
+    if mine is None:
+        return False
+    return any(a.worker == mine.worker and a.delivery == mine.delivery and a.started_at == mine.started_at
+               for a in rec.attempts)
 
 
 def _runs_in_gen(record: JobRecord) -> int:
