@@ -46,6 +46,9 @@ class NatsSettings(msgspec.Struct, **_STRUCT):
     # How chronos drives nats-py (chronos/transport): "fast" reaches into nats-py internals for the
     # hot path, "stock" uses its public API only, "auto" probes at connect and falls back to stock.
     transport: str = "auto"  # one of TRANSPORTS
+    # Writes in atomic batches (one fsync per batch under `sync_interval: always`): "auto", true or
+    # false. "auto" batches unless the server is known to fsync lazily (publisher.atomic_batches_for).
+    atomic_batches: bool | str = "auto"
 
 
 class JobSettings(msgspec.Struct, **_STRUCT):
@@ -401,6 +404,14 @@ _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TRANSPORTS = ("auto", "fast", "stock")  # nats.transport; chronos/transport
 
 
+def atomic_batches_mode(value: bool | str) -> bool | str | None:
+    """``nats.atomic_batches`` as True, False or "auto" (also from an environment string); None if invalid."""
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    return "auto" if v == "auto" else True if v in _TRUE else False if v in _FALSE else None
+
+
 def _validate(s: Settings) -> None:
     from .subjects import PRIORITIES, is_valid_token
 
@@ -411,6 +422,8 @@ def _validate(s: Settings) -> None:
     _check_ranges(s)
     if s.nats.transport not in TRANSPORTS:
         raise ConfigError(f"nats.transport: must be one of {', '.join(TRANSPORTS)}, got {s.nats.transport!r}")
+    if atomic_batches_mode(s.nats.atomic_batches) is None:
+        raise ConfigError(f"nats.atomic_batches: must be auto, true or false, got {s.nats.atomic_batches!r}")
     for q in s.worker.queues:
         if not is_valid_token(q):
             raise ConfigError(f"worker.queues: {q!r} is not a valid queue name")

@@ -143,7 +143,7 @@ class Connection:
         self.js = nc.jetstream(timeout=10.0)
         # The probe of nats-py's internals (nats.transport; chronos/transport): fast or stock.
         self.transport: Transport = select_transport(settings, nc)
-        self.publisher = Publisher(nc, transport=self.transport)
+        self.publisher = Publisher(nc, transport=self.transport, atomic=settings.nats.atomic_batches)
         self._kv: dict[str, KeyValue] = {}
 
     async def kv(self, bucket: str) -> KeyValue:

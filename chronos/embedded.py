@@ -90,6 +90,12 @@ class EmbeddedServer:
             conf = self.store_dir / "chronos-sync.conf"
             conf.write_text(f'jetstream {{ sync_interval: "{sync}" }}\n')
             self.extra_args = [*self.extra_args, "-c", str(conf)]
+            if "--server_name" not in self.extra_args and "-n" not in self.extra_args:
+                # Its clients learn the fsync mode from the INFO handshake (publisher.known_sync):
+                # `nats.atomic_batches: auto` batches writes only where a batch saves fsyncs.
+                from .publisher import embedded_server_name
+
+                self.extra_args += ["--server_name", embedded_server_name(sync)]
         self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
         self.proc: subprocess.Popen[bytes] | None = None
 

@@ -25,6 +25,9 @@ def throughput(
                                                "counting the server's fsyncs per job (slower; its jobs/s not shown).")] = False,
     transport: Annotated[str, typer.Option("--transport", help="nats.transport of the submitter and the worker: "
                                            "auto, fast or stock.")] = "auto",
+    atomic_batches: Annotated[str, typer.Option("--atomic-batches", help="nats.atomic_batches of the submitter "
+                                                "and the worker: auto (batches unless the server fsyncs lazily), "
+                                                "true or false.")] = "auto",
     json_: JsonOpt = False,
 ) -> None:
     """Enqueue and end-to-end jobs/s of N no-op jobs through one worker process, per server sync mode."""
@@ -34,15 +37,17 @@ def throughput(
         raise typer.BadParameter(f"{sync!r} is not always, default or both", param_hint="--sync")
     if transport not in ("auto", "fast", "stock"):
         raise typer.BadParameter(f"{transport!r} is not auto, fast or stock", param_hint="--transport")
+    if atomic_batches not in ("auto", "true", "false"):
+        raise typer.BadParameter(f"{atomic_batches!r} is not auto, true or false", param_hint="--atomic-batches")
     st = state(ctx)
     modes = ["always", "default"] if sync == "both" else [sync]
     results = []
     for mode in modes:
         result = run_async(st, run_throughput(n=n, concurrency=concurrency, timeout=timeout, sync=mode,
-                                              transport=transport))
+                                              transport=transport, atomic_batches=atomic_batches))
         if count_fsyncs:
             traced = run_async(st, run_throughput(n=n, concurrency=concurrency, timeout=timeout, sync=mode,
-                                                  count_fsyncs=True))
+                                                  count_fsyncs=True, atomic_batches=atomic_batches))
             result = msgspec.structs.replace(result, fsyncs_per_job=traced.fsyncs_per_job)
         results.append(result)
     if wants_json(ctx, json_):
@@ -51,6 +56,7 @@ def throughput(
         for result in results:
             rows = [
                 ("server sync", "always (fsync every write)" if result.sync == "always" else "default (fsync every 2m)"),
+                ("atomic batches", "on" if result.atomic_batches else "off"),
                 ("jobs", result.n),
                 ("enqueue", f"{result.enqueue_jobs_per_s:,.0f} jobs/s ({result.enqueue_seconds:.2f}s)"),
                 ("end to end", f"{result.end_to_end_jobs_per_s:,.0f} jobs/s ({result.end_to_end_seconds:.2f}s)"),

@@ -53,6 +53,7 @@ class ThroughputResult(msgspec.Struct):
     # CPU time per job in each process over the run (µs): where the 2 cores went.
     cpu_us_per_job: dict[str, float] = {}
     sync: str = "default"  # the server's sync_interval: "always" or "default" (2m)
+    atomic_batches: bool = True  # whether writes went in atomic batches (nats.atomic_batches, resolved)
     fsyncs_per_job: float | None = None  # fsync + fdatasync calls of the server (count_fsyncs runs only)
     # Messages stored per job, by stream (stream sequence deltas over the run): what each job writes.
     # Under sync_interval always a write costs an fsync unless it went in an atomic batch (one per batch).
@@ -95,18 +96,20 @@ def _fsyncs(proc: subprocess.Popen[bytes] | None, out: Path) -> int | None:
 
 async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float = 300.0, *,
                          sync: str = "default", count_fsyncs: bool = False,
-                         transport: str = "auto") -> ThroughputResult:
+                         transport: str = "auto", atomic_batches: str = "auto") -> ThroughputResult:
     if sync not in ("always", "default"):
         raise ValueError(f"sync: {sync!r} is not always or default")
     with tempfile.TemporaryDirectory(prefix="chronos-bench-") as tmp, \
-            EmbeddedServer(Path(tmp) / "js", sync="always" if sync == "always" else None) as server:
+            EmbeddedServer(Path(tmp) / "js", sync="always" if sync == "always" else "2m") as server:
         ns = "bench"
-        settings = load_settings(overrides={"namespace": ns, "nats": {"url": server.url, "transport": transport}},
+        settings = load_settings(overrides={"namespace": ns, "nats": {"url": server.url, "transport": transport,
+                                                                      "atomic_batches": atomic_batches}},
                                  read_env=False)
         client = await Client.connect(settings)
         stats_file = Path(tmp) / "worker.json"
         worker = spawn_worker(server.url, ns, concurrency=concurrency, stats_file=stats_file,
-                              extra_env={"CHRONOS_NATS__TRANSPORT": transport})
+                              extra_env={"CHRONOS_NATS__TRANSPORT": transport,
+                                         "CHRONOS_NATS__ATOMIC_BATCHES": str(atomic_batches).lower()})
         try:
             await wait_for_workers(client, 1)
             specs = [client.build_spec("bench.noop") for _ in range(n)]
@@ -169,6 +172,7 @@ async def run_throughput(n: int = 20000, concurrency: int = 256, timeout: float 
             concurrency=concurrency,
             cpu_us_per_job={k: round((cpu1[k] - cpu0[k]) / n * 1e6, 1) for k in cpu0},
             sync=sync,
+            atomic_batches=client.conn.publisher.atomic,
             fsyncs_per_job=None if fsyncs is None else round(fsyncs / n, 2),
             writes_per_job={k: round((seqs1[k] - seqs0[k]) / n, 2) for k in seqs0},
         )

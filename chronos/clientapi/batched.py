@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .. import codec
 from ..jobs import job_event
@@ -54,7 +54,7 @@ class _BatchFailed(Exception):
         self.cause = cause
 
 
-def _batch(publisher: Any, items: list[tuple[str, bytes, bytes | None]]) -> "asyncio.Future[PubAck]":
+def _batch(publisher: Any, items: Sequence[tuple[str, bytes, bytes | None]]) -> "asyncio.Future[PubAck]":
     """Send one atomic batch; a future for its commit PubAck (raises _BatchFailed if not sent)."""
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[PubAck] = loop.create_future()
@@ -85,7 +85,8 @@ async def submit_batched(sub: Any, records: list[JobRecord], progress: Callable[
     ops = sub.ops
     store = await ops.store()
     names = sub.names
-    if store.batches.enabled is False or f"KV_{store.bucket}" in _no_atomic or names.jobs_stream in _no_atomic:
+    if store.batches.enabled is False or f"KV_{store.bucket}" in _no_atomic or names.jobs_stream in _no_atomic \
+            or not getattr(sub.conn.publisher, "atomic", True):  # nats.atomic_batches off (or auto, lazy fsync)
         return await sub._submit_pipelined(records, progress, encoded=encoded, batched=False)
     publisher = sub.conn.publisher
     datas = encoded if encoded is not None else [codec.encode(r) for r in records]

@@ -95,6 +95,8 @@ class KVStore:
         Gathered with the other writes of this loop turn into one atomic batch (``CasBatcher``)."""
         if len(value) + 64 > self._pub.nc.max_payload or self._pub.in_flight >= self._pub.window:
             return False  # the awaitable path raises PayloadTooLargeError or waits for room
+        if not self._pub.atomic:  # nats.atomic_batches off: each write goes at once, as a plain publish
+            return self._pub.publish_cb(self.subject(key), value, cas_header(revision), callback)
         self._batcher.add(self.subject(key), value, cas_header(revision), callback)
         return True
 
@@ -236,7 +238,7 @@ class CasBatcher:
         self._scheduled = False
         if not self._queued:
             return
-        if not self.enabled:
+        if not self.enabled or not self._pub.atomic:  # off here, or nats.atomic_batches says so
             queued, self._queued = self._queued, []
             for item in queued:
                 self._alone(item)
