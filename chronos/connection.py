@@ -159,7 +159,7 @@ class Connection:
             await self._drop_abandoned_iterators()
             try:
                 await self.nc.drain()
-            except (nats.errors.ConnectionClosedError, asyncio.TimeoutError):
+            except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, asyncio.TimeoutError):
                 pass
             if not self.nc.is_closed:
                 await self.nc.close()

@@ -5,7 +5,10 @@ matches are counted (a dry run stops here); then the operator confirms (``--yes`
 no terminal to ask and no ``--yes`` the command refuses); then the action runs with a Rich bar on
 a terminal, plain progress lines on stderr otherwise, and ends with one summary line (or the
 ``--json`` report). Ctrl-C stops starting new actions; those in flight finish and the summary
-says how far it got (exit 130); running the same command again resumes.
+says how far it got (exit 130); running the same command again resumes. The connection to NATS
+lost for a few seconds mid-run ends it the same way: the summary so far, one line naming the lost
+connection, exit 3 (unreachable); actions in flight then are counted ``unknown`` and a re-run
+finds each as it is. One action without a reply for 30 s is counted failed, not waited on.
 
 Safety: ``--all`` needs at least one filter; ``--all --everything`` is the explicit way to act
 on every job. Without ``--state``, cancel acts on unfinished jobs only and retry on retryable,
@@ -31,7 +34,7 @@ from chronos.states import RETRIABLE_BY_HAND, TERMINAL, JobState
 
 from . import _output as out
 from ._parse import BadOption
-from ._shared import EXIT_FAILED, EXIT_INTERRUPTED, run_client, state, wants_json
+from ._shared import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_UNREACHABLE, run_client, state, wants_json
 
 CANCELLABLE = tuple(s.value for s in JobState if s not in TERMINAL)
 RETRIABLE = tuple(s.value for s in JobState if s in RETRIABLE_BY_HAND)
@@ -135,11 +138,24 @@ def run_bulk(ctx: typer.Context, action: str, job_id: Optional[str], all_: bool,
         bulk = Bulk.of(client)
         with Reporter(verb, n, as_json) as rep, ctrl_c() as stop:
             if action == "cancel":
-                return await bulk.cancel_all(q, matched=n, reason=reason or "cancelled by operator",
-                                             progress=rep.update, stop=stop)
-            return await bulk.retry_all(q, matched=n, progress=rep.update, stop=stop)
+                report = await bulk.cancel_all(q, matched=n, reason=reason or "cancelled by operator",
+                                               progress=rep.update, stop=stop)
+                return await _after(client, report)
+            report = await bulk.retry_all(q, matched=n, progress=rep.update, stop=stop)
+        return await _after(client, report)
 
     finish(run_client(st, go, ensure=False), as_json)
+
+
+async def _after(client: Client, report: BulkReport) -> BulkReport:
+    """The connection lost: close it now, bounded (a drain would wait on a server that is gone)."""
+    if report.lost:
+        nc = client.conn.nc
+        closing = asyncio.ensure_future(nc.close())
+        await asyncio.wait({closing}, timeout=2.0)
+        if not closing.done():
+            closing.cancel()
+    return report
 
 
 def confirm(question: str, yes: bool) -> None:
@@ -158,9 +174,14 @@ def finish(report: BulkReport, as_json: bool) -> None:
                 f"{report.failed} failed in {report.seconds:.1f} s")
         if report.interrupted:
             line += "; interrupted (run the same command again to resume)"
+        if report.unknown:
+            line += f"; {report.unknown} in flight when the connection was lost"
         typer.echo(line)
         for e in report.errors:
             typer.echo(f"error: {e.job_id}: {e.error}", err=True)
+    if report.lost:  # last, so it is the line an operator (or a script's tail) sees
+        typer.echo(f"error: {report.lost}; run the same command again to finish", err=True)
+        raise typer.Exit(EXIT_UNREACHABLE)
     if report.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     if report.failed:
@@ -255,6 +276,7 @@ def run_dlq_replay(ctx: typer.Context, where: list[str], task: Optional[str], qu
         bulk = Bulk.of(client)
         entries = await bulk.dlq_matches(where=where, task=task, queue=queue)
         with Reporter("replay", len(entries), as_json) as rep, ctrl_c() as stop:
-            return await bulk.replay_all(entries, filter_text=what, progress=rep.update, stop=stop)
+            report = await bulk.replay_all(entries, filter_text=what, progress=rep.update, stop=stop)
+        return await _after(client, report)
 
     finish(run_client(st, go, ensure=False), as_json)

@@ -15,6 +15,12 @@ A job whose record no longer matches when its turn comes (it finished, started, 
 someone else) is skipped and counted, never an error. ``stop`` set (Ctrl-C): no new action
 starts, those in flight finish, and the report says ``interrupted``. Re-running the same command
 resumes: what was done no longer matches.
+
+The connection lost (disconnected for ``LOST_AFTER`` seconds, or an action failing for want of a
+connection): no new action starts, those in flight are abandoned (counted ``unknown``: each either
+landed or not, and a re-run sees which), and the report says ``lost``. One action without a reply
+for ``ACTION_TIMEOUT`` seconds on a live connection is abandoned and counted failed, so a single
+lost reply never holds the whole run.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import msgspec
+import nats.errors
 
 from ..audit import audited
 from ..connection import Connection
@@ -42,6 +49,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("chronos.client")
 
 MAX_ERRORS = 20  # failures kept with their message in the report (all are counted)
+# One action is a few JetStream requests (10 s timeout each) plus compare-and-set re-reads.
+ACTION_TIMEOUT = 30.0
+# Disconnected this long: the run ends (nats-py reconnects for ever; a short blip is ridden out).
+LOST_AFTER = 5.0
+# What a request raises for want of a connection (a timeout counts only while disconnected).
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.NoServersError,
+    nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError, nats.errors.ConnectionDrainingError,
+    ConnectionError, TimeoutError,
+)
 
 
 class BulkFailure(msgspec.Struct):
@@ -62,6 +79,8 @@ class BulkReport(msgspec.Struct):
     interrupted: bool = False
     dry_run: bool = False
     seconds: float = 0.0
+    unknown: int = 0  # in flight when the connection was lost: landed or not, a re-run sees which
+    lost: str = ""  # why the run ended early for want of the server ("" = it did not)
 
     @property
     def handled(self) -> int:
@@ -209,50 +228,128 @@ class Bulk:
     # --- the pipeline --------------------------------------------------------------------------------
     async def _run(self, report: BulkReport, pages: Any, act: Callable[[str], Awaitable[None]], concurrency: int,
                    progress: Progress, stop: asyncio.Event | None) -> BulkReport:
-        """``concurrency`` actions in flight, fed page by page; stop: no new ones, in-flight finish."""
+        """``concurrency`` actions in flight, fed page by page; stop: no new ones, in-flight finish.
+
+        Never raises for one action's error (each is counted); the connection lost ends the run
+        with ``report.lost`` set; an error reading the ids is raised as itself, once."""
         t0 = time.monotonic()
         queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=concurrency * 4)
         stop = stop or asyncio.Event()
+        lost = asyncio.Event()
+        nc = self.conn.nc
+        url = self.conn.settings.nats.url
+        in_flight: set[asyncio.Task[None]] = set()
+        feed_error: list[BaseException] = []
+
+        def connection_lost(why: str) -> None:
+            if not lost.is_set():
+                report.lost = f"lost the connection to NATS at {url} ({why})"
+                log.warning("bulk %s: %s", report.action, report.lost)
+                lost.set()
+                for t in in_flight:  # waiting on a server that is gone: abandon, do not wait
+                    t.cancel()
+
+        def for_want_of_connection(exc: BaseException) -> bool:
+            return isinstance(exc, _CONNECTION_ERRORS) and not nc.is_connected
 
         async def feed() -> None:
             try:
                 async for ids in pages:
                     for job_id in ids:
-                        if stop.is_set():
+                        if stop.is_set() or lost.is_set():
                             return
                         await queue.put(job_id)
-                    if stop.is_set():
+                    if stop.is_set() or lost.is_set():
                         return
+            except Exception as exc:
+                if for_want_of_connection(exc):
+                    connection_lost(f"reading the matching jobs: {type(exc).__name__}")
+                else:
+                    feed_error.append(exc)
             finally:
                 for _ in range(concurrency):
                     await queue.put(None)
+
+        async def one(job_id: str) -> None:
+            task = asyncio.ensure_future(act(job_id))
+            in_flight.add(task)
+            try:
+                # asyncio.wait, not wait_for: wait_for waits for the cancelled action to end, and
+                # one that swallows its cancel (nats-py's own wait_for on 3.11 can) would hang it.
+                await asyncio.wait({task}, timeout=ACTION_TIMEOUT)
+            finally:
+                in_flight.discard(task)
+            if not task.done():
+                task.cancel()
+                task.add_done_callback(_quiet)
+                if not nc.is_connected:
+                    report.unknown += 1
+                    connection_lost(f"no reply in {ACTION_TIMEOUT:.0f} s")
+                    return
+                report.failed += 1
+                if len(report.errors) < MAX_ERRORS:
+                    report.errors.append(BulkFailure(job_id=job_id, error=f"no reply in {ACTION_TIMEOUT:.0f} s"))
+                return
+            if task.cancelled():  # abandoned when the connection went
+                report.unknown += 1
+                return
+            exc = task.exception()
+            if exc is None:
+                report.done += 1
+            elif isinstance(exc, (ConflictError, NotFoundError)):  # Skipped, "is running already", gone
+                report.skipped += 1
+            elif type(exc) is ChronosError:  # the single action's refusal by state ("already ...")
+                report.skipped += 1
+            elif for_want_of_connection(exc):
+                report.unknown += 1
+                connection_lost(type(exc).__name__)
+            else:
+                report.failed += 1
+                if len(report.errors) < MAX_ERRORS:
+                    text = str(exc) if isinstance(exc, ChronosError) else f"{type(exc).__name__}: {exc}".rstrip(": ")
+                    report.errors.append(BulkFailure(job_id=job_id, error=text))
 
         async def work() -> None:
             while True:
                 job_id = await queue.get()
                 if job_id is None:
                     return
-                if stop.is_set():
+                if stop.is_set() or lost.is_set():
                     continue  # drained, not started
-                try:
-                    await act(job_id)
-                    report.done += 1
-                except (ConflictError, NotFoundError):  # Skipped, "is running already", gone
-                    report.skipped += 1
-                except ChronosError as exc:
-                    if type(exc) is ChronosError:  # the single action's refusal by state ("already ...")
-                        report.skipped += 1
-                    else:
-                        report.failed += 1
-                        if len(report.errors) < MAX_ERRORS:
-                            report.errors.append(BulkFailure(job_id=job_id, error=str(exc)))
+                await one(job_id)
                 if progress is not None:
                     progress(report)
 
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(feed(), name="bulk-feed")
-            for i in range(concurrency):
-                tg.create_task(work(), name=f"bulk-work-{i}")
-        report.interrupted = stop.is_set()
+        async def watch() -> None:
+            """Disconnected for LOST_AFTER seconds on end: the run is over."""
+            down_since: float | None = None
+            while True:
+                await asyncio.sleep(0.2)
+                if nc.is_connected:
+                    down_since = None
+                    continue
+                now = time.monotonic()
+                down_since = down_since if down_since is not None else now
+                if now - down_since >= LOST_AFTER:
+                    connection_lost(f"disconnected for {LOST_AFTER:.0f} s")
+                    return
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(feed(), name="bulk-feed")
+                for i in range(concurrency):
+                    tg.create_task(work(), name=f"bulk-work-{i}")
+        finally:
+            watcher.cancel()
+        if feed_error:
+            raise feed_error[0]
+        report.interrupted = stop.is_set() and not lost.is_set()
         report.seconds = round(time.monotonic() - t0, 3)
         return report
+
+
+def _quiet(task: asyncio.Task[Any]) -> None:
+    """An abandoned action's outcome is not waited for; read it so asyncio does not log it."""
+    if not task.cancelled():
+        task.exception()
