@@ -132,11 +132,15 @@ def resume(ctx: typer.Context, queue: QueueArg, json_: JsonOpt = False) -> None:
         return before, flag, await _served_by(client, queue)
 
     before, flag, served = run_client(state(ctx), go, ensure=False)
+    # Not paused: resume_queue wrote nothing (no flag, no audit entry); exit 0, it is as asked.
+    was_paused = bool(before and before.paused)
     if wants_json(ctx, json_):
-        out.print_json({**out.plain(flag), "was_paused": bool(before and before.paused), "workers": served})
+        out.print_json({**out.plain(flag), "was_paused": was_paused, "workers": served})
         return
-    typer.echo(f"queue {queue} resumed" if before is not None and before.paused
-               else f"queue {queue} was not paused (resumed anyway)")
+    if not was_paused:
+        typer.echo(f"queue {queue} is not paused; nothing changed")
+        return
+    typer.echo(f"queue {queue} resumed")
     if served == 0:
         typer.echo(f"note: no live worker serves queue {queue} now")
 
@@ -191,21 +195,27 @@ def limit(
             raise BadOption("--burst", f"must be at least 1, got {burst}")
         kwargs["burst"] = burst
 
-    async def go(client: Client) -> Any:
+    async def go(client: Client) -> tuple[Any, bool]:
         try:
-            return await client.set_queue_limit(queue, **kwargs)
+            now = await client.set_queue_limit(queue, **kwargs)
         except ValidationError as exc:
             field, sep, problem = str(exc).partition(": ")
             raise BadOption(f"--{field}" if sep and " " not in field else "limit", problem or str(exc)) from None
+        row = next((q for q in await client.queues() if q.name == queue), None)
+        return now, row is None or (row.workers == 0 and row.consumers == 0)
 
-    now = run_client(state(ctx), go, ensure=False)
-    if wants_json(ctx, json_):
+    now, unknown = run_client(state(ctx), go, ensure=False)
+    as_json = wants_json(ctx, json_)
+    if as_json:
         out.print_json(now if now is not None else {"queue": queue, "rate": None, "concurrency": None})
-        return
-    if now is None:
+    elif now is None:
         typer.echo(f"queue {queue}: no limits")
     else:
         typer.echo(f"queue {queue}: {_limits_text(now.rate, now.burst, now.concurrency)}")
+    if unknown and now is not None:
+        # Allowed (limits may be set before the workers are deployed), but a typo would go unseen.
+        typer.echo(f"note: no live worker serves queue {queue} and none ever has; the limit holds for any "
+                   "that starts (check the name)", err=as_json)
 
 
 class LimitRow(msgspec.Struct):

@@ -3,7 +3,12 @@
 A pause is a flag in the queues bucket (chronos/queueflags.py) that every worker watches: a
 paused queue is not pulled from, jobs already running finish, and submits and the scheduler go
 on, so jobs wait in the queue until it is resumed. Each pause and resume is written to the
-audit stream first; if that fails, nothing changes.
+audit stream first; if that fails, nothing changes. Resuming a queue that is not paused writes
+nothing (no flag, no audit entry): it is already what was asked.
+
+``queues()`` lists a queue only while something makes it real: it is in this process's
+``worker.queues``, has a work consumer, is paused, has a limit, or a live worker serves it. A
+name typed once (a resume, a limit set and cleared) does not stay in the list for good.
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ import nats.js.errors
 from .. import audit
 from ..clock import Clock
 from ..connection import Connection
-from ..errors import ValidationError
-from ..queueflags import QueueFlags, QueuePause
+from ..errors import ConflictError, ValidationError
+from ..queueflags import QueueFlags, QueuePause, decode_flag
 from ..subjects import PRIORITIES, is_valid_token
 from .cluster import Cluster
 
@@ -36,6 +41,7 @@ class QueueInfo(msgspec.Struct, kw_only=True, omit_defaults=False):
     running: int = 0  # delivered and not yet acked, over all priorities
     workers: int = 0  # live workers that serve the queue
     limits: Any = None  # the queue's limits, from the limits API when there is one
+    consumers: int = 0  # work consumers (one per priority once a worker has served it)
 
     @property
     def waiting(self) -> int:
@@ -73,14 +79,31 @@ class Queues:
         return flag
 
     async def resume_queue(self, queue: str) -> QueuePause:
-        """Let workers pull from ``queue`` again (they learn it through their watch at once)."""
+        """Let workers pull from ``queue`` again (they learn it through their watch at once).
+
+        Not paused (never, or resumed already): nothing is written and the flag as it stands is
+        returned (``paused`` False; ``at`` 0 when there never was one). The write is a
+        compare-and-set on the flag read, so a pause written meanwhile is read again, not lost."""
         check_queue_name(queue)
-        await self.flags.store()
-        await audit.record(self.conn, "queue_resume", queue)
-        flag = QueuePause(queue=queue, paused=False, at=self.clock.now(), by=audit.login(),
-                          user=self.conn.settings.nats.user or "")
-        await self.flags.put(flag)
-        return flag
+        store = await self.flags.store()
+        key = self.names.pause_key(queue)
+        audited = False
+        for _ in range(5):
+            entry = await store.get(key)
+            now = decode_flag(entry.value) if entry is not None else None
+            if now is None or not now.paused:
+                return now or QueuePause(queue=queue, paused=False, at=0.0)
+            if not audited:
+                await audit.record(self.conn, "queue_resume", queue)
+                audited = True
+            flag = QueuePause(queue=queue, paused=False, at=self.clock.now(), by=audit.login(),
+                              user=self.conn.settings.nats.user or "")
+            try:
+                await store.update(key, _encode(flag), entry.revision)  # type: ignore[union-attr]
+                return flag
+            except ConflictError:
+                continue  # paused or resumed again meanwhile: read it again
+        raise ConflictError(f"queue {queue}: its pause flag kept changing; try again")
 
     async def queue_flag(self, queue: str) -> QueuePause | None:
         """The queue's last pause or resume, or None if it was never paused."""
@@ -98,6 +121,7 @@ class Queues:
 
         for priority, queue, pending, ack_pending in await self._consumers():
             qi = info(queue)
+            qi.consumers += 1
             qi.backlog[priority] = qi.backlog.get(priority, 0) + pending
             qi.running += ack_pending
         now = self.clock.now()
@@ -108,13 +132,14 @@ class Queues:
             for q in w.queues:
                 info(q).workers += 1
         for q, flag in (await self.flags.all()).items():
-            qi = info(q)
-            if flag.paused:
+            if flag.paused:  # a resumed flag alone does not make a queue
+                qi = info(q)
                 qi.paused, qi.paused_by, qi.paused_at, qi.reason = True, flag.by or flag.user, flag.at, flag.reason
         if self.limits_of is not None:
             by_queue = await self.limits_of()
             for q, lim in by_queue.items():
-                info(q).limits = lim
+                if q in out or _limited(lim):  # a limit cleared to nothing does not make a queue either
+                    info(q).limits = lim
         for qi in out.values():
             for p in PRIORITIES:
                 qi.backlog.setdefault(p, 0)
@@ -141,3 +166,11 @@ class Queues:
             if len(infos) < 256:
                 return rows
             offset += len(infos)
+
+
+def _limited(lim: Any) -> bool:
+    return any(getattr(lim, f, None) is not None for f in ("rate", "concurrency"))
+
+
+def _encode(flag: QueuePause) -> bytes:
+    return msgspec.msgpack.encode(flag)

@@ -48,7 +48,7 @@ def test_pause_list_resume_with_a_worker(cli, worker, register_tasks):
     assert queue_row(cli, "default")["paused"] is False
 
     again = cli("queues", "resume", "default")
-    assert again.exit_code == 0 and "was not paused" in again.stdout
+    assert again.exit_code == 0 and again.stdout == "queue default is not paused; nothing changed\n"
 
 
 def test_pausing_a_queue_no_worker_serves_says_so(cli):
@@ -109,3 +109,43 @@ def test_pause_and_resume_are_audited(cli):
     entries = items(cli, "logs", "--audit")
     got = [(e["action"], e["target"]) for e in entries if e["action"].startswith("queue_")]
     assert got == [("queue_pause", "default"), ("queue_resume", "default")]
+
+
+def audit_actions(cli) -> list[tuple[str, str]]:
+    return [(e["action"], e["target"]) for e in items(cli, "logs", "--audit") if e["action"].startswith("queue_")]
+
+
+def test_resuming_a_queue_that_is_not_paused_writes_nothing_and_leaves_no_trace(cli):
+    r = cli("queues", "resume", "nosuch")
+    assert r.exit_code == 0, r.output
+    assert r.stdout == "queue nosuch is not paused; nothing changed\n"
+    data = cli_json(cli, "queues", "resume", "nosuch")
+    assert data["paused"] is False and data["was_paused"] is False and data["at"] == 0
+    assert "nosuch" not in [q["name"] for q in items(cli, "queues", "list")]
+    assert audit_actions(cli) == []  # no audit entry either: nothing was done
+    # paused then resumed (written and audited), then resumed again (nothing more), then it is gone from the list
+    assert cli("queues", "pause", "nosuch").exit_code == 0
+    assert cli("queues", "resume", "nosuch").stdout.startswith("queue nosuch resumed")
+    assert cli("queues", "resume", "nosuch").stdout == "queue nosuch is not paused; nothing changed\n"
+    assert audit_actions(cli) == [("queue_pause", "nosuch"), ("queue_resume", "nosuch")]
+    assert "nosuch" not in [q["name"] for q in items(cli, "queues", "list")]
+
+
+def test_a_limit_on_a_queue_nothing_serves_warns_and_the_list_forgets_it_once_cleared(cli):
+    r = cli("queues", "limit", "nosuchqueue", "--concurrency", "2")
+    assert r.exit_code == 0, r.output  # allowed: limits may be set before the workers are deployed
+    lines = r.stdout.splitlines()
+    assert lines[0] == "queue nosuchqueue: concurrency 2"
+    assert lines[1].startswith("note: no live worker serves queue nosuchqueue and none ever has")
+    assert queue_row(cli, "nosuchqueue")["concurrency"] == 2  # a limit in force is listed
+    data = cli("queues", "limit", "nosuchqueue", "--concurrency", "3", "--json")
+    assert json.loads(data.stdout)["concurrency"] == 3 and "note: no live worker" in data.stderr
+    r = cli("queues", "limit", "nosuchqueue", "--concurrency", "none")
+    assert r.stdout == "queue nosuchqueue: no limits\n"  # clearing it is no cause for a note
+    assert "nosuchqueue" not in [q["name"] for q in items(cli, "queues", "list")]
+
+
+def test_a_limit_on_a_served_queue_has_no_note(cli, worker):
+    worker()
+    r = cli("queues", "limit", "default", "--rate", "5/s")
+    assert r.exit_code == 0 and r.stdout == "queue default: rate 5/s\n", r.output

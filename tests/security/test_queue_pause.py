@@ -40,6 +40,9 @@ async def bucket_state(admin) -> tuple[int, int]:
 
 @pytest.mark.parametrize("role", ["worker", "viewer", "scheduler"])
 async def test_only_the_console_may_pause_a_queue(server, admin, role):
+    # Paused (by the admin), so the role's resume below has a write to attempt: resuming a queue
+    # that is not paused writes nothing and is refused nothing.
+    await (await admin.js.key_value(BUCKET)).put(KEY, PAUSE)
     before = await bucket_state(admin)
     r = await raw(server, role)
     try:
