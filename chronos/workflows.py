@@ -22,6 +22,7 @@ The worker fills the result in just before the call, reading the parents' record
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import typing
 from collections.abc import Iterable, Sequence
@@ -40,6 +41,10 @@ WF_KEY = "chronos.wf"
 NODE_KEY = "chronos.node"
 SLOT_KEY = "chronos.slot"
 MODE_KEY = "chronos.pass"
+# What must have ended before the node may run (its parents and run_on_failure), as a digest in
+# its signed spec: the definition (``d.<id>``) is writable by workers, so the worker's start
+# check (worker/advance.py) trusts the definition only where it matches this.
+AFTER_KEY = "chronos.after"
 SLOT_MARK = {"chronos_slot": "result"}
 FAILED_KEY = "chronos_failed"
 # Cancel reasons written by the workflow machinery start with this: such a node is collateral
@@ -159,6 +164,12 @@ def fanin_step(pos: int, total: int, level: int) -> tuple[int, int, int]:
 
 def node_job_id(workflow_id: str, index: int) -> str:
     return f"{workflow_id}.{index}"
+
+
+def after_digest(parents: Sequence[int], run_on_failure: bool) -> str:
+    """The value of ``AFTER_KEY`` for a node: BLAKE2b-128 of its parents and its failure rule."""
+    data = ("r" if run_on_failure else "c") + ",".join(map(str, parents))
+    return hashlib.blake2b(data.encode(), digest_size=16).hexdigest()
 
 
 def split_job_id(job_id: str) -> tuple[str, int] | None:

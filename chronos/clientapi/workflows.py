@@ -23,10 +23,10 @@ from ..events import EventPublisher
 from ..ids import new_job_id
 from ..jobs import JobOps, new_record
 from ..models import JobRecord
-from ..states import WORKFLOW_TERMINAL, JobState, WorkflowState, workflow_transition
+from ..states import TERMINAL, WORKFLOW_TERMINAL, JobState, WorkflowState, workflow_transition
 from ..workflows import (
-    MODE_KEY, NODE_KEY, SLOT_KEY, WF_KEY, WORKFLOW_REASON, NodeDef, NodeSpec, Workflow, WorkflowDef,
-    WorkflowRecord, compile_workflow, node_args, node_job_id, sinks_of,
+    AFTER_KEY, MODE_KEY, NODE_KEY, SLOT_KEY, WF_KEY, WORKFLOW_REASON, NodeDef, NodeSpec, Workflow, WorkflowDef,
+    WorkflowRecord, after_digest, compile_workflow, node_args, node_job_id, sinks_of,
 )
 from ..workflowstore import WorkflowNotFoundError, WorkflowStore, node_failed, node_state
 from .catalog import TaskCatalog
@@ -126,6 +126,8 @@ class Workflows:
             ann.update({WF_KEY: wf_id, NODE_KEY: str(i)})
             if slot is not None:
                 ann.update({SLOT_KEY: str(slot), MODE_KEY: p.mode})
+            if p.parents:  # signed with the spec: workers check the definition they read against it
+                ann[AFTER_KEY] = after_digest(p.parents, p.run_on_failure)
             if opts.get("queue") is None:
                 opts["queue"] = await self.catalog.task_queue(name)
             try:
@@ -246,12 +248,21 @@ class Workflows:
         if node is not None and not 0 <= node < n:
             raise ValidationError(f"node: workflow {wf_id} has nodes 0-{n - 1}, not {node}")
         jobs = await self.store.jobs(wf_id, None, n)
+
+        def may_run(i: int) -> bool:  # what workers check before the call (worker/advance.py)
+            nd = shape.defn.nodes[i]
+            ok = TERMINAL if nd.run_on_failure else (JobState.COMPLETED,)
+            return all(p in jobs and jobs[p].state in ok for p in nd.parents)
+
         if node is not None:
             job = jobs.get(node)
             if job is None or job.state not in (JobState.CANCELLED, JobState.DISCARDED, JobState.RETRYABLE):
                 state = node_state(job)
                 raise IllegalTransitionError(f"workflow {wf_id} node {node} is {state}; only failed or cancelled nodes "
                                    "can be retried")
+            if not may_run(node):
+                raise IllegalTransitionError(f"workflow {wf_id} node {node}: the nodes it depends on have not all "
+                                             "completed; retry those first")
             targets = [node]
         else:
             def ready(i: int) -> bool:
@@ -259,7 +270,7 @@ class Workflows:
 
             targets = [i for i, j in jobs.items()
                        if j.state in (JobState.CANCELLED, JobState.DISCARDED)
-                       and (node_failed(j.state, j.error) or ready(i))]
+                       and ((node_failed(j.state, j.error) and may_run(i)) or ready(i))]
             if not targets:
                 raise IllegalTransitionError(f"workflow {wf_id}: no failed or stopped node to retry")
         now = self.clock.now()

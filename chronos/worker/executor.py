@@ -51,7 +51,7 @@ from ..outcomes import Outcome
 from ..publisher import Acks, delivery_info, is_wrong_last_sequence
 from ..states import TERMINAL, JobState, transition
 from ..workflows import WF_KEY
-from .advance import Advancer
+from .advance import Advancer, NodeRefused
 from .context import JobContext, reset_current, set_current
 from .progress import ProgressHub
 from .registry import Registry, TaskDef
@@ -331,7 +331,12 @@ class Executor:
         if reason is not None:  # cancelled between delivery and start: never call the task
             outcome = _Outcome(Outcome.CANCELLED, error=reason)
         else:
-            outcome = await self._call(run, record, taskdef, rev)
+            try:
+                outcome = await self._call(run, record, taskdef, rev)
+            except NodeRefused as exc:  # a workflow node whose turn has not come (advance.py): never called
+                run.deferred = None
+                await self._discard(msg, record, rev, str(exc), None)
+                return False
         return await self._finish(run, record, rev, outcome, runs)
 
     async def _start(self, msg: Msg, record: JobRecord, rev: int, delivered: int) -> tuple[JobRecord, int] | None:
@@ -514,7 +519,7 @@ class Executor:
         token = set_current(ctx)
         run.call_task = run.runner or asyncio.current_task()
         try:
-            if spec.annotations and WF_KEY in spec.annotations:  # a workflow node: its parents' results
+            if spec.annotations and WF_KEY in spec.annotations:  # a workflow node: may it run? its parents' results
                 args, kwargs = await self.advancer.call_args(record, args, kwargs)
             # Awaited in this task, not a task of its own: one task per job on the hot path.
             if taskdef.is_async:
@@ -529,6 +534,8 @@ class Executor:
                 raise
             take_interrupt()
             return _interrupted(why, run, timeout, ctx)
+        except NodeRefused:
+            raise
         except Retry as r:
             return _Outcome(Outcome.RETRY, error=r.reason, delay=r.delay)
         except Cancel as c:
