@@ -367,7 +367,7 @@ class Publisher:
         if not self.atomic or not 0 < n <= MAX_BATCH or len(self._pending) >= self._window:
             return False
         limit = self._nc.max_payload
-        batch_id = b"%x" % _next_batch()
+        batch_id = _next_batch()
         send = self._send
         for i, (subject, payload, hdr) in enumerate(items, 1):
             extra = hdr[len(_HDR_START):-2] if hdr and hdr.startswith(_HDR_START) else b""
@@ -408,12 +408,28 @@ class Publisher:
         await self._nc.flush()
 
 
-_batch_ids = itertools.count(int.from_bytes(os.urandom(6), "big") << 16)
+_B36 = b"0123456789abcdefghijklmnopqrstuvwxyz"
 
 
-def _next_batch() -> int:
-    """A batch id unique per process run (random start, then counting); the server allows 64 characters."""
-    return next(_batch_ids)
+def _base36(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        n, d = divmod(n, 36)
+        out.append(_B36[d])
+        if not n:
+            return bytes(out)
+
+
+# Every message of a batch keeps its Nats-Batch-Id header in the stream (the server stores and
+# delivers it), so the id is short: a random per-process prefix (7 base-36 digits, 36 bits) and
+# a counter, about 9 characters where 16 hex digits were (the header names are the server's).
+_batch_prefix = _base36(int.from_bytes(os.urandom(5), "big") >> 4).ljust(7, b"0")
+_batch_ids = itertools.count(1)
+
+
+def _next_batch() -> bytes:
+    """A batch id unique per process run (the server allows 64 characters)."""
+    return _batch_prefix + _base36(next(_batch_ids))
 
 
 def _settle(entry: asyncio.Future[PubAck] | AckCallback, ack: PubAck | None, exc: BaseException | None) -> None:
