@@ -774,8 +774,13 @@ class Executor:
         if wrote is not None:
             record = wrote
             self.overlaps += 1
-            log.warning("job %s: delivery %d (%s here) overlapped delivery %d on %s; recorded as a concurrent run",
-                        record.id, run.delivered, outcome.kind, record.delivered, record.worker)
+            if wrote.attempts and (wrote.attempts[-1].error or "").startswith(SUPERSEDED_NOTE[:20]):
+                log.warning("job %s: delivery %d of generation %d (%s here) ran before its running write while "
+                            "the record moved on (generation %d, %s); recorded as an attempt of its own",
+                            record.id, run.delivered, run.gen, outcome.kind, record.gen, record.state)
+            else:
+                log.warning("job %s: delivery %d (%s here) overlapped delivery %d on %s; recorded as a concurrent run",
+                            record.id, run.delivered, outcome.kind, record.delivered, record.worker)
         if other_delivery:
             return False  # not acked: that would ack the other worker's delivery, which still runs
         log.info("job %s is %s, changed elsewhere during this attempt; dropping the attempt's outcome",
