@@ -193,7 +193,11 @@ class JobOps:
                      encode: bool = True) -> tuple[str, bytes, dict[str, str] | None]:
         spec = record.spec
         headers = None
-        if spec.unique_key is not None:
+        if spec.unique_key is not None and record.gen <= 1:
+            # The submit's message: its id is the key, so a second submit of the key inside the
+            # duplicate window is dropped (the dedupe). Only the first generation: a later one
+            # (a retry, a repair of a purged message) under the key would be dropped as well,
+            # leaving the job available with no message.
             headers = {"Nats-Msg-Id": f"u:{spec.unique_key}"}
         else:
             # Every generation's message has its own id, so republishing one that may already
@@ -208,7 +212,7 @@ class JobOps:
         """``work_message`` with the header block encoded; ``encoded_record`` (the bytes just written
         to the KV) is spliced in as is rather than encoded a second time."""
         spec = record.spec
-        if spec.unique_key is None:  # the common case, without building and encoding a dict
+        if spec.unique_key is None or record.gen > 1:  # the common case, without building and encoding a dict
             subject = self.names.job_subject(spec.priority, spec.queue)
             hdr: bytes | None = b"NATS/1.0\r\nNats-Msg-Id: j:%s:%d\r\n\r\n" % (record.id.encode(), record.gen)
         else:
