@@ -212,7 +212,7 @@ class Rescuer:
             log.warning("repair: job %s was scheduled but not parked; parked it again", rec.id)
             self.repaired.append(rec.id)
             return 1
-        if rec.spec.unique_key is not None:
+        if rec.spec.unique_key is not None and rec.gen <= 1:  # later generations go as j:<id>:<gen> (jobs.py)
             return await self._repair_unique(rec)
         if now - marked_at < self.ops.conn.settings.jobs.duplicate_window - self.rescue_after:
             # Inside the duplicate window of the first publish: the same message again, with the
