@@ -162,7 +162,10 @@ class Connection:
             except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, asyncio.TimeoutError):
                 pass
             if not self.nc.is_closed:
-                await self.nc.close()
+                try:
+                    await self.nc.close()
+                except OSError as exc:  # nats-py flushes what it still holds into a socket that died
+                    log.debug("close: the connection was gone already: %s", exc)
 
 
     async def _drop_abandoned_iterators(self) -> None:

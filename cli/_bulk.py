@@ -152,6 +152,8 @@ async def _after(client: Client, report: BulkReport) -> BulkReport:
     if report.lost:
         nc = client.conn.nc
         closing = asyncio.ensure_future(nc.close())
+        # Its error (nats-py flushing into the dead socket) is read, not shown: the lost line says it.
+        closing.add_done_callback(lambda t: t.cancelled() or t.exception())
         await asyncio.wait({closing}, timeout=2.0)
         if not closing.done():
             closing.cancel()
