@@ -28,12 +28,21 @@ from ..workflows import (
     AFTER_KEY, MODE_KEY, NODE_KEY, SLOT_KEY, WF_KEY, WORKFLOW_REASON, NodeDef, NodeSpec, Workflow, WorkflowDef,
     WorkflowRecord, after_digest, compile_workflow, node_args, node_job_id, sinks_of,
 )
+from ..subjects import is_valid_token
 from ..workflowstore import WorkflowNotFoundError, WorkflowStore, node_failed, node_state
 from .catalog import TaskCatalog
 from .submit import Submitter
 
 R = TypeVar("R")
 _NOT_FOR_NODES = ("run_at", "delay", "unique_key")
+
+
+def check_id(wf_id: object) -> str:
+    """A workflow id is one key token: anything else (``../..``, ``a*``, ``a>``) is a user's mistake,
+    said in one line, never a KV error."""
+    if not isinstance(wf_id, str) or not wf_id or not is_valid_token(wf_id):
+        raise ValidationError(f"workflow id: {wf_id!r} is not a workflow id (letters, digits, '-' and '_')")
+    return wf_id
 
 
 class WorkflowFailedError(ChronosError):
@@ -165,7 +174,7 @@ class Workflows:
 
     # --- reading ----------------------------------------------------------------------------------------------
     async def record(self, wf_id: str) -> WorkflowRecord:
-        return await self.store.record(wf_id)
+        return await self.store.record(check_id(wf_id))
 
     async def listing(self, state: str | None = None, limit: int = 100) -> list[WorkflowRecord]:
         recs = await self.store.records()
@@ -181,7 +190,7 @@ class Workflows:
         return self.store.watch_records()
 
     async def view(self, wf_id: str) -> WorkflowView:
-        rec = await self.store.record(wf_id)
+        rec = await self.store.record(check_id(wf_id))
         shape = await self.store.shape(wf_id)
         jobs = await self.store.jobs(wf_id, None, rec.nodes)
         nodes = []
@@ -194,6 +203,7 @@ class Workflows:
         return WorkflowView(record=rec, nodes=nodes)
 
     async def wait(self, wf_id: str, timeout: float | None = None) -> WorkflowRecord:
+        check_id(wf_id)
         async def _wait() -> WorkflowRecord:
             kv = await self.store.kv()
             watcher = kv.watch(f"w.{wf_id}", include_existing=True)
@@ -225,6 +235,7 @@ class Workflows:
     @audited("workflow_cancel")
     async def cancel(self, wf_id: str, reason: str = "cancelled by operator") -> WorkflowRecord:
         """Pending nodes are cancelled (now, or as soon as they would start); running ones are signalled."""
+        check_id(wf_id)
         now = self.clock.now()
 
         def decide(rec: WorkflowRecord) -> WorkflowRecord | None:
@@ -242,7 +253,7 @@ class Workflows:
     async def retry(self, wf_id: str, node: int | None = None) -> list[int]:
         """Run failed nodes again (one, or every failed one and every node the workflow stopped that
         is ready); the workflow is running again and goes on from there. The nodes retried."""
-        rec = await self.store.record(wf_id)
+        await self.store.record(check_id(wf_id))  # exists
         shape = await self.store.shape(wf_id)
         n = len(shape.defn.nodes)
         if node is not None and not 0 <= node < n:

@@ -63,6 +63,15 @@ def test_mistakes_are_one_line_with_an_exit_code(cli):
     assert r.exit_code == 2 and "--state" in one_error_line(r)
 
 
+def test_a_malformed_workflow_id_is_a_usage_error_naming_it(cli):
+    # was: "error: InvalidKeyError: nats: JetStream.InvalidKeyError", exit 1
+    for args in (["get", "../.."], ["get", "a*"], ["cancel", "a>"], ["retry", "../.."], ["get", "w.1"]):
+        r = cli("workflows", *args)
+        line = one_error_line(r)
+        assert r.exit_code == 2, (args, r.output)
+        assert f"{args[1]!r} is not a workflow id" in line and "InvalidKey" not in line, line
+
+
 def test_bench_workflows_small(cli):
     """`chronos bench workflows` runs end to end (its own server and processes): callback once."""
     r = cli("bench", "workflows", "--children", "50", "--steps", "5", "--workers", "1", "--json")
