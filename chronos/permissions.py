@@ -161,9 +161,9 @@ def role_permissions(names: Names, users: Mapping[str, str] | None = None) -> di
         f"$JS.API.CONSUMER.CREATE.{n.delayed_stream}.*.>",
         # The pruner deletes a pruned record's delete marker: one message per request, by sequence.
         f"$JS.API.STREAM.MSG.DELETE.{n.kv_stream(n.jobs_bucket)}",
-        # The leader prunes a finished workflow past the retention: one filtered purge per key space
-        # of it (scheduler/workflows.py); only this role may, a purge is not compare-and-set.
-        f"$JS.API.STREAM.PURGE.{n.kv_stream(n.workflows_bucket)}",
+        # No purge of the workflows bucket: the leader prunes a finished workflow key by key with
+        # delete markers that expire by themselves (workflowstore.purge_keys); a purge right let one
+        # request without a filter erase every workflow, running ones included.
         # History answers go to the asker's single-token inbox (never to its JetStream API inbox).
         *(f"{inbox_prefix(user[r])}.*" for r in _HISTORY_ASKERS),
     ])
