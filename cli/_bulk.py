@@ -144,7 +144,27 @@ def run_bulk(ctx: typer.Context, action: str, job_id: Optional[str], all_: bool,
             report = await bulk.retry_all(q, matched=n, progress=rep.update, stop=stop)
         return await _after(client, report)
 
-    finish(run_client(st, go, ensure=False), as_json)
+    finish(_run_reporting(st, go, as_json), as_json)
+
+
+def _run_reporting(st: Any, go: Any, as_json: bool) -> BulkReport:
+    """run_client; an error that cut the run short (the job index stopped answering) still
+    prints the summary so far before its own line, and the exit code of its kind."""
+    try:
+        report: BulkReport = run_client(st, go, ensure=False)
+        return report
+    except ChronosError as exc:
+        partial = getattr(exc, "bulk_report", None) or getattr(exc.__cause__, "bulk_report", None)
+        if isinstance(partial, BulkReport) and as_json:
+            out.print_json(partial)
+        elif isinstance(partial, BulkReport):
+            typer.echo(_summary(partial) + "; stopped early (run the same command again to resume)")
+        raise
+
+
+def _summary(report: BulkReport) -> str:
+    return (f"{report.action}: {report.matched} matched, {report.done} done, {report.skipped} skipped, "
+            f"{report.failed} failed in {report.seconds:.1f} s")
 
 
 async def _after(client: Client, report: BulkReport) -> BulkReport:
@@ -172,8 +192,7 @@ def finish(report: BulkReport, as_json: bool) -> None:
     if as_json:
         out.print_json(report)
     else:
-        line = (f"{report.action}: {report.matched} matched, {report.done} done, {report.skipped} skipped, "
-                f"{report.failed} failed in {report.seconds:.1f} s")
+        line = _summary(report)
         if report.interrupted:
             line += "; interrupted (run the same command again to resume)"
         if report.unknown:
@@ -281,4 +300,4 @@ def run_dlq_replay(ctx: typer.Context, where: list[str], task: Optional[str], qu
             report = await bulk.replay_all(entries, filter_text=what, progress=rep.update, stop=stop)
         return await _after(client, report)
 
-    finish(run_client(st, go, ensure=False), as_json)
+    finish(_run_reporting(st, go, as_json), as_json)

@@ -231,7 +231,8 @@ class Bulk:
         """``concurrency`` actions in flight, fed page by page; stop: no new ones, in-flight finish.
 
         Never raises for one action's error (each is counted); the connection lost ends the run
-        with ``report.lost`` set; an error reading the ids is raised as itself, once."""
+        with ``report.lost`` set; an error reading the ids is raised as itself, once, with the
+        report so far as its ``bulk_report``."""
         t0 = time.monotonic()
         queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=concurrency * 4)
         stop = stop or asyncio.Event()
@@ -262,7 +263,7 @@ class Bulk:
                     if stop.is_set() or lost.is_set():
                         return
             except Exception as exc:
-                if for_want_of_connection(exc):
+                if not nc.is_connected:  # whatever the index read raised, the cause is the connection
                     connection_lost(f"reading the matching jobs: {type(exc).__name__}")
                 else:
                     feed_error.append(exc)
@@ -342,10 +343,12 @@ class Bulk:
                     tg.create_task(work(), name=f"bulk-work-{i}")
         finally:
             watcher.cancel()
-        if feed_error:
-            raise feed_error[0]
         report.interrupted = stop.is_set() and not lost.is_set()
         report.seconds = round(time.monotonic() - t0, 3)
+        if feed_error:
+            # The report so far travels with the error, so the caller can say how far it got.
+            feed_error[0].bulk_report = report  # type: ignore[attr-defined]
+            raise feed_error[0]
         return report
 
 

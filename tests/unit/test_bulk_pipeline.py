@@ -95,5 +95,21 @@ async def test_an_error_reading_the_ids_is_raised_once_as_itself() -> None:
     async def act(job_id: str) -> None:
         return None
 
-    with pytest.raises(ValueError, match="index unreadable"):
+    with pytest.raises(ValueError, match="index unreadable") as info:
         await asyncio.wait_for(b._run(report(), broken(), act, 2, None, None), 5)
+    assert info.value.bulk_report.done == 1  # how far it got travels with the error
+
+
+async def test_the_index_failing_while_disconnected_is_the_connection_lost() -> None:
+    b, nc = make_bulk()
+
+    async def broken():
+        yield ["1", "2"]
+        nc.is_connected = False
+        raise RuntimeError("the job index stopped answering part way")
+
+    async def act(job_id: str) -> None:
+        return None
+
+    r = await asyncio.wait_for(b._run(report(), broken(), act, 2, None, None), 5)
+    assert r.lost.startswith("lost the connection to NATS") and r.failed == 0 and r.done <= 2
