@@ -37,7 +37,7 @@ from . import cas, codec
 from .errors import ChronosError, ConflictError, JobNotFoundError, NotFoundError
 from .jobs import JobOps, job_event
 from .models import CancelRequest, Event, JobRecord, PendingWrite
-from .publisher import is_wrong_last_sequence
+from .publisher import encode_headers, is_wrong_last_sequence
 from .states import PENDING, TERMINAL, JobState, WorkflowState, workflow_transition
 from .store.kv import KVStore
 from .workflows import (
@@ -130,6 +130,7 @@ class WorkflowStore:
         self._shapes: OrderedDict[str, Shape] = OrderedDict()
         self._loading: dict[str, asyncio.Future[Shape]] = {}
         self._children = asyncio.Semaphore(CHILDREN_AT_ONCE)
+        self.marker_ttl = MARKER_TTL  # seconds a pruned key's delete marker lives
 
     async def kv(self) -> KVStore:
         if self._kv is None:
@@ -228,8 +229,8 @@ class WorkflowStore:
 
     async def purge(self, wf: str, revision: int) -> bool:
         """Remove a finished workflow: its record (compare-and-set on ``revision``: a workflow
-        retried meanwhile is kept), then its definition, node specs and fan-in records, with one
-        filtered purge per key space (no delete marker left per key). False if it had moved."""
+        retried meanwhile is kept), then its definition, node specs and fan-in records (see
+        ``purge_keys``). False if it had moved."""
         if not await self.delete_record(wf, revision):
             return False
         await self.purge_keys(wf)
@@ -240,7 +241,7 @@ class WorkflowStore:
         names = self.names
         bucket = names.workflows_bucket
         headers = {"KV-Operation": "DEL", "Nats-Expected-Last-Subject-Sequence": str(revision),
-                   "Nats-TTL": f"{MARKER_TTL}s"}  # the marker expires by itself if the purges below never come
+                   "Nats-TTL": f"{self.marker_ttl}s"}  # the marker expires by itself: nothing is left of the key
         try:
             await self.ops.publisher.request(names.kv_subject(bucket, f"w.{wf}"), b"", headers)
         except Exception as exc:
@@ -249,15 +250,30 @@ class WorkflowStore:
             raise
         return True
 
-    async def purge_keys(self, wf: str) -> None:
-        """A removed workflow's other keys (and its record's delete marker): idempotent."""
+    async def purge_keys(self, wf: str) -> int:
+        """A removed workflow's other keys, each replaced by a delete marker that expires by itself
+        (``Nats-TTL``; the bucket keeps one message per key), so nothing of it is left after
+        ``marker_ttl`` and no role needs the stream purge right, with which one request erased
+        every workflow, running ones included. Idempotent; how many keys it wrote.
+
+        The node specs are named from the definition (deleted last, so a retry after a failure
+        still finds it), the fan-in records by one filtered listing; the deletes are pipelined."""
         names = self.names
         bucket = names.workflows_bucket
-        js = self.conn.js
-        stream = names.kv_stream(bucket)
-        for key in (f"n.{wf}.>", f"f.{wf}.>", f"d.{wf}", f"w.{wf}"):
-            await js.purge_stream(stream, subject=names.kv_subject(bucket, key))
+        kv = await self.kv()
+        e = await kv.get(f"d.{wf}")
+        if e is not None:
+            keys = [f"n.{wf}.{i}" for i in range(len(_dec(e.value, WorkflowDef).nodes))]
+        else:  # the definition went first (a rewritten bucket): list what is left
+            keys = [x.key for x in await kv.entries(f"n.{wf}.>")]
+        keys += [x.key for x in await kv.entries(f"f.{wf}.>")]
+        pub = self.ops.publisher
+        hdr = encode_headers({"KV-Operation": "DEL", "Nats-TTL": f"{self.marker_ttl}s"})
+        futs = [await pub.publish(names.kv_subject(bucket, key), b"", hdr=hdr) for key in keys]
+        await asyncio.gather(*futs)
+        await pub.wait(await pub.publish(names.kv_subject(bucket, f"d.{wf}"), b"", hdr=hdr))
         self._shapes.pop(wf, None)
+        return len(keys) + 1
 
     async def shape(self, wf: str) -> Shape:
         """The definition, read once per process (a group's children all ask at once: one read)."""

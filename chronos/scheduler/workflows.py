@@ -16,8 +16,9 @@ Nor does it re-read a running workflow in which nothing happens: a second watch 
 of the node jobs' keys marks a workflow changed on any write of one of its jobs, and the
 repair reads it ``min_age`` after its last change (what a dead worker left is a write like any
 other), and otherwise once every ``SAFETY`` seconds. The finished ones wait in a heap by
-finish time; when the oldest passes ``scheduler.retention`` its keys are purged
-(``WorkflowStore.purge``), so a pass costs what expires. While a
+finish time; when the oldest passes ``scheduler.retention`` its keys are deleted with markers that
+expire by themselves (``WorkflowStore.purge_keys``; no stream purge right), so a pass costs what
+expires, up to ``PRUNE_KEYS_PER_TICK`` keys. While a
 workflow's record exists its node jobs are kept by the job pruner (``holds``): a node pruned
 while its workflow runs would look missing to the repair and lose its result to its children.
 """
@@ -38,6 +39,7 @@ from ..workflowstore import WorkflowStore
 
 log = logging.getLogger(__name__)
 
+PRUNE_KEYS_PER_TICK = 20_000  # about two 10,000-node workflows per repair tick
 SAFETY = 30.0  # seconds between looks at a running workflow in which nothing was seen to change
 
 
@@ -193,19 +195,21 @@ class WorkflowRepair:
     async def expire(self, now: float) -> int:
         """Purge the finished workflows whose finish is older than the retention, oldest first."""
         cutoff = now - self.retention
-        n = 0
+        n = written = 0
         for wf in list(self._purging):  # a purge that failed after its record's delete
             if not self.is_leader():
                 return n
             try:
-                await self.store.purge_keys(wf)
+                written += await self.store.purge_keys(wf)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("workflow %s: purging its keys failed (%s); trying again next tick", wf, exc)
                 return n
             self._purging.discard(wf)
-        while self._expiry and self._expiry[0][0] < cutoff and self.is_leader():
+        # A pass deletes keys one by one (about 15-25 ms per 1,000 keys): past a budget, the rest
+        # waits for the next tick so the repair is not held up by a backlog of big workflows.
+        while self._expiry and self._expiry[0][0] < cutoff and self.is_leader() and written < PRUNE_KEYS_PER_TICK:
             done, wf = heapq.heappop(self._expiry)
             seen = self._finished.get(wf)
             if seen is None or seen[0] != done:
@@ -215,7 +219,7 @@ class WorkflowRepair:
                     continue  # moved since (retried): the watch brings its new state
                 self._finished.pop(wf, None)
                 self._purging.add(wf)
-                await self.store.purge_keys(wf)
+                written += await self.store.purge_keys(wf)
                 self._purging.discard(wf)
                 n += 1
             except asyncio.CancelledError:

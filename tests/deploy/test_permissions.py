@@ -25,9 +25,11 @@ def test_only_admin_manages_streams():
     n = Names("prod")
     for role in ROLES:
         for verb in ("CREATE", "UPDATE", "DELETE", "PURGE"):
-            for stream in (n.jobs_stream, n.dlq_stream, n.events_stream, n.audit_stream, n.kv_stream(n.jobs_bucket)):
+            for stream in (n.jobs_stream, n.dlq_stream, n.events_stream, n.audit_stream, n.kv_stream(n.jobs_bucket),
+                           n.kv_stream(n.workflows_bucket)):
                 # The leader's purger drops acknowledged work messages (the jobs stream keeps limits
-                # retention, so an ack is not a delete); no other purge and no other role.
+                # retention, so an ack is not a delete); no other purge and no other role (the
+                # workflows bucket is pruned key by key with expiring delete markers).
                 purger = role == "scheduler" and verb == "PURGE" and stream == n.jobs_stream
                 assert allowed(role, f"$JS.API.STREAM.{verb}.{stream}") == (role == "admin" or purger), (role, verb, stream)
 
