@@ -245,7 +245,7 @@ class Bulk:
         def connection_lost(why: str) -> None:
             if not lost.is_set():
                 report.lost = f"lost the connection to NATS at {url} ({why})"
-                log.warning("bulk %s: %s", report.action, report.lost)
+                log.info("bulk %s: %s", report.action, report.lost)  # the caller reports it, once
                 lost.set()
                 for t in in_flight:  # waiting on a server that is gone: abandon, do not wait
                     t.cancel()
