@@ -28,16 +28,10 @@ from .test_authenticity import NS, deployment  # noqa: F401  (the fixture)
 
 async def force_start(attacker, wf_id: str, i: int) -> str:
     """What a worker credential may do: the node's signed spec into a fresh record, and a work message."""
-    js = attacker.jetstream()
-    kv = await js.key_value(f"{NS}_workflows")
-    ns = msgspec.msgpack.decode((await kv.get(f"n.{wf_id}.{i}")).value, type=NodeSpec)
-    job_id = node_job_id(wf_id, i)
-    now = time.time()
-    rec = JobRecord(id=job_id, spec=ns.spec, state=JobState.AVAILABLE, created_at=now, updated_at=now,
-                    scheduled_at=now, auth=ns.auth, gen=7)
-    ack = await js.publish(f"$KV.{NS}_jobs.{job_id}", codec.encode(rec))
-    await js.publish(f"{NS}.jobs.default.other", codec.encode(JobMessage(record=rec, rev=ack.seq)))
-    return job_id
+    async def nothing() -> None:
+        return None
+
+    return await force_start_after(attacker, wf_id, i, nothing)
 
 
 async def settled(console, job_id: str, states=(JobState.DISCARDED,)) -> JobRecord:
@@ -113,3 +107,35 @@ async def test_a_rewritten_definition_does_not_free_a_node(deployment):  # noqa:
     rec = await settled(console, job_id)
     assert "differs from what was signed" in (rec.error or ""), rec.error
     assert job_id not in ran, "a node freed by a rewritten definition ran"
+
+
+async def test_a_node_of_an_erased_workflow_is_refused_visibly(deployment):  # noqa: F811
+    """A worker credential may delete the workflows bucket's keys one by one (no purge right):
+    a node of the erased workflow is then refused before its call, with a DLQ entry."""
+    server, console, attacker, ran, _ = deployment
+    ref = await console.submit_workflow(guarded())
+    kv = await attacker.jetstream().key_value(f"{NS}_workflows")
+    job_id = await force_start_after(attacker, ref.id, 1, lambda: _erase(kv, ref.id))
+    rec = await settled(console, job_id)
+    assert "of a workflow that does not exist" in (rec.error or ""), rec.error
+    assert job_id not in ran
+
+
+async def _erase(kv, wf_id: str) -> None:
+    for key in (f"w.{wf_id}", f"d.{wf_id}"):
+        await kv.delete(key)
+
+
+async def force_start_after(attacker, wf_id: str, i: int, before) -> str:
+    """``force_start``, with the node's spec read first and ``before`` run in between."""
+    js = attacker.jetstream()
+    kv = await js.key_value(f"{NS}_workflows")
+    ns = msgspec.msgpack.decode((await kv.get(f"n.{wf_id}.{i}")).value, type=NodeSpec)
+    await before()
+    job_id = node_job_id(wf_id, i)
+    now = time.time()
+    rec = JobRecord(id=job_id, spec=ns.spec, state=JobState.AVAILABLE, created_at=now, updated_at=now,
+                    scheduled_at=now, auth=ns.auth, gen=7)
+    ack = await js.publish(f"$KV.{NS}_jobs.{job_id}", codec.encode(rec))
+    await js.publish(f"{NS}.jobs.default.other", codec.encode(JobMessage(record=rec, rev=ack.seq)))
+    return job_id
