@@ -361,7 +361,8 @@ async def ensure_topology(conn: Connection) -> None:
             consumer_limits=idle,
         ),
     ]
-    await _keep_work_queue(js, streams[0])
+    # A stream info asked before the cluster has a meta leader gets no answer: wait as for a create.
+    await _until_placed(lambda: _keep_work_queue(js, streams[0]), f"stream {streams[0].name}")
     for cfg in streams:
         await _until_placed(lambda cfg=cfg: _add_or_update_stream(js, cfg), f"stream {cfg.name}")
 

@@ -37,7 +37,9 @@ async def main(settings: Settings) -> None:
                 if event.kind == "completed":
                     break
 
-        assert kinds[0] == "available" and kinds[-1] == "completed"
+        # Events from different publishers (the submitter's `available`, the worker's `running`)
+        # are not ordered among themselves; the record is the truth about order.
+        assert "available" in kinds and kinds[-1] == "completed", kinds
         worker.stop()
 
 
