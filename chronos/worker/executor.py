@@ -745,7 +745,9 @@ class Executor:
             attempts = [*rec.attempts, Attempt(number=number, started_at=mine.started_at, worker=self.worker_id,
                                                ended_at=now, outcome=outcome.kind, error=note[:MAX_ERROR],
                                                traceback=outcome.tb, delivery=run.delivered)]
-            return msgspec.structs.replace(rec, attempts=attempts[-MAX_ATTEMPTS_KEPT:])
+            # Counted as an attempt (the next run is numbered after it); only a job whose record
+            # never showed this run comes here, so no marker of the rescuer's names its attempt count.
+            return msgspec.structs.replace(rec, attempt=number, attempts=attempts[-MAX_ATTEMPTS_KEPT:])
 
         def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[None]:
             if rec.gen != run.gen or rec.delivered_gen != rec.gen or rec.delivered <= run.delivered:

@@ -113,4 +113,5 @@ async def test_a_run_superseded_by_a_new_generation_is_recorded(client, settings
     [attempt] = seen.attempts
     assert attempt.outcome == "completed" and "generation 1" in (attempt.error or ""), attempt
     assert seen.gen == rec.gen + 1 and seen.state is JobState.AVAILABLE  # the new generation is not ours to end
+    assert seen.attempt == 1  # counted: the next run is attempt 2
     assert runs == [job]
