@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 
 import nats.errors
+import pytest
 
 from chronos import Registry
 from chronos.connection import ensure_queue_consumers
@@ -24,6 +25,9 @@ from chronos.states import JobState
 from ..conftest import wait_for_state
 
 
+@pytest.mark.xfail(strict=False, reason="open defect, intermittent since the jobs stream's limits retention: after "
+                   "the consumer is deleted and re-created under a worker, its pulls end with 503 and the redelivered "
+                   "message can reach a request the worker already released, so the rerun never starts")
 async def test_a_rerun_after_a_failed_outcome_write_is_recorded(client, settings, start_worker):
     runs: list[int] = []
     reg = Registry()
