@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 # (subject, reply, payload, headers or None) -> True when the handler took the message.
 RawHandler = Callable[[bytes, bytes, bytes, "bytes | None"], bool]
-# A message without headers, built for the handler, from the read loop.
+# A message that is not a status reply, built for the handler, from the read loop.
 PlainHandler = Callable[[Msg], None]
 # (the reply subject of a message that could not be sent, why)
 SendErrorHandler = Callable[[bytes, BaseException], None]
@@ -63,8 +63,9 @@ class Transport(Protocol):
         subscription's callback gets every message."""
 
     def deliver_plain(self, sub: Subscription, handler: PlainHandler) -> bool:
-        """Like ``deliver_raw`` for messages without headers, given as a ``Msg``; headed
-        messages (status replies) still reach the subscription's callback."""
+        """Like ``deliver_raw`` for messages that are not status replies, given as a ``Msg`` (with
+        their headers, if any); status replies (404, 408, 409, 100) still reach the subscription's
+        callback."""
 
     def undeliver(self, sub: Subscription) -> None:
         """Stop what ``deliver_raw``/``deliver_plain`` started (before unsubscribing)."""

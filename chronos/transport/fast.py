@@ -102,9 +102,16 @@ class FastTransport(StockTransport):
         nc = self._nc
 
         def raw(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+            parsed = None
             if headers is not None:
-                return False
-            handler(Msg(_client=nc, subject=subject.decode(), reply=reply.decode(), data=data))
+                # A status (``NATS/1.0 404 ...``, 408, 409, 100) goes to the callback. Any other
+                # header block is what the server stored with the message (an atomic batch's id and
+                # sequence, a Nats-Msg-Id: every job message a bulk submit sends): read here, not
+                # down nats-py's path (a Msg parsed, queued, and a task woken per job).
+                parsed = _plain_headers(headers)
+                if parsed is None:
+                    return False
+            handler(Msg(_client=nc, subject=subject.decode(), reply=reply.decode(), data=data, headers=parsed))
             return True
 
         return self.deliver_raw(sub, raw)
@@ -175,6 +182,21 @@ def _install(nc: NATS) -> None:
     ps = nc._ps
     if type(ps) is _stock.Parser:
         ps.__class__ = _FastParser
+
+
+_HDR_LINE = b"NATS/1.0\r\n"
+
+
+def _plain_headers(block: bytes) -> dict[str, str] | None:
+    """The headers of a message without a status line; None for a status message (or an odd block)."""
+    if not block.startswith(_HDR_LINE):
+        return None
+    out: dict[str, str] = {}
+    for line in block[len(_HDR_LINE):].split(b"\r\n"):
+        key, sep, value = line.partition(b":")
+        if sep:
+            out[key.strip().decode()] = value.strip().decode()
+    return out
 
 
 class _FastParser(_stock.Parser):

@@ -102,6 +102,7 @@ class Running:
     ended: Attempt | None = None  # this run's attempt as ``_finish`` is about to write it
     began: Attempt | None = None  # this run's attempt as it started (how the record is searched for it)
     progress: Any = None  # its progress writer (worker/progress.py), made on its first report
+    completing: bool = False  # ran; its outcome write is in flight: holds no slot, its message stays unacked
 
     def interrupt_with(self, why: Interrupt) -> bool:
         """Interrupt the running call (no-op outside it). True if it was interrupted."""
@@ -160,6 +161,10 @@ class Host(Protocol):
     def released(self, run: Running) -> None:
         """A job whose ``execute`` returned True is finished with (its slot is free)."""
 
+    def completing(self, run: Running) -> None:
+        """The job has run and its outcome write is in flight (``released`` follows its commit):
+        its slot may serve the next job while the message stays held, unacked, until then."""
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run ``coro`` as a task the host owns (its task group)."""
 
@@ -186,6 +191,9 @@ class Alone:
         return False
 
     def released(self, run: Running) -> None:
+        pass
+
+    def completing(self, run: Running) -> None:
         pass
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -653,6 +661,7 @@ class Executor:
             if commit_in_callback and new.state is JobState.COMPLETED:
                 on_ack = functools.partial(self._committed, run, w.seen, new, outcome, runs, duration)
                 if self.ops.write_cb(new, rev, on_ack):
+                    self.host.completing(run)  # its slot serves the next job while the commit settles
                     return True
             await (await self.ops.write_nowait(new, rev))
             await w.ack()

@@ -59,8 +59,8 @@ class Puller:
 
     async def start(self) -> None:
         self._sub = await self.conn.nc.subscribe(f"{self.inbox}.*", cb=self._on_msg)
-        # Job messages (no headers) straight from the read loop where the transport offers it;
-        # status and headed messages (and all of them on the stock transport) take ``_on_msg``.
+        # Job messages straight from the read loop where the transport offers it; status replies
+        # (and everything on the stock transport) take ``_on_msg``.
         self.conn.transport.deliver_plain(self._sub, self._take)
 
     async def stop(self) -> None:

@@ -58,24 +58,28 @@ async def test_a_declining_handler_leaves_the_message_to_nats_py(nats_server):
         await nc.close()
 
 
-async def test_plain_delivery_builds_msgs_and_leaves_headed_ones_to_the_callback(nats_server):
+async def test_plain_delivery_builds_msgs_and_leaves_status_replies_to_the_callback(nats_server):
     nc = await nats.connect(nats_server.url)
     try:
         transport = FastTransport(nc)
         sub = await nc.subscribe("fp.plain")
-        plain: list[tuple[str, str, bytes]] = []
-        assert transport.deliver_plain(sub, lambda m: plain.append((m.subject, m.reply, m.data)))
+        plain: list[tuple[str, str, bytes, dict[str, str] | None]] = []
+        assert transport.deliver_plain(sub, lambda m: plain.append((m.subject, m.reply, m.data, m.headers)))
         before = nc.stats["in_msgs"]
         await nc.publish("fp.plain", b"job", reply="fp.reply")
-        await nc.publish("fp.plain", b"", headers={"Status": "404"})
+        # What a job message of an atomic batch carries: headers, no status line. Taken, headers read.
+        await nc.publish("fp.plain", b"batched", headers={"Nats-Batch-Id": "b1", "Nats-Msg-Id": "j:1:1"})
+        # A status reply (the server's ``NATS/1.0 404 No Messages``) goes to the callback.
+        assert transport.send_nowait("fp.plain", b"", b"", b"NATS/1.0 404 No Messages\r\n\r\n")
         headed = await sub.next_msg(timeout=5)
-        assert headed.headers == {"Status": "404"}
-        assert plain == [("fp.plain", "fp.reply", b"job")]
-        assert nc.stats["in_msgs"] - before == 2  # the one taken in the read loop counts too
+        assert headed.headers and headed.headers.get("Status") == "404"
+        assert plain == [("fp.plain", "fp.reply", b"job", None),
+                         ("fp.plain", "", b"batched", {"Nats-Batch-Id": "b1", "Nats-Msg-Id": "j:1:1"})]
+        assert nc.stats["in_msgs"] - before == 3  # the ones taken in the read loop count too
         # After undeliver, the callback (here the iterator) gets every message again.
         transport.undeliver(sub)
         await nc.publish("fp.plain", b"again")
-        assert (await sub.next_msg(timeout=5)).data == b"again" and len(plain) == 1
+        assert (await sub.next_msg(timeout=5)).data == b"again" and len(plain) == 2
     finally:
         await nc.close()
 
