@@ -74,7 +74,7 @@ def _run(st: object, server: EmbeddedServer, data_dir: Path, concurrency: int, s
     registry = runtime.worker_registry(settings, builtins=True)
     registry.merge(demo_registry())
     # Its own queue only: the demo never takes a user's jobs (user workers serve `default`).
-    worker = runtime.WorkerMain(settings, registry, concurrency=concurrency, queues=[DEMO_QUEUE])
+    worker = runtime.WorkerMain(settings, registry, concurrency=concurrency, queues=[DEMO_QUEUE], tune_gc=True)
     scheduler = runtime.SchedulerMain(settings)
 
     async def seeder(stop: asyncio.Event) -> None:

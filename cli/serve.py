@@ -72,7 +72,7 @@ def worker(
         log.warning("no --tasks given: this worker serves only the built-in tasks (%s)", ", ".join(registry.names()))
     main = runtime.with_metrics(
         runtime.WorkerMain(settings, registry, queues=queue_list, concurrency=concurrency, burst=burst,
-                           worker_id=worker_id),
+                           worker_id=worker_id, tune_gc=True),
         settings, metrics_port)
     grace = settings.worker.shutdown_grace + DRAIN_MARGIN
 

@@ -15,9 +15,10 @@ import logging
 import signal
 
 from ..config import load_settings
+from ..gctune import tune_gc
 from ..worker.context import current_job
 from ..worker.registry import Registry
-from ..worker.service import WorkerService
+from ..worker.service import WORKER_GC_GEN0, WorkerService
 
 unflushed: list[str] = []
 
@@ -53,6 +54,7 @@ async def main() -> None:
     settings = load_settings(overrides={"namespace": args.namespace, "nats": {"url": args.url},
                                         "worker": {"concurrency": args.concurrency}})
     svc = WorkerService(settings, build_registry(args.sleep), log_events=False)
+    tune_gc(WORKER_GC_GEN0)  # as `chronos serve worker` does
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, svc.stop)

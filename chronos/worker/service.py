@@ -38,7 +38,6 @@ closing, to a tracked set awaited before the service returns.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 import socket
@@ -70,6 +69,11 @@ from .sync_exec import SyncRunner
 from .watchdog import LoopWatchdog
 
 log = logging.getLogger(__name__)
+
+# The young-generation threshold of a process that is a worker (runtime.WorkerMain, gctune.py):
+# with Python's defaults the collector took 21 % of a busy worker's CPU (py-spy, bench
+# throughput); with this, and the per-job reference cycle broken (``released``), about 1 %.
+WORKER_GC_GEN0 = 100_000
 
 
 class Changes:
@@ -207,7 +211,6 @@ class WorkerService:
             ]
             for p in self.pullers:
                 await p.start()
-            tune_gc()
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
                 background = [
@@ -310,6 +313,10 @@ class WorkerService:
                     self.sync_held -= 1
             self._wake.set()
             self.changed.bump()
+        # Its context's progress hook points back at the run: a reference cycle per job, left to
+        # the garbage collector (10 objects a job, the collector's largest cost). Broken here.
+        run.ctx = None
+        run.progress = None
 
     def completing(self, run: Running) -> None:
         """The job ran and its outcome write awaits its commit (about an fsync under ``sync_interval:
@@ -550,29 +557,6 @@ class WorkerService:
             futs.append(await conn.publisher.publish(conn.names.kv_subject(conn.names.tasks_bucket, name), data))
         for f in futs:
             await conn.publisher.wait(f)
-
-
-# Python's default first-generation threshold; one a user set themselves is left alone.
-_GC_DEFAULT_GEN0 = 700
-_GC_GEN0 = 20_000
-
-
-def tune_gc() -> None:
-    """Fewer, cheaper garbage collections for a process that runs many short jobs.
-
-    Each job allocates a few dozen tracked objects (its message, task, records), so with the
-    default thresholds (700, 10, 10) the collector ran every dozen jobs and, every ~1,400,
-    traversed the whole heap: 21 % of a busy worker's CPU (py-spy, bench throughput). Objects
-    alive at start-up (modules, classes, the registry) are frozen out of every collection, and
-    the first generation is collected every 20,000 allocations: reference cycles still go, a
-    little later. Once per process, and only over Python's default threshold.
-    """
-    gen0, gen1, gen2 = gc.get_threshold()
-    if gen0 != _GC_DEFAULT_GEN0:
-        return
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(_GC_GEN0, gen1, gen2)
 
 
 async def run_worker(settings: Settings, registry: Registry | None = None, **kwargs: Any) -> WorkerService:

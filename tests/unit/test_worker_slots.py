@@ -7,7 +7,8 @@ import gc
 from chronos.config import load_settings
 from chronos.worker.executor import Running
 from chronos.worker.registry import Registry
-from chronos.worker.service import WorkerService, tune_gc
+from chronos.gctune import tune_gc
+from chronos.worker.service import WorkerService
 
 
 def _service(slots: int) -> WorkerService:
@@ -55,10 +56,10 @@ def test_gc_tuning_only_over_the_default_threshold():
     before = gc.get_threshold()
     try:
         gc.set_threshold(1234, 10, 10)
-        tune_gc()
+        tune_gc(100_000)
         assert gc.get_threshold() == (1234, 10, 10)  # the user's own setting is left alone
         gc.set_threshold(700, 10, 10)
-        tune_gc()
+        tune_gc(100_000)
         assert gc.get_threshold()[0] > 700 and gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
