@@ -155,8 +155,8 @@ class Host(Protocol):
     """What the executor needs from whoever holds its jobs (the WorkerService: slots, peers,
     cancels, its task group). ``Alone`` is the stand-in for an executor used by itself."""
 
-    def is_running_here(self, job_id: str) -> bool:
-        """Another delivery of ``job_id`` runs on this worker right now."""
+    def is_running_here(self, job_id: str, *, besides: Running) -> bool:
+        """Another delivery of ``job_id`` than ``besides`` (the one asking) runs on this worker right now."""
 
     def released(self, run: Running) -> None:
         """A job whose ``execute`` returned True is finished with (its slot is free)."""
@@ -187,7 +187,7 @@ class Alone:
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def is_running_here(self, job_id: str) -> bool:
+    def is_running_here(self, job_id: str, *, besides: Running) -> bool:
         return False
 
     def released(self, run: Running) -> None:
@@ -314,7 +314,7 @@ class Executor:
             record, rev = self._running(job.record, delivered), job.rev
             run.deferred = (record, rev)
         else:
-            started = await self._start(msg, job.record, job.rev, delivered)
+            started = await self._start(run, job.record, job.rev, delivered)
             if started is None:
                 return False
             record, rev = started
@@ -347,12 +347,13 @@ class Executor:
                 return False
         return await self._finish(run, record, rev, outcome, runs)
 
-    async def _start(self, msg: Msg, record: JobRecord, rev: int, delivered: int) -> tuple[JobRecord, int] | None:
+    async def _start(self, run: Running, record: JobRecord, rev: int, delivered: int) -> tuple[JobRecord, int] | None:
         """Move the record to running. None when the message is stale (then it was acked or left alone).
 
         The first try uses the record carried in the message (no read); a conflict means it
         moved (a retry, a cancel, a lost worker), so read it and decide again.
         """
+        msg = run.msg
         carried, msg_gen = record, record.gen
 
         def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[str]:
@@ -361,7 +362,7 @@ class Executor:
                 return cas.Stop("stale")
             fresh = rec is not carried
             if fresh and rec.state is JobState.RUNNING and rec.worker == self.worker_id \
-                    and self.host.is_running_here(rec.id):
+                    and self.host.is_running_here(rec.id, besides=run):
                 return cas.Stop("here")  # redelivered while it still runs here; the running attempt acks it
             mine = self.unrecorded.get(rec.id) if self.unrecorded else None
             if fresh and rec.delivered_gen == rec.gen and rec.delivered >= delivered \
@@ -715,9 +716,11 @@ class Executor:
         except Exception:
             log.exception("job %s: writing its outcome failed; it will be rerun", record.id)
             self._remember_unrecorded(run)
-            self._settle(record.id)
             await self.acks.nak(run.msg, 1.0)
         finally:
+            # Settled and released together, with no await between: a delivery waiting for this
+            # write (``_write_settled``) must not find this run still held, or it stands down as
+            # "runs here" and waits for a redelivery (ack_wait, or this nak's delay).
             self._settle(record.id)
             self.host.released(run)
 

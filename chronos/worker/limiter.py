@@ -400,7 +400,8 @@ class Limiter:
             if fresh.gen != record.gen or fresh.state in TERMINAL or fresh.state is JobState.SCHEDULED:
                 await ex.acks.ack(run.msg)  # stale: a newer message exists, or it is finished
                 return False
-            if fresh.state is JobState.RUNNING and fresh.worker == ex.worker_id and ex.host.is_running_here(fresh.id):
+            if fresh.state is JobState.RUNNING and fresh.worker == ex.worker_id \
+                    and ex.host.is_running_here(fresh.id, besides=run):
                 return True  # redelivered while it runs here: the executor leaves it to that run
             current = fresh
             # Decide and write on the record as it is now: the carried one is stale after a hand-back.

@@ -298,8 +298,11 @@ class WorkerService:
         if self.used > self.peak_used:
             self.peak_used = self.used
 
-    def is_running_here(self, job_id: str) -> bool:
-        return any(r.job_id == job_id for r in self.running.values())
+    def is_running_here(self, job_id: str, *, besides: Running) -> bool:
+        # ``besides`` is the delivery asking, held in ``running`` with its job id already set: counted,
+        # it made every delivery of a job whose record shows it running here (this worker's run whose
+        # outcome write failed) stand down as "runs here", on each redelivery, for good.
+        return any(r.job_id == job_id and r is not besides for r in self.running.values())
 
     def released(self, run: Running) -> None:
         if self.running.pop(run.key, None) is not None:
