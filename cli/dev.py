@@ -51,7 +51,10 @@ def dev(
     lock = _lock_data_dir(data_dir)
     try:
         chosen = _choose_port(data_dir, port)
-        server = EmbeddedServer(store_dir=data_dir / "jetstream", port=chosen, log_file=data_dir / "nats-server.log")
+        # fsync every write, as the deploy configs do (deploy/README.md "Durability"); a server
+        # chronos starts with a sync mode says so, so its clients batch writes (nats.atomic_batches).
+        server = EmbeddedServer(store_dir=data_dir / "jetstream", port=chosen, log_file=data_dir / "nats-server.log",
+                                sync="always")
         server.start()
         lock.seek(0)
         lock.truncate()
