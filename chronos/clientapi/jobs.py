@@ -65,12 +65,19 @@ class Jobs:
     async def wait(self, job_id: str, timeout: float | None = None,
                    on_update: Callable[[JobRecord], None] | None = None) -> JobRecord:
         """Wait until the job reaches a terminal state (or ``timeout`` seconds pass); ``on_update``
-        sees every version of the record before that (its state, its progress)."""
+        sees the versions of the record it is shown (its state, its progress), the terminal one
+        last. The watch starts from the key's current value, so versions written between two
+        reads may be skipped; the terminal record still carries the job's last progress report."""
+
+        def seen(rec: JobRecord) -> JobRecord:
+            if on_update is not None:
+                on_update(rec)
+            return rec
 
         async def _wait() -> JobRecord:
             store = await self.ops.store()
             watcher = store.watch(job_id, include_existing=True)
-            rec = await self.ops.read(job_id)
+            rec = seen(await self.ops.read(job_id))
             if rec.state in TERMINAL:
                 return rec
             async for entry in watcher:
@@ -78,10 +85,9 @@ class Jobs:
                     continue
                 rec = codec.decode(entry.value, JobRecord)
                 rec.revision = entry.revision
+                seen(rec)
                 if rec.state in TERMINAL:
                     return rec
-                if on_update is not None:
-                    on_update(rec)
             raise JobNotFoundError(f"job {job_id} disappeared")
 
         return await asyncio.wait_for(_wait(), timeout)

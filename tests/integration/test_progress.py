@@ -146,3 +146,24 @@ def test_progress_outside_a_worker_is_a_no_op_and_still_checks_its_input():
     for bad in (-0.1, 1.01, float("nan"), "0.5", True):
         with pytest.raises(ValidationError, match="^progress: fraction"):
             ctx.progress(bad)  # type: ignore[arg-type]
+
+
+async def test_wait_shows_the_terminal_record_and_its_last_report(client, start_worker):
+    """``wait(on_update=...)`` (what ``submit --wait`` prints from) also sees the terminal record:
+    a waiter that came late, or whose watch skipped the versions in between, still gets the last
+    report, which the outcome's record carries."""
+    reg = Registry()
+
+    async def reports() -> str:
+        await current_job().progress(1.0, "all done")
+        return "ok"
+
+    reg.register(reports, name="reports")
+    await start_worker(reg)
+    job_id = await client.submit("reports")
+    await _record_where(client, job_id, lambda r: r.state is JobState.COMPLETED)
+    shown: list[JobRecord] = []
+    rec = await client.wait(job_id, timeout=10, on_update=shown.append)
+    assert rec.state is JobState.COMPLETED
+    assert shown and shown[-1].state is JobState.COMPLETED
+    assert shown[-1].progress is not None and shown[-1].progress.message == "all done"
