@@ -15,6 +15,11 @@ request open now. A job message carries its own subject, not the inbox, so a lat
 job cannot be told apart that way: with no request open it goes to ``on_stale``
 (the worker naks it); with one open it counts against that one (an overshoot of at
 most the lost request's batch, once, after a server came back).
+
+A request refused outright (503: no consumer answers, e.g. one deleted by an admin; 409:
+deleted, or over a server limit) rests the puller: it is not asked again for 0.1 s, doubling
+to 2 s while the refusals go on, and back to none on the first delivery or ordinary end. Without
+that, the fetch loop asked again at once: about 20 refusals in 20 ms, each a warning.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ class Puller:
         self.request_done.set()
         self._deadline = 0.0
         self._sub: Subscription | None = None
+        self._rest = 0.0  # the current back-off after refused requests (0: none)
+        self.rest_until = 0.0  # loop time before which it is not asked (see the module doc)
+        self.refused = 0  # requests refused (503, 409) in all
 
     async def start(self) -> None:
         self._sub = await self.conn.nc.subscribe(f"{self.inbox}.*", cb=self._on_msg)
@@ -127,11 +135,23 @@ class Puller:
             status = headers.get("Status")
             if status == "100":  # idle heartbeat
                 return
-            if status not in ("404", "408"):
-                log.warning("pull on %s ended with %s %s", self.consumer, status, headers.get("Description", ""))
+            if status in ("404", "408"):
+                self._rest = 0.0
+            else:
+                self.refused += 1
+                first = self._rest == 0.0
+                self._rest = min(2.0, self._rest * 2 or 0.1)
+                self.rest_until = asyncio.get_running_loop().time() + self._rest
+                log.log(logging.WARNING if first else logging.DEBUG, "pull on %s ended with %s %s; asking again in "
+                        "%.1fs", self.consumer, status, headers.get("Description", ""), self._rest)
             self._end_request()
             return
         self._take(msg)
+
+    @property
+    def resting(self) -> bool:
+        """Its last request was refused and its back-off has not run out (see the module doc)."""
+        return self._rest > 0.0 and asyncio.get_running_loop().time() < self.rest_until
 
     def _take(self, msg: Msg) -> None:
         if self.outstanding <= 0:
@@ -141,6 +161,7 @@ class Puller:
             return
         self.delivered += 1
         self.outstanding -= 1
+        self._rest = 0.0
         self._on_message(msg, self)
         if self.outstanding <= 0:
             self._end_request()

@@ -412,7 +412,7 @@ class WorkerService:
                     free = self.free()
                     if free <= 0 or self._stopping.is_set():
                         break
-                    if p.busy:
+                    if p.busy or p.resting:
                         continue
                     await p.request(free, no_wait=True, expires=5.0)
                     if not await self.clock.wait(p.request_done, 7.0):
@@ -435,9 +435,12 @@ class WorkerService:
                 for p in self._order(round_no):
                     if self.free() <= 0:
                         break
-                    if not p.busy:
+                    if not p.busy and not p.resting:
                         await p.request(1, no_wait=False, expires=expires)
-                await self._wait_wake(expires)
+                # A puller resting after a refused request is asked again when its back-off ends.
+                now = asyncio.get_running_loop().time()
+                rest = min((p.rest_until - now for p in self.pullers if p.resting), default=expires)
+                await self._wait_wake(max(0.01, min(expires, rest)))
         finally:
             self._fetch_done.set()
 
