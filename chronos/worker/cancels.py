@@ -18,6 +18,7 @@ from ..errors import ChronosError
 from ..jobs import JobOps
 from ..models import CancelRequest
 from .executor import Running
+from .follow import follow
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class CancelWatch:
         self.running = running
         self._pending: dict[str, tuple[int, str]] = {}  # job id -> (gen, reason)
         self.seen = 0  # requests read, for tests to wait on
+        self.restarts = 0  # watches started over after a reconnect
 
     async def load(self) -> None:
         """Read the cancels already written (before the first fetch: see the executor's fast path)."""
@@ -52,7 +54,15 @@ class CancelWatch:
         return found[1]
 
     async def run(self) -> None:
-        """Signal cancels of running jobs; hard-stop them after the grace (the service's sweeper)."""
+        """Signal cancels of running jobs; hard-stop them after the grace (the service's sweeper).
+        Started over after a reconnect or a failure (follow.py): without that, a cancel written
+        after a server restart reached the worker only when nats-py noticed, 18 s later."""
+        await follow(self.ops.conn.nc, self._follow, "cancel", on_restart=self._restarted)
+
+    def _restarted(self) -> None:
+        self.restarts += 1
+
+    async def _follow(self) -> None:
         control = await self.ops.control()
         # include_existing: cancels written before this worker started must be known too.
         async for entry in control.watch("cancel.>", include_existing=True):

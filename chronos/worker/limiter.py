@@ -63,6 +63,7 @@ from ..limitstore import LimitStore, NoTurn, SlotLease
 from ..models import JobMessage, JobRecord, LimitTicket, PendingWrite
 from ..states import TERMINAL, JobState
 from .executor import MAX_ATTEMPTS_KEPT, _add_unrecorded
+from .follow import follow
 from .registry import TaskDef
 
 if TYPE_CHECKING:
@@ -190,16 +191,13 @@ class Limiter:
             await self.clock.sleep(1.0)
 
     async def _watch_queue_limits(self) -> None:
-        while True:
-            try:
-                async for queue, limit in self.store.watch_queue_limits():
-                    self._set_queue(queue, limit)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the watch restarts; the limits in hand stay in force
-                log.warning("queue limits watch failed (retrying): %s", exc)
-            raise_if_cancelling()
-            await self.clock.sleep(1.0)
+        # Started over after a reconnect (a change written after a server restart otherwise
+        # arrived 18 s late) or a failure; the limits in hand stay in force meanwhile (follow.py).
+        await follow(self.store.conn.nc, self._follow_queue_limits, "queue limits")
+
+    async def _follow_queue_limits(self) -> None:
+        async for queue, limit in self.store.watch_queue_limits():
+            self._set_queue(queue, limit)
 
     async def renew_loop(self) -> None:
         """Renew every slot held here well inside the lease (a lost slot is logged)."""

@@ -16,7 +16,6 @@ workers there are, and a resume right after a pause delays such a job by 1 s at 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -24,7 +23,6 @@ import msgspec
 from nats.aio.msg import Msg
 
 from .. import cas, codec
-from ..cancellation import raise_if_cancelling
 from ..connection import Connection
 from ..errors import ChronosError, ConflictError, JobNotFoundError
 from ..models import JobMessage, JobRecord
@@ -32,6 +30,7 @@ from ..publisher import delivery_info
 from ..queueflags import QueueFlags, QueuePause
 from ..states import TERMINAL, JobState
 from .executor import MAX_ATTEMPTS_KEPT, Executor, _add_unrecorded
+from .follow import follow
 
 log = logging.getLogger(__name__)
 
@@ -52,31 +51,12 @@ class PauseWatch:
             self._apply(queue, flags.get(queue))
 
     async def run(self) -> None:
-        """Follow the flags; after a reconnect (or a failed watch) start over from a fresh read.
+        """Follow the flags; after a reconnect (or a failed watch) start over from a fresh read
+        (follow.py: nats-py alone noticed a restarted server 18 s late)."""
+        await follow(self.flags.conn.nc, self._follow, "queue pause", on_restart=self._restarted)
 
-        nats-py's ordered consumer notices a restarted server only after missing its idle
-        heartbeats: measured, a resume written after a server restart reached the worker 18 s
-        later. A reconnect is seen here at once (a local counter, checked every 0.1 s)."""
-        nc = self.flags.conn.nc
-        backoff = 0.25
-        while True:
-            raise_if_cancelling()
-            reconnects = nc.stats["reconnects"]
-            follow = asyncio.get_running_loop().create_task(self._follow(), name="worker-pauses-watch")
-            try:
-                while not follow.done() and nc.stats["reconnects"] == reconnects:
-                    await asyncio.wait({follow}, timeout=0.1)
-            finally:
-                follow.cancel()
-                await asyncio.gather(follow, return_exceptions=True)
-            if follow.done() and not follow.cancelled() and follow.exception() is not None:
-                log.warning("queue pause watch failed (%s); starting over in %.2gs", follow.exception(), backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 2.0)
-            else:
-                backoff = 0.25
-                self.restarts += 1
-                await asyncio.sleep(0.05)  # a watch that ended by itself (a closing connection): no spin
+    def _restarted(self) -> None:
+        self.restarts += 1
 
     async def _follow(self) -> None:
         await self.load()
