@@ -93,3 +93,13 @@ async def wait_until(check: Callable[[], Awaitable[bool] | bool], timeout: float
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(every)
+
+
+async def wind_down(client: Any, stop: asyncio.Event, services: Any, *servers: EmbeddedServer | None) -> None:
+    """The end of a fault test: close the client, stop the services, remove the servers' stores."""
+    await client.close()
+    stop.set()
+    await asyncio.wait_for(services, 60)
+    for s in servers:
+        if s is not None:
+            s.cleanup()

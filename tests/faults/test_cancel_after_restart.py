@@ -15,7 +15,7 @@ from chronos.states import JobState
 from chronos.worker.context import current_job
 from chronos.worker.registry import Registry
 
-from .conftest import fault_settings, restart_on_same_store, wait_until
+from .conftest import fault_settings, restart_on_same_store, wait_until, wind_down
 
 
 async def test_a_cancel_after_a_server_restart_reaches_the_running_job(tmp_path):
@@ -53,9 +53,4 @@ async def test_a_cancel_after_a_server_restart_reaches_the_running_job(tmp_path)
         assert rec.state in (JobState.CANCELLED, JobState.COMPLETED), rec.state
         assert getattr(svc.cancels, "restarts", 0) >= 1
     finally:
-        await client.close()
-        stop.set()
-        await asyncio.wait_for(services, 60)
-        for s in (restarted, server):
-            if s is not None:
-                s.cleanup()
+        await wind_down(client, stop, services, restarted, server)

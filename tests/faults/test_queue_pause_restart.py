@@ -11,7 +11,7 @@ from chronos.runtime import WorkerMain, run_service
 from chronos.states import JobState
 from chronos.worker.registry import Registry
 
-from .conftest import fault_settings, restart_on_same_store, wait_until
+from .conftest import fault_settings, restart_on_same_store, wait_until, wind_down
 
 
 async def test_pause_survives_a_server_restart_and_a_later_resume_reaches_the_worker(tmp_path):
@@ -59,9 +59,4 @@ async def test_pause_survives_a_server_restart_and_a_later_resume_reaches_the_wo
         assert (await client.wait(held, timeout=30)).state == JobState.COMPLETED
         assert ran == ["other", "paused"]
     finally:
-        await client.close()
-        stop.set()
-        await asyncio.wait_for(services, 60)
-        for s in (restarted, server):
-            if s is not None:
-                s.cleanup()
+        await wind_down(client, stop, services, restarted, server)

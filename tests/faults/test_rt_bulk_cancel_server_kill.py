@@ -22,7 +22,7 @@ from chronos.runtime import SchedulerMain, WorkerMain, run_service
 from chronos.states import JobState
 from chronos.worker.registry import Registry
 
-from .conftest import fault_settings, restart_on_same_store, wait_until
+from .conftest import fault_settings, restart_on_same_store, wait_until, wind_down
 
 N = 1500
 TERMINAL = {JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED}
@@ -114,12 +114,7 @@ async def test_server_sigkilled_during_a_bulk_cancel(tmp_path: Path) -> None:
         assert not twice, twice[:5]
         assert completed_without_run == 0
     finally:
-        await client.close()
-        stop.set()
-        await asyncio.wait_for(services, 60)
-        for s in (restarted, server):
-            if s is not None:
-                s.cleanup()
+        await wind_down(client, stop, services, restarted, server)
 
 
 @pytest.mark.timeout(300)
@@ -183,9 +178,4 @@ async def test_a_bulk_cancel_cut_by_a_server_loss_says_so_in_one_line(tmp_path: 
 
         await wait_until(all_cancelled, 60, "every job to be cancelled after the re-run", every=1.0)
     finally:
-        await client.close()
-        stop.set()
-        await asyncio.wait_for(services, 60)
-        for s in (restarted, server):
-            if s is not None:
-                s.cleanup()
+        await wind_down(client, stop, services, restarted, server)

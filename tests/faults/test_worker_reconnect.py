@@ -20,7 +20,7 @@ from chronos.worker.registry import Registry
 
 import pytest
 
-from .conftest import fault_settings, restart_on_same_store, wait_until
+from .conftest import fault_settings, restart_on_same_store, wait_until, wind_down
 
 N = 200
 
@@ -76,9 +76,4 @@ async def test_worker_fetches_again_after_server_restart(tmp_path, how):
             raise AssertionError(f"stuck: free={svc.free()} used={svc.used} pullers={state} ran={len(ran)}")
         assert ran == set(range(N))
     finally:
-        await client.close()
-        stop.set()
-        await asyncio.wait_for(services, 60)
-        for s in (restarted, server):
-            if s is not None:
-                s.cleanup()
+        await wind_down(client, stop, services, restarted, server)

@@ -21,7 +21,7 @@ from chronos.scheduler import SchedulerService
 from chronos.states import JobState, WorkflowState
 from chronos.workflows import Workflow, chord, group, node_job_id
 
-from .conftest import wait_until
+from .conftest import wait_until, wind_down
 
 
 async def _scheduler(settings: Any, lease_ttl: float | None = None, node: str = "s1") -> tuple[Any, Any]:
@@ -209,9 +209,4 @@ async def test_server_sigkilled_mid_workflow(tmp_path: Path) -> None:
         assert (await client.workflow_record(line.id)).state is WorkflowState.COMPLETED
         assert await line.result(10) == 200
     finally:
-        await client.close()
-        stop.set()
-        await asyncio.wait_for(services, 60)
-        for s in (restarted, server):
-            if s is not None:
-                s.cleanup()
+        await wind_down(client, stop, services, restarted, server)
