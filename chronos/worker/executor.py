@@ -35,7 +35,7 @@ import logging
 import math
 import traceback
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Coroutine, Literal, NamedTuple, Protocol
+from typing import Any, Callable, Coroutine, Literal, NamedTuple, Protocol
 
 import msgspec
 from nats.aio.msg import Msg
@@ -420,7 +420,7 @@ class Executor:
             attempt_no += 1
             attempts.append(msgspec.structs.replace(prior, number=attempt_no))
             accounted = max(accounted, prior.delivery)
-        attempt_no = _add_unrecorded(attempts, attempt_no, accounted, delivered, now)
+        attempt_no = add_unrecorded(attempts, attempt_no, accounted, delivered, now)
         attempt_no += 1
         attempts.append(Attempt(number=attempt_no, started_at=now, worker=self.worker_id, delivery=delivered))
         return transition(record, JobState.RUNNING, now, attempt=attempt_no,
@@ -454,7 +454,7 @@ class Executor:
                 return cas.Stop(handed)  # already accounted for (a later delivery is recorded): nothing to write
             now = self.clock.now()
             attempts = list(rec.attempts)
-            attempt_no = _add_unrecorded(attempts, rec.attempt, accounted, delivered, now)
+            attempt_no = add_unrecorded(attempts, rec.attempt, accounted, delivered, now)
             return msgspec.structs.replace(rec, delivered=delivered, delivered_gen=rec.gen,
                                            handed_back=handed, updated_at=now, attempt=attempt_no,
                                            attempts=attempts[-MAX_ATTEMPTS_KEPT:])
@@ -562,9 +562,9 @@ class Executor:
         """Write the attempt's outcome (compare-and-set), then ack/nak/term and announce it.
 
         A completed job's write is committed from its PubAck callback (``_committed``): no task
-        wake-up per job, and the slot stays held until the ack is sent. Returns True then.
+        wake-up per job; the message stays held until the ack is sent, while its slot serves the
+        next job (``Host.completing``). Returns True then.
         """
-        msg = run.msg
         now = self.clock.now()
         duration = now - run.started_at
         run.deferred = None  # no late running write from here on
@@ -846,7 +846,7 @@ def _end_attempt(a: Attempt, now: float, outcome: Outcome, error: str | None, tb
                    error=error, traceback=tb[-MAX_TRACEBACK:] if tb else None, delivery=a.delivery)
 
 
-def _add_unrecorded(attempts: list[Attempt], attempt_no: int, accounted: int, delivered: int,
+def add_unrecorded(attempts: list[Attempt], attempt_no: int, accounted: int, delivered: int,
                     now: float) -> int:
     """Append a ``lost`` attempt for each delivery after ``accounted`` and before ``delivered`` that
     no write recorded (runs started on a worker lost before its deferred running write); the last

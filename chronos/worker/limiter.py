@@ -62,7 +62,7 @@ from ..limits import LimitError, QueueLimit, Rate, SlotHolder, key_of
 from ..limitstore import LimitStore, NoTurn, SlotLease
 from ..models import JobMessage, JobRecord, LimitTicket, PendingWrite
 from ..states import TERMINAL, JobState
-from .executor import MAX_ATTEMPTS_KEPT, _add_unrecorded
+from .executor import MAX_ATTEMPTS_KEPT, add_unrecorded
 from .follow import follow
 from .registry import TaskDef
 
@@ -496,7 +496,7 @@ class Limiter:
                 return cas.Stop("counted")  # a later delivery is recorded already
             now = self.clock.now()
             attempts = list(rec.attempts)
-            attempt_no = _add_unrecorded(attempts, rec.attempt, accounted, delivered, now)
+            attempt_no = add_unrecorded(attempts, rec.attempt, accounted, delivered, now)
             return msgspec.structs.replace(
                 rec, delivered=delivered, delivered_gen=rec.gen, handed_back=(rec.handed_back if same_gen else 0) + 1,
                 attempt=attempt_no, attempts=attempts[-MAX_ATTEMPTS_KEPT:], limit_ticket=ticket)

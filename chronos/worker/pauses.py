@@ -29,7 +29,7 @@ from ..models import JobMessage, JobRecord
 from ..publisher import delivery_info
 from ..queueflags import QueueFlags, QueuePause
 from ..states import TERMINAL, JobState
-from .executor import MAX_ATTEMPTS_KEPT, Executor, _add_unrecorded
+from .executor import MAX_ATTEMPTS_KEPT, Executor, add_unrecorded
 from .follow import follow
 
 log = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ async def hand_back(ex: Executor, msg: Msg, delay: float) -> None:
             return cas.Stop("counted")
         now = ex.clock.now()
         attempts = list(rec.attempts)
-        attempt_no = _add_unrecorded(attempts, rec.attempt, accounted, delivered, now)
+        attempt_no = add_unrecorded(attempts, rec.attempt, accounted, delivered, now)
         return msgspec.structs.replace(
             rec, delivered=delivered, delivered_gen=rec.gen, handed_back=(rec.handed_back if same_gen else 0) + 1,
             updated_at=now, attempt=attempt_no, attempts=attempts[-MAX_ATTEMPTS_KEPT:])
