@@ -928,13 +928,18 @@ class JobIndex:
             finished = [(r[0], r[1], r[2], float(r[3]), int(r[4])) async for r in cur]
         return CountsReply(rows=rows, finished=finished, at=now)
 
-    async def ids_in_state(self, state: str, *, limit: int = 1000, after: str | None = None) -> list[str]:
+    async def ids_in_state(self, state: str, *, limit: int = 1000, after: str | None = None,
+                           updated_before: float | None = None) -> list[str]:
         """Ids of rows in ``state`` (an index range), in id order after ``after``: for loops whose
-        work follows a few states (running jobs, say) rather than the whole bucket."""
+        work follows a few states (running jobs, say) rather than the whole bucket.
+        ``updated_before``: only rows whose indexed version was written before then."""
         # INDEXED BY: for ORDER BY id SQLite otherwise walks the primary key over every row of the
         # namespace (146 ms a pass at a million rows); the state index holds just these rows.
         sql = "SELECT id FROM live INDEXED BY live_state WHERE ns = ? AND state = ?"
         args: list[Any] = [self.ns, state]
+        if updated_before is not None:
+            sql += " AND updated_at < ?"
+            args.append(updated_before)
         if after is not None:
             sql += " AND id > ?"
             args.append(after)

@@ -43,3 +43,35 @@ async def test_a_pass_reads_only_running_records_and_still_rescues(client, start
     assert rescuer.scanned == 1  # the one running record, not 201
     assert dict(rescuer.rescued) == {"lost0001": "retryable"}
     assert (await client.get("lost0001")).state is JobState.RETRYABLE
+
+
+async def test_a_pass_does_not_read_running_records_written_lately(client, start_scheduler):  # noqa: F811
+    """A running job whose record changed within rescue_after cannot be lost yet: the index says
+    so, and the pass does not read it (a read per running job was most of a pass's cost)."""
+    sched = await start_scheduler(rescuer_tick=3600.0)  # passes by hand below
+    svc = sched.service
+    await asyncio.wait_for(svc.archiver.index.caught_up.wait(), 20)
+    ops = JobOps(client.conn)
+    await client.register_tasks(["r.noop"])
+    now = time.time()
+    for i in range(50):  # started just now, on a worker the rescuer does not know (yet)
+        rec = new_record(f"young{i:04d}", client.build_spec("r.noop"), now, JobState.RUNNING, worker="ghost",
+                         attempt=1, attempts=[Attempt(number=1, started_at=now, worker="ghost")])
+        await (await ops.create_nowait(rec))
+    old = new_record("old00001", client.build_spec("r.noop", max_attempts=3), now - 100, JobState.RUNNING,
+                     worker="ghost", attempt=1, attempts=[Attempt(number=1, started_at=now - 100, worker="ghost")])
+    await (await ops.create_nowait(old))
+    index = svc.archiver.index
+
+    async def indexed() -> None:
+        while await index.row_count() < 51:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(indexed(), 20)
+    rescuer = svc.rescuer
+    assert rescuer is not None
+    rescuer.rescue_after = 30
+    assert await rescuer.step() == 1
+    assert rescuer.scanned == 1  # the old one only
+    assert dict(rescuer.rescued) == {"old00001": "retryable"}
+    assert (await client.get("young0000")).state is JobState.RUNNING

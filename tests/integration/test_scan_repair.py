@@ -49,8 +49,9 @@ class StubIndex:
         self.caught_up = asyncio.Event()
         self.running = running
 
-    async def ids_in_state(self, state: str, *, limit: int = 1000, after: str | None = None) -> list[str]:
-        assert state == "running"
+    async def ids_in_state(self, state: str, *, limit: int = 1000, after: str | None = None,
+                           updated_before: float | None = None) -> list[str]:
+        assert state == "running"  # every one of them older than updated_before, in this stub
         return [i for i in sorted(self.running) if after is None or i > after][:limit]
 
 
