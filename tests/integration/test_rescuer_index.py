@@ -13,12 +13,24 @@ from chronos.states import JobState
 from .test_scheduler import start_scheduler  # noqa: F401  (fixture)
 
 
-async def test_a_pass_reads_only_running_records_and_still_rescues(client, start_scheduler):  # noqa: F811
+async def _scheduler(client, start_scheduler):  # noqa: F811
+    """A leading scheduler whose index has caught up, its rescuer run by hand; and JobOps."""
     sched = await start_scheduler(rescuer_tick=3600.0)  # passes by hand below
-    svc = sched.service
-    await asyncio.wait_for(svc.archiver.index.caught_up.wait(), 20)
-    ops = JobOps(client.conn)
+    await asyncio.wait_for(sched.service.archiver.index.caught_up.wait(), 20)
     await client.register_tasks(["r.noop"])
+    return sched.service, JobOps(client.conn)
+
+
+async def _indexed(index, rows: int) -> None:
+    async def wait() -> None:
+        while await index.row_count() < rows:
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(wait(), 20)
+
+
+async def test_a_pass_reads_only_running_records_and_still_rescues(client, start_scheduler):  # noqa: F811
+    svc, ops = await _scheduler(client, start_scheduler)
     now = time.time()
     # Finished jobs the rescuer must not read, one by one...
     for i in range(200):
@@ -30,12 +42,7 @@ async def test_a_pass_reads_only_running_records_and_still_rescues(client, start
                       worker="ghost", attempt=1, attempts=[Attempt(number=1, started_at=now - 100, worker="ghost")])
     await (await ops.create_nowait(lost))
     index = svc.archiver.index
-
-    async def indexed() -> None:
-        while await index.row_count() < 201:
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(indexed(), 20)
+    await _indexed(index, 201)
     rescuer = svc.rescuer
     assert rescuer is not None and rescuer.index is index
     rescuer.rescue_after = 5
@@ -48,11 +55,7 @@ async def test_a_pass_reads_only_running_records_and_still_rescues(client, start
 async def test_a_pass_does_not_read_running_records_written_lately(client, start_scheduler):  # noqa: F811
     """A running job whose record changed within rescue_after cannot be lost yet: the index says
     so, and the pass does not read it (a read per running job was most of a pass's cost)."""
-    sched = await start_scheduler(rescuer_tick=3600.0)  # passes by hand below
-    svc = sched.service
-    await asyncio.wait_for(svc.archiver.index.caught_up.wait(), 20)
-    ops = JobOps(client.conn)
-    await client.register_tasks(["r.noop"])
+    svc, ops = await _scheduler(client, start_scheduler)
     now = time.time()
     for i in range(50):  # started just now, on a worker the rescuer does not know (yet)
         rec = new_record(f"young{i:04d}", client.build_spec("r.noop"), now, JobState.RUNNING, worker="ghost",
@@ -61,13 +64,7 @@ async def test_a_pass_does_not_read_running_records_written_lately(client, start
     old = new_record("old00001", client.build_spec("r.noop", max_attempts=3), now - 100, JobState.RUNNING,
                      worker="ghost", attempt=1, attempts=[Attempt(number=1, started_at=now - 100, worker="ghost")])
     await (await ops.create_nowait(old))
-    index = svc.archiver.index
-
-    async def indexed() -> None:
-        while await index.row_count() < 51:
-            await asyncio.sleep(0.05)
-
-    await asyncio.wait_for(indexed(), 20)
+    await _indexed(svc.archiver.index, 51)
     rescuer = svc.rescuer
     assert rescuer is not None
     rescuer.rescue_after = 30
