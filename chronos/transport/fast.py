@@ -188,14 +188,19 @@ _HDR_LINE = b"NATS/1.0\r\n"
 
 
 def _plain_headers(block: bytes) -> dict[str, str] | None:
-    """The headers of a message without a status line; None for a status message (or an odd block)."""
+    """The headers of a message without a status line; None for a status message or a block this
+    cannot read (not UTF-8: nats-py's own path reads it, reports it and still delivers the message;
+    raising here dropped the job on every delivery until max_deliver, red-team finding)."""
     if not block.startswith(_HDR_LINE):
         return None
     out: dict[str, str] = {}
-    for line in block[len(_HDR_LINE):].split(b"\r\n"):
-        key, sep, value = line.partition(b":")
-        if sep:
-            out[key.strip().decode()] = value.strip().decode()
+    try:
+        for line in block[len(_HDR_LINE):].split(b"\r\n"):
+            key, sep, value = line.partition(b":")
+            if sep:
+                out[key.strip().decode()] = value.strip().decode()
+    except UnicodeDecodeError:
+        return None
     return out
 
 

@@ -84,6 +84,27 @@ async def test_plain_delivery_builds_msgs_and_leaves_status_replies_to_the_callb
         await nc.close()
 
 
+async def test_a_header_block_that_is_not_utf8_goes_down_nats_pys_path(nats_server):
+    """Not dropped: nats-py's own path reads it (and reports the bad header) and delivers it.
+    Raising in the read loop dropped such a job on every delivery (red-team finding)."""
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    nc = await nats.connect(nats_server.url, error_cb=on_error)
+    try:
+        transport = FastTransport(nc)
+        sub = await nc.subscribe("fp.badhdr")
+        plain: list[bytes] = []
+        assert transport.deliver_plain(sub, lambda m: plain.append(m.data))
+        assert transport.send_nowait("fp.badhdr", b"", b"job", b"NATS/1.0\r\nX-Bad: \xff\xfe\r\n\r\n")
+        msg = await sub.next_msg(timeout=5)
+        assert msg.data == b"job" and plain == []
+    finally:
+        await nc.close()
+
+
 async def test_the_stock_transport_never_takes_a_message(nats_server):
     nc = await nats.connect(nats_server.url)
     try:
