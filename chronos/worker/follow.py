@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from nats.aio.client import Client as NATS
 
@@ -21,14 +22,14 @@ from ..cancellation import raise_if_cancelling
 log = logging.getLogger(__name__)
 
 
-async def follow(nc: NATS, watch: Callable[[], Awaitable[None]], what: str,
+async def follow(nc: NATS, watch: Callable[[], Coroutine[Any, Any, None]], what: str,
                  on_restart: Callable[[], None] | None = None) -> None:
     """Run ``watch()`` until cancelled, starting it over after each reconnect or failure."""
     backoff = 0.25
     while True:
         raise_if_cancelling()
         reconnects = nc.stats["reconnects"]
-        task = asyncio.get_running_loop().create_task(watch(), name=f"worker-{what}-watch")
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(watch(), name=f"worker-{what}-watch")
         try:
             while not task.done() and nc.stats["reconnects"] == reconnects:
                 await asyncio.wait({task}, timeout=0.1)
