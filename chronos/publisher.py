@@ -446,6 +446,15 @@ def _settle(entry: asyncio.Future[PubAck] | AckCallback, ack: PubAck | None, exc
         log.exception("PubAck callback failed")
 
 
+# What a write or request raises for want of a connection (a timeout: no answer in time, the
+# server gone or restarting). Whether it landed is unknown; a compare-and-set retry tells.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.NoServersError,
+    nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError, nats.errors.ConnectionDrainingError,
+    nats.errors.NoRespondersError, ConnectionError, TimeoutError,
+)
+
+
 def is_wrong_last_sequence(exc: BaseException) -> bool:
     if isinstance(exc, PublishError):
         return exc.err_code == WRONG_LAST_SEQUENCE

@@ -31,13 +31,13 @@ import time
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import msgspec
-import nats.errors
 
 from ..audit import audited
 from ..connection import Connection
 from ..errors import ChronosError, ConflictError, NotFoundError
 from ..jobs import JobOps
 from ..models import DLQEntry, JobRecord
+from ..publisher import CONNECTION_ERRORS
 from ..states import JobState
 from ..where import matches_all, parse_all
 from .dlq import DLQ
@@ -53,12 +53,6 @@ MAX_ERRORS = 20  # failures kept with their message in the report (all are count
 ACTION_TIMEOUT = 30.0
 # Disconnected this long: the run ends (nats-py reconnects for ever; a short blip is ridden out).
 LOST_AFTER = 5.0
-# What a request raises for want of a connection (a timeout counts only while disconnected).
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError, nats.errors.NoServersError,
-    nats.errors.StaleConnectionError, nats.errors.OutboundBufferLimitError, nats.errors.ConnectionDrainingError,
-    ConnectionError, TimeoutError,
-)
 
 
 class BulkFailure(msgspec.Struct):
@@ -251,7 +245,8 @@ class Bulk:
                     t.cancel()
 
         def for_want_of_connection(exc: BaseException) -> bool:
-            return isinstance(exc, _CONNECTION_ERRORS) and not nc.is_connected
+            # A timeout counts only while disconnected.
+            return isinstance(exc, CONNECTION_ERRORS) and not nc.is_connected
 
         async def feed() -> None:
             try:

@@ -48,7 +48,7 @@ from ..events import EventPublisher
 from ..jobs import JobOps, job_event
 from ..models import Attempt, DLQEntry, JobMessage, JobRecord
 from ..outcomes import Outcome
-from ..publisher import Acks, delivery_info, is_wrong_last_sequence
+from ..publisher import CONNECTION_ERRORS, Acks, delivery_info, is_wrong_last_sequence
 from ..states import TERMINAL, JobState, transition
 from ..workflows import WF_KEY
 from .advance import Advancer, NodeRefused
@@ -66,6 +66,9 @@ MAX_TRACEBACK = 16_000
 # before it runs rather than trusted to have its cancel (if any) known to this worker.
 FAST_PATH_MAX_AGE = 43_200.0
 MAX_ATTEMPTS_KEPT = 20  # older attempts stay in the archive, not in the KV record
+# How long a completed run whose commit was cut by a lost connection waits for the connection
+# to write its outcome, rather than be run again: a server restart takes seconds.
+COMMIT_RETRY_FOR = 60.0
 MAX_UNRECORDED = 10_000  # runs whose outcome write failed, remembered until their job's next delivery here
 OVERLAP_NOTE = "ran concurrently with a redelivery of this job (its worker did not ack within ack_wait)"
 SUPERSEDED_NOTE = ("ran as generation {gen} before its running write, while the record moved on (now generation "
@@ -245,6 +248,8 @@ class Executor:
         self.unknown_task_after = unknown_task_after
         self.handed_back = 0  # deliveries handed back because this worker lacks their task
         self.overlaps = 0  # runs found to have overlapped a redelivery of the same job
+        self.running_writes_lost = 0  # running writes cut by a lost connection (the outcome write covers them)
+        self.commit_retries = 0  # completed writes cut by a lost connection, written again (not rerun)
         # Set by the service for a while after its loop was blocked: deliveries may have sat in the
         # socket past ack_wait, so none takes the unchecked fast path.
         self.suspect = False
@@ -502,6 +507,13 @@ class Executor:
         record, rev = deferred
         try:
             new_rev = await (await self.ops.write_nowait(record, rev))
+        except CONNECTION_ERRORS as exc:
+            # Not landed, or its PubAck lost: the outcome write settles which (it reads the record
+            # when this returns None). Raised, it ended the worker's task group, and the worker.
+            self.running_writes_lost += 1
+            log.warning("job %s: its running write failed (%s); its outcome write records the run",
+                        record.id, type(exc).__name__)
+            return None
         except ConflictError:
             current = await self.ops.read_or_none(record.id)
             if current is None or current.state in TERMINAL or current.gen != record.gen:
@@ -568,6 +580,25 @@ class Executor:
         now = self.clock.now()
         duration = now - run.started_at
         run.deferred = None  # no late running write from here on
+        job_id = record.id
+        if job_id not in self._writing:
+            self._writing[job_id] = None
+        in_callback = False
+        try:
+            try:
+                record, rev = await self._outcome_base(run, record, rev)
+                in_callback = await self._finish_write(run, record, rev, outcome, runs, commit_in_callback, now,
+                                                       duration)
+            except CONNECTION_ERRORS as exc:
+                await self._rewrite(run, job_id, outcome, runs, exc, now, duration)
+            return in_callback
+        finally:
+            if not in_callback:  # else _committed or _commit_failed settles it
+                self._settle(job_id)
+
+    async def _outcome_base(self, run: Running, record: JobRecord, rev: int) -> tuple[JobRecord, int]:
+        """The record and revision to write the outcome on: after the running write and the last
+        progress report, if any."""
         if run.running_write is not None:
             new_rev = await run.running_write
             run.running_write = None  # a retry of this write after a conflict must not reuse it
@@ -578,17 +609,56 @@ class Executor:
                 rev = new_rev
         if run.progress is not None:  # its last report is written first; the outcome goes on top
             record, rev = await self.progress.close(run, record, rev)
-        job_id = record.id
-        if job_id not in self._writing:
-            self._writing[job_id] = None
-        in_callback = False
-        try:
-            in_callback = await self._finish_write(run, record, rev, outcome, runs, commit_in_callback, now,
-                                                   duration)
-            return in_callback
-        finally:
-            if not in_callback:  # else _committed or _commit_failed settles it
-                self._settle(job_id)
+        return record, rev
+
+    async def _rewrite(self, run: Running, job_id: str, outcome: _Outcome, runs: int, exc: BaseException,
+                       now: float, duration: float) -> None:
+        """Write an outcome whose write failed: on the fresh record after a lost compare-and-set;
+        after a lost connection (the server killed or restarting), once it is back. The outcome
+        is known, so the job is not run again for want of a write: the message stays held (kept
+        alive by the progress loop) meanwhile. A write that landed but whose PubAck was lost is
+        found in the record and only acked. Raises past ``COMMIT_RETRY_FOR`` (then the caller
+        remembers the run and the job runs again)."""
+        deadline = self.clock.monotonic() + COMMIT_RETRY_FOR
+        retry = False
+        while True:
+            if isinstance(exc, CONNECTION_ERRORS):
+                if self.clock.monotonic() >= deadline:
+                    raise exc
+                if retry:  # up but not answering (JetStream still starting, say): no spin
+                    await asyncio.sleep(0.25)
+                self.commit_retries += 1
+                await self._connected(deadline)
+            elif not is_wrong_last_sequence(exc):
+                raise exc
+            retry = True
+            try:
+                fresh = await self.ops.read(job_id)
+                if _landed(fresh, run, self.worker_id):
+                    await self._ack_landed(run, fresh, duration)
+                    return
+                await self._finish_write(run, fresh, fresh.revision, outcome, runs, False, now, duration)
+                return
+            except CONNECTION_ERRORS as again:
+                exc = again
+
+    async def _ack_landed(self, run: Running, record: JobRecord, duration: float) -> None:
+        """This run's outcome is in the record (its write's PubAck was lost): settle the message
+        as that write would have."""
+        state = record.state
+        if state is JobState.COMPLETED:
+            await self.acks.ack(run.msg)
+            self.processed += 1
+        elif state is JobState.RETRYABLE:
+            await self.acks.nak(run.msg, max(0.0, (record.scheduled_at or 0.0) - self.clock.now()))
+            self.failed += 1
+        elif state is JobState.AVAILABLE:
+            await self.acks.nak(run.msg)
+        else:
+            await self.acks.term(run.msg)
+            self.failed += 1
+        self.events.emit(job_event(record, error=record.error if state is not JobState.COMPLETED else None,
+                                   duration=duration))
 
     def _settle(self, job_id: str) -> None:
         """The outcome write of ``job_id`` is done with (written, or failed and remembered)."""
@@ -706,11 +776,12 @@ class Executor:
 
     async def _commit_failed(self, run: Running, record: JobRecord, outcome: _Outcome, runs: int,
                              exc: BaseException) -> None:
+        """The completed write's commit failed: written again (``_rewrite``); given up, the run
+        is remembered and the job runs again."""
+        ended = run.ended.ended_at if run.ended is not None else None
+        now = ended if ended is not None else self.clock.now()
         try:
-            if not is_wrong_last_sequence(exc):
-                raise exc
-            fresh = await self.ops.read(record.id)
-            await self._finish(run, fresh, fresh.revision, outcome, runs, commit_in_callback=False)
+            await self._rewrite(run, record.id, outcome, runs, exc, now, now - run.started_at)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -723,6 +794,12 @@ class Executor:
             # "runs here" and waits for a redelivery (ack_wait, or this nak's delay).
             self._settle(record.id)
             self.host.released(run)
+
+    async def _connected(self, deadline: float) -> None:
+        """Return once the connection is up (at once if it is), or at ``deadline``."""
+        nc = self.ops.publisher.nc
+        while not nc.is_connected and self.clock.monotonic() < deadline:
+            await asyncio.sleep(0.05)
 
     def _remember_unrecorded(self, run: Running) -> None:
         """This run's outcome write failed: keep its attempt for the job's next delivery here."""
@@ -859,6 +936,13 @@ def add_unrecorded(attempts: list[Attempt], attempt_no: int, accounted: int, del
                                 error=f"delivery {d} was never recorded: its worker was lost in the job's "
                                       "first moments (the task may have started)", delivery=d))
     return attempt_no
+
+
+def _landed(rec: JobRecord, run: Running, worker_id: str) -> bool:
+    """Whether ``rec`` carries this run's outcome write (its PubAck was lost, not the write)."""
+    last = rec.attempts[-1] if rec.attempts else None
+    return (rec.state is not JobState.RUNNING and rec.gen == run.gen and last is not None
+            and last.worker == worker_id and last.delivery == run.delivered and last.ended_at is not None)
 
 
 def _recorded(rec: JobRecord, mine: Attempt | None) -> bool:

@@ -15,6 +15,15 @@ The consumer's creation time is read once per consumer (CONSUMER.INFO) and again
 delivery's consumer sequence is not above the last one seen: a re-created consumer counts from
 1 again. On a work-queue stream (made before this version) acked messages are gone, so every
 first delivery qualifies, as before. When the check cannot be made, the slow path is taken.
+
+A restarted server replays too. A nats-server killed before its consumer state reached disk
+delivers again, each as a first delivery, messages whose jobs already ran, were acked or were
+cancelled (seen: cancelled jobs run a second time after a SIGKILL mid bulk cancel). So after
+every reconnect the stream's last sequence is read once (STREAM.INFO), and a first delivery of
+a message stored up to it takes the checked path, on either kind of stream: only the backlog of
+the moment pays a compare-and-set before its run. A worker started after such a restart has no
+reconnect to go by; the consumer-creation check does not see the replay either (see the README's
+design notes).
 """
 
 from __future__ import annotations
@@ -45,18 +54,28 @@ class ReplayGuard:
         self._last: dict[str, int] = {}  # consumer -> the highest consumer sequence of a first delivery
         self._reading: dict[str, asyncio.Future[None]] = {}
         self.refreshes = 0
+        # The connection's reconnect count the floor below was read for; None: read it again.
+        self._reconnects: int | None = conn.nc.stats["reconnects"]
+        self._floor = 0  # stream sequences up to this were stored before the last reconnect
+        self._floor_read: asyncio.Future[None] | None = None
+        self.floors = 0  # floors read (one per reconnect), for tests
 
     async def fresh(self, msg: Msg, stored_at: float) -> bool:
-        """Whether this first delivery's message was stored after its consumer was made."""
-        if self._limits is False:
-            return True
+        """Whether this first delivery's message was stored after its consumer was made, and
+        after the connection's last reconnect."""
         tokens = (msg.reply or "").split(".")
         if len(tokens) == 9:
-            consumer, cseq = tokens[3], int(tokens[6])
+            consumer, sseq, cseq = tokens[3], int(tokens[5]), int(tokens[6])
         elif len(tokens) >= 12:
-            consumer, cseq = tokens[5], int(tokens[8])
+            consumer, sseq, cseq = tokens[5], int(tokens[7]), int(tokens[8])
         else:
             return False
+        if self._reconnects != self._conn.nc.stats["reconnects"]:
+            await self._read_floor()
+        if self._reconnects is None or sseq <= self._floor:
+            return False  # stored before the server restarted (maybe): its delivery count may be stale
+        if self._limits is False:
+            return True
         last = self._last.get(consumer, 0)
         if cseq > last:
             self._last[consumer] = cseq
@@ -66,6 +85,27 @@ class ReplayGuard:
                 return True
         created = self._created.get(consumer)
         return created is not None and stored_at > created + MARGIN
+
+    async def _read_floor(self) -> None:
+        """After a reconnect: the stream's last sequence, below which first deliveries are suspect."""
+        running = self._floor_read
+        if running is not None:
+            await asyncio.shield(running)
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._floor_read = fut
+        count = self._conn.nc.stats["reconnects"]
+        try:
+            info = await self._conn.js.stream_info(self._conn.names.jobs_stream)
+            self._floor = max(self._floor, info.state.last_seq)
+            self._reconnects = count
+            self.floors += 1
+        except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError, ValueError) as exc:
+            log.debug("reading the jobs stream after a reconnect: %s (first deliveries take the checked path)", exc)
+            self._reconnects = None  # read again on the next first delivery
+        finally:
+            self._floor_read = None
+            fut.set_result(None)
 
     async def _refresh(self, consumer: str) -> None:
         running = self._reading.get(consumer)

@@ -95,6 +95,13 @@ async def wait_until(check: Callable[[], Awaitable[bool] | bool], timeout: float
         await asyncio.sleep(every)
 
 
+async def reconnected(*ncs: Any, timeout: float = 30) -> None:
+    """Until each connection is up again after a server restart (its reconnect counted: right after
+    a kill, a connection may not have noticed yet and still say it is connected)."""
+    await wait_until(lambda: all(nc.is_connected and nc.stats["reconnects"] >= 1 for nc in ncs), timeout,
+                     "the connections to come back")
+
+
 async def wind_down(client: Any, stop: asyncio.Event, services: Any, *servers: EmbeddedServer | None) -> None:
     """The end of a fault test: close the client, stop the services, remove the servers' stores."""
     await client.close()

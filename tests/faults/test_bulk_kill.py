@@ -132,10 +132,10 @@ async def test_bulk_submit_sigkilled_at_random_points(tmp_path):
                                     cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                     start_new_session=True, text=True)
             assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
+            assert (await asyncio.to_thread(proc.stdout.readline)).strip() == "ready"  # the loop runs the worker
             await asyncio.sleep(rng.uniform(0.0, 0.4))  # the fault: a kill at a random point of the bulk submit
             os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
+            out, _ = await asyncio.to_thread(proc.communicate)
             # Ids count as returned once their batch's closing line is out (a kill may cut a line).
             lines = out.split()
             last = max((j for j, ln in enumerate(lines) if ln == "batch-done"), default=-1)

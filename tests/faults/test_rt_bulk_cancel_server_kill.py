@@ -29,6 +29,9 @@ TERMINAL = {JobState.COMPLETED, JobState.CANCELLED, JobState.DISCARDED}
 
 
 def cli(url: str, ns: str, *args: str) -> subprocess.Popen[bytes]:
+    """The CLI in its own process; wait for it with ``asyncio.to_thread`` (a blocking
+    ``communicate`` here stopped this test's worker loop for the whole command: past
+    ack_wait, so its jobs were redelivered and ran twice)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")}
     return subprocess.Popen([sys.executable, "-m", "chronos.cli.main", "-s", url, "-n", ns, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
@@ -78,14 +81,14 @@ async def test_server_sigkilled_during_a_bulk_cancel(tmp_path: Path) -> None:
         await asyncio.sleep(1.0)
         restarted = restart_on_same_store(server)
         try:  # it may hang (the other test here): the operator then stops it and runs it again
-            out1 = proc.communicate(timeout=30)[0].decode(errors="replace")
+            out1 = (await asyncio.to_thread(proc.communicate, timeout=30))[0].decode(errors="replace")
         except subprocess.TimeoutExpired:
             proc.kill()
-            out1 = proc.communicate()[0].decode(errors="replace") + "\n<hung: killed>"
+            out1 = (await asyncio.to_thread(proc.communicate))[0].decode(errors="replace") + "\n<hung: killed>"
         # the operator runs the same command again (documented: it resumes)
         await asyncio.sleep(5.0)
         proc2 = cli(server.url, ns, "jobs", "cancel", "--all", "--where", "args.grp=1", "--yes")
-        out2 = proc2.communicate(timeout=300)[0].decode(errors="replace")
+        out2 = (await asyncio.to_thread(proc2.communicate, timeout=300))[0].decode(errors="replace")
 
         async def all_ended() -> bool:
             try:
@@ -141,16 +144,17 @@ async def test_a_bulk_cancel_cut_by_a_server_loss_says_so_in_one_line(tmp_path: 
         await wait_until(some_cancelled, 60, "the bulk cancel to start", every=0.05)
         server.kill()
         try:  # the server is gone: the command should say so and stop, not wait silently
-            out = proc.communicate(timeout=30)[0].decode(errors="replace")
+            out = (await asyncio.to_thread(proc.communicate, timeout=30))[0].decode(errors="replace")
             exited_while_down = True
         except subprocess.TimeoutExpired:
             exited_while_down = False
             restarted = restart_on_same_store(server)
             try:  # measured: no further output and no exit 90 s after the server came back either
-                out = proc.communicate(timeout=45)[0].decode(errors="replace")
+                out = (await asyncio.to_thread(proc.communicate, timeout=45))[0].decode(errors="replace")
             except subprocess.TimeoutExpired:
                 proc.kill()
-                out = proc.communicate()[0].decode(errors="replace") + "\n<hung: killed 45 s after the server came back>"
+                out = (await asyncio.to_thread(proc.communicate))[0].decode(errors="replace")
+                out += "\n<hung: killed 45 s after the server came back>"
         last = [line for line in out.splitlines() if line.strip()][-1]
         assert exited_while_down, f"still running 30 s after the server went away; then: {last}"
         assert proc.returncode != 0
@@ -166,7 +170,7 @@ async def test_a_bulk_cancel_cut_by_a_server_loss_says_so_in_one_line(tmp_path: 
         if restarted is None:
             restarted = restart_on_same_store(server)
         proc2 = cli(server.url, ns, "jobs", "cancel", "--all", "--where", "args.grp=1", "--yes")
-        out2 = proc2.communicate(timeout=180)[0].decode(errors="replace")
+        out2 = (await asyncio.to_thread(proc2.communicate, timeout=180))[0].decode(errors="replace")
         assert proc2.returncode == 0, out2[-400:]
 
         async def all_cancelled() -> bool:

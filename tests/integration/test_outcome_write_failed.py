@@ -4,8 +4,9 @@ What a nats-server SIGKILL between a run and its outcome write did (red-team bul
 write is lost, and the restarted server, whose consumer state had not reached disk, delivers
 the message again as delivery 1. The rerun took the fast path and recorded one attempt.
 
-Here the write fails once through a hook on the worker's write (the PubAck never comes: a
-timeout), and the lost delivery count is the server's own doing: the job's durable consumer
+Here the write fails once through a hook on the worker's write, with an error the worker does
+not write again after (JetStream out of storage; a lost connection is retried instead, see
+tests/faults/test_commit_after_server_loss.py), and the lost delivery count is the server's own doing: the job's durable consumer
 is deleted and created again before the failure is reported, so the server delivers the
 message afresh with a delivery count of 1.
 """
@@ -14,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 
-import nats.errors
-
 from chronos import Registry, current_job
 from chronos.connection import ensure_queue_consumers
 from chronos.outcomes import Outcome
+from chronos.publisher import PublishError
 from chronos.states import JobState
 
 from ..conftest import wait_for_state
@@ -58,7 +58,7 @@ async def _rerun_after_a_lost_write(client, start_worker, *, running_written: bo
             # the write is reported lost: nothing reached the bucket.
             await conn.js.delete_consumer(names.jobs_stream, names.consumer_name("default", "default"))
             await ensure_queue_consumers(conn, "default")
-            callback(None, nats.errors.TimeoutError())
+            callback(None, PublishError(503, 10047, "insufficient resources"))
 
         h.service.spawn(lose())
         return True

@@ -1,0 +1,126 @@
+"""A job that has run, whose outcome write is cut by the loss of nats-server, is written once
+the server is back: it is not run again, and the worker goes on.
+
+Before, the worker gave the run up when the write's PubAck timed out: it remembered the
+attempt and nakked the message, so the job ran a second time (the record said so). The
+outcome was known all along; only the write was missing. And a deferred running write that
+timed out raised in the worker's task group, which ended the worker."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from chronos.client import Client
+from chronos.embedded import EmbeddedServer
+from chronos.runtime import WorkerMain, run_service
+from chronos.states import JobState
+from chronos.worker.context import current_job
+from chronos.worker.executor import Executor
+from chronos.worker.registry import Registry
+
+from .conftest import fault_settings, reconnected, restart_on_same_store, wait_until, wind_down
+
+
+@dataclass
+class Rig:
+    server: EmbeddedServer
+    client: Client
+    worker: WorkerMain
+    executor: Executor
+    runs: collections.Counter[str] = field(default_factory=collections.Counter)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    restarted: EmbeddedServer | None = None
+
+    def stall_server(self) -> None:
+        """The server stops reading: what is sent to it now is never answered."""
+        assert self.server.proc is not None
+        os.kill(self.server.proc.pid, signal.SIGSTOP)
+
+
+@asynccontextmanager
+async def rig(tmp_path, ns: str) -> AsyncIterator[Rig]:
+    """A server and a worker with two tasks that stall the server in their first run: ``f.at_end``
+    as it returns, ``f.at_start`` as it starts (then it waits for ``release``)."""
+    server = EmbeddedServer(store_dir=tmp_path / "js").start()
+    reg = Registry()
+    box: list[Rig] = []
+
+    def first_run() -> bool:
+        job = current_job()
+        assert job is not None
+        r = box[0]
+        r.runs[job.job_id] += 1
+        return r.runs[job.job_id] == 1
+
+    async def at_end() -> str:
+        if first_run():
+            box[0].stall_server()
+        return "done"
+
+    async def at_start() -> str:
+        if first_run():
+            box[0].stall_server()  # before its deferred running write (50 ms in)
+        await box[0].release.wait()
+        return "done"
+
+    async def noop() -> None:
+        return None
+
+    reg.register(at_end, name="f.at_end")
+    reg.register(at_start, name="f.at_start")
+    reg.register(noop, name="f.noop")
+    settings = fault_settings(server.url, ns)
+    worker = WorkerMain(settings, reg, concurrency=2)
+    stop = asyncio.Event()
+    services = asyncio.ensure_future(run_service(worker, grace=10, stop=stop, signals=()))
+    client = await Client.connect(settings)
+    r: Rig | None = None
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 30)
+        assert worker.service.executor is not None
+        r = Rig(server, client, worker, worker.service.executor)
+        box.append(r)
+        # A first job, so the next is past the consumer's first 50 ms (worker/replay.py): it takes
+        # the fast path, with its running write deferred.
+        await client.wait(await client.submit("f.noop"), timeout=30)
+        yield r
+        assert not services.done(), services
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        await wind_down(client, stop, services, r.restarted if r else None, server)
+
+
+async def test_a_completed_write_cut_by_a_server_kill_is_written_not_rerun(tmp_path):
+    async with rig(tmp_path, "commitloss") as r:
+        job_id = await r.client.submit("f.at_end")
+        # The write's PubAck times out (the publisher's 10 s): the worker now waits to write again.
+        await wait_until(lambda: r.executor.commit_retries >= 1, 40, "the completed write to time out")
+        r.server.kill()  # what it had not read (the write) is gone with it
+        r.restarted = restart_on_same_store(r.server)
+        await reconnected(r.client.conn.nc, r.worker.service.conn.nc)
+        rec = await r.client.wait(job_id, timeout=60)
+        assert rec.state is JobState.COMPLETED, rec.state
+        assert rec.result == "done"
+        assert r.runs[job_id] == 1, f"ran {r.runs[job_id]} times"
+        assert len(rec.attempts) == 1, rec.attempts
+        assert r.executor.processed == 2  # the warm-up and this one
+
+
+async def test_a_running_write_cut_by_a_server_stall_does_not_end_the_worker(tmp_path):
+    async with rig(tmp_path, "runningloss") as r:
+        job_id = await r.client.submit("f.at_start")
+        await wait_until(lambda: r.executor.running_writes_lost >= 1, 40, "the running write to time out")
+        assert r.server.proc is not None
+        os.kill(r.server.proc.pid, signal.SIGCONT)  # the stalled write now lands; its PubAck was given up
+        r.release.set()
+        rec = await r.client.wait(job_id, timeout=60)
+        assert rec.state is JobState.COMPLETED, rec.state
+        assert r.runs[job_id] == 1, f"ran {r.runs[job_id]} times"
+        assert len(rec.attempts) == 1, rec.attempts
