@@ -455,6 +455,16 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def is_transient(exc: BaseException) -> bool:
+    """No answer, or a server not ready to answer (a 503 while JetStream starts or a stream
+    elects its leader): the same write or read may succeed once the server is back."""
+    if isinstance(exc, CONNECTION_ERRORS):
+        return True
+    if isinstance(exc, PublishError):
+        return exc.code == 503
+    return isinstance(exc, (nats.js.errors.ServiceUnavailableError, nats.js.errors.NoStreamResponseError))
+
+
 def is_wrong_last_sequence(exc: BaseException) -> bool:
     if isinstance(exc, PublishError):
         return exc.err_code == WRONG_LAST_SEQUENCE

@@ -48,7 +48,7 @@ from ..events import EventPublisher
 from ..jobs import JobOps, job_event
 from ..models import Attempt, DLQEntry, JobMessage, JobRecord
 from ..outcomes import Outcome
-from ..publisher import CONNECTION_ERRORS, Acks, delivery_info, is_wrong_last_sequence
+from ..publisher import Acks, delivery_info, is_transient, is_wrong_last_sequence
 from ..states import TERMINAL, JobState, transition
 from ..workflows import WF_KEY
 from .advance import Advancer, NodeRefused
@@ -152,6 +152,7 @@ class _Elsewhere(NamedTuple):
     rev: int
     discard: str | None
     attempts: list[Attempt] | None
+    landed: bool = False  # the record already carries this run's outcome (a write whose answer was lost)
 
 
 class Host(Protocol):
@@ -249,7 +250,10 @@ class Executor:
         self.handed_back = 0  # deliveries handed back because this worker lacks their task
         self.overlaps = 0  # runs found to have overlapped a redelivery of the same job
         self.running_writes_lost = 0  # running writes cut by a lost connection (the outcome write covers them)
-        self.commit_retries = 0  # completed writes cut by a lost connection, written again (not rerun)
+        self.commit_retries = 0
+        # Monotonic time by which outcome writes stop waiting for a lost connection: the
+        # worker's shutdown sets it (its grace), so a drain is not held by a server that is gone.
+        self.stop_by = math.inf  # completed writes cut by a lost connection, written again (not rerun)
         # Set by the service for a while after its loop was blocked: deliveries may have sat in the
         # socket past ack_wait, so none takes the unchecked fast path.
         self.suspect = False
@@ -507,15 +511,25 @@ class Executor:
         record, rev = deferred
         try:
             new_rev = await (await self.ops.write_nowait(record, rev))
-        except CONNECTION_ERRORS as exc:
-            # Not landed, or its PubAck lost: the outcome write settles which (it reads the record
-            # when this returns None). Raised, it ended the worker's task group, and the worker.
+            conflict = False
+        except ConflictError:
+            conflict = True
+        except Exception as exc:
+            # Not landed, or its PubAck lost (a server gone, restarting, out of storage): the
+            # outcome write settles which, as it reads the record when this returns None. This
+            # runs in the worker's task group: raised, it ended the group, and the worker.
             self.running_writes_lost += 1
             log.warning("job %s: its running write failed (%s); its outcome write records the run",
                         record.id, type(exc).__name__)
             return None
-        except ConflictError:
-            current = await self.ops.read_or_none(record.id)
+        if conflict:
+            try:
+                current = await self.ops.read_or_none(record.id)
+            except Exception as exc:
+                self.running_writes_lost += 1
+                log.warning("job %s: its running write lost a compare-and-set and the record could not be read "
+                            "(%s); its outcome write decides", record.id, type(exc).__name__)
+                return None
             if current is None or current.state in TERMINAL or current.gen != record.gen:
                 if run.ctx is not None:
                     run.ctx.cancel_reason = (current.error if current else None) or "cancelled before it started"
@@ -586,10 +600,13 @@ class Executor:
         in_callback = False
         try:
             try:
-                record, rev = await self._outcome_base(run, record, rev)
+                if run.running_write is not None or run.progress is not None:  # else no coroutine on the hot path
+                    record, rev = await self._outcome_base(run, record, rev)
                 in_callback = await self._finish_write(run, record, rev, outcome, runs, commit_in_callback, now,
                                                        duration)
-            except CONNECTION_ERRORS as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 await self._rewrite(run, job_id, outcome, runs, exc, now, duration)
             return in_callback
         finally:
@@ -622,24 +639,26 @@ class Executor:
         deadline = self.clock.monotonic() + COMMIT_RETRY_FOR
         retry = False
         while True:
-            if isinstance(exc, CONNECTION_ERRORS):
-                if self.clock.monotonic() >= deadline:
+            if is_transient(exc):
+                if self.clock.monotonic() >= min(deadline, self.stop_by):
                     raise exc
                 if retry:  # up but not answering (JetStream still starting, say): no spin
-                    await asyncio.sleep(0.25)
+                    await self.clock.sleep(0.25)
                 self.commit_retries += 1
-                await self._connected(deadline)
+                await self._connected(min(deadline, self.stop_by))
             elif not is_wrong_last_sequence(exc):
                 raise exc
             retry = True
             try:
+                # A write that landed is found by _finish_write's decision, on this read or on the
+                # re-read after its compare-and-set loses to it: a server's direct get may answer
+                # before the stream has stored a write it read earlier (seen after a SIGCONT).
                 fresh = await self.ops.read(job_id)
-                if _landed(fresh, run, self.worker_id):
-                    await self._ack_landed(run, fresh, duration)
-                    return
                 await self._finish_write(run, fresh, fresh.revision, outcome, runs, False, now, duration)
                 return
-            except CONNECTION_ERRORS as again:
+            except Exception as again:
+                if not is_transient(again):
+                    raise
                 exc = again
 
     async def _ack_landed(self, run: Running, record: JobRecord, duration: float) -> None:
@@ -684,6 +703,8 @@ class Executor:
         mine = run.began
 
         def decide(rec: JobRecord, rev: int) -> _Write | cas.Stop[_Elsewhere]:
+            if _landed(rec, run, outcome):  # only on a write again (_rewrite): the first one had landed
+                return cas.Stop(_Elsewhere(rec, rev, None, None, landed=True))
             if rec.state is JobState.AVAILABLE and rec.gen == run.gen and not rec.cancel_requested \
                     and not (rec.delivered_gen == rec.gen and rec.delivered >= run.delivered) \
                     and not _recorded(rec, mine):
@@ -752,6 +773,9 @@ class Executor:
             return False
         if isinstance(done, bool):
             return done
+        if done.landed:
+            await self._ack_landed(run, done.record, duration)
+            return False
         if done.discard is None:
             return await self._moved_elsewhere(run, done.record, done.rev, outcome, now, mine)
         await self._discard(msg, done.record, done.rev, done.discard, outcome.tb, attempts=done.attempts,
@@ -799,7 +823,7 @@ class Executor:
         """Return once the connection is up (at once if it is), or at ``deadline``."""
         nc = self.ops.publisher.nc
         while not nc.is_connected and self.clock.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+            await self.clock.sleep(0.05)
 
     def _remember_unrecorded(self, run: Running) -> None:
         """This run's outcome write failed: keep its attempt for the job's next delivery here."""
@@ -938,11 +962,16 @@ def add_unrecorded(attempts: list[Attempt], attempt_no: int, accounted: int, del
     return attempt_no
 
 
-def _landed(rec: JobRecord, run: Running, worker_id: str) -> bool:
-    """Whether ``rec`` carries this run's outcome write (its PubAck was lost, not the write)."""
+def _landed(rec: JobRecord, run: Running, outcome: _Outcome) -> bool:
+    """Whether ``rec`` carries this run's outcome write (its PubAck was lost, not the write): its
+    last attempt is this run's (worker, delivery, start, as ``_recorded``), ended with this
+    outcome. Not an earlier generation's attempt on top of a manual retry, nor a rescuer's end
+    of it (``lost``)."""
     last = rec.attempts[-1] if rec.attempts else None
-    return (rec.state is not JobState.RUNNING and rec.gen == run.gen and last is not None
-            and last.worker == worker_id and last.delivery == run.delivered and last.ended_at is not None)
+    mine = run.began
+    return (rec.state is not JobState.RUNNING and rec.gen == run.gen and last is not None and mine is not None
+            and last.worker == mine.worker and last.delivery == mine.delivery
+            and last.started_at == mine.started_at and last.ended_at is not None and last.outcome == outcome.kind)
 
 
 def _recorded(rec: JobRecord, mine: Attempt | None) -> bool:

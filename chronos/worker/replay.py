@@ -95,6 +95,7 @@ class ReplayGuard:
         fut = asyncio.get_running_loop().create_future()
         self._floor_read = fut
         count = self._conn.nc.stats["reconnects"]
+        self._reconnects = None  # until the read succeeds: a waiter let go by a failed one is not trusted
         try:
             info = await self._conn.js.stream_info(self._conn.names.jobs_stream)
             self._floor = max(self._floor, info.state.last_seq)
@@ -102,7 +103,6 @@ class ReplayGuard:
             self.floors += 1
         except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError, ValueError) as exc:
             log.debug("reading the jobs stream after a reconnect: %s (first deliveries take the checked path)", exc)
-            self._reconnects = None  # read again on the next first delivery
         finally:
             self._floor_read = None
             fut.set_result(None)

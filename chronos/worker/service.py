@@ -501,6 +501,8 @@ class WorkerService:
             return
         log.info("waiting up to %.1fs for %d running jobs", grace, len(self.running))
         deadline = self.clock.monotonic() + grace
+        if self.executor is not None:  # outcome writes waiting out a lost connection stop waiting then
+            self.executor.stop_by = deadline
         while self.running and self.clock.monotonic() < deadline:
             await self._wait_wake(min(0.1, max(0.0, deadline - self.clock.monotonic())))
         leftover = list(self.running.values())

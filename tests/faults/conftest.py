@@ -104,9 +104,11 @@ async def reconnected(*ncs: Any, timeout: float = 30) -> None:
 
 async def wind_down(client: Any, stop: asyncio.Event, services: Any, *servers: EmbeddedServer | None) -> None:
     """The end of a fault test: close the client, stop the services, remove the servers' stores."""
-    await client.close()
-    stop.set()
-    await asyncio.wait_for(services, 60)
-    for s in servers:
-        if s is not None:
-            s.cleanup()
+    try:
+        await client.close()
+        stop.set()
+        await asyncio.wait_for(services, 60)
+    finally:  # a service that failed must not leave its servers running after the test
+        for s in servers:
+            if s is not None:
+                s.cleanup()

@@ -167,6 +167,9 @@ async def test_server_sigkilled_during_bulk_submit(tmp_path):
             nonlocal submitted
             submitted = done
 
+        # The task is not registered until the services start (after the restart): without this
+        # the submit failed at once (unknown task) and the test checked nothing.
+        await client.register_tasks(["k.count"])
         specs = [client.build_spec("k.count", [0, i]) for i in range(8_000)]
         bulk = asyncio.ensure_future(client.submit_specs(specs, progress))
         await wait_until(lambda: submitted >= 2_000 or bulk.done(), 30, "the bulk submit to be under way", every=0.01)
@@ -180,6 +183,7 @@ async def test_server_sigkilled_during_bulk_submit(tmp_path):
         stop, task, scheduler, worker = await services(settings, counter)
         n = await all_done_once(client, returned, counter, timeout=RESCUE_AFTER * 4 + 30, worker=worker)
         print(f"{n} jobs made, {len(returned)} ids returned, {len(scheduler.service.rescuer.repaired)} repaired")
+        assert submitted >= 2_000 and n >= 2_000, (submitted, n)  # the kill came mid-submit, after real work
     finally:
         await client.close()
         if stop is not None and task is not None:

@@ -58,7 +58,7 @@ async def _rerun_after_a_lost_write(client, start_worker, *, running_written: bo
             # the write is reported lost: nothing reached the bucket.
             await conn.js.delete_consumer(names.jobs_stream, names.consumer_name("default", "default"))
             await ensure_queue_consumers(conn, "default")
-            callback(None, PublishError(503, 10047, "insufficient resources"))
+            callback(None, PublishError(500, 10047, "insufficient storage resources available"))
 
         h.service.spawn(lose())
         return True
