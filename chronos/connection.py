@@ -232,6 +232,13 @@ async def connect(settings: Settings, *, name: str = "chronos", reconnect: bool 
             log.debug("nats: %s", exc)
 
     opts["error_cb"] = _quiet_error
+    holder: list[Connection] = []
+
+    async def _disconnected() -> None:
+        if holder:
+            holder[0].publisher.connection_lost()
+
+    opts["disconnected_cb"] = _disconnected
     # The first connect must fail fast and clearly; reconnects after that retry forever.
     # nats-py retries a refused first connect for ~2 minutes whatever its options say, so probe first.
     await _probe(opts["servers"], n.url, n.connect_timeout)
@@ -245,6 +252,7 @@ async def connect(settings: Settings, *, name: str = "chronos", reconnect: bool 
         nc.options["max_reconnect_attempts"] = -1
     denials.wrap(nc)
     conn = Connection(nc, settings, denials)
+    holder.append(conn)
     await conn.publisher.start()
     return conn
 

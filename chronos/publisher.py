@@ -72,6 +72,7 @@ WRONG_LAST_SEQUENCE = 10071
 ATOMIC_DISABLED = 10174  # the stream lacks allow_atomic (made before this version)
 # The server refuses an atomic batch of more messages than this (10199).
 MAX_BATCH = 1000
+REPLY_GRACE = 0.5  # seconds after a reconnect before the PubAcks lost with the connection are failed
 _HDR_START = b"NATS/1.0\r\n"
 
 
@@ -152,6 +153,13 @@ class Publisher:
         self._room_below = window  # _space is set once fewer than this are in flight
         self._sub: Subscription | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        # Tokens up to this were sent before the connection dropped: their PubAcks are gone with
+        # it (a reply goes to the connection that asked). Failed soon after the reconnect, not at
+        # ``timeout``: a worker then writes its finished jobs' outcomes again at once, before a
+        # restarted server hands their messages to another worker (bench crash --kill server).
+        self._lost_upto = 0
+        self._back_at: float | None = None
+        self.lost_on_reconnect = 0  # PubAcks failed that way
         # Bound at start(): asyncio.get_running_loop() costs a getpid() syscall per call on 3.11.
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -167,13 +175,45 @@ class Publisher:
         self._install_fast_path()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
 
+    def connection_lost(self) -> None:
+        """The connection dropped (nats-py's disconnected callback): what is awaiting its PubAck now
+        will not get it. Those still pending ``REPLY_GRACE`` after the reconnect are failed (a
+        publish nats-py held back and sent on the new connection is answered within it)."""
+        self._lost_upto = self._counter
+        self._back_at = None
+
+    def _fail_lost(self, now: float) -> bool:
+        """Fail the PubAcks lost with the last connection, once it is back and the grace is over."""
+        if not self._lost_upto or not self._nc.is_connected:
+            return False
+        if self._back_at is None:
+            self._back_at = now
+        if now - self._back_at < REPLY_GRACE:
+            return False
+        lost = [token for token in self._pending if int(token) <= self._lost_upto]
+        self._lost_upto = 0
+        for token in lost:
+            entry = self._pending.pop(token, None)
+            if entry is not None:
+                self.lost_on_reconnect += 1
+                _settle(entry, None, nats.errors.ConnectionReconnectingError())
+        return bool(lost)
+
     async def _sweep(self) -> None:
         """Fail futures whose PubAck never came (server gone); one timer for all, not one per message."""
         loop = asyncio.get_running_loop()
         marks: deque[tuple[float, int]] = deque()  # (time, last token sent by then)
+        every = min(1.0, self._timeout / 4)
+        last = loop.time()
         while True:
-            await asyncio.sleep(min(1.0, self._timeout / 4))
+            # A connection lost: ticks of 0.1 s until its PubAcks are failed, soon after the reconnect.
+            await asyncio.sleep(0.1 if self._lost_upto else every)
             now = loop.time()
+            if self._fail_lost(now):
+                self._space.set()
+            if now - last < every:
+                continue
+            last = now
             marks.append((now, self._counter))
             overdue = 0  # every token up to this one was sent at least `timeout` ago
             while marks and marks[0][0] <= now - self._timeout:

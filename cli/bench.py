@@ -213,22 +213,31 @@ def crash(
     n: Annotated[int, typer.Option("--n", min=1, help="Jobs to run.")] = 5000,
     job_seconds: Annotated[float, typer.Option("--job-seconds", min=0, help="How long each job sleeps.")] = 0.05,
     ack_wait: Annotated[float, typer.Option("--ack-wait", min=1, help="Workers' ack_wait (redelivery after a death).")] = 2.0,
+    kill: Annotated[str, typer.Option("--kill", help="What gets the SIGKILL: worker (one worker's process group) "
+                                      "or server (nats-server, run with sync_interval always, restarted on its "
+                                      "store).")] = "worker",
     json_: JsonOpt = False,
 ) -> None:
-    """Two 8-slot workers; SIGKILL one's process group at 40 %, restart it after 1 s: lost, duplicated, recovery."""
+    """Two 8-slot workers; SIGKILL one's process group (or nats-server) at 40 %, restart it after 1 s: lost,
+    duplicated, recovery."""
     from chronos.bench.crash import run_crash
 
+    if kill not in ("worker", "server"):
+        raise typer.BadParameter(f"{kill!r} is not worker or server", param_hint="--kill")
     st = state(ctx)
-    result = run_async(st, run_crash(n=n, job_seconds=job_seconds, ack_wait=ack_wait))
+    result = run_async(st, run_crash(n=n, job_seconds=job_seconds, ack_wait=ack_wait, kill=kill))
     if wants_json(ctx, json_):
         out.print_json(result)
     else:
         rows = [
             ("jobs", f"{result.n:,} of {result.job_seconds * 1000:.0f} ms on {result.workers} workers x "
                      f"{result.concurrency} slots (ack_wait {result.ack_wait:g} s)"),
-            ("killed at", f"{result.killed_at_completed:,} completed; {result.orphaned} jobs were running on it"),
+            ("killed", "nats-server (sync_interval always), restarted on its store" if result.kill == "server"
+             else "one worker's process group, restarted"),
+            ("killed at", f"{result.killed_at_completed:,} completed; {result.orphaned} jobs were running "
+                          f"{'anywhere' if result.kill == 'server' else 'on it'}"),
             ("lost", result.lost),
-            ("duplicated", result.duplicated),
+            ("duplicated", f"{result.duplicated} ({result.unseen_duplicates} that their record does not show)"),
             ("kill -> its jobs done", f"{result.recovery_seconds:.2f} s (target <= 6 s)"),
             ("kill -> all done", f"{result.drain_seconds:.2f} s (the work left needs >= {result.min_drain_seconds:.1f} s)"),
             ("verdict", "pass" if result.target_met else "FAIL"),

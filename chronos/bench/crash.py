@@ -1,8 +1,12 @@
-"""``chronos bench crash``: SIGKILL a worker mid-flood; count lost and duplicated jobs, time the recovery.
+"""``chronos bench crash``: SIGKILL a worker (or nats-server) mid-flood; count lost and duplicated
+jobs, time the recovery.
 
 An embedded nats-server, ``workers`` worker processes of ``concurrency`` slots each, ``n``
 jobs that sleep ``job_seconds``. When ``kill_at`` of them are done, the first worker's
-whole process group gets SIGKILL; it is started again ``restart_after`` seconds later.
+whole process group gets SIGKILL; it is started again ``restart_after`` seconds later. With
+``kill="server"`` the nats-server gets the SIGKILL instead (it runs with ``sync_interval:
+always``, as deployed) and is started again on its store after ``restart_after``; every worker
+stays up and rides the outage.
 
 What each worker process ran is written, one line per start and per finish, to its own
 file (line-buffered, so a SIGKILL loses nothing written). From those:
@@ -14,9 +18,11 @@ file (line-buffered, so a SIGKILL loses nothing written). From those:
   min_drain_seconds, what the work left at the kill needs with every slot busy;
 * lost: jobs not completed by the end; duplicated: jobs whose task finished more than
   once (a task that finished on the killed worker before its record was written runs
-  again: at-least-once delivery).
+  again: at-least-once delivery); unseen_duplicates: those whose record shows fewer
+  attempts than the task's finishes (a run nobody can see: always a defect).
 
-Target: 0 lost and the orphans done within 6 s of the kill. A short ``ack_wait`` is what
+Orphans of a server kill are the jobs running anywhere at the kill. Target: 0 lost, no unseen
+duplicate, and the orphans done within 6 s of the kill. A short ``ack_wait`` is what
 gets there; long jobs are kept alive by in-progress heartbeats every ack_wait/3.
 """
 
@@ -47,6 +53,7 @@ TARGET_SECONDS = 6.0
 
 
 class CrashResult(msgspec.Struct):
+    kill: str  # "worker" or "server": which process got the SIGKILL
     n: int
     workers: int
     concurrency: int
@@ -57,11 +64,12 @@ class CrashResult(msgspec.Struct):
     completed: int
     lost: int
     duplicated: int
+    unseen_duplicates: int  # duplicated, and the record shows fewer attempts than finished runs
     recovery_seconds: float  # kill -> last orphan completed
     drain_seconds: float  # kill -> last job completed
     min_drain_seconds: float  # the work left at the kill, at full capacity
     total_seconds: float  # first submit -> last completion
-    target_met: bool  # 0 lost and recovery_seconds <= 6
+    target_met: bool  # 0 lost, 0 unseen duplicates and recovery_seconds <= 6
 
 
 def _spawn(url: str, namespace: str, concurrency: int, job_seconds: float, ack_wait: float,
@@ -76,7 +84,8 @@ def _spawn(url: str, namespace: str, concurrency: int, job_seconds: float, ack_w
 
 
 def _read_log(path: Path) -> tuple[list[str], list[str]]:
-    started, finished = [], []
+    started: list[str] = []
+    finished: list[str] = []
     try:
         for line in path.read_text().splitlines():
             kind, _, job_id = line.partition(" ")
@@ -97,14 +106,20 @@ async def run_crash(
     ack_wait: float = 2.0,
     running_write_after: float | None = None,
     timeout: float = 180.0,
+    kill: str = "worker",
 ) -> CrashResult:
     """Run the crash benchmark on a fresh embedded server and return what it measured.
 
     ``running_write_after`` (worker setting; None: its default) is passed to the workers.
+    ``kill``: ``"worker"`` (the first worker's process group) or ``"server"`` (nats-server).
     """
+    if kill not in ("worker", "server"):
+        raise ValueError(f"kill: {kill!r} is not 'worker' or 'server'")
     if workers < 2:
         raise ValueError("workers: at least 2 (one is killed, the others keep going)")
-    with tempfile.TemporaryDirectory(prefix="chronos-crash-") as tmp, EmbeddedServer(Path(tmp) / "js") as server:
+    sync = "always" if kill == "server" else None
+    with tempfile.TemporaryDirectory(prefix="chronos-crash-") as tmp, \
+            EmbeddedServer(Path(tmp) / "js", sync=sync) as server:
         ns = "crash"
         settings = load_settings(overrides={"namespace": ns, "nats": {"url": server.url},
                                             "worker": {"ack_wait": ack_wait}}, read_env=False)
@@ -113,6 +128,7 @@ async def run_crash(
         procs = [_spawn(server.url, ns, concurrency, job_seconds, ack_wait, log, running_write_after)
                  for log in logs]
         restarted: subprocess.Popen[bytes] | None = None
+        server_again: EmbeddedServer | None = None
         try:
             await wait_for_workers(client, workers)
             specs = [client.build_spec(TASK) for _ in range(n)]
@@ -137,14 +153,25 @@ async def run_crash(
             ids = await client.submit_specs(specs)
             await _wait_alive(reached_kill, procs, timeout, f"{kill_count} completions")
 
-            victim = procs[0]
-            os.killpg(victim.pid, signal.SIGKILL)
-            t_kill = time.perf_counter()
-            done_at_kill = len(completed_at)
-            victim.wait()
-            await asyncio.sleep(restart_after)
-            restart_log = Path(tmp) / "worker-0-restarted.log"
-            restarted = _spawn(server.url, ns, concurrency, job_seconds, ack_wait, restart_log, running_write_after)
+            if kill == "server":
+                server.kill()
+                t_kill = time.perf_counter()
+                done_at_kill = len(completed_at)
+                running_at_kill = _running(logs)
+                await asyncio.sleep(restart_after)
+                server_again = EmbeddedServer(server.store_dir, port=server.port, extra_args=server.extra_args,
+                                              log_file=server.store_dir / "nats-server-restarted.log").start(timeout=30)
+            else:
+                victim = procs[0]
+                os.killpg(victim.pid, signal.SIGKILL)
+                t_kill = time.perf_counter()
+                done_at_kill = len(completed_at)
+                victim.wait()
+                running_at_kill = _running(logs[:1])
+                await asyncio.sleep(restart_after)
+                restart_log = Path(tmp) / "worker-0-restarted.log"
+                restarted = _spawn(server.url, ns, concurrency, job_seconds, ack_wait, restart_log,
+                                   running_write_after)
 
             # The killed worker's last events die with it (they are flushed in batches): once few
             # are missing, read those records and take their finish times from them instead.
@@ -159,31 +186,45 @@ async def run_crash(
                     await _read_missing(client, ids, completed_at)
             follower.cancel()
             await _read_missing(client, ids, completed_at)
+            finishes: Counter[str] = Counter()
+            for path in [*logs, Path(tmp) / "worker-0-restarted.log"]:
+                finishes.update(_read_log(path)[1])
+            unseen = 0
+            for job_id, runs in finishes.items():
+                if runs > 1 and len((await client.get(job_id)).attempts) < runs:
+                    unseen += 1
         finally:
             for p in [*procs, *([restarted] if restarted else [])]:
                 if p.poll() is None:
                     stop_process(p)
             await client.close()
+            if server_again is not None:
+                server_again.stop()
 
-        started_killed, finished_killed = _read_log(logs[0])
-        orphans = set(started_killed) - set(finished_killed)
-        finishes: Counter[str] = Counter()
-        for path in [*logs, Path(tmp) / "worker-0-restarted.log"]:
-            finishes.update(_read_log(path)[1])
+        orphans = running_at_kill
         orphan_done = [completed_at[j] for j in orphans if j in completed_at]
         last = max(completed_at.values()) if completed_at else t_kill
         lost = n - len(completed_at)
         recovery = (max(orphan_done) - t_kill) if orphan_done else 0.0
         left = n - done_at_kill
         return CrashResult(
-            n=n, workers=workers, concurrency=concurrency, job_seconds=job_seconds, ack_wait=ack_wait,
+            kill=kill, n=n, workers=workers, concurrency=concurrency, job_seconds=job_seconds, ack_wait=ack_wait,
             killed_at_completed=done_at_kill, orphaned=len(orphans), completed=len(completed_at), lost=lost,
-            duplicated=sum(1 for c in finishes.values() if c > 1),
+            duplicated=sum(1 for c in finishes.values() if c > 1), unseen_duplicates=unseen,
             recovery_seconds=round(recovery, 3), drain_seconds=round(last - t_kill, 3),
             min_drain_seconds=round(left * job_seconds / (workers * concurrency), 3),
             total_seconds=round(last - t0, 3),
-            target_met=lost == 0 and len(orphan_done) == len(orphans) and recovery <= TARGET_SECONDS,
+            target_met=lost == 0 and unseen == 0 and len(orphan_done) == len(orphans) and recovery <= TARGET_SECONDS,
         )
+
+
+def _running(logs: list[Path]) -> set[str]:
+    """Jobs started and not finished in these workers' logs, now."""
+    running: set[str] = set()
+    for path in logs:
+        started, finished = _read_log(path)
+        running |= set(started) - set(finished)
+    return running
 
 
 async def _wait_alive(event: asyncio.Event, procs: list[subprocess.Popen[bytes]], timeout: float,
@@ -264,8 +305,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n", type=int, default=5000)
     ap.add_argument("--ack-wait", type=float, default=2.0)
     ap.add_argument("--running-write-after", type=float, default=None)
+    ap.add_argument("--kill", choices=["worker", "server"], default="worker")
     a = ap.parse_args(argv)
-    result = asyncio.run(run_crash(a.n, ack_wait=a.ack_wait, running_write_after=a.running_write_after, timeout=120))
+    result = asyncio.run(run_crash(a.n, ack_wait=a.ack_wait, running_write_after=a.running_write_after, timeout=120,
+                                   kill=a.kill))
     sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
 
 

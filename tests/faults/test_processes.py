@@ -30,6 +30,18 @@ async def test_worker_sigkilled_mid_job_loses_nothing():
     assert r.target_met
 
 
+async def test_server_sigkilled_mid_flood_loses_nothing_and_hides_no_run():
+    """nats-server (sync_interval always) SIGKILLed at 40 % and restarted on its store after 1 s,
+    both workers riding it out: every job completes, and a job that ran twice (its outcome write
+    lost with the server while a replay of its message ran elsewhere) shows both runs."""
+    r = await run_crash(600, job_seconds=0.03, timeout=90, kill="server")
+    print(f"crash: {r}")
+    assert r.kill == "server"
+    assert r.completed == r.n and r.lost == 0
+    assert r.unseen_duplicates == 0
+    assert r.killed_at_completed < r.n, "the kill should have come mid-flood"
+
+
 def _scheduler(settings, node: str, lease_ttl: float, archive: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CHRONOS_", "NOTIFY_", "WATCHDOG_"))}
     env["CHRONOS_SCHEDULER__LEASE_TTL"] = str(lease_ttl)

@@ -114,9 +114,11 @@ async def test_server_sigkilled_during_a_bulk_cancel(tmp_path: Path) -> None:
         print("first run:", out1[-600:], "\nsecond run:", out2[-600:], "\nstates:", dict(states),
               "ran twice:", len(twice))
         assert set(states) <= {s.value for s in TERMINAL}, (dict(states), out1[-300:], out2[-300:])
-        # The re-run finished the cancel: it exited 0 and said what it matched.
+        # The re-run finished the cancel, or found nothing left to cancel (the worker ran the rest
+        # meanwhile): exit 0 either way, and one line that says which.
         assert proc2.returncode == 0, out2[-400:]
-        assert re.search(r"^cancel: \d+ matched, \d+ done, \d+ skipped, 0 failed", out2, re.M), out2[-400:]
+        assert re.search(r"^(cancel: \d+ matched, \d+ done, \d+ skipped, 0 failed|nothing matches)", out2,
+                         re.M), out2[-400:]
         assert not twice, twice[:5]
         assert completed_without_run == 0
     finally:

@@ -46,6 +46,12 @@ async def test_filter_by_args_then_cancel_all_matches_after_confirming(client, s
         await wait_until(pilot, lambda: "a key name is expected" in str(screen.query_one("#jobs-status", Label).render()),
                          what="error shown")
         assert screen.query_spec.where == ("args.customer_id=42",)
+        # A page load (a reload here; the periodic refresh is the same) keeps it until the next
+        # filter: it was wiped by the last query's load landing after it.
+        before = screen.page
+        await pilot.press("g")
+        await wait_until(pilot, lambda: screen.page is not before, what="a reload")
+        assert "a key name is expected" in str(screen.query_one("#jobs-status", Label).render())
         await pilot.press("C")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="confirmation")
         assert "Cancel 2 jobs matching" in app.screen.question

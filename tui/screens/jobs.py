@@ -48,7 +48,11 @@ class JobsScreen(ChronosScreen):
         super().__init__()
         self.query_spec = JobQuery()
         self.page: JobsPage | None = None
-        self.error: str | None = None
+        self.error: str | None = None  # the last load's
+        # A malformed filter's message: kept until the next filter is applied. A page load (the
+        # last query's, refreshed) must not wipe it before the operator has read it (a test saw it
+        # wiped under load).
+        self.filter_error: str | None = None
         self._loaded_at = float("-inf")
         self._load_started = 0.0
         self._load_cost = 0.0
@@ -111,8 +115,9 @@ class JobsScreen(ChronosScreen):
         parts.append("archive" if q.archive else "KV")
         if q.describe():
             parts.append(f"filter: {q.describe()}")
-        if self.error:
-            parts.append(f"error: {self.error}")
+        for error in (self.filter_error, self.error):
+            if error:
+                parts.append(f"error: {error}")
         self.query_one("#jobs-status", Label).update(" · ".join(parts))
 
     def set_query(self, query: JobQuery) -> None:
@@ -126,9 +131,10 @@ class JobsScreen(ChronosScreen):
         try:
             q = parse_filter(text, self.query_spec)
         except ChronosError as exc:  # a malformed args./annotations. filter: say so, keep the last query
-            self.error = str(exc)
+            self.filter_error = str(exc)
             self._status()
             return
+        self.filter_error = None
         if q.state == "failed" and self.query_spec.state != "failed":
             q = q.with_(sort="updated", descending=True)  # newest failure first
         self.query_one("#filter", Input).value = text
