@@ -13,7 +13,7 @@ import typer
 from chronos.client import Client
 from chronos.errors import ChronosError
 from chronos.models import JobRecord
-from chronos.states import JobState
+from chronos.states import TERMINAL, JobState
 from chronos.subjects import PRIORITIES
 
 from . import _output as out
@@ -153,6 +153,8 @@ def submit(
                 return await client.wait(job_id, timeout=wait_s, on_update=view.update)
         except TimeoutError:
             rec = await client.get(job_id)
+            if rec.state in TERMINAL:  # it ended as the wait ran out: that is its end, not a timeout
+                return rec
             raise _WaitTimedOut(rec) from None
 
     try:

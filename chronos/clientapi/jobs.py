@@ -18,10 +18,11 @@ from .. import codec
 from ..audit import audited
 from ..clock import Clock
 from ..connection import Connection
-from ..errors import ChronosError, ConflictError, JobNotFoundError, ValidationError
+from ..errors import ChronosError, ConflictError, ConnectionFailedError, JobNotFoundError, ValidationError
 from ..events import EventPublisher, decode_events
 from ..jobs import JobOps, job_event
 from ..models import CancelRequest, Event, JobPage, JobRecord
+from ..publisher import is_transient
 from ..states import PENDING, RETRIABLE_BY_HAND, TERMINAL, JobState
 from ..subjects import is_valid_token
 
@@ -29,6 +30,9 @@ if TYPE_CHECKING:  # readmodel loads aiosqlite: imported where used, so the CLI 
     from ..readmodel import Counts
 
 log = logging.getLogger("chronos.client")
+
+# Seconds of failed reads in a row after which a waiter gives the server up (a restart takes a few).
+LOST_AFTER = 15.0
 
 class Skipped(ConflictError):
     """The job no longer matches what a bulk action selected (its state changed meanwhile)."""
@@ -74,7 +78,7 @@ class Jobs:
                 on_update(rec)
             return rec
 
-        async def _wait() -> JobRecord:
+        async def once() -> JobRecord:
             store = await self.ops.store()
             watcher = store.watch(job_id, include_existing=True)
             rec = seen(await self.ops.read(job_id))
@@ -90,7 +94,40 @@ class Jobs:
                     return rec
             raise JobNotFoundError(f"job {job_id} disappeared")
 
-        return await asyncio.wait_for(_wait(), timeout)
+        return await asyncio.wait_for(self._riding_restarts(once, f"job {job_id}"), timeout)
+
+    async def _riding_restarts(self, once: Callable[[], Any], what: str) -> Any:
+        """Run ``once()`` until it returns, starting it over after a reconnect (nats-py's watch
+        notices a restarted server only after missing its heartbeats, about 18 s) and after a read
+        cut by the connection. Gone for ``LOST_AFTER`` in a row, the server is given up on:
+        ConnectionFailedError (exit 3 in the CLI), never a TimeoutError that reads as the caller's
+        own (``submit --wait`` said "--wait-timeout: still running" across a server restart)."""
+        nc = self.conn.nc
+        failing_since: float | None = None
+        while True:
+            reconnects = nc.stats["reconnects"]
+            task = asyncio.ensure_future(once())
+            try:
+                while not task.done() and nc.stats["reconnects"] == reconnects:
+                    await asyncio.wait({task}, timeout=0.1)
+            finally:
+                if not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            if not task.done() or task.cancelled():
+                failing_since = None
+                continue  # the connection came back: start over on the new one
+            exc = task.exception()
+            if exc is None:
+                return task.result()
+            if not is_transient(exc):
+                raise exc
+            now = time.monotonic()
+            failing_since = failing_since or now
+            if now - failing_since >= LOST_AFTER:
+                raise ConnectionFailedError(f"lost the connection to NATS at {self.conn.settings.nats.url} "
+                                            f"while waiting for {what} ({type(exc).__name__})") from None
+            await asyncio.sleep(0.25)
 
     @audited("cancel")  # written to the audit stream first (chronos/audit.py)
     async def cancel(self, job_id: str, reason: str = "cancelled by operator", *, expect: Expect = None) -> JobRecord:
