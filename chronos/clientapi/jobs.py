@@ -99,7 +99,8 @@ class Jobs:
     async def _riding_restarts(self, once: Callable[[], Any], what: str) -> Any:
         """Run ``once()`` until it returns, starting it over after a reconnect (nats-py's watch
         notices a restarted server only after missing its heartbeats, about 18 s) and after a read
-        cut by the connection. Gone for ``LOST_AFTER`` in a row, the server is given up on:
+        cut by the connection. Disconnected, or failing reads, for ``LOST_AFTER`` in a row, the
+        server is given up on:
         ConnectionFailedError (exit 3 in the CLI), never a TimeoutError that reads as the caller's
         own (``submit --wait`` said "--wait-timeout: still running" across a server restart)."""
         nc = self.conn.nc
@@ -107,9 +108,18 @@ class Jobs:
         while True:
             reconnects = nc.stats["reconnects"]
             task = asyncio.ensure_future(once())
+            down_since: float | None = None
             try:
                 while not task.done() and nc.stats["reconnects"] == reconnects:
                     await asyncio.wait({task}, timeout=0.1)
+                    if nc.is_connected:
+                        down_since = None
+                        continue
+                    # A watch waits quietly while the server is away: gone for good, say so.
+                    down_since = down_since or time.monotonic()
+                    if time.monotonic() - down_since >= LOST_AFTER:
+                        raise ConnectionFailedError(f"lost the connection to NATS at {self.conn.settings.nats.url} "
+                                                    f"while waiting for {what}")
             finally:
                 if not task.done():
                     task.cancel()

@@ -61,3 +61,41 @@ async def test_submit_wait_reports_a_job_that_ends_after_a_server_restart(tmp_pa
             for s in (restarted, server):
                 if s is not None:
                     s.cleanup()
+
+
+async def test_submit_wait_gives_a_server_that_stays_away_up_in_one_line(tmp_path):
+    """Killed and not restarted: exit 3 and one line naming the lost connection, after LOST_AFTER
+    (the watch waited quietly for ever before)."""
+    server = EmbeddedServer(store_dir=tmp_path / "js").start()
+    reg = Registry()
+
+    async def holds() -> None:
+        await asyncio.sleep(120)
+
+    reg.register(holds, name="f.holds")
+    settings = fault_settings(server.url, "waitgone")
+    worker = WorkerMain(settings, reg, concurrency=2)
+    stop = asyncio.Event()
+    services = asyncio.ensure_future(run_service(worker, grace=1, stop=stop, signals=()))
+    proc = None
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 30)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHRONOS_")}
+        proc = subprocess.Popen([sys.executable, "-m", "chronos.cli.main", "-s", server.url, "-n", settings.namespace,
+                                 "submit", "f.holds", "--wait"],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+        await wait_until(lambda: bool(worker.service.running), 30, "the job to run")
+        server.kill()
+        out = (await asyncio.to_thread(proc.communicate, timeout=60))[0].decode(errors="replace")
+        last = [line for line in out.splitlines() if line.strip()][-1]
+        assert proc.returncode == 3, out[-600:]
+        assert last.startswith("error: lost the connection to NATS at"), last
+        assert "Traceback" not in out
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        stop.set()
+        try:
+            await asyncio.wait_for(services, 60)
+        finally:
+            server.cleanup()
