@@ -182,6 +182,16 @@ class Publisher:
         self._lost_upto = self._counter
         self._back_at = None
 
+    def fail_pending(self) -> int:
+        """Fail every PubAck awaited now (a worker's drain, its grace over, with the server away:
+        what waits for it settles at once instead of at ``timeout``). How many."""
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for entry in pending:
+            _settle(entry, None, nats.errors.ConnectionReconnectingError())
+        self._space.set()
+        return len(pending)
+
     def _fail_lost(self, now: float) -> bool:
         """Fail the PubAcks lost with the last connection, once it is back and the grace is over."""
         if not self._lost_upto or not self._nc.is_connected:

@@ -68,6 +68,7 @@ from . import codec
 from .connection import Connection
 from .errors import ChronosError, ValidationError
 from .models import JobRecord
+from .publisher import is_transient
 from .states import TERMINAL, JobState
 from .where import Where, compiled, matches_all, parse_all
 
@@ -351,6 +352,7 @@ class JobIndex:
         self._r: aiosqlite.Connection | None = None
         self.applied = 0  # the last stream sequence written to the file
         self.caught_up = asyncio.Event()  # the stream was read to its end at least once
+        self.unanswered = 0  # consumer creations the server did not answer (an outage), asked again
         self.applied_event = asyncio.Event()  # pulsed after each committed batch
         self._sub: Any = None
         self._inbox = ""
@@ -446,6 +448,29 @@ class JobIndex:
     # no timer per message (nats-py's fetch awaits each message with wait_for, about 2,000/s).
 
     async def _subscribe(self) -> None:
+        """``_subscribe_once``, again until the server answers: a scheduler lost its index, and with
+        it the process (an unguarded timeout), on any outage of 10 s or more (red-team finding)."""
+        backoff = 0.25
+        failing = False
+        while True:
+            try:
+                await self._subscribe_once()
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.unanswered += 1
+                if not failing:
+                    log.warning("job index: the server does not answer (%s); asking again until it does",
+                                type(exc).__name__)
+                    failing = True
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if failing:
+                log.info("job index: following the stream again from sequence %d", self.applied + 1)
+            return
+
+    async def _subscribe_once(self) -> None:
         """A new ephemeral consumer from the next sequence to apply, and the inbox for its batches."""
         cfg = api.ConsumerConfig(
             ack_policy=api.AckPolicy.NONE,

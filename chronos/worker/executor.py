@@ -66,9 +66,10 @@ MAX_TRACEBACK = 16_000
 # before it runs rather than trusted to have its cancel (if any) known to this worker.
 FAST_PATH_MAX_AGE = 43_200.0
 MAX_ATTEMPTS_KEPT = 20  # older attempts stay in the archive, not in the KV record
-# How long a completed run whose commit was cut by a lost connection waits for the connection
-# to write its outcome, rather than be run again: a server restart takes seconds.
-COMMIT_RETRY_FOR = 60.0
+# How long a run whose outcome write was cut by a lost connection waits for the connection to
+# write it, rather than be run again (a restart takes seconds; an outage of minutes is ridden out
+# too: given up, the run is remembered only by this process). Shutdown cuts it short (stop_by).
+COMMIT_RETRY_FOR = 300.0
 MAX_UNRECORDED = 10_000  # runs whose outcome write failed, remembered until their job's next delivery here
 OVERLAP_NOTE = "ran concurrently with a redelivery of this job (its worker did not ack within ack_wait)"
 SUPERSEDED_NOTE = ("ran as generation {gen} before its running write, while the record moved on (now generation "
@@ -287,8 +288,12 @@ class Executor:
             return await self._run_job(run, job)
         except asyncio.CancelledError:
             raise
-        except Exception:  # the loop must survive anything; leave the message for redelivery
-            log.exception("internal error handling job message %s; it will be redelivered", msg.subject)
+        except Exception as exc:  # the loop must survive anything; leave the message for redelivery
+            if is_transient(exc):  # the server away or not answering: expected in an outage, no traceback
+                log.warning("job message %s: the server did not answer (%s); it will be redelivered",
+                            msg.subject, type(exc).__name__)
+            else:
+                log.exception("internal error handling job message %s; it will be redelivered", msg.subject)
             self._remember_unrecorded(run)
             await self.acks.nak(msg, 1.0)
             return False
@@ -650,16 +655,24 @@ class Executor:
                 raise exc
             retry = True
             try:
-                # A write that landed is found by _finish_write's decision, on this read or on the
-                # re-read after its compare-and-set loses to it: a server's direct get may answer
-                # before the stream has stored a write it read earlier (seen after a SIGCONT).
-                fresh = await self.ops.read(job_id)
-                await self._finish_write(run, fresh, fresh.revision, outcome, runs, False, now, duration)
+                attempt = self._write_again(run, job_id, outcome, runs, now, duration)
+                if math.isfinite(self.stop_by):  # draining: a server that does not answer is not waited out
+                    await asyncio.wait_for(attempt, max(0.0, self.stop_by - self.clock.monotonic()))
+                else:
+                    await attempt
                 return
             except Exception as again:
                 if not is_transient(again):
                     raise
                 exc = again
+
+    async def _write_again(self, run: Running, job_id: str, outcome: _Outcome, runs: int, now: float,
+                           duration: float) -> None:
+        # A write that landed is found by _finish_write's decision, on this read or on the re-read
+        # after its compare-and-set loses to it: a server's direct get may answer before the stream
+        # has stored a write it read earlier (seen after a SIGCONT).
+        fresh = await self.ops.read(job_id)
+        await self._finish_write(run, fresh, fresh.revision, outcome, runs, False, now, duration)
 
     async def _ack_landed(self, run: Running, record: JobRecord, duration: float) -> None:
         """This run's outcome is in the record (its write's PubAck was lost): settle the message
@@ -808,8 +821,12 @@ class Executor:
             await self._rewrite(run, record.id, outcome, runs, exc, now, now - run.started_at)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("job %s: writing its outcome failed; it will be rerun", record.id)
+        except Exception as exc2:
+            if is_transient(exc2):  # the server away past the retry window, or through a shutdown
+                log.warning("job %s: its outcome could not be written (the server is away: %s); it will be rerun",
+                            record.id, type(exc2).__name__)
+            else:
+                log.exception("job %s: writing its outcome failed; it will be rerun", record.id)
             self._remember_unrecorded(run)
             await self.acks.nak(run.msg, 1.0)
         finally:

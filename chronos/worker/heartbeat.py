@@ -50,6 +50,11 @@ class Heartbeat:
             await self.clock.sleep(self.interval)
 
     async def remove(self) -> None:
+        if not self.conn.nc.is_connected:
+            # A stop while the server is away: the delete would wait out its timeout (10 s, past
+            # a drain's grace); the heartbeat's TTL removes the record.
+            log.info("the server is away: this worker's heartbeat record expires by itself")
+            return
         try:
             kv = await self.conn.kv(self.conn.names.workers_bucket)
             await kv.delete(self.worker_id)  # a marker, not a purge: buckets refuse rollups

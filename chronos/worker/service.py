@@ -396,6 +396,11 @@ class WorkerService:
                     reconnects = nc.stats["reconnects"]
                     for p in self.pullers:
                         p.reset()
+                if not nc.is_connected:
+                    # A request now is only buffered, and its wait for an answer (7 s) held up a
+                    # stop past the drain's grace (red team): wait for the connection, or a stop.
+                    await self._wait_wake(0.25)
+                    continue
                 if self.free() <= 0:
                     # Requests lost while the server was away must expire even when they are what
                     # holds every slot (``busy``, below, is never reached then).
@@ -415,7 +420,9 @@ class WorkerService:
                     if p.busy or p.resting:
                         continue
                     await p.request(free, no_wait=True, expires=5.0)
-                    if not await self.clock.wait(p.request_done, 7.0):
+                    if not await self._answered(p, 7.0):
+                        if self._stopping.is_set():
+                            break
                         log.warning("no answer to a pull request on %s; is the server there?", p.consumer)
                     got += p.delivered
                     if p.delivered == 0 and not self.burst and standing_ok and self.free() > len(self.pullers):
@@ -443,6 +450,17 @@ class WorkerService:
                 await self._wait_wake(max(0.01, min(expires, rest)))
         finally:
             self._fetch_done.set()
+
+    async def _answered(self, p: Puller, timeout: float) -> bool:
+        """Whether ``p``'s request was answered within ``timeout``; a stop (or a dropped connection)
+        ends the wait early, unanswered."""
+        deadline = self.clock.monotonic() + timeout
+        while not p.request_done.is_set():
+            left = deadline - self.clock.monotonic()
+            if left <= 0 or self._stopping.is_set() or not self.conn.nc.is_connected:
+                return False
+            await self.clock.wait(p.request_done, min(left, 0.25))
+        return True
 
     async def _wait_wake(self, timeout: float) -> None:
         await self.clock.wait(self._wake, timeout)
@@ -508,6 +526,14 @@ class WorkerService:
         leftover = list(self.running.values())
         if leftover:
             log.warning("grace period over: returning %d jobs to the queue", len(leftover))
+            conn = self._conn
+            if conn is not None and not conn.nc.is_connected:
+                # Outcome writes awaiting a server that is away would wait out the publisher's
+                # timeout, past the runtime's hard stop: failed now, their runs are given up
+                # (executor._rewrite, past stop_by) and the drain ends.
+                failed = conn.publisher.fail_pending()
+                if failed:
+                    log.warning("the server is away: %d writes awaiting it failed", failed)
         for run in leftover:
             run.interrupt_with("shutdown")
         while self.running:

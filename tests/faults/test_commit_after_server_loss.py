@@ -135,3 +135,49 @@ async def test_a_running_write_cut_by_a_server_stall_does_not_end_the_worker(tmp
         assert rec.state is JobState.COMPLETED, rec.state
         assert r.runs[job_id] == 1, f"ran {r.runs[job_id]} times"
         assert len(rec.attempts) == 1, rec.attempts
+
+
+async def test_a_worker_stopped_while_the_server_is_away_ends_within_its_grace(tmp_path):
+    """Jobs that ran while the server was away, their outcome writes waiting for it, then the
+    worker stopped: its drain gives those runs up at the end of the grace (red team: it waited
+    out the writes' timeouts past the runtime's hard stop, which then cancelled it: FORCED)."""
+    from chronos.runtime import Outcome
+
+    server = EmbeddedServer(store_dir=tmp_path / "js").start()
+    release = asyncio.Event()
+    reg = Registry()
+
+    async def holds() -> str:
+        await asyncio.wait_for(release.wait(), 60)
+        return "done"
+
+    reg.register(holds, name="f.holds")
+    settings = fault_settings(server.url, "stopaway")  # worker.shutdown_grace 2 s
+    worker = WorkerMain(settings, reg, concurrency=4)
+    stop = asyncio.Event()
+    # The runtime's own grace as `chronos serve` gives it: the worker's plus a margin.
+    services = asyncio.ensure_future(run_service(worker, grace=settings.worker.shutdown_grace + 5, stop=stop,
+                                                 signals=()))
+    client = await Client.connect(settings)
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 30)
+        for _ in range(4):
+            await client.submit("f.holds")
+        await wait_until(lambda: len(worker.service.running) == 4, 30, "four jobs to run")
+        await client.close()
+        server.kill()
+        release.set()  # they end with the server away: their outcome writes wait for it
+        ex = worker.service.executor
+        assert ex is not None
+        await wait_until(lambda: worker.service.committing + sum(1 for r in worker.service.running.values()
+                                                                    if r.call_task is None) >= 4, 30,
+                         "the four runs to end")
+        stop.set()
+        outcome = await asyncio.wait_for(services, 60)
+        assert outcome is not Outcome.FORCED, outcome
+    finally:
+        release.set()
+        stop.set()
+        if not services.done():
+            await asyncio.gather(services, return_exceptions=True)
+        server.cleanup()
