@@ -79,9 +79,36 @@ class Cluster:
             n.cleanup()
 
 
-async def wait_until(check: Callable[[], Awaitable[bool] | bool], timeout: float, what: str,
+def stall(pid: int, timeout: float = 5.0) -> None:
+    """SIGSTOP ``pid`` and return once every thread of it is stopped. kill() returns before the
+    stop lands (measured: most threads of a busy process still running just after it), and
+    what is sent in that moment is answered: a test that means to cut a write must not race it."""
+    import glob
+    import os
+    import signal
+    import time
+
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while True:
+        states = []
+        for stat in glob.glob(f"/proc/{pid}/task/*/stat"):
+            try:
+                with open(stat) as fh:
+                    states.append(fh.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                continue  # a thread that ended meanwhile
+        if not states or all(s in ("T", "t") for s in states):
+            return  # no /proc (not Linux): the kill is all there is
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} not stopped after {timeout}s: thread states {states}")
+        time.sleep(0.0005)
+
+
+async def wait_until(check: Callable[[], Awaitable[bool] | bool], timeout: float, what: str | Callable[[], str],
                      every: float = 0.1) -> None:
-    """Poll ``check`` until true (the state itself is the signal), failing with ``what`` after ``timeout``."""
+    """Poll ``check`` until true (the state itself is the signal), failing with ``what`` after
+    ``timeout`` (a callable: made then, to say the state the wait ended in)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -91,7 +118,7 @@ async def wait_until(check: Callable[[], Awaitable[bool] | bool], timeout: float
         if result:
             return
         if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout}s waiting for {what() if callable(what) else what}")
         await asyncio.sleep(every)
 
 

@@ -26,7 +26,7 @@ from chronos.worker.context import current_job
 from chronos.worker.executor import Executor
 from chronos.worker.registry import Registry
 
-from .conftest import fault_settings, reconnected, restart_on_same_store, wait_until, wind_down
+from .conftest import fault_settings, reconnected, restart_on_same_store, stall, wait_until, wind_down
 
 
 @dataclass
@@ -42,7 +42,12 @@ class Rig:
     def stall_server(self) -> None:
         """The server stops reading: what is sent to it now is never answered."""
         assert self.server.proc is not None
-        os.kill(self.server.proc.pid, signal.SIGSTOP)
+        stall(self.server.proc.pid)  # stopped before the job's write is sent, not racing it
+
+
+def counters(ex: Executor) -> str:
+    return (f"processed {ex.processed}, failed {ex.failed}, commit_retries {ex.commit_retries}, "
+            f"running_writes_lost {ex.running_writes_lost}, PubAcks in flight {ex.ops.publisher.in_flight}")
 
 
 @asynccontextmanager
@@ -108,7 +113,8 @@ async def test_a_completed_write_cut_by_a_server_loss_is_written_not_rerun(tmp_p
     async with rig(tmp_path, f"commit{then}") as r:
         job_id = await r.client.submit("f.at_end")
         # The write's PubAck times out (the publisher's 10 s): the worker now waits to write again.
-        await wait_until(lambda: r.executor.commit_retries >= 1, 40, "the completed write to time out")
+        await wait_until(lambda: r.executor.commit_retries >= 1, 40,
+                         lambda: f"the completed write to time out ({counters(r.executor)})")
         assert r.server.proc is not None
         if then == "killed":
             r.server.kill()

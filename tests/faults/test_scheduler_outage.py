@@ -13,7 +13,7 @@ from chronos.embedded import EmbeddedServer
 from chronos.runtime import SchedulerMain, run_service
 from chronos.worker.registry import Registry
 
-from .conftest import fault_settings, wait_until, wind_down
+from .conftest import fault_settings, stall, wait_until, wind_down
 
 
 async def test_a_scheduler_rides_a_long_server_stall(tmp_path):
@@ -28,7 +28,7 @@ async def test_a_scheduler_rides_a_long_server_stall(tmp_path):
         index = scheduler.service.archiver.index
         await asyncio.wait_for(index.caught_up.wait(), 30)
         assert server.proc is not None
-        os.kill(server.proc.pid, signal.SIGSTOP)
+        stall(server.proc.pid)
         # Its pull goes unanswered, then a new consumer's creation times out (10 s): asked again.
         await wait_until(lambda: index.unanswered >= 1 or services.done(), 60, "the index to ask again")
         os.kill(server.proc.pid, signal.SIGCONT)
