@@ -3,7 +3,8 @@ jobs, time the recovery.
 
 An embedded nats-server, ``workers`` worker processes of ``concurrency`` slots each, ``n``
 jobs that sleep ``job_seconds``. When ``kill_at`` of them are done, the first worker's
-whole process group gets SIGKILL; it is started again ``restart_after`` seconds later. With
+whole process group gets SIGKILL as it next starts a job (so at least that one is caught
+mid-flight; within 2 s, else at once); it is started again ``restart_after`` seconds later. With
 ``kill="server"`` the nats-server gets the SIGKILL instead (it runs with ``sync_interval:
 always``, as deployed) and is started again on its store after ``restart_after``; every worker
 stays up and rides the outage.
@@ -163,6 +164,9 @@ async def run_crash(
                                               log_file=server.store_dir / "nats-server-restarted.log").start(timeout=30)
             else:
                 victim = procs[0]
+                # Killed as it starts a job (up to 2 s more), so the kill catches one mid-flight:
+                # at a mere count, an idle moment of the victim's made a run with no orphan.
+                await _job_starting(logs[0], 2.0)
                 os.killpg(victim.pid, signal.SIGKILL)
                 t_kill = time.perf_counter()
                 done_at_kill = len(completed_at)
@@ -216,6 +220,24 @@ async def run_crash(
             total_seconds=round(last - t0, 3),
             target_met=lost == 0 and unseen == 0 and len(orphan_done) == len(orphans) and recovery <= TARGET_SECONDS,
         )
+
+
+async def _job_starting(log: Path, timeout: float) -> bool:
+    """Return as a new start line reaches ``log`` (a job just began: its whole run still ahead),
+    or False at ``timeout``. Reads only what was appended since the last look."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            while loop.time() < deadline:
+                chunk = fh.read()
+                if b"\nS " in b"\n" + chunk:
+                    return True
+                await asyncio.sleep(0.001)
+    except FileNotFoundError:
+        pass
+    return False
 
 
 def _running(logs: list[Path]) -> set[str]:

@@ -70,6 +70,11 @@ MAX_ATTEMPTS_KEPT = 20  # older attempts stay in the archive, not in the KV reco
 # write it, rather than be run again (a restart takes seconds; an outage of minutes is ridden out
 # too: given up, the run is remembered only by this process). Shutdown cuts it short (stop_by).
 COMMIT_RETRY_FOR = 300.0
+# How long a delivery whose running write cannot get through (the stream electing a leader after
+# a node died, the server restarting) is held and tried again, kept alive by in-progress acks.
+# Nakked instead, it came back each second and every delivery counted as a run: 5 000 no-op
+# jobs of an R3 cluster whose node was SIGKILLed went to the DLQ, "ran 7 times", never run.
+START_RETRY_FOR = 60.0
 MAX_UNRECORDED = 10_000  # runs whose outcome write failed, remembered until their job's next delivery here
 OVERLAP_NOTE = "ran concurrently with a redelivery of this job (its worker did not ack within ack_wait)"
 SUPERSEDED_NOTE = ("ran as generation {gen} before its running write, while the record moved on (now generation "
@@ -107,6 +112,8 @@ class Running:
     began: Attempt | None = None  # this run's attempt as it started (how the record is searched for it)
     progress: Any = None  # its progress writer (worker/progress.py), made on its first report
     completing: bool = False  # ran; its outcome write is in flight: holds no slot, its message stays unacked
+    msg_gen: int = -1  # the generation of the record its message carries
+    holding: bool = False  # its running write got no answer: held, tried again, its task not called
 
     def interrupt_with(self, why: Interrupt) -> bool:
         """Interrupt the running call (no-op outside it). True if it was interrupted."""
@@ -163,6 +170,10 @@ class Host(Protocol):
     def is_running_here(self, job_id: str, *, besides: Running) -> bool:
         """Another delivery of ``job_id`` than ``besides`` (the one asking) runs on this worker right now."""
 
+    def held_unrun(self, job_id: str, gen: int, *, besides: Running) -> set[int]:
+        """Deliveries of (job, gen) held here, other than ``besides``, whose task was not called
+        and whose running write got no answer (``Running.holding``)."""
+
     def released(self, run: Running) -> None:
         """A job whose ``execute`` returned True is finished with (its slot is free)."""
 
@@ -194,6 +205,9 @@ class Alone:
 
     def is_running_here(self, job_id: str, *, besides: Running) -> bool:
         return False
+
+    def held_unrun(self, job_id: str, gen: int, *, besides: Running) -> set[int]:
+        return set()
 
     def released(self, run: Running) -> None:
         pass
@@ -252,6 +266,7 @@ class Executor:
         self.overlaps = 0  # runs found to have overlapped a redelivery of the same job
         self.running_writes_lost = 0  # running writes cut by a lost connection (the outcome write covers them)
         self.commit_retries = 0
+        self.start_retries = 0  # running writes held and tried again (START_RETRY_FOR)
         # Monotonic time by which outcome writes stop waiting for a lost connection: the
         # worker's shutdown sets it (its grace), so a drain is not held by a server that is gone.
         self.stop_by = math.inf  # completed writes cut by a lost connection, written again (not rerun)
@@ -267,6 +282,9 @@ class Executor:
         self.advancer = Advancer(ops, events, self.host.spawn)
         # job id -> (gen, the attempt): runs here whose outcome write failed (see the module doc)
         self.unrecorded: dict[str, tuple[int, Attempt]] = {}
+        # (job id, gen) -> deliveries handed back here unrun, their running write unanswered: the
+        # job's next delivery here counts them as hand-backs, not as runs (``_running``).
+        self.unrun: dict[tuple[str, int], set[int]] = {}
         # job id -> waiters (or None): outcome writes in flight. A delivery of such a job waits for
         # the write to settle: the server may redeliver before the write's failure is known.
         self._writing: dict[str, list[asyncio.Future[None]] | None] = {}
@@ -295,6 +313,8 @@ class Executor:
             else:
                 log.exception("internal error handling job message %s; it will be redelivered", msg.subject)
             self._remember_unrecorded(run)
+            if run.holding:
+                self._remember_unrun(run)
             await self.acks.nak(msg, 1.0)
             return False
 
@@ -304,6 +324,7 @@ class Executor:
         delivered, stored_at = delivery_info(msg)
         run.delivered = delivered
         run.job_id, run.task = job.record.id, job.record.spec.task
+        run.msg_gen = job.record.gen
         taskdef = self.registry.get(job.record.spec.task)
         if taskdef is None:  # before any state change: another worker may have it
             await self._hand_back(msg, job.record, job.rev, delivered)
@@ -328,7 +349,7 @@ class Executor:
             record, rev = self._running(job.record, delivered), job.rev
             run.deferred = (record, rev)
         else:
-            started = await self._start(run, job.record, job.rev, delivered)
+            started = await self._start_riding(run, job.record, job.rev, delivered)
             if started is None:
                 return False
             record, rev = started
@@ -361,16 +382,53 @@ class Executor:
                 return False
         return await self._finish(run, record, rev, outcome, runs)
 
-    async def _start(self, run: Running, record: JobRecord, rev: int, delivered: int) -> tuple[JobRecord, int] | None:
+    async def _start_riding(self, run: Running, record: JobRecord, rev: int,
+                            delivered: int) -> tuple[JobRecord, int] | None:
+        """``_start``, held through a server that does not answer (503 while a stream elects its
+        leader, a timeout, a reconnect) for up to ``START_RETRY_FOR``: nothing has run, and a
+        delivery handed back would count as a run (``_runs_in_gen``). Raises past it."""
+        deadline = self.clock.monotonic() + START_RETRY_FOR
+        pause = 0.1
+        again = False
+        tried: list[float] = []  # start times of the running writes sent: one may have landed
+        while True:
+            try:
+                attempt = self._start(run, record, rev, delivered, tried=tried)
+                if again and math.isfinite(self.stop_by):  # draining: a server that does not answer is not waited out
+                    started = await asyncio.wait_for(attempt, max(0.0, self.stop_by - self.clock.monotonic()))
+                else:
+                    started = await attempt
+                run.holding = False
+                return started
+            except Exception as exc:
+                until = min(deadline, self.stop_by)
+                if not is_transient(exc) or self.clock.monotonic() >= until:
+                    raise
+                if not again:
+                    log.warning("job %s: the server did not answer its running write (%s); held and tried again",
+                                record.id, type(exc).__name__)
+                self.start_retries += 1
+                run.holding = again = True
+                await self._connected(until)
+                await self.clock.sleep(pause)
+                pause = min(2.0, pause * 2)
+
+    async def _start(self, run: Running, record: JobRecord, rev: int, delivered: int,
+                     *, tried: list[float] | None = None) -> tuple[JobRecord, int] | None:
         """Move the record to running. None when the message is stale (then it was acked or left alone).
 
         The first try uses the record carried in the message (no read); a conflict means it
-        moved (a retry, a cancel, a lost worker), so read it and decide again.
+        moved (a retry, a cancel, a lost worker), so read it and decide again. ``tried``: the
+        start times of this delivery's running writes so far (added to here); after a try whose
+        answer was lost, its write may have landed: found in the record, it is taken as made.
         """
         msg = run.msg
         carried, msg_gen = record, record.gen
+        again = bool(tried)
 
-        def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[str]:
+        def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[str | tuple[JobRecord, int]]:
+            if again and _started_here(rec, self.worker_id, delivered, tried):
+                return cas.Stop((rec, _rev))  # the lost try had landed: this run is the one it recorded
             if rec.gen != msg_gen or rec.state in TERMINAL or rec.state is JobState.SCHEDULED:
                 # A newer message exists for this job, or it is finished: this delivery is stale.
                 return cas.Stop("stale")
@@ -388,14 +446,17 @@ class Executor:
                 log.warning("job %s: delivery %d is superseded by delivery %d (worker %s); not running it",
                             rec.id, delivered, rec.delivered, rec.worker)
                 return cas.Stop("superseded")
-            return self._running(rec, delivered)
+            new = self._running(rec, delivered, run)
+            if tried is not None:
+                tried.append(new.attempts[-1].started_at)
+            return new
 
         async def write(new: JobRecord, rev: int) -> tuple[JobRecord, int] | str:
             return new, await (await self.ops.write_nowait(new, rev))
 
         try:
             started = await cas.update(lambda: self.ops.read_versioned(carried.id), decide, write,
-                                       seen=(record, rev), what=f"job {record.id}")
+                                       seen=None if again else (record, rev), what=f"job {record.id}")
         except JobNotFoundError:
             log.info("job message for %s has no record (pruned or withdrawn); dropping it", record.id)
             await self.acks.ack(msg)
@@ -408,10 +469,13 @@ class Executor:
             return None
         if self.unrecorded:
             self.unrecorded.pop(record.id, None)  # written by _running into this record
+        if self.unrun:
+            self.unrun.pop((record.id, msg_gen), None)  # counted by _running as hand-backs
         return started
 
-    def _running(self, record: JobRecord, delivered: int) -> JobRecord:
-        """The record moved to running for delivery ``delivered``, with every earlier run counted."""
+    def _running(self, record: JobRecord, delivered: int, run: Running | None = None) -> JobRecord:
+        """The record moved to running for delivery ``delivered``, with every earlier run counted,
+        and the deliveries this worker knows never ran (``_unrun_here``) counted as hand-backs."""
         now = self.clock.now()
         attempts = list(record.attempts)
         found = self.unrecorded.get(record.id) if self.unrecorded else None
@@ -434,13 +498,31 @@ class Executor:
             attempt_no += 1
             attempts.append(msgspec.structs.replace(prior, number=attempt_no))
             accounted = max(accounted, prior.delivery)
-        attempt_no = add_unrecorded(attempts, attempt_no, accounted, delivered, now)
+        handed = record.handed_back if same_gen else 0
+        unrun: set[int] = set()
+        if delivered > accounted + 1 and run is not None:
+            unrun = {d for d in self._unrun_here(record.id, record.gen, run) if accounted < d < delivered}
+            handed += len(unrun)
+        attempt_no = add_unrecorded(attempts, attempt_no, accounted, delivered, now, skip=unrun)
         attempt_no += 1
         attempts.append(Attempt(number=attempt_no, started_at=now, worker=self.worker_id, delivery=delivered))
         return transition(record, JobState.RUNNING, now, attempt=attempt_no,
                           attempts=attempts[-MAX_ATTEMPTS_KEPT:], worker=self.worker_id,
-                          delivered=delivered, delivered_gen=record.gen,
-                          handed_back=record.handed_back if same_gen else 0)
+                          delivered=delivered, delivered_gen=record.gen, handed_back=handed)
+
+    def _unrun_here(self, job_id: str, gen: int, run: Running) -> set[int]:
+        """Deliveries of (job, gen) this worker knows did not run: handed back after their running
+        write got no answer, or held here now for that. Such a write cannot land once this one
+        has (a compare-and-set on the same record), so the held ones will not run either."""
+        known = self.unrun.get((job_id, gen)) if self.unrun else None
+        held = self.host.held_unrun(job_id, gen, besides=run)
+        return (known | held) if known else held
+
+    def _remember_unrun(self, run: Running) -> None:
+        """This delivery is handed back unrun (its running write never answered)."""
+        self.unrun.setdefault((run.job_id, run.msg_gen), set()).add(run.delivered)
+        while len(self.unrun) > MAX_UNRECORDED:
+            self.unrun.pop(next(iter(self.unrun)))
 
     async def _hand_back(self, msg: Msg, record: JobRecord, rev: int, delivered: int) -> None:
         """This worker lacks the task: leave the job to one that has it, or discard it past the bound.
@@ -967,11 +1049,13 @@ def _end_attempt(a: Attempt, now: float, outcome: Outcome, error: str | None, tb
 
 
 def add_unrecorded(attempts: list[Attempt], attempt_no: int, accounted: int, delivered: int,
-                    now: float) -> int:
+                    now: float, skip: set[int] | frozenset[int] = frozenset()) -> int:
     """Append a ``lost`` attempt for each delivery after ``accounted`` and before ``delivered`` that
-    no write recorded (runs started on a worker lost before its deferred running write); the last
-    attempt number (``attempt_no`` is the record's)."""
+    no write recorded (runs started on a worker lost before its deferred running write), but those
+    in ``skip`` (known not to have run); the last attempt number (``attempt_no`` is the record's)."""
     for d in range(accounted + 1, delivered):
+        if d in skip:
+            continue
         attempt_no += 1
         attempts.append(Attempt(number=attempt_no, started_at=now, worker="", ended_at=now, outcome=Outcome.LOST,
                                 error=f"delivery {d} was never recorded: its worker was lost in the job's "
@@ -997,6 +1081,14 @@ def _recorded(rec: JobRecord, mine: Attempt | None) -> bool:
         return False
     return any(a.worker == mine.worker and a.delivery == mine.delivery and a.started_at == mine.started_at
                for a in rec.attempts)
+
+
+def _started_here(rec: JobRecord, worker_id: str, delivered: int, tried: list[float]) -> bool:
+    """Whether ``rec`` shows one of this delivery's running writes (started at one of ``tried``)
+    landed, its attempt still open."""
+    last = rec.attempts[-1] if rec.attempts else None
+    return (rec.state is JobState.RUNNING and last is not None and last.ended_at is None
+            and last.worker == worker_id and last.delivery == delivered and last.started_at in tried)
 
 
 def _runs_in_gen(record: JobRecord) -> int:

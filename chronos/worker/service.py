@@ -304,6 +304,10 @@ class WorkerService:
         # outcome write failed) stand down as "runs here", on each redelivery, for good.
         return any(r.job_id == job_id and r is not besides for r in self.running.values())
 
+    def held_unrun(self, job_id: str, gen: int, *, besides: Running) -> set[int]:
+        return {r.delivered for r in self.running.values()
+                if r.holding and r is not besides and r.job_id == job_id and r.msg_gen == gen}
+
     def released(self, run: Running) -> None:
         if self.running.pop(run.key, None) is not None:
             if self.limiter is not None:

@@ -20,6 +20,8 @@ import pytest
 
 from chronos.client import Client
 from chronos.embedded import EmbeddedServer
+from chronos.errors import Retry
+from chronos.outcomes import Outcome
 from chronos.runtime import WorkerMain, run_service
 from chronos.states import JobState
 from chronos.worker.context import current_job
@@ -53,7 +55,8 @@ def counters(ex: Executor) -> str:
 @asynccontextmanager
 async def rig(tmp_path, ns: str) -> AsyncIterator[Rig]:
     """A server and a worker with two tasks that stall the server in their first run: ``f.at_end``
-    as it returns, ``f.at_start`` as it starts (then it waits for ``release``)."""
+    as it returns, ``f.at_start`` as it starts (then it waits for ``release``); ``f.again`` asks
+    for a retry in its first run."""
     server = EmbeddedServer(store_dir=tmp_path / "js").start()
     reg = Registry()
     box: list[Rig] = []
@@ -79,7 +82,13 @@ async def rig(tmp_path, ns: str) -> AsyncIterator[Rig]:
     async def noop() -> None:
         return None
 
+    async def again() -> str:
+        if first_run():
+            raise Retry(0.0, "once more")  # its next delivery takes the checked path: running written first
+        return "done"
+
     reg.register(at_end, name="f.at_end")
+    reg.register(again, name="f.again")
     reg.register(at_start, name="f.at_start")
     reg.register(noop, name="f.noop")
     settings = fault_settings(server.url, ns)
@@ -128,6 +137,39 @@ async def test_a_completed_write_cut_by_a_server_loss_is_written_not_rerun(tmp_p
         assert len(rec.attempts) == 1, rec.attempts
         # the warm-up and this one (the client may see the record before the worker settles it)
         await wait_until(lambda: r.executor.processed == 2, 10, "the worker to count the job")
+
+
+async def test_a_running_write_cut_by_a_server_stall_is_not_counted_as_a_run(tmp_path):
+    """A delivery on the checked path (a retry's) whose running write gets no answer is held and
+    tried again. The server, stalled past ack_wait, delivers the message again meanwhile: one of
+    the two runs the job (the held one if its write landed), and the other delivery is not
+    counted as a run, nor shown as a lost attempt. Before, the held delivery was nakked and the
+    next one recorded it as a lost run: a R3 node's SIGKILL sent 5,000 never-run no-op jobs
+    to the DLQ as "ran 7 times"."""
+    async with rig(tmp_path, "startloss") as r:
+        ops = r.executor.ops
+        sent = ops.write_nowait
+        stalled: list[int] = []
+
+        async def write_nowait(record, revision, *args, **kwargs):
+            if record.state is JobState.RUNNING and record.attempt == 2 and not stalled:
+                stalled.append(record.attempt)
+                r.stall_server()  # this write reaches a server that is not reading
+            return await sent(record, revision, *args, **kwargs)
+
+        ops.write_nowait = write_nowait  # type: ignore[method-assign]
+        job_id = await r.client.submit("f.again")
+        # Its PubAck times out (the publisher's 10 s), whatever the worker then does with the delivery.
+        await wait_until(lambda: bool(stalled) and ops.publisher.in_flight == 0, 40,
+                         lambda: f"the running write to time out ({counters(r.executor)})")
+        assert r.server.proc is not None
+        os.kill(r.server.proc.pid, signal.SIGCONT)
+        rec = await r.client.wait(job_id, timeout=60)
+        assert rec.state is JobState.COMPLETED and rec.result == "done", rec
+        assert r.runs[job_id] == 2, f"ran {r.runs[job_id]} times"
+        assert [a.outcome for a in rec.attempts] == [Outcome.RETRY, Outcome.COMPLETED], rec.attempts
+        assert rec.delivered - rec.handed_back == 2, (rec.delivered, rec.handed_back)
+        assert r.executor.start_retries >= 1
 
 
 async def test_a_running_write_cut_by_a_server_stall_does_not_end_the_worker(tmp_path):
