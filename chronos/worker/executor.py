@@ -410,7 +410,8 @@ class Executor:
                 self.start_retries += 1
                 run.holding = again = True
                 await self._connected(until)
-                await self.clock.sleep(pause)
+                # A drain that began meanwhile cuts the pause short (the service then cancels this run).
+                await self.clock.sleep(max(0.0, min(pause, self.stop_by - self.clock.monotonic())))
                 pause = min(2.0, pause * 2)
 
     async def _start(self, run: Running, record: JobRecord, rev: int, delivered: int,
@@ -429,6 +430,11 @@ class Executor:
         def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[str | tuple[JobRecord, int]]:
             if again and _started_here(rec, self.worker_id, delivered, tried):
                 return cas.Stop((rec, _rev))  # the lost try had landed: this run is the one it recorded
+            if again and rec.state is JobState.RUNNING:
+                # Held, never run: a run recorded meanwhile (this message delivered again, here or
+                # elsewhere, maybe counted from 1 by a restarted server) is not taken over. Not
+                # acked: that delivery acks it; a dead worker's is found by a later delivery.
+                return cas.Stop("superseded")
             if rec.gen != msg_gen or rec.state in TERMINAL or rec.state is JobState.SCHEDULED:
                 # A newer message exists for this job, or it is finished: this delivery is stale.
                 return cas.Stop("stale")
@@ -478,6 +484,7 @@ class Executor:
         and the deliveries this worker knows never ran (``_unrun_here``) counted as hand-backs."""
         now = self.clock.now()
         attempts = list(record.attempts)
+        gave_back = 0
         found = self.unrecorded.get(record.id) if self.unrecorded else None
         prior = found[1] if found is not None and found[0] == record.gen else None
         if record.state is JobState.RUNNING and attempts and attempts[-1].ended_at is None:
@@ -486,19 +493,25 @@ class Executor:
                 # Our own run whose running write landed but whose outcome write did not.
                 attempts[-1] = msgspec.structs.replace(prior, number=last.number)
                 prior = None
+            elif self.unrun and last.worker == self.worker_id and last.delivery > 1 \
+                    and record.delivered_gen == record.gen \
+                    and last.delivery in self.unrun.get((record.id, record.gen), ()):
+                # Our own delivery whose running write landed unanswered, then handed back unrun.
+                attempts.pop()
+                gave_back = 1
             else:
                 attempts[-1] = _end_attempt(
                     last, now, Outcome.LOST,
                     "its worker did not ack within ack_wait (lost, or its event loop was blocked); redelivered")
         same_gen = record.delivered_gen == record.gen
-        attempt_no = record.attempt
+        attempt_no = record.attempt - gave_back
         accounted = record.delivered if same_gen else 0
         if prior is not None and not any(a.worker == prior.worker and a.started_at == prior.started_at
                                          for a in attempts):
             attempt_no += 1
             attempts.append(msgspec.structs.replace(prior, number=attempt_no))
             accounted = max(accounted, prior.delivery)
-        handed = record.handed_back if same_gen else 0
+        handed = (record.handed_back if same_gen else 0) + gave_back
         unrun: set[int] = set()
         if delivered > accounted + 1 and run is not None:
             unrun = {d for d in self._unrun_here(record.id, record.gen, run) if accounted < d < delivered}
@@ -516,7 +529,9 @@ class Executor:
         has (a compare-and-set on the same record), so the held ones will not run either."""
         known = self.unrun.get((job_id, gen)) if self.unrun else None
         held = self.host.held_unrun(job_id, gen, besides=run)
-        return (known | held) if known else held
+        # Not a remembered delivery 1: a restarted server that lost its consumer state counts from
+        # 1 again, and its new delivery 1 may have run elsewhere on the fast path, unrecorded.
+        return (held | (known - {1})) if known else held
 
     def _remember_unrun(self, run: Running) -> None:
         """This delivery is handed back unrun (its running write never answered)."""
@@ -919,9 +934,10 @@ class Executor:
             self.host.released(run)
 
     async def _connected(self, deadline: float) -> None:
-        """Return once the connection is up (at once if it is), or at ``deadline``."""
+        """Return once the connection is up (at once if it is), or at ``deadline``, or at the
+        shutdown's ``stop_by`` (read each time: a drain may begin while this waits)."""
         nc = self.ops.publisher.nc
-        while not nc.is_connected and self.clock.monotonic() < deadline:
+        while not nc.is_connected and self.clock.monotonic() < min(deadline, self.stop_by):
             await self.clock.sleep(0.05)
 
     def _remember_unrecorded(self, run: Running) -> None:

@@ -539,7 +539,10 @@ class WorkerService:
                 if failed:
                     log.warning("the server is away: %d writes awaiting it failed", failed)
         for run in leftover:
-            run.interrupt_with("shutdown")
+            if run.holding and run.runner is not None:
+                run.runner.cancel()  # held for a running write, its task never called: nothing to save
+            else:
+                run.interrupt_with("shutdown")
         while self.running:
             await self._wait_wake(0.1)
 

@@ -48,6 +48,16 @@ asyncio.run(main())
 """
 
 
+def _until_batch_done(stdout) -> list[str]:
+    """The submitter's lines up to and including its first ``batch-done`` (or all, if it ends first)."""
+    lines: list[str] = []
+    for line in stdout:
+        lines.append(line.strip())
+        if lines[-1] == "batch-done":
+            break
+    return lines
+
+
 class Counter:
     def __init__(self) -> None:
         self.runs: collections.Counter[str] = collections.Counter()
@@ -133,11 +143,14 @@ async def test_bulk_submit_sigkilled_at_random_points(tmp_path):
                                     start_new_session=True, text=True)
             assert proc.stdout is not None
             assert (await asyncio.to_thread(proc.stdout.readline)).strip() == "ready"  # the loop runs the worker
+            first: list[str] = []
+            if i % 2:  # every other kill comes after a first batch is out: some ids are returned however slow
+                first = await asyncio.to_thread(_until_batch_done, proc.stdout)
             await asyncio.sleep(rng.uniform(0.0, 0.4))  # the fault: a kill at a random point of the bulk submit
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = await asyncio.to_thread(proc.communicate)
             # Ids count as returned once their batch's closing line is out (a kill may cut a line).
-            lines = out.split()
+            lines = first + out.split()
             last = max((j for j, ln in enumerate(lines) if ln == "batch-done"), default=-1)
             returned.update(ln for ln in lines[:last] if ln != "batch-done")
         n = await all_done_once(client, returned, counter, timeout=RESCUE_AFTER * 4 + 20)

@@ -14,6 +14,7 @@ import json
 import time
 
 from chronos.client import Client
+from chronos.publisher import is_transient
 from chronos.runtime import Outcome, WorkerMain, run_service
 from chronos.states import JobState
 from chronos.worker.registry import Registry
@@ -49,14 +50,17 @@ async def test_node_sigkill_in_r3_cluster_loses_nothing(tmp_path):
         services = asyncio.ensure_future(run_service(worker, grace=10, stop=stop, signals=()))
         try:
             await asyncio.wait_for(worker.ready.wait(), 30)
-            ids = await client.submit_specs([client.build_spec("f.noop") for _ in range(N)])
-            await asyncio.wait_for(halfway.wait(), 60)
-            # Kill the node the worker talks to: it must reconnect and the streams elect new leaders.
+            # The node the worker talks to leads the jobs bucket; it is the one killed: the worker
+            # must reconnect, and the streams elect new leaders.
             connected = worker.service.conn.nc.connected_url
             victim = next(n for n in cluster.nodes if connected and n.port == connected.port)
             await lead_jobs_bucket(client, victim.extra_args[1])
+            ids = await client.submit_specs([client.build_spec("f.noop") for _ in range(N)])
+            await asyncio.wait_for(halfway.wait(), 60)
+            assert worker.service.conn.nc.connected_url == connected
             t_kill = time.perf_counter()
             victim.kill()
+            assert completed < N, "the kill should come mid-flow"
 
             store = await client.ops.store()
 
@@ -92,11 +96,15 @@ async def test_node_sigkill_in_r3_cluster_loses_nothing(tmp_path):
 async def lead_jobs_bucket(client: Client, node: str) -> None:
     """Move the jobs bucket's stream leader to ``node`` (a stepdown with a preferred placement)."""
     stream = f"KV_{client.names.jobs_bucket}"
-    for _ in range(20):
-        info = await client.conn.js.stream_info(stream)
-        if info.cluster is not None and info.cluster.leader == node:
-            return
-        await client.conn.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
-                                     json.dumps({"placement": {"preferred": node}}).encode(), timeout=5)
-        await asyncio.sleep(0.5)
+    for _ in range(40):
+        try:
+            info = await client.conn.js.stream_info(stream)
+            if info.cluster is not None and info.cluster.leader == node:
+                return
+            await client.conn.nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}",
+                                         json.dumps({"placement": {"preferred": node}}).encode(), timeout=5)
+        except Exception as exc:  # the election this set off is under way (503, a timeout): ask again
+            if not is_transient(exc):
+                raise
+        await asyncio.sleep(0.25)
     raise AssertionError(f"{stream}'s leader did not move to {node}")

@@ -185,13 +185,43 @@ async def test_a_running_write_cut_by_a_server_stall_does_not_end_the_worker(tmp
         assert len(rec.attempts) == 1, rec.attempts
 
 
+@dataclass
+class Stopping:
+    server: EmbeddedServer
+    worker: WorkerMain
+    client: Client
+    stop: asyncio.Event
+    services: asyncio.Future
+
+
+@asynccontextmanager
+async def stopping_worker(tmp_path, ns: str, reg: Registry, concurrency: int) -> AsyncIterator[Stopping]:
+    """A server and a worker run as `chronos serve` runs it (the runtime's grace: the worker's
+    plus a margin), for tests that stop it: a drain past that margin ends FORCED."""
+    server = EmbeddedServer(store_dir=tmp_path / "js").start()
+    settings = fault_settings(server.url, ns)  # worker.shutdown_grace 2 s
+    worker = WorkerMain(settings, reg, concurrency=concurrency)
+    stop = asyncio.Event()
+    services = asyncio.ensure_future(run_service(worker, grace=settings.worker.shutdown_grace + 5, stop=stop,
+                                                 signals=()))
+    client = await Client.connect(settings)
+    try:
+        await asyncio.wait_for(worker.ready.wait(), 30)
+        yield Stopping(server, worker, client, stop, services)
+    finally:
+        stop.set()
+        if not services.done():
+            await asyncio.gather(services, return_exceptions=True)
+        await client.close()
+        server.cleanup()
+
+
 async def test_a_worker_stopped_while_the_server_is_away_ends_within_its_grace(tmp_path):
     """Jobs that ran while the server was away, their outcome writes waiting for it, then the
     worker stopped: its drain gives those runs up at the end of the grace (red team: it waited
     out the writes' timeouts past the runtime's hard stop, which then cancelled it: FORCED)."""
     from chronos.runtime import Outcome
 
-    server = EmbeddedServer(store_dir=tmp_path / "js").start()
     release = asyncio.Event()
     reg = Registry()
 
@@ -200,32 +230,56 @@ async def test_a_worker_stopped_while_the_server_is_away_ends_within_its_grace(t
         return "done"
 
     reg.register(holds, name="f.holds")
-    settings = fault_settings(server.url, "stopaway")  # worker.shutdown_grace 2 s
-    worker = WorkerMain(settings, reg, concurrency=4)
-    stop = asyncio.Event()
-    # The runtime's own grace as `chronos serve` gives it: the worker's plus a margin.
-    services = asyncio.ensure_future(run_service(worker, grace=settings.worker.shutdown_grace + 5, stop=stop,
-                                                 signals=()))
-    client = await Client.connect(settings)
     try:
-        await asyncio.wait_for(worker.ready.wait(), 30)
-        for _ in range(4):
-            await client.submit("f.holds")
-        await wait_until(lambda: len(worker.service.running) == 4, 30, "four jobs to run")
-        await client.close()
-        server.kill()
-        release.set()  # they end with the server away: their outcome writes wait for it
-        ex = worker.service.executor
-        assert ex is not None
-        await wait_until(lambda: worker.service.committing + sum(1 for r in worker.service.running.values()
-                                                                    if r.call_task is None) >= 4, 30,
-                         "the four runs to end")
-        stop.set()
-        outcome = await asyncio.wait_for(services, 60)
-        assert outcome is not Outcome.FORCED, outcome
+        async with stopping_worker(tmp_path, "stopaway", reg, 4) as w:
+            for _ in range(4):
+                await w.client.submit("f.holds")
+            service = w.worker.service
+            await wait_until(lambda: len(service.running) == 4, 30, "four jobs to run")
+            w.server.kill()
+            release.set()  # they end with the server away: their outcome writes wait for it
+            await wait_until(lambda: service.committing + sum(1 for r in service.running.values()
+                                                              if r.call_task is None) >= 4, 30,
+                             "the four runs to end")
+            w.stop.set()
+            outcome = await asyncio.wait_for(w.services, 60)
+            assert outcome is not Outcome.FORCED, outcome
     finally:
         release.set()
-        stop.set()
-        if not services.done():
-            await asyncio.gather(services, return_exceptions=True)
-        server.cleanup()
+
+
+async def test_a_worker_stopped_while_a_delivery_is_held_ends_within_its_grace(tmp_path):
+    """A delivery held for its running write (the server killed under it) when the worker is
+    stopped: the drain ends it at the grace, its task never called (review: the hold waited up
+    to 60 s, past the runtime's hard stop: FORCED)."""
+    from chronos.runtime import Outcome as Ended
+
+    reg = Registry()
+    runs: list[int] = []
+
+    async def again() -> str:
+        runs.append(1)
+        if len(runs) == 1:
+            raise Retry(0.0, "once more")
+        return "done"
+
+    reg.register(again, name="f.again")
+    async with stopping_worker(tmp_path, "helddrain", reg, 2) as w:
+        ex = w.worker.service.executor
+        assert ex is not None
+        sent = ex.ops.write_nowait
+        killed: list[int] = []
+
+        async def write_nowait(record, revision, *args, **kwargs):
+            if record.state is JobState.RUNNING and record.attempt == 2 and not killed:
+                killed.append(1)
+                w.server.kill()  # the retry's running write goes nowhere
+            return await sent(record, revision, *args, **kwargs)
+
+        ex.ops.write_nowait = write_nowait  # type: ignore[method-assign]
+        await w.client.submit("f.again")
+        await wait_until(lambda: ex.start_retries >= 1, 40, lambda: f"the running write to be held ({counters(ex)})")
+        w.stop.set()
+        outcome = await asyncio.wait_for(w.services, 60)
+        assert outcome is not Ended.FORCED, outcome
+        assert len(runs) == 1, "the held delivery's task must not be called"
