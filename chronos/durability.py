@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 from nats.js.errors import NotFoundError
 
+from .publisher import known_sync
 from .transport import server_version
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ class DurabilityReport(msgspec.Struct):
     servers: list[ServerSync]
     replicas: dict[str, int]  # stream -> configured replicas
     want_replicas: int
+    # The fsync mode an embedded server chronos started says it has (its server_name), when no
+    # source above answered: shown, but --strict still wants it read from the server's varz.
+    announced_sync: str | None = None
 
 
 def _version_tuple(v: str) -> tuple[int, ...]:
@@ -143,7 +147,8 @@ async def inspect(client: Any, monitor_urls: list[str] | tuple[str, ...] = (), t
             continue  # a stream this deployment does not use (yet)
         replicas[name] = int(info.config.num_replicas or 1)
     return DurabilityReport(version=version, sync_source=source, servers=sorted(servers, key=lambda s: s.server),
-                            replicas=dict(sorted(replicas.items())), want_replicas=conn.settings.nats.replicas)
+                            replicas=dict(sorted(replicas.items())), want_replicas=conn.settings.nats.replicas,
+                            announced_sync=None if servers else known_sync(nc))
 
 
 def problems(report: DurabilityReport) -> list[str]:

@@ -40,6 +40,7 @@ class StatusReport(msgspec.Struct):
     nats_server_version: str = ""
     sync: dict[str, str] = {}  # server name -> "always" or the fsync interval; empty when not readable
     sync_source: str = "unavailable"
+    sync_announced: Optional[str] = None  # what an embedded server (chronos dev) says of itself, unverified
     replicas: dict[str, int] = {}  # stream -> replicas
     strict: bool = False
 
@@ -153,7 +154,7 @@ def status(
                             problems=problems, workers_live=len(live), workers_total=len(beats), queues=depths,
                             dlq=dlq, leader=leader, nats_server_version=dur.version,
                             sync={s.server: s.sync for s in dur.servers}, sync_source=dur.sync_source,
-                            replicas=dur.replicas, strict=strict)
+                            sync_announced=dur.announced_sync, replicas=dur.replicas, strict=strict)
 
     report = run_client(st, go, ensure=False)  # a read: never creates streams
     if wants_json(ctx, json_):
@@ -188,6 +189,9 @@ _HEALTH_PROBLEMS = ("no live worker", "no scheduler leader")
 
 
 def _sync_text(report: StatusReport) -> str:
+    if not report.sync and report.sync_announced:
+        return (f"{report.sync_announced} (as chronos's embedded server announces it; "
+                "a system-account user or --monitor URL reads it)")
     if not report.sync:
         return "unknown (use a system-account user or --monitor URL)"
     values = set(report.sync.values())
