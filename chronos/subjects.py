@@ -11,12 +11,15 @@ import re
 PRIORITIES: tuple[str, ...] = ("critical", "high", "default", "low")
 PRIORITY_RANK: dict[str, int] = {p: i for i, p in enumerate(PRIORITIES)}
 
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def is_valid_token(value: str) -> bool:
-    """A queue or namespace must be one NATS subject token and a valid stream-name part."""
-    return bool(_TOKEN.match(value))
+    """A queue or namespace must be one NATS subject token and a valid stream-name part.
+
+    ``fullmatch``, not ``match`` with ``$``: ``$`` also matches before a trailing newline, and a
+    queue named "q\n" made a subject the server answers by closing the connection."""
+    return isinstance(value, str) and _TOKEN.fullmatch(value) is not None
 
 
 class Names:
@@ -28,6 +31,7 @@ class Names:
                 f"namespace {namespace!r} must be 1-64 characters of letters, digits, '_' or '-'"
             )
         self.ns = namespace
+        self._job_subjects: dict[tuple[str, str], str] = {}  # checked once per (priority, queue)
         up = namespace.upper().replace("-", "_")
         # streams
         self.jobs_stream = f"{up}_JOBS"
@@ -61,7 +65,15 @@ class Names:
 
     # --- work-queue stream -------------------------------------------------
     def job_subject(self, priority: str, queue: str) -> str:
-        return f"{self.jobs_root}.{priority}.{queue}"
+        """The work subject; ValueError for a priority or queue no subject may carry (a record
+        written before validation, or forged), never a publish the server drops the connection for."""
+        subject = self._job_subjects.get((priority, queue))
+        if subject is None:
+            if priority not in PRIORITY_RANK or not is_valid_token(queue):
+                raise ValueError(f"no work subject for priority {priority!r}, queue {queue!r}: "
+                                 "the queue must be 1-64 letters, digits, '_' or '-'")
+            subject = self._job_subjects[(priority, queue)] = f"{self.jobs_root}.{priority}.{queue}"
+        return subject
 
     def jobs_wildcard(self) -> str:
         return f"{self.jobs_root}.>"

@@ -47,12 +47,22 @@ from ..models import DLQEntry, Event, JobRecord, PendingWrite, WorkerHeartbeat
 from ..outcomes import Outcome
 from ..states import JobState, transition
 from ..store.kv import KVStore
+from ..subjects import PRIORITY_RANK, is_valid_token
 from ._scan import paced_passes, scan_entries
 
 log = logging.getLogger(__name__)
 
 LOST = "worker lost: no heartbeat"
 _REPAIR_AT_ONCE = 128  # jobs of one pending marker repaired concurrently
+
+
+def _routing_problem(rec: JobRecord) -> str | None:
+    """Why no work message can carry this record (a queue or priority written before submit checked
+    them, or forged), else None. Publishing it anyway makes the server close the connection, so a
+    repair of it would end every pass of the leader's loops."""
+    if rec.spec.priority in PRIORITY_RANK and is_valid_token(rec.spec.queue):
+        return None
+    return f"queue {rec.spec.queue!r} or priority {rec.spec.priority!r} cannot name a work subject"
 
 
 class Rescuer:
@@ -206,7 +216,7 @@ class Rescuer:
             return 0  # never written, or it moved on: its message went out
         if rec.state not in (JobState.AVAILABLE, JobState.RETRYABLE, JobState.SCHEDULED):
             return 0
-        refusal = self.ops.auth.check(rec)
+        refusal = self.ops.auth.check(rec) or _routing_problem(rec)
         if refusal is not None:
             await self.refuse(rec, refusal, now)
             return 0
@@ -262,7 +272,8 @@ class Rescuer:
         return 0
 
     async def refuse(self, rec: JobRecord, reason: str, now: float) -> None:
-        """A record whose spec no trusted key signed: discarded with the reason, never republished."""
+        """A record whose spec no trusted key signed, or that no work subject can carry: discarded
+        with the reason, never republished."""
         if rec.state is JobState.SCHEDULED:
             new = transition(rec, JobState.CANCELLED, now, error=reason, worker=None)
         else:
@@ -274,7 +285,7 @@ class Rescuer:
             self.on_event(job_event(new, error=reason))
 
     async def rescue(self, rec: JobRecord, now: float) -> JobRecord:
-        refusal = self.ops.auth.check(rec)
+        refusal = self.ops.auth.check(rec) or _routing_problem(rec)
         if refusal is not None:
             await self.refuse(rec, refusal, now)
             return rec

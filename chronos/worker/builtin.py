@@ -61,14 +61,14 @@ from ..errors import Cancel, ConfigError, Retry
 from .registry import Registry
 
 TAIL_BYTES = 4096
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # fullmatch: "$" lets a trailing newline through
 # The child's whole environment, besides the variables a job may set (worker.shell_env).
 BASE_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 # Never settable by a job, even if listed: they make a program load or run other code.
 _FORBIDDEN_ENV = re.compile(
-    r"^(PATH|IFS|ENV|BASH_ENV|SHELLOPTS|BASHOPTS|PS4|PROMPT_COMMAND|HOME|LD_.*|DYLD_.*|BASH_FUNC_.*|"
+    r"(PATH|IFS|ENV|BASH_ENV|SHELLOPTS|BASHOPTS|PS4|PROMPT_COMMAND|HOME|LD_.*|DYLD_.*|BASH_FUNC_.*|"
     r"PYTHON.*|PERL5?LIB|PERL5OPT|RUBYOPT|RUBYLIB|NODE_OPTIONS|NODE_PATH|GIT_.*|GCONV_PATH|"
-    r"LOCPATH|MALLOC_.*|GLIBC_TUNABLES|TMPDIR|CHRONOS_.*|NATS_.*)$"
+    r"LOCPATH|MALLOC_.*|GLIBC_TUNABLES|TMPDIR|CHRONOS_.*|NATS_.*)"
 )
 # After the command exits: how long its pipes may still deliver what it wrote.
 _PIPE_GRACE = 0.5
@@ -170,7 +170,7 @@ def parse_allow(entries: list[str]) -> list[ShellRule]:
 
 def check_env_names(names: list[str]) -> None:
     for name in names:
-        if not _ENV_NAME.match(name) or _FORBIDDEN_ENV.match(name):
+        if not _ENV_NAME.fullmatch(name) or _FORBIDDEN_ENV.fullmatch(name):
             raise ConfigError(f"worker.shell_env: {name!r} cannot be set by a job")
 
 
@@ -204,9 +204,9 @@ def child_env(env: dict[str, str] | None, allowed: list[str]) -> dict[str, str]:
     """The child's whole environment: BASE_ENV plus the job's allow-listed variables."""
     out = dict(BASE_ENV)
     for k, v in (env or {}).items():
-        if not isinstance(k, str) or not _ENV_NAME.match(k) or not isinstance(v, str) or "\x00" in v:
+        if not isinstance(k, str) or not _ENV_NAME.fullmatch(k) or not isinstance(v, str) or "\x00" in v:
             raise Cancel(f"shell: env entry {k!r} must be a NAME=string pair")
-        if k not in allowed or _FORBIDDEN_ENV.match(k):
+        if k not in allowed or _FORBIDDEN_ENV.fullmatch(k):
             raise Cancel(f"shell: env {k!r} is not in this worker's worker.shell_env")
         out[k] = v
     return out

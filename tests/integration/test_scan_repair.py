@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import msgspec
+
 from chronos.clock import FakeClock
 from chronos.jobs import PENDING_PREFIX, JobOps, new_record
 from chronos.models import PendingWrite
@@ -38,6 +40,28 @@ async def test_a_marker_is_found_and_repaired_and_none_left_is_an_empty_scan(cli
     assert await markers(client) == []  # the marker went with the repair
     info = await client.conn.js.stream_info(client.names.jobs_stream)
     assert info.state.messages == 1  # the work message, published once
+
+
+async def test_a_record_no_subject_can_carry_is_discarded_not_republished(client):
+    # Written before submit checked queues this way (a trailing newline), or forged: publishing its
+    # work message would make the server close the leader's connection on every pass.
+    await client.register_tasks(["r.noop"])
+    ops = JobOps(client.conn)
+    now = time.time()
+    spec = msgspec.structs.replace(client.build_spec("r.noop"), queue="ok\n")
+    rec = new_record("badqueue", spec, now, JobState.AVAILABLE)
+    _, marked = await ops.mark_pending([PendingWrite(rec.id, rec.gen, rec.attempt)], "test")
+    await marked
+    await (await ops.create_nowait(rec))
+    rescuer = Rescuer(ops, clock=FakeClock(now + 60), rescue_after=5)
+    assert await rescuer.repair() == 0
+    assert rescuer.refused == ["badqueue"] and rescuer.repaired == []
+    got = await client.get("badqueue")
+    assert got.state is JobState.DISCARDED and "cannot name a work subject" in (got.error or "")
+    assert client.conn.nc.is_connected  # the connection was never dropped by the server
+    assert await markers(client) == []
+    info = await client.conn.js.stream_info(client.names.jobs_stream)
+    assert info.state.messages == 0
 
 
 class StubIndex:
