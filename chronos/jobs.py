@@ -21,6 +21,7 @@ from .connection import Connection
 from .errors import ConflictError, JobNotFoundError
 from .models import DLQEntry, Event, JobMessage, JobRecord, JobSpec, PendingMarker, PendingWrite
 from .publisher import AckCallback, PubAck, encode_headers
+from .recordfit import ENVELOPE_MARGIN, fit_dlq_entry, fit_record
 from .signing import Authenticity, from_settings
 from .states import JobState, transition
 from .store.kv import KVStore
@@ -150,16 +151,29 @@ class JobOps:
             self.auth.sign_records([record])
         return await (await self.store()).create_nowait(record.id, codec.encode(record))
 
+    def _limit(self) -> int:
+        return (getattr(self.conn.nc, "max_payload", 0) or 1024 * 1024) - ENVELOPE_MARGIN
+
+    def encode_fitted(self, record: JobRecord) -> bytes:
+        """The record's bytes for a write; a record its runs grew past the server's message limit
+        gives up tracebacks, old attempts and then its result to fit (chronos/recordfit.py)."""
+        data = codec.encode(record)
+        if len(data) > self._limit():
+            _, data = fit_record(record, self._limit(), codec.encode)
+            log.warning("job %s: its record grew past the server's message limit; older tracebacks, "
+                        "attempts or the result were dropped from it (%d bytes now)", record.id, len(data))
+        return data
+
     async def write_nowait(self, record: JobRecord, revision: int) -> Awaitable[int]:
         """Compare-and-set ``record`` over ``revision``; the awaitable raises ConflictError if it moved."""
         store = self._store or await self.store()  # hot path: skip a coroutine once bound
-        return await store.update_nowait(record.id, codec.encode(record), revision)
+        return await store.update_nowait(record.id, self.encode_fitted(record), revision)
 
     def write_cb(self, record: JobRecord, revision: int, callback: AckCallback) -> bool:
         """Compare-and-set with its outcome passed to ``callback`` from the read loop; False, with
         nothing sent, when ``write_nowait`` must be used (store not bound yet, window full, offline)."""
         store = self._store
-        return store is not None and store.update_cb(record.id, codec.encode(record), revision, callback)
+        return store is not None and store.update_cb(record.id, self.encode_fitted(record), revision, callback)
 
     async def write(self, record: JobRecord, revision: int) -> JobRecord:
         rev = await (await self.write_nowait(record, revision))
@@ -238,7 +252,8 @@ class JobOps:
             headers["Chronos-Job-Id"] = entry.job_id
             # A worker that dies between the DLQ write and the ack retries it; dedupe the entry.
             headers["Nats-Msg-Id"] = f"dlq:{entry.job_id}:{entry.attempts}"
-        return await self.publisher.request(self.names.dlq_subject(queue), codec.encode(entry), headers)
+        data = fit_dlq_entry(entry, self._limit(), codec.encode)
+        return await self.publisher.request(self.names.dlq_subject(queue), data, headers)
 
 
 class _JobMessageOut(msgspec.Struct, omit_defaults=True):
