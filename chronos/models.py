@@ -224,6 +224,9 @@ class WorkerHeartbeat(msgspec.Struct, omit_defaults=True):
     failed: int = 0
     state: str = "running"  # running | draining
     v: int = 1
+    # Threads of interrupted sync jobs (timed out, cancelled) still running their function: they
+    # hold a thread, not a slot, so no more sync jobs are fetched than threads are left.
+    stuck_threads: int = 0
 
 
 class TaskInfo(msgspec.Struct, omit_defaults=True):

@@ -221,7 +221,8 @@ def workers(ctx: typer.Context, json_: JsonOpt = False) -> None:
     t = out.table("ID", "HOST", "PID", "QUEUES", "SLOTS", "RUNNING", "DONE", "FAILED", "STATE", "HEARTBEAT")
     for w in beats:
         alive = now - w.heartbeat_at <= stale_after
-        t.add_row(w.id, out.cell(w.host), str(w.pid), out.cell(",".join(w.queues)), f"{w.slots_used}/{w.slots_total}",
+        t.add_row(w.id, out.cell(w.host), str(w.pid), out.cell(",".join(w.queues)), f"{w.slots_used}/{w.slots_total}"
+                  + (f" +{w.stuck_threads} stuck" if w.stuck_threads else ""),
                   out.cell(", ".join(f"{r.id} ({r.task})" for r in w.running[:3]) + (" …" if len(w.running) > 3 else "")),
                   str(w.processed), str(w.failed), w.state if alive else "stale", out.when(w.heartbeat_at, now))
     out.print_table(t)

@@ -360,10 +360,13 @@ class Executor:
             return False
         runs = _runs_in_gen(record)
         if runs > record.spec.max_attempts:
+            # This delivery would be run number ``runs``: it is not run, and its attempt (opened by
+            # the running write) is taken back, so the record counts only the runs there were.
             await self._discard(
                 msg, record, rev,
-                f"attempts exhausted: ran {runs} times, max_attempts {record.spec.max_attempts} "
-                "(earlier attempts were lost with their worker)", None,
+                f"attempts exhausted: ran {runs - 1} times, max_attempts {record.spec.max_attempts} "
+                "(a run's worker stopped answering: lost, or its event loop blocked)", None,
+                unrun=(self.worker_id, delivered),
             )
             return False
         self.host.adjust_weight(run, taskdef.weight)
@@ -1022,18 +1025,26 @@ class Executor:
 
     # --- DLQ paths ------------------------------------------------------------------------------
     async def _discard(self, msg: Msg, record: JobRecord, rev: int, reason: str, tb: str | None,
-                       attempts: list[Attempt] | None = None, duration: float | None = None) -> None:
-        """DLQ entry, record ``discarded``, term; announced as an event (the archive keeps it)."""
+                       attempts: list[Attempt] | None = None, duration: float | None = None,
+                       unrun: tuple[str, int] | None = None) -> None:
+        """DLQ entry, record ``discarded``, term; announced as an event (the archive keeps it).
+        ``unrun``: (worker, delivery) of an attempt opened for a delivery that was not run, taken
+        out of the record (no terminal record keeps an attempt that never ends)."""
         now = self.clock.now()
         entry = DLQEntry(reason=reason, at=now, job_id=record.id, spec=record.spec, traceback=tb, auth=record.auth,
-                         attempts=record.attempt, subject=msg.subject)
+                         attempts=record.attempt - (unrun is not None), subject=msg.subject)
         await self.ops.publish_dlq(entry, record.spec.queue)
 
         def decide(rec: JobRecord, _rev: int) -> JobRecord | cas.Stop[None]:
             if rec.state in TERMINAL:
                 return cas.Stop(None)
-            return transition(rec, JobState.DISCARDED, now, error=reason,
-                              attempts=attempts if attempts is not None else rec.attempts)
+            kept = list(attempts if attempts is not None else rec.attempts)
+            number = rec.attempt
+            if unrun is not None and kept and kept[-1].ended_at is None \
+                    and (kept[-1].worker, kept[-1].delivery) == unrun:
+                kept.pop()
+                number -= 1
+            return transition(rec, JobState.DISCARDED, now, error=reason, attempts=kept, attempt=number)
 
         async def write(new: JobRecord, rev: int) -> JobRecord | None:
             await (await self.ops.write_nowait(new, rev))

@@ -587,6 +587,7 @@ class WorkerService:
                      for r in list(self.running.values())[:100] if r.job_id],
             processed=self.executor.processed, failed=self.executor.failed,
             state="draining" if self._stopping.is_set() else "running",
+            stuck_threads=self.sync.stuck if self.sync is not None else 0,
         )
 
     async def _register_tasks(self, conn: Connection) -> None:

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from chronos import Registry
-from chronos.states import JobState
+from chronos.states import JobState, is_terminal
 
 from ..conftest import wait_for_state
 
@@ -148,6 +148,45 @@ async def test_without_the_watchdog_a_double_run_is_recorded(client, settings, s
     assert first.delivery == 1 and str(blocker.pid) in first.worker
     assert "ran concurrently with a redelivery" in first.error
     assert second.delivery == 2 and second.outcome == "completed"
+
+
+async def test_blocked_past_its_timeout_on_two_workers_the_record_tells_the_runs_as_they_were(
+        client, settings, tmp_path):
+    # Each worker's watchdog lets the job go once it is past its timeout (a job blocked for ever
+    # must not be held for ever), so it is redelivered while it still runs: two workers, both
+    # blocked, each run to completion. The record must say exactly that: two runs, both completed,
+    # marked concurrent, the job completed, and no third delivery counted as a run (red team: the
+    # job ended discarded, "ran 3 times", with an open third attempt that never ran).
+    procs = [spawn(settings, tmp_path, block=12.0, concurrency=1) for _ in range(2)]
+    try:
+        from chronos.bench._common import wait_for_workers
+
+        await wait_for_workers(client, 2, timeout=30)
+        job = await client.submit("counted", max_attempts=2, timeout=3)
+        await wait_until(lambda: len(runs_of(tmp_path, job)) == 2, 30, "the redelivered run to start")
+        store = await client.ops.store()
+
+        async def settled():
+            async for _ in store.watch(job, include_existing=True):
+                rec = await client.get(job)
+                if is_terminal(rec.state) and sum(1 for a in rec.attempts if a.outcome == "completed") >= 2:
+                    return rec
+
+        rec = await asyncio.wait_for(settled(), 40)
+    finally:
+        for p in procs:
+            kill(p)
+    assert len(runs_of(tmp_path, job)) == 2
+    told = [(a.delivery, a.outcome, a.error) for a in rec.attempts]
+    assert [a.outcome for a in rec.attempts] == ["completed", "completed"], told
+    assert rec.attempt == 2 and all(a.ended_at is not None for a in rec.attempts), told
+    assert any("concurrently" in (a.error or "") for a in rec.attempts), told
+    if rec.state == JobState.DISCARDED:
+        # The third delivery came while the second run was still blocked: it was not run, and the
+        # discard counts the two runs there were.
+        assert "ran 2 times, max_attempts 2" in rec.error, rec.error
+    else:
+        assert rec.state == JobState.COMPLETED, rec.state
 
 
 # --- the worker process ------------------------------------------------------------------------------

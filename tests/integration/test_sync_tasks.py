@@ -123,8 +123,11 @@ async def test_cancel_of_a_running_thread_says_the_thread_still_runs(client, set
     assert rec.state == JobState.CANCELLED
     assert rec.error == "stop it; the thread could not be stopped and may still be running"
     assert handle.service.sync.stuck == 1
+    beat = handle.service.heartbeat()  # what `chronos workers` shows: no slot, one stuck thread
+    assert beat.slots_used == 0 and beat.stuck_threads == 1
 
     await handle.service.changed.until(lambda: not handle.service.sync.stuck, 10)  # the thread returned
+    assert handle.service.heartbeat().stuck_threads == 0
 
 
 async def test_the_process_executor_kills_a_timed_out_task(client, settings, start_worker, tmp_path):
