@@ -192,6 +192,10 @@ def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     for name, raw in environ.items():
         if not name.startswith("CHRONOS_") or name in _ENV_IGNORED:
             continue
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (os.environ keeps them as surrogates)
+            raise ConfigError(f"environment variable {name}: its value is not valid UTF-8 text") from None
         if name in _ENV_ALIASES:
             section, key = _ENV_ALIASES[name]
             layer.setdefault(section, {})[key] = raw
@@ -281,6 +285,8 @@ def settings_from_mapping(data: Mapping[str, Any]) -> Settings:
         return msgspec.convert(data, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(f"invalid setting: {exc}") from None
+    except UnicodeEncodeError:  # a TOML file or override holding a lone surrogate
+        raise ConfigError("invalid setting: a value is not valid UTF-8 text") from None
 
 
 def load_settings(

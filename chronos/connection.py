@@ -475,6 +475,8 @@ async def _until_placed(create: Callable[[], Awaitable[None]], what: str) -> Non
             return
         except nats.js.errors.APIError as exc:
             if not _transient_placement(exc):
+                if "replicas" in (exc.description or "").lower():  # e.g. more than a single server has
+                    raise ConfigError(f"nats.replicas: the server refused {what}: {exc.description}") from None
                 raise
             reason = exc.description or str(exc)
         except nats.errors.TimeoutError:

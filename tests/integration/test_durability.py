@@ -188,3 +188,13 @@ async def test_the_fsync_setting_through_the_system_account(tmp_path, namespace)
         assert problems(report) == []
     finally:
         server.cleanup()
+
+
+def test_more_replicas_than_a_single_server_has_is_one_line_naming_the_setting(nats_server, namespace):
+    # The server refuses an R3 stream outside a cluster: the error names nats.replicas (exit 7),
+    # not a raw ServerError with exit 1.
+    r = CliRunner().invoke(app, ["--server", nats_server.url, "--namespace", namespace, "admin", "init"],
+                           env={"CHRONOS_NATS__REPLICAS": "3"})
+    assert r.exit_code == 7, r.output
+    (line,) = error_lines(r)
+    assert line.startswith("error: nats.replicas: the server refused stream ") and "replicas" in line[30:]

@@ -254,6 +254,9 @@ def test_environment_values_take_their_fields_type():
         ({"CHRONOS_WORKER__BOGUS": "1"}, "environment variable CHRONOS_WORKER__BOGUS: worker has no setting 'bogus'"),
         ({"CHRONOS_WORKER__ACK_WAIT": "nan"}, "worker.ack_wait: must be a finite number"),
         ({"CHRONOS_SCHEDULER__RESCUE_AFTER": "0"}, "scheduler.rescue_after"),
+        # Bytes that are not UTF-8 (os.environ keeps them as surrogates): msgspec raised a traceback.
+        ({"CHRONOS_WORKER__SYNC_EXECUTOR": "\udcff"}, "CHRONOS_WORKER__SYNC_EXECUTOR: its value is not valid UTF-8"),
+        ({"CHRONOS_NATS__INBOX_PREFIX": "a\udcff"}, "CHRONOS_NATS__INBOX_PREFIX: its value is not valid UTF-8"),
     ],
 )
 def test_environment_mistakes_are_one_line_naming_the_variable(env, needle):
