@@ -241,7 +241,8 @@ def _print_submitted(rec: JobRecord, as_json: bool, *, waited: bool, outcome: st
     if not waited:
         extra = f", runs {out.when(rec.spec.run_at)}" if rec.state == JobState.SCHEDULED and rec.spec.run_at else ""
         if rec.spec.run_at is not None and rec.state != JobState.SCHEDULED and rec.spec.run_at <= rec.created_at:
-            extra = f"; --at {out.when(rec.spec.run_at, full=True)} is in the past, so it runs now"
+            # --at in the past, --in 0 or a debounce shorter than the submit: not always an --at.
+            extra = f"; its run time {out.when(rec.spec.run_at, full=True)} has passed, so it runs now"
         typer.echo(f"{_SUBMITTED.get(outcome, 'submitted')} {rec.id} ({out.cell(rec.spec.task, 80)} on "
                    f"{rec.spec.queue}/{rec.spec.priority}: {rec.state}{extra})")
         return

@@ -56,6 +56,19 @@ def chronos_transport(request: pytest.FixtureRequest, monkeypatch: pytest.Monkey
     return choice
 
 
+@pytest.fixture(autouse=True)
+def local_tasks_restored() -> Any:
+    """Task handles a test defines stay in that test: ``local_task`` (the process's handles) decides
+    a submit's queue, so a unit test's ``t.add`` on queue ``math`` sent a later CLI test's jobs there
+    when both ran in one xdist worker."""
+    from chronos.worker import registry
+
+    saved = dict(registry._LOCAL)
+    yield
+    registry._LOCAL.clear()
+    registry._LOCAL.update(saved)
+
+
 @pytest.fixture(scope="session")
 def nats_server() -> Any:
     server = EmbeddedServer()

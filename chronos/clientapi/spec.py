@@ -174,8 +174,9 @@ def _check_spec(spec: JobSpec) -> None:
         elif u.debounce is not None or u.max_wait is not None:
             raise ValidationError("debounce: only in debounce mode")
     for t in spec.tags:
-        if not isinstance(t, str) or not t or not _utf8(t):
-            raise ValidationError("tags: every tag must be a non-empty UTF-8 string")
+        if not isinstance(t, str) or not t or not _utf8(t) or not _printable(t):
+            # A tag is a label shown in one table cell and matched whole by --tag: no CR, LF, tab.
+            raise ValidationError("tags: every tag must be non-empty printable UTF-8 text (no control characters)")
     for k, v in spec.annotations.items():
         if not isinstance(k, str) or not isinstance(v, str) or not _utf8(k) or not _utf8(v):
             raise ValidationError("annotations: keys and values must be UTF-8 strings")

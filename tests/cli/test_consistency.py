@@ -345,7 +345,7 @@ def test_at_in_the_past_says_it_runs_now(cli, register_tasks):
     past = (datetime.now() - timedelta(hours=3)).replace(microsecond=0).isoformat()
     r = cli("submit", "t.add", "--args", "[1, 2]", "--at", past)
     assert r.exit_code == 0, r.output
-    assert "is in the past, so it runs now" in r.stdout and ": available" in r.stdout
+    assert "has passed, so it runs now" in r.stdout and ": available" in r.stdout
     future = (datetime.now() + timedelta(hours=3)).replace(microsecond=0).isoformat()
     assert "in the past" not in cli("submit", "t.add", "--args", "[1, 2]", "--at", future).stdout
 
