@@ -5,6 +5,7 @@ Nothing else in chronos encodes or decodes wire or stored bytes.
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 import msgspec
@@ -67,7 +68,21 @@ def from_json(data: str | bytes) -> Any:
     try:
         return msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
+        if _lone_surrogate(data):  # msgspec says "Input data was truncated" for these
+            raise ValidationError("invalid JSON: a \\ud800-\\udfff escape outside a surrogate pair "
+                                  "is not text") from None
         raise ValidationError(f"invalid JSON: {exc}") from None
+
+
+def _lone_surrogate(data: str | bytes) -> bool:
+    """Whether JSON msgspec refused is valid but for an escaped lone surrogate (Python's json takes those)."""
+    if b"\\u" not in (data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")):
+        return False
+    try:
+        json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    return True
 
 
 _SCALARS = (type(None), bool, int, str)

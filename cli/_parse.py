@@ -15,7 +15,7 @@ from chronos.errors import ChronosError, ValidationError
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_NUMBER = re.compile(r"\d+(?:\.\d+)?(?:e[+-]?\d+)?")  # 1e20 is a number: the range check names it
 _JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 

@@ -29,6 +29,11 @@ from .conftest import make_topology, one_error_line
         (["submit", "t.add", "--at", "next tuesday"], "--at: 'next tuesday' is not an ISO 8601 time"),
         (["submit", "t.add", "--timeout", "soon"], "--timeout: 'soon' is not a duration"),
         (["submit", "t.add", "--timeout", "0"], "--timeout: must be more than zero"),
+        # A number in exponent form is a number, checked by range like 9999999999d (was "not a duration").
+        (["submit", "t.add", "--timeout", "1e20"], "timeout: must be at most"),
+        (["submit", "t.add", "--timeout", "1e999"], "timeout: must be"),
+        # msgspec said "Input data was truncated" for a lone surrogate escape.
+        (["submit", "t.add", "--args", '["\\ud800"]'], "--args: invalid JSON: a \\ud800-\\udfff escape"),
         (["submit", "t.add", "--priority", "urgent"], "--priority: 'urgent' is not one of"),
         (["jobs", "list", "--state", "exploded"], "--state: 'exploded' is not one of"),
         (["logs", "--state", "exploded"], "--state: 'exploded' is not one of"),
